@@ -1,0 +1,100 @@
+"""Export an experiment directory to Parquet, and the same tables as pandas DataFrames."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raytune_ft.analysis._pbt import pbt_frame, pbt_schema
+from raytune_ft.analysis._tables import (
+    Experiment,
+    frame_to_table,
+    iterations_frame,
+    iterations_schema,
+    load_experiment,
+    to_pandas,
+)
+from raytune_ft.analysis._trials import trials_frame, trials_schema
+
+logger = logging.getLogger(__name__)
+
+ANALYSIS_DIR = "analysis"
+TABLES = ("trials", "iterations", "pbt_events")
+
+
+def build_tables(exp: Experiment) -> dict[str, pa.Table]:
+    """All three typed Arrow tables of one parsed experiment."""
+    it = iterations_frame(exp)
+    return {
+        "trials": frame_to_table(trials_frame(exp, it), trials_schema(exp), "trials", exp),
+        "iterations": frame_to_table(it, iterations_schema(exp), "iterations", exp),
+        "pbt_events": frame_to_table(pbt_frame(exp, it), pbt_schema(exp), "pbt_events", exp),
+    }
+
+
+def write_atomic(table: pa.Table, path: Path) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export_experiment(
+    experiment_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
+) -> dict[str, Path]:
+    """Write trials/iterations/pbt_events.parquet (default `<experiment_dir>/analysis`).
+
+    Returns table name -> written path. Reads only files; no Ray needed.
+    """
+    exp = load_experiment(experiment_dir)
+    out = Path(out_dir) if out_dir is not None else exp.path / ANALYSIS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, table in build_tables(exp).items():
+        paths[name] = out / f"{name}.parquet"
+        write_atomic(table, paths[name])
+    logger.info("exported %d trials of %s to %s", len(exp.trials), exp.path, out)
+    return paths
+
+
+def _table(experiment_dir: str | os.PathLike, name: str) -> pd.DataFrame:
+    table = build_tables(load_experiment(experiment_dir))[name]
+    df = to_pandas(table)
+    df.attrs.update({k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()})
+    return df
+
+
+def trials_table(experiment_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per trial (see docs/analysis_schema.md); metadata in `df.attrs`."""
+    return _table(experiment_dir, "trials")
+
+
+def iterations_table(experiment_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per trial and iteration, deduplicated after restores."""
+    return _table(experiment_dir, "iterations")
+
+
+def pbt_events_table(experiment_dir: str | os.PathLike) -> pd.DataFrame:
+    """One row per PBT exploit; empty when the experiment did not use PBT."""
+    return _table(experiment_dir, "pbt_events")
+
+
+def read_tables(experiment_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
+    """All three tables in one pass (the report and comparison need several)."""
+    out = {}
+    for name, table in build_tables(load_experiment(experiment_dir)).items():
+        df = to_pandas(table)
+        df.attrs.update({k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()})
+        out[name] = df
+    return out

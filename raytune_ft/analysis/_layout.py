@@ -1,0 +1,166 @@
+"""Read what Ray Tune and raytune_ft left in an experiment directory, without Ray.
+
+Only plain JSON is parsed: `experiment_state-*.json` embeds cloudpickle payloads for some fields,
+which we never unpickle (the trial status, tag and folder are plain JSON strings).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raytune_ft.errors import ExperimentError
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "raytune_ft.json"  # written by raytune_ft's runner beside Ray's files
+DEFAULT_METRIC = "eval_accuracy"
+DEFAULT_MODE = "max"
+ERROR_LINES = 20  # lines of error.txt kept in trials.parquet: enough for the exception
+
+# `<trainable>_<trial_id>_<index>_<tag>_<date>`; trial ids are `<5 hex>_<5 digits>`
+_DIRNAME = re.compile(r"^(?P<trainable>.+?)_(?P<tid>[0-9a-f]{5}_\d{5})(?:_(?P<idx>\d+))?(?:_|$)")
+
+
+@dataclass(frozen=True)
+class ExperimentMeta:
+    """The settings analysis needs, from raytune_ft.json or fallbacks when it is absent."""
+
+    name: str
+    metric: str = DEFAULT_METRIC
+    mode: str = DEFAULT_MODE
+    hyperparameters: tuple[str, ...] = ()
+    log_scale: frozenset[str] = frozenset()  # hyperparameters searched on a log scale
+    budget_samples: int | None = None
+    max_epochs: float | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    scheduler: str | None = None
+    has_config: bool = False
+
+
+@dataclass
+class TrialInfo:
+    """One trial folder plus what experiment_state says about it."""
+
+    trial_id: str
+    dir_name: str
+    path: Path
+    params: dict[str, Any] = field(default_factory=dict)
+    state_status: str | None = None  # Ray's status: TERMINATED, ERROR, RUNNING, PENDING, PAUSED
+    orig_tag: str | None = None  # the experiment tag before any PBT perturbation
+    num_failures: int = 0
+    error: str | None = None
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dicts become dotted keys, so a nested train setting is still one column."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def read_meta(exp_dir: Path, params_keys: list[str]) -> ExperimentMeta:
+    """Load raytune_ft.json; fall back to eval_accuracy/max and all params.json keys."""
+    path = exp_dir / CONFIG_FILE
+    if not path.is_file():
+        logger.warning("%s not found; assuming metric %s/%s", path, DEFAULT_METRIC, DEFAULT_MODE)
+        return ExperimentMeta(name=exp_dir.name, hyperparameters=tuple(params_keys))
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ExperimentError(f"{path}: not valid JSON ({e})") from e
+    mode = cfg.get("mode", DEFAULT_MODE)
+    if mode not in ("max", "min"):
+        raise ExperimentError(f"{path}: mode is {mode!r}, but must be 'max' or 'min'")
+    search = cfg.get("search") or {}
+    hps = tuple(search.keys())
+    log_scale = frozenset(
+        k
+        for k, v in search.items()
+        if isinstance(v, dict) and any(s in v for s in ("loguniform", "qloguniform", "lograndint"))
+    )
+    res = cfg.get("resources") or {}
+    train = cfg.get("train") or {}
+    return ExperimentMeta(
+        name=str(cfg.get("name", exp_dir.name)),
+        metric=str(cfg.get("metric", DEFAULT_METRIC)),
+        mode=mode,
+        hyperparameters=hps or tuple(params_keys),
+        log_scale=log_scale,
+        budget_samples=cfg.get("budget_samples"),
+        max_epochs=train.get("max_epochs"),
+        cpus_per_trial=float(res.get("cpus_per_trial", 1.0)),
+        gpus_per_trial=float(res.get("gpus_per_trial", 0.0)),
+        scheduler=(cfg.get("scheduler") or {}).get("type"),
+        has_config=True,
+    )
+
+
+def read_state(exp_dir: Path) -> dict[str, dict[str, Any]]:
+    """Trial id -> {status, tag, logdir, num_failures} from the newest experiment_state file."""
+    files = sorted(exp_dir.glob("experiment_state-*.json"), key=lambda p: p.name)
+    if not files:
+        logger.warning("%s: no experiment_state-*.json; statuses come from result files", exp_dir)
+        return {}
+    try:
+        state = json.loads(files[-1].read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        logger.warning("%s: unreadable (%s); statuses come from result files", files[-1], e)
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for trial_json, meta_json in state.get("trial_data", []):
+        trial = json.loads(trial_json)
+        meta = json.loads(meta_json) if meta_json else {}
+        out[trial["trial_id"]] = {
+            "status": trial.get("status"),
+            "tag": str(trial.get("experiment_tag") or "").split("@perturbed")[0],
+            "logdir": trial.get("relative_logdir"),
+            "num_failures": int(meta.get("num_failures") or 0),
+        }
+    return out
+
+
+def _read_error(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    lines = path.read_text(errors="replace").splitlines()
+    return "\n".join(lines[:ERROR_LINES]).strip() or None
+
+
+def list_trials(exp_dir: Path) -> list[TrialInfo]:
+    """Every trial folder (one holding params.json or result.json), with its Ray state."""
+    if not exp_dir.is_dir():
+        raise ExperimentError(f"experiment directory {exp_dir} does not exist")
+    state = read_state(exp_dir)
+    by_dir = {s["logdir"]: tid for tid, s in state.items() if s.get("logdir")}
+    trials = []
+    for path in sorted(p for p in exp_dir.iterdir() if p.is_dir()):
+        if not ((path / "params.json").is_file() or (path / "result.json").is_file()):
+            continue
+        m = _DIRNAME.match(path.name)
+        tid = by_dir.get(path.name) or (m.group("tid") if m else path.name)
+        info = TrialInfo(trial_id=tid, dir_name=path.name, path=path)
+        if (path / "params.json").is_file():
+            try:
+                info.params = flatten(json.loads((path / "params.json").read_text()))
+            except (OSError, json.JSONDecodeError) as e:
+                logger.warning("%s: unreadable params.json (%s)", path, e)
+        s = state.get(tid, {})
+        info.state_status = s.get("status")
+        info.orig_tag = s.get("tag") or (f"{m.group('idx')}_" if m and m.group("idx") else None)
+        info.num_failures = s.get("num_failures", 0)
+        info.error = _read_error(path / "error.txt")
+        trials.append(info)
+    if not trials:
+        raise ExperimentError(f"{exp_dir}: no trial folders (with params.json or result.json)")
+    return trials

@@ -1,0 +1,108 @@
+"""The pbt_events table from Ray's `pbt_global.txt`.
+
+Ray's PBT (`PopulationBasedTraining._log_config_on_step`) appends one JSON list per exploit:
+[target trial tag, clone trial tag, target iteration, clone iteration, clone's config, new
+config]. Tags are the trials' original experiment tags (`<index>_<vars>`), which we map back
+to trial ids. Ray's "old config" is the donor's config; the target's own previous values are
+taken from its report at the target iteration (`old_hp_*`), Ray's logged one is `donor_hp_*`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pandas as pd
+import pyarrow as pa
+
+from raytune_ft.analysis._layout import flatten
+from raytune_ft.analysis._results import coerce
+from raytune_ft.analysis._tables import HP, Experiment, arrow_type
+
+logger = logging.getLogger(__name__)
+
+PBT_FILE = "pbt_global.txt"
+
+
+def pbt_schema(exp: Experiment) -> pa.Schema:
+    s, i64 = pa.string(), pa.int64()
+    fields = [
+        ("event", i64),
+        ("timestamp", pa.float64()),
+        ("target_trial_id", s),
+        ("donor_trial_id", s),
+        ("target_tag", s),
+        ("donor_tag", s),
+        ("target_iteration", i64),
+        ("donor_iteration", i64),
+    ]
+    for prefix in ("old_", "donor_", "new_"):
+        fields += [(prefix + HP + h, arrow_type(t)) for h, t in exp.hp_types.items()]
+    return pa.schema(fields)
+
+
+def _tag_resolver(exp: Experiment):
+    by_tag = {t.orig_tag: t.trial_id for t in exp.trials if t.orig_tag}
+    by_index = {t.orig_tag.split("_", 1)[0]: t.trial_id for t in exp.trials if t.orig_tag}
+
+    def resolve(tag: str) -> str | None:
+        return by_tag.get(tag) or by_index.get(str(tag).split("_", 1)[0])
+
+    return resolve
+
+
+def _read_policy(exp: Experiment) -> list[list]:
+    path = exp.path / PBT_FILE
+    if not path.is_file():
+        return []
+    events = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            ev = json.loads(line)
+            if not (isinstance(ev, list) and len(ev) == 6):
+                raise ValueError("expected a list of 6 items")
+        except ValueError as e:
+            logger.warning("%s: skipping corrupt line %d (%s)", path, n, e)
+            continue
+        events.append(ev)
+    return events
+
+
+def _report_at(rows: pd.DataFrame | None, iteration: int) -> pd.Series | None:
+    """The target's last report at or before `iteration` (a clone's iterations can jump)."""
+    if rows is None:
+        return None
+    upto = rows[rows["iteration"] <= iteration]
+    return upto.iloc[-1] if len(upto) else None
+
+
+def pbt_frame(exp: Experiment, iterations: pd.DataFrame) -> pd.DataFrame:
+    """One row per exploit, in the order Ray logged them; empty when the run was not PBT."""
+    resolve = _tag_resolver(exp)
+    by_trial = {tid: g.sort_values("iteration") for tid, g in iterations.groupby("trial_id")}
+    rows = []
+    for n, (tgt, donor, tgt_it, donor_it, old_cfg, new_cfg) in enumerate(_read_policy(exp)):
+        tgt_id = resolve(tgt)
+        row = {
+            "event": n,
+            "target_trial_id": tgt_id,
+            "donor_trial_id": resolve(donor),
+            "target_tag": str(tgt),
+            "donor_tag": str(donor),
+            "target_iteration": int(tgt_it),
+            "donor_iteration": int(donor_it),
+            "timestamp": None,
+        }
+        before = _report_at(by_trial.get(tgt_id), int(tgt_it))
+        if before is not None:
+            row["timestamp"] = float(before["timestamp"])
+        old, new = flatten(old_cfg or {}), flatten(new_cfg or {})
+        for h, t in exp.hp_types.items():
+            prev = before[HP + h] if before is not None else None
+            row["old_" + HP + h] = None if prev is None or pd.isna(prev) else coerce(prev, t)
+            row["donor_" + HP + h] = coerce(old.get(h), t)
+            row["new_" + HP + h] = coerce(new.get(h), t)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[f.name for f in pbt_schema(exp)])

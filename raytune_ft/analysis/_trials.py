@@ -1,0 +1,140 @@
+"""The trials table: one row per trial, with an honest end status.
+
+Status rule (first match wins; documented in docs/analysis_schema.md):
+
+1. `errored`    Ray's state says ERROR, or there is no state and error.txt exists and the
+                trial did not reach its budget.
+2. `diverged`   any reported iteration has `diverged` true.
+3. `terminated` Ray's state says TERMINATED (or, with no state, the last report says done)
+                and the trial reached its budget: samples_seen >= budget_samples, else
+                epoch >= train.max_epochs, else the experiment's largest iteration count.
+4. `stopped`    Ray's state says TERMINATED (or done) but the budget was not reached: a
+                scheduler (ASHA, HyperBand, a stopper) ended it early.
+5. `running`    anything else: RUNNING, PENDING or PAUSED, or no end recorded (the driver
+                crashed or the experiment is still going).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from raytune_ft.analysis._layout import TrialInfo
+from raytune_ft.analysis._results import coerce
+from raytune_ft.analysis._tables import HP, Experiment, arrow_type
+
+STATUSES = ("terminated", "stopped", "diverged", "errored", "running")
+_EPS = 1e-9
+
+
+def trials_schema(exp: Experiment) -> pa.Schema:
+    f64, i64, s = pa.float64(), pa.int64(), pa.string()
+    return pa.schema(
+        [
+            ("trial_id", s),
+            ("trial_dir", s),
+            ("status", s),
+            ("ray_status", s),
+            *((HP + h, arrow_type(t)) for h, t in exp.hp_types.items()),
+            ("best_metric", f64),
+            ("best_iteration", i64),
+            ("last_metric", f64),
+            ("iterations", i64),
+            ("last_iteration", i64),
+            ("samples_seen", i64),
+            ("compute_samples", f64),
+            ("epochs", f64),
+            ("wall_s", f64),
+            ("device_kind", s),
+            ("device_s", f64),
+            ("num_failures", i64),
+            ("error", s),
+        ]
+    )
+
+
+def _reached_budget(row: dict, exp: Experiment, max_iter: int) -> bool:
+    meta = exp.meta
+    if meta.budget_samples and row["samples_seen"] is not None:
+        return row["samples_seen"] >= meta.budget_samples
+    if meta.max_epochs and row["epochs"] is not None and not np.isnan(row["epochs"]):
+        return row["epochs"] >= float(meta.max_epochs) - _EPS
+    return (row["last_iteration"] or 0) >= max_iter > 0
+
+
+def status_of(trial: TrialInfo, row: dict, exp: Experiment, max_iter: int) -> str:
+    """Apply the status rule in this module's docstring to one trial."""
+    state = trial.state_status
+    reached = _reached_budget(row, exp, max_iter)
+    if state == "ERROR" or (state is None and trial.error and not reached):
+        return "errored"
+    if row["_diverged"]:
+        return "diverged"
+    if state == "TERMINATED" or (state is None and (row["_done"] or reached)):
+        return "terminated" if reached else "stopped"
+    return "running"
+
+
+def _per_trial(it: pd.DataFrame, exp: Experiment) -> dict[str, dict]:
+    """Metric summaries per trial id from the deduped iterations."""
+    metric, sign = exp.meta.metric, (1.0 if exp.meta.mode == "max" else -1.0)
+    out: dict[str, dict] = {}
+    for tid, g in it.groupby("trial_id", sort=False):
+        vals = g[metric].astype("float64").to_numpy()
+        ok = ~np.isnan(vals)
+        best = int(np.argmax(np.where(ok, sign * vals, -np.inf))) if ok.any() else None
+        last = g.iloc[-1]
+        out[tid] = {
+            "best_metric": vals[best] if best is not None else None,
+            "best_iteration": int(g["iteration"].iloc[best]) if best is not None else None,
+            "last_metric": vals[-1] if ok[-1] else None,
+            "iterations": len(g),
+            "last_iteration": int(last["iteration"]),
+            "samples_seen": None if pd.isna(last["samples_seen"]) else int(last["samples_seen"]),
+            "compute_samples": float(g["compute_samples"].sum()),
+            "epochs": None if pd.isna(last["epoch"]) else float(last["epoch"]),
+            "wall_s": float(g["compute_s"].sum()),
+            "_diverged": bool(g["diverged"].fillna(False).any()),
+        }
+    return out
+
+
+def trials_frame(exp: Experiment, iterations: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial folder, including trials that never reported."""
+    summary = _per_trial(iterations, exp)
+    done = exp.raw.groupby("_trial")["done"].last().fillna(False).to_dict() if len(exp.raw) else {}
+    max_iter = max((s["last_iteration"] for s in summary.values()), default=0)
+    gpus, cpus = exp.meta.gpus_per_trial, exp.meta.cpus_per_trial
+    kind, per = ("gpu", gpus) if gpus > 0 else ("cpu", cpus)
+    empty = {
+        "best_metric": None,
+        "best_iteration": None,
+        "last_metric": None,
+        "iterations": 0,
+        "last_iteration": None,
+        "samples_seen": None,
+        "compute_samples": 0.0,
+        "epochs": None,
+        "wall_s": 0.0,
+        "_diverged": False,
+    }
+    rows = []
+    for i, t in enumerate(exp.trials):
+        row = dict(summary.get(t.trial_id, empty))
+        row["_done"] = bool(done.get(i, False))
+        row.update(
+            trial_id=t.trial_id,
+            trial_dir=t.dir_name,
+            status=status_of(t, row, exp, max_iter),
+            ray_status=t.state_status,
+            device_kind=kind,
+            device_s=row["wall_s"] * per,
+            num_failures=t.num_failures,
+            error=t.error,
+        )
+        for h, typ in exp.hp_types.items():
+            row[HP + h] = coerce(t.params.get(h), typ)
+        rows.append(row)
+    schema = trials_schema(exp)
+    return pd.DataFrame(rows, columns=[f.name for f in schema])
