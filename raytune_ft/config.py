@@ -1,0 +1,435 @@
+"""The experiment schema: one validated, immutable model loaded once from YAML.
+
+Every error names the dotted field path, the value received and what is allowed. This module
+imports neither torch nor ray, so `raytune-ft validate` is fast and can run before Ray starts.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from raytune_ft.errors import ConfigError
+
+SCHEDULES = ("linear", "constant", "cosine", "step", "exponential", "plateau")
+DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "qloguniform", "randint", "choice", "grid")
+# Metrics every trial reports (DESIGN.md); a scheduler may only watch one of these.
+REPORTED_METRICS = (
+    "eval_accuracy", "eval_f1", "eval_mcc", "eval_loss", "train_loss", "lr", "lr_min_group",
+    "batch_size", "epoch", "samples_seen", "step", "samples_per_s",
+)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Strict):
+    name: str  # hub id, local directory, or "all-MiniLM-L6-v2" (the packaged offline copy)
+    max_length: int = Field(128, gt=0)  # tokens per example after truncation; batches pad less
+
+
+class DataConfig(_Strict):
+    task: str | None = None  # GLUE task (mrpc, sst2, rte, cola, qnli, qqp, mnli); None = files
+    path: str | None = None  # folder of GLUE TSVs; default $RAYTUNE_FT_DATA_DIR, else the hub
+    train_file: str | None = None  # CSV/TSV/JSONL/Parquet with text and label columns
+    eval_file: str | None = None
+    text_columns: list[str] | None = None  # one column (single sentence) or two (pairs)
+    label_column: str | None = None
+    max_train_samples: int | None = Field(None, gt=0)  # fixed random subset, seeded below
+    max_eval_samples: int | None = Field(None, gt=0)
+    subset_seed: int = 0  # the subset is the same for every trial and every run
+
+    @model_validator(mode="after")
+    def _task_or_files(self) -> DataConfig:
+        if self.task is None and self.train_file is None:
+            raise ValueError("set data.task (a GLUE task) or data.train_file (a CSV/TSV/JSONL/"
+                             "Parquet file)")
+        if self.train_file is not None:
+            if self.eval_file is None:
+                raise ValueError("data.eval_file is required with data.train_file")
+            if not self.text_columns or self.label_column is None:
+                raise ValueError("data.text_columns and data.label_column are required with "
+                                 "data.train_file")
+            if len(self.text_columns) > 2:
+                raise ValueError(f"data.text_columns has {len(self.text_columns)} columns, "
+                                 "allowed: 1 or 2")
+        return self
+
+
+BatchPhases = list[tuple[float, int]]
+
+
+class TrainConfig(_Strict):
+    """Fixed training settings; any of them can be searched under `search:`."""
+
+    learning_rate: float = Field(5e-5, gt=0)  # base lr of the task head, at the reference batch
+    batch_size: int = Field(32, gt=0)  # effective batch: samples per optimizer step
+    max_epochs: float = Field(3.0, gt=0)  # a trial's budget is max_epochs x len(train)
+    eval_every_epochs: float = Field(1.0, gt=0)  # one Tune iteration; fractions allowed
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)  # fraction of the budget spent warming up
+    weight_decay: float = Field(0.01, ge=0)  # AdamW; never on biases or LayerNorm weights
+    schedule: Literal[SCHEDULES] = "linear"  # the classic BERT recipe: warmup, decay to 0
+    lr_min: float = Field(0.0, ge=0)  # cosine floor (absolute learning rate)
+    gamma: float = Field(0.5, gt=0)  # step: factor per step_epochs; exponential: per epoch
+    step_epochs: float = Field(1.0, gt=0)  # step schedule period, in epochs
+    plateau_factor: float = Field(0.5, gt=0, lt=1)  # lr multiplier after a plateau
+    plateau_patience: int = Field(2, gt=0)  # evaluations without improvement, then reduce
+    plateau_threshold: float = Field(1e-4, ge=0)  # smaller changes do not count as improvement
+    layer_decay: float = Field(1.0, gt=0, le=1)  # 1.0 = off; layer l of L gets lr*d^(L-l)
+    freeze_embeddings: bool = False
+    freeze_layers: int = Field(0, ge=0)  # bottom k encoder layers take no updates
+    batch_schedule: str | BatchPhases | None = None  # name in batch_schedules or phases
+    max_micro_batch: int = Field(32, gt=0)  # most samples on the device at once
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # lr rule when batch size moves
+    reference_batch_size: int | None = Field(None, gt=0)  # default: the trial's first batch
+    max_grad_norm: float | None = Field(1.0, gt=0)  # None disables clipping
+    adam_epsilon: float = Field(1e-8, gt=0)
+    seed: int = 0  # model head init, data order and dropout
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 CPU
+    eval_batch_size: int = Field(128, gt=0)
+    length_group_window: int = Field(2048, gt=0)  # samples sorted by length together
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
+        if self.eval_every_epochs > self.max_epochs:
+            raise ValueError(f"train.eval_every_epochs ({self.eval_every_epochs}) must be <= "
+                             f"train.max_epochs ({self.max_epochs})")
+        if isinstance(self.batch_schedule, list):
+            check_batch_phases(self.batch_schedule, "train.batch_schedule")
+        return self
+
+
+def check_batch_phases(phases: BatchPhases, where: str) -> None:
+    if not phases:
+        raise ValueError(f"{where}: empty; give [[progress, batch_size], ...] starting at 0.0")
+    starts = [p for p, _ in phases]
+    if starts[0] != 0.0:
+        raise ValueError(f"{where}: first phase starts at {starts[0]}, must start at 0.0")
+    if any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= 1.0:
+        raise ValueError(f"{where}: phase starts {starts} must increase within [0, 1)")
+    if any(bs <= 0 for _, bs in phases):
+        raise ValueError(f"{where}: batch sizes must be > 0")
+
+
+class FifoConfig(_Strict):
+    type: Literal["fifo"]
+
+
+class AshaConfig(_Strict):
+    type: Literal["asha"]
+    grace_period: int = Field(1, gt=0)  # iterations before the first rung
+    reduction_factor: float = Field(2, gt=1)
+    brackets: int = Field(1, gt=0)
+
+
+class HyperbandConfig(_Strict):
+    type: Literal["hyperband"]
+    reduction_factor: float = Field(3, gt=1)
+
+
+class PbtConfig(_Strict):
+    type: Literal["pbt", "pb2"]
+    perturbation_interval: int = Field(1, gt=0)  # iterations between exploit decisions
+    burn_in_period: int = Field(0, ge=0)
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)
+    resample_probability: float = Field(0.25, ge=0, le=1)  # PBT only
+    perturbation_factors: tuple[float, float] = (1.2, 0.8)  # PBT only
+    synch: bool = False
+    mutations: list[str]  # search keys PBT/PB2 may change inside a running trial
+
+    @field_validator("mutations")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("PBT needs at least one key in scheduler.mutations")
+        return value
+
+
+SchedulerConfig = Annotated[
+    Union[FifoConfig, AshaConfig, HyperbandConfig, PbtConfig], Field(discriminator="type")
+]
+
+
+class SearchAlgConfig(_Strict):
+    type: Literal["tpe", "random", "grid"] = "random"
+    n_initial_points: int = Field(4, gt=0)  # TPE: random trials before the model takes over
+    seed: int | None = 0
+
+
+class ResourcesConfig(_Strict):
+    cpus_per_trial: float = Field(1.0, gt=0)
+    gpus_per_trial: float = Field(0.0, ge=0)  # fractions put several trials on one GPU
+
+
+class RunConfig(_Strict):
+    num_samples: int = Field(8, gt=0)  # trials (with grid search: repeats of the grid)
+    storage_path: str = "~/raytune_ft_results"  # local path or a pyarrow URI (s3://, gs://)
+    max_concurrent_trials: int | None = Field(None, gt=0)
+    time_budget_s: float | None = Field(None, gt=0)
+    checkpoints_to_keep: int = Field(1, gt=0)
+    checkpoint_every: int = Field(1, gt=0)  # iterations; PBT always checkpoints every one
+    max_failures: int = Field(0, ge=0)  # retries of a failed trial from its last checkpoint
+    verbose: int = Field(1, ge=0, le=3)
+
+
+class ExperimentConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    metric: str = "eval_accuracy"
+    mode: Literal["max", "min"] = "max"
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig = TrainConfig()
+    batch_schedules: dict[str, BatchPhases] = {}
+    search: dict[str, Any] = {}
+    scheduler: SchedulerConfig = FifoConfig(type="fifo")
+    search_alg: SearchAlgConfig = SearchAlgConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+    run: RunConfig = RunConfig()
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in REPORTED_METRICS:
+            raise ValueError(f"{value!r} is never reported; allowed: {', '.join(REPORTED_METRICS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ExperimentConfig:
+        for name, phases in self.batch_schedules.items():
+            check_batch_phases(phases, f"batch_schedules.{name}")
+        space = {key: parse_domain(f"search.{key}", spec) for key, spec in self.search.items()}
+        for key, domain in space.items():
+            _check_domain_values(self, key, domain)
+        _check_scheduler(self, space)
+        if self.search_alg.type == "tpe" and any(d.kind == "grid" for d in space.values()):
+            raise ValueError("search_alg.type: 'tpe' cannot take grid dimensions; use "
+                             "search_alg.type: grid, or choice instead of grid")
+        return self
+
+    @property
+    def iterations(self) -> int:
+        """Tune iterations of a full-budget trial (one per evaluation interval)."""
+        return math.ceil(round(self.train.max_epochs / self.train.eval_every_epochs, 9))
+
+    def space(self) -> dict[str, Domain]:
+        return {key: parse_domain(f"search.{key}", spec) for key, spec in self.search.items()}
+
+
+class Domain(BaseModel):
+    """One search dimension parsed from the YAML syntax."""
+
+    model_config = ConfigDict(frozen=True)
+    kind: str  # one of DISTRIBUTIONS, or "constant"
+    args: tuple[Any, ...]
+
+    @property
+    def values(self) -> list[Any]:
+        """Every value this dimension can take, for checks (ranges give their endpoints)."""
+        return list(self.args)
+
+
+def parse_domain(where: str, spec: Any) -> Domain:
+    """Parse `{loguniform: [a, b]}`, `{choice: [...]}`, ... or a plain constant."""
+    if not (isinstance(spec, dict) and len(spec) == 1):
+        return Domain(kind="constant", args=(spec,))
+    (kind, args), = spec.items()
+    if kind not in DISTRIBUTIONS:
+        hint = _did_you_mean(kind, DISTRIBUTIONS)
+        raise ValueError(f"{where}: unknown distribution {kind!r}{hint}; allowed: "
+                         f"{', '.join(DISTRIBUTIONS)}")
+    if kind in ("choice", "grid"):
+        if not isinstance(args, list) or not args:
+            raise ValueError(f"{where}: {kind} needs a non-empty list, got {args!r}")
+        return Domain(kind=kind, args=tuple(args))
+    size = 3 if kind.startswith("q") else 2
+    if not isinstance(args, list) or len(args) != size or not all(
+        isinstance(a, (int, float)) and not isinstance(a, bool) for a in args
+    ):
+        shape = "[low, high, q]" if size == 3 else "[low, high]"
+        raise ValueError(f"{where}: {kind} needs {shape} numbers, got {args!r}")
+    low, high = args[0], args[1]
+    if low >= high:
+        raise ValueError(f"{where}: {kind} low {low} >= high {high}")
+    if "log" in kind and low <= 0:
+        raise ValueError(f"{where}: {kind} low {low} must be > 0")
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        raise ValueError(f"{where}: randint needs integers, got {args!r}")
+    return Domain(kind=kind, args=tuple(args))
+
+
+def _check_domain_values(config: ExperimentConfig, key: str, domain: Domain) -> None:
+    """Every value a search dimension can produce must be a valid train setting."""
+    if key not in TrainConfig.model_fields:
+        hint = _did_you_mean(key, TrainConfig.model_fields)
+        raise ValueError(f"search.{key}: not a train setting{hint}")
+    for value in domain.values:
+        if key == "batch_schedule" and isinstance(value, str) and value != "none":
+            if value not in config.batch_schedules:
+                raise ValueError(f"search.batch_schedule: {value!r} is not in batch_schedules "
+                                 f"(defined: {', '.join(config.batch_schedules) or 'none'})")
+        try:
+            TrainConfig.model_validate({**config.train.model_dump(), key: value})
+        except ValidationError as error:
+            detail = error.errors()[0]["msg"]
+            raise ValueError(f"search.{key}: value {value!r} is invalid: {detail}") from None
+    if config.train.batch_schedule is not None and isinstance(config.train.batch_schedule, str):
+        if config.train.batch_schedule not in config.batch_schedules:
+            raise ValueError(f"train.batch_schedule: {config.train.batch_schedule!r} is not in "
+                             "batch_schedules")
+
+
+def _check_scheduler(config: ExperimentConfig, space: dict[str, Domain]) -> None:
+    scheduler, budget = config.scheduler, config.iterations
+    if isinstance(scheduler, AshaConfig) and scheduler.grace_period > budget:
+        raise ValueError(f"scheduler.grace_period: {scheduler.grace_period} iterations is above "
+                         f"the budget of {budget} (train.max_epochs / train.eval_every_epochs)")
+    if isinstance(scheduler, PbtConfig):
+        if scheduler.perturbation_interval >= budget:
+            raise ValueError(f"scheduler.perturbation_interval: {scheduler.perturbation_interval}"
+                             f" iterations is not below the budget of {budget}; no exploit "
+                             "could happen")
+        for key in scheduler.mutations:
+            domain = space.get(key)
+            if domain is None:
+                raise ValueError(f"scheduler.mutations: {key!r} is not in search (searched: "
+                                 f"{', '.join(space) or 'nothing'})")
+            if domain.kind == "constant":
+                raise ValueError(f"scheduler.mutations: search.{key} is a constant; give it a "
+                                 "distribution or a choice list")
+            if domain.kind in ("choice", "grid") and len(domain.args) < 2:
+                raise ValueError(f"scheduler.mutations: search.{key} has one value; PBT needs "
+                                 "at least two to move between")
+            if scheduler.type == "pb2" and domain.kind in ("choice", "grid"):
+                if not all(isinstance(v, (int, float)) for v in domain.args):
+                    raise ValueError(f"scheduler.mutations: PB2 needs numeric bounds for "
+                                     f"search.{key}, got {list(domain.args)!r}")
+
+
+def _did_you_mean(word: str, options: Any) -> str:
+    match = difflib.get_close_matches(str(word), list(options), n=1)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read an experiment YAML, apply `a.b=c` overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: experiment file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got "
+                          f"{type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    return validate_config(raw, source=str(path))
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (no eval)."""
+    key, sep, text = override.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
+        raise ConfigError(f"--set {override!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {override!r}: value is not valid YAML") from None
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_config(raw: dict, source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {_first_error(error)}") from None
+
+
+def _first_error(error: ValidationError) -> str:
+    detail = error.errors()[0]
+    loc = [str(p) for p in detail["loc"] if not str(p).startswith(("function-", "tagged-"))]
+    # Discriminated unions add the tag as a path element: scheduler.asha.grace_period.
+    if len(loc) >= 2 and loc[0] == "scheduler" and loc[1] in ("fifo", "asha", "hyperband",
+                                                               "pbt", "pb2"):
+        loc.pop(1)
+    path = ".".join(loc)
+    kind, message, value = detail["type"], detail["msg"], detail.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        hint = _did_you_mean(loc[-1], parent.model_fields) if parent else ""
+        allowed = f"; allowed: {', '.join(parent.model_fields)}" if parent else ""
+        return f"{path}: unknown key{hint}{allowed}"
+    if kind == "missing":
+        return f"{path}: required field is missing"
+    if kind == "union_tag_invalid":
+        return f"{path}.type: {value.get('type')!r} is not a scheduler; allowed: fifo, asha, " \
+               "hyperband, pbt, pb2"
+    if kind == "union_tag_not_found":
+        return f"{path}.type: required; allowed: fifo, asha, hyperband, pbt, pb2"
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+        first = message.split()[0]
+        names_its_field = "." in first or first.endswith(":")
+        return message if names_its_field or not path else f"{path}: {message}"
+    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+    return f"{path}: {message}{shown}" if path else f"{message}{shown}"
+
+
+def _model_at(loc: list[str]) -> type[BaseModel] | None:
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        if part == "scheduler":
+            return None
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+# ---------------------------------------------------------------------------- per trial
+
+
+def trial_hyperparameters(config: ExperimentConfig, sampled: dict[str, Any]) -> TrainConfig:
+    """The train settings of one trial: fixed settings with the sampled values on top.
+
+    PB2 proposes floats for integer settings; they are rounded, not rejected.
+    """
+    values = config.train.model_dump()
+    for key, value in sampled.items():
+        if key not in TrainConfig.model_fields:
+            continue
+        if TrainConfig.model_fields[key].annotation is int and isinstance(value, float):
+            value = int(round(value))
+        values[key] = value
+    schedule = values.get("batch_schedule")
+    if schedule == "none":
+        values["batch_schedule"] = None
+    elif isinstance(schedule, str):
+        values["batch_schedule"] = config.batch_schedules[schedule]
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(f"trial config {sampled}: {_first_error(error)}") from None

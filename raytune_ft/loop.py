@@ -1,0 +1,273 @@
+"""One fine-tuning run, one evaluation interval at a time. No Ray in here.
+
+Progress is counted in training samples. Each optimizer step takes the next `batch_size`
+samples of the length-grouped stream (fewer at an interval boundary, so every evaluation
+happens at exactly k x interval samples), split into micro-batches of at most
+`max_micro_batch`; the loss of each micro-batch is weighted by its share of the batch, so the
+gradient equals the one of the whole batch. Learning rate and weight decay are set on every step
+from the hyperparameters in force: changing them (PBT) or the batch size needs no rebuild.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from raytune_ft.batching import SampleStream, collate, eval_batches, micro_batches
+from raytune_ft.config import TrainConfig
+from raytune_ft.data import DataBundle
+from raytune_ft.errors import RaytuneFtError
+from raytune_ft.model import parameter_groups
+from raytune_ft.schedules import PlateauState, batch_size_at, learning_rate, lr_scale_for_batch
+
+log = logging.getLogger(__name__)
+WORST = {"eval_accuracy": 0.0, "eval_f1": 0.0, "eval_mcc": -1.0}  # bounded metrics
+WORST_LOSS = 1e9  # the worst finite value reported for an unbounded loss
+
+
+class CheckpointError(RaytuneFtError):
+    """A checkpoint directory cannot be read."""
+
+
+@dataclass
+class TrainerState:
+    """Everything besides weights and optimizer moments that a restore needs."""
+
+    samples_seen: int = 0
+    step: int = 0
+    seed: int = 0
+    reference_batch_size: int = 32
+    plateau: PlateauState = field(default_factory=PlateauState)
+    diverged: bool = False
+    hyperparameters: dict = field(default_factory=dict)
+
+
+def worst_value(metric: str) -> float:
+    return WORST.get(metric, WORST_LOSS)
+
+
+class FineTuneLoop:
+    """Train a sequence-classification model on a `DataBundle` with hyperparameters `hp`."""
+
+    def __init__(self, model: torch.nn.Module, data: DataBundle, hp: TrainConfig,
+                 metric: str = "eval_accuracy", mode: str = "max", device: str = "cpu") -> None:
+        self.model, self.data, self.metric, self.mode = model.to(device), data, metric, mode
+        self.device = torch.device(device)
+        self.n_train = len(data.train)
+        self.total_samples = round(hp.max_epochs * self.n_train)
+        self.interval = max(1, round(hp.eval_every_epochs * self.n_train))
+        self.optimizer = torch.optim.AdamW(parameter_groups(model, hp), lr=hp.learning_rate,
+                                           eps=hp.adam_epsilon)
+        self.state = TrainerState(seed=hp.seed,
+                                  reference_batch_size=hp.reference_batch_size
+                                  or batch_size_at(hp, 0.0))
+        self.apply_hyperparameters(hp)
+        self.autocast_dtype = _autocast_dtype(hp.precision, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+
+    # ------------------------------------------------------------------ hyperparameters
+
+    def apply_hyperparameters(self, hp: TrainConfig) -> None:
+        """Put new hyperparameters in force at the current position (PBT explore).
+
+        The optimizer keeps its moments; lr, weight decay and batch size are read from `hp`
+        on every step, and batches are cut from the same stream position.
+        """
+        if hasattr(self, "hp") and round(hp.max_epochs * self.n_train) != self.total_samples:
+            raise RaytuneFtError("train.max_epochs cannot change inside a running trial")
+        self.hp = hp
+        self.stream = SampleStream(self.data.train.lengths, self.state.seed,
+                                   hp.length_group_window)
+        if hp.reference_batch_size:
+            self.state.reference_batch_size = hp.reference_batch_size
+        self.state.hyperparameters = hp.model_dump(mode="json")
+
+    @property
+    def batch_size(self) -> int:
+        return batch_size_at(self.hp, self.state.samples_seen / self.total_samples)
+
+    def current_lr(self) -> float:
+        """The head group's learning rate at the current position."""
+        scale = lr_scale_for_batch(self.hp.lr_scaling, self.batch_size,
+                                   self.state.reference_batch_size)
+        return learning_rate(self.hp, self.hp.learning_rate * scale, self.state.samples_seen,
+                             self.total_samples, self.n_train, self.state.plateau.reductions)
+
+    def _set_group_hyperparameters(self) -> tuple[float, float]:
+        lr = self.current_lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_scale"]
+            group["weight_decay"] = self.hp.weight_decay if group["decays"] else 0.0
+        return lr, min(g["lr"] for g in self.optimizer.param_groups)
+
+    # ------------------------------------------------------------------ training
+
+    @property
+    def finished(self) -> bool:
+        return self.state.diverged or self.state.samples_seen >= self.total_samples
+
+    def run_interval(self) -> dict:
+        """Train to the next evaluation point, evaluate, and return the metrics."""
+        start_samples, started = self.state.samples_seen, time.perf_counter()
+        target = min(self.total_samples, (start_samples // self.interval + 1) * self.interval)
+        self.model.train()
+        losses, lr, lr_min, batch_size = [], 0.0, 0.0, self.batch_size
+        while self.state.samples_seen < target:
+            batch_size = self.batch_size
+            lr, lr_min = self._set_group_hyperparameters()
+            count = min(batch_size, target - self.state.samples_seen)
+            loss = self._step(self.stream.take(self.state.samples_seen, count))
+            if not math.isfinite(loss):
+                self.state.diverged = True
+                log.warning("non-finite loss at step %d: trial diverged", self.state.step)
+                break
+            losses.append(loss)
+        train_seconds = time.perf_counter() - started
+        metrics = self.evaluate()
+        self._update_plateau(metrics)
+        trained = self.state.samples_seen - start_samples
+        metrics.update(
+            train_loss=float(np.mean(losses)) if losses else float("nan"), lr=lr,
+            lr_min_group=lr_min, batch_size=batch_size, epoch=self.state.samples_seen / self.n_train,
+            samples_seen=self.state.samples_seen, step=self.state.step,
+            samples_per_s=trained / train_seconds if train_seconds > 0 else 0.0,
+            diverged=self.state.diverged,
+        )
+        if self.state.diverged:
+            metrics.update({name: worst_value(name) for name in
+                            ("eval_accuracy", "eval_f1", "eval_mcc", "eval_loss", "train_loss")})
+        return metrics
+
+    def _step(self, indices: np.ndarray) -> float:
+        """One optimizer step over `indices`; returns the batch's mean loss."""
+        # Dropout draws from a generator seeded per step: a restore continues bit for bit.
+        torch.manual_seed(self.state.seed * 1_000_003 + self.state.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for part in micro_batches(indices, self.hp.max_micro_batch):
+            batch = {k: v.to(self.device) for k, v in
+                     collate(self.data.train, part, self.data.pad_token_id).items()}
+            labels = batch.pop("labels")
+            with self._autocast():
+                logits = self.model(**batch).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+            self.scaler.scale(loss / len(indices)).backward()
+            total += loss.item()
+        mean_loss = total / len(indices)
+        if not math.isfinite(mean_loss):
+            return mean_loss
+        self.scaler.unscale_(self.optimizer)
+        if self.hp.max_grad_norm:
+            params = [p for g in self.optimizer.param_groups for p in g["params"]]
+            torch.nn.utils.clip_grad_norm_(params, self.hp.max_grad_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.state.step += 1
+        self.state.samples_seen += len(indices)
+        return mean_loss
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _update_plateau(self, metrics: dict) -> None:
+        if self.hp.schedule == "plateau" and not self.state.diverged:
+            value = metrics.get(self.metric)
+            if value is not None:
+                self.state.plateau.update(value, self.mode, self.hp.plateau_patience,
+                                          self.hp.plateau_threshold)
+
+    # ------------------------------------------------------------------ evaluation
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        self.model.eval()
+        split = self.data.eval
+        predictions, loss_sum = np.empty(len(split), dtype=np.int64), 0.0
+        for indices in eval_batches(split, self.hp.eval_batch_size):
+            batch = {k: v.to(self.device) for k, v in
+                     collate(split, indices, self.data.pad_token_id).items()}
+            labels = batch.pop("labels")
+            with self._autocast():
+                logits = self.model(**batch).logits.float()
+            loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
+            predictions[indices] = logits.argmax(-1).cpu().numpy()
+        return {"eval_loss": loss_sum / len(split),
+                **classification_metrics(predictions, split.labels, len(self.data.label_names))}
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self, directory: str | Path) -> None:
+        """Write model.safetensors, optimizer.pt and trainer_state.json (DESIGN.md)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, str(directory / "model.safetensors"))
+        torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
+        state = asdict(self.state)
+        state.update(epoch=self.state.samples_seen / self.n_train,
+                     total_samples=self.total_samples)
+        (directory / "trainer_state.json").write_text(json.dumps(state, indent=1))
+
+    def load(self, directory: str | Path) -> None:
+        """Continue from a checkpoint; the hyperparameters in force stay this loop's own."""
+        directory = Path(directory)
+        try:
+            state = json.loads((directory / "trainer_state.json").read_text())
+            missing, unexpected = load_model(self.model, str(directory / "model.safetensors"),
+                                             strict=False)
+            optimizer_state = torch.load(directory / "optimizer.pt", weights_only=True,
+                                         map_location=self.device)
+            # Group settings (layer-decay scale, decay flag) are this trial's own, not saved.
+            own = [(g["lr_scale"], g["decays"]) for g in self.optimizer.param_groups]
+            self.optimizer.load_state_dict(optimizer_state)
+            for group, (scale, decays) in zip(self.optimizer.param_groups, own):
+                group["lr_scale"], group["decays"] = scale, decays
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
+            raise CheckpointError(f"checkpoint {directory} cannot be read: {error}") from None
+        if unexpected:
+            raise CheckpointError(f"checkpoint {directory} has unexpected weights: {unexpected}")
+        plateau = PlateauState(**state.pop("plateau"))
+        known = {k: v for k, v in state.items() if k in TrainerState.__dataclass_fields__}
+        self.state = TrainerState(**{**known, "plateau": plateau})
+        self.apply_hyperparameters(self.hp)
+
+
+def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict:
+    """Accuracy, Matthews correlation, and F1 of the positive class for binary tasks."""
+    accuracy = float((predictions == labels).mean())
+    metrics = {"eval_accuracy": accuracy, "eval_mcc": _mcc(predictions, labels, num_labels)}
+    if num_labels == 2:
+        tp = int(((predictions == 1) & (labels == 1)).sum())
+        fp = int(((predictions == 1) & (labels == 0)).sum())
+        fn = int(((predictions == 0) & (labels == 1)).sum())
+        metrics["eval_f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
+    return metrics
+
+
+def _mcc(predictions: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Multi-class Matthews correlation (Gorodkin), equal to the binary formula for k = 2."""
+    confusion = np.zeros((k, k), dtype=np.float64)
+    np.add.at(confusion, (labels, predictions), 1)
+    t, p, c, s = confusion.sum(1), confusion.sum(0), np.trace(confusion), confusion.sum()
+    denominator = math.sqrt(s * s - p @ p) * math.sqrt(s * s - t @ t)
+    return float((c * s - t @ p) / denominator) if denominator else 0.0
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16":
+        return torch.float16
+    if precision == "bf16" or torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float16

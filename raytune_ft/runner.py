@@ -1,0 +1,185 @@
+"""Start or join Ray, check resources and storage, run the `Tuner`, resume.
+
+Everything a user can get wrong is checked before Ray starts (`prepare`), so a typo costs
+seconds, not a cluster start.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from raytune_ft.config import ExperimentConfig, PbtConfig, validate_config
+from raytune_ft.data import DataBundle, build_bundle
+from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
+from raytune_ft.model import load_tokenizer, max_positions, resolve_model_path
+
+log = logging.getLogger(__name__)
+CONFIG_FILE = "raytune_ft.json"  # the validated experiment, beside Ray's own files
+
+
+@dataclass
+class Prepared:
+    config: ExperimentConfig
+    model_path: str
+    bundle: DataBundle
+    experiment_dir: str  # <storage_path>/<name>, a local path or a URI
+
+
+def storage_root(config: ExperimentConfig) -> str:
+    path = config.run.storage_path
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = False) -> Prepared:
+    """Resolve the model, read and tokenize the data, check storage: no Ray needed."""
+    model_path = resolve_model_path(config.model.name)
+    limit = max_positions(model_path)
+    if limit is not None and config.model.max_length > limit:
+        raise ConfigError(f"model.max_length: {config.model.max_length} is above the model's "
+                          f"position limit {limit}")
+    root = storage_root(config)
+    experiment_dir = f"{root.rstrip('/')}/{config.name}"
+    if "://" not in root:
+        _check_local_storage(Path(root), Path(experiment_dir), overwrite, resume)
+    tokenizer = load_tokenizer(model_path)
+    bundle = build_bundle(config.data, tokenizer, config.model.max_length)
+    return Prepared(config, model_path, bundle, experiment_dir)
+
+
+def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: bool) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / ".raytune_ft_write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ResourceError(f"run.storage_path: {root} is not writable ({error.strerror})"
+                            ) from None
+    if experiment.exists() and any(experiment.iterdir()) and not (overwrite or resume):
+        raise ExperimentError(f"name: experiment {experiment} already exists; use "
+                              f"`raytune-ft resume {experiment}` to continue it or --overwrite "
+                              "to replace it")
+
+
+def init_ray(address: str | None, config: ExperimentConfig) -> None:
+    """Join a cluster at `address`, or start a local instance bound to 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=False)
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
+
+
+def check_resources(config: ExperimentConfig) -> None:
+    """One trial must fit on some node, or the trial would wait forever."""
+    import ray
+
+    need = {"CPU": config.resources.cpus_per_trial, "GPU": config.resources.gpus_per_trial}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes):
+        return
+    largest = {k: max((n.get(k, 0) for n in nodes), default=0) for k in need}
+    raise ResourceError(f"resources: one trial needs {need['CPU']:g} CPU and {need['GPU']:g} "
+                        f"GPU, but the largest node has {largest['CPU']:g} CPU and "
+                        f"{largest['GPU']:g} GPU")
+
+
+def build_tuner(prepared: Prepared, restore: bool = False):
+    from ray import tune
+
+    from raytune_ft.search import build_scheduler, build_search_alg, param_space
+    from raytune_ft.trainable import train_trial
+
+    config = prepared.config
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, bundle=prepared.bundle, experiment=config,
+                             model_path=prepared.model_path),
+        {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial},
+    )
+    if restore:
+        return tune.Tuner.restore(prepared.experiment_dir, trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    pbt = isinstance(config.scheduler, PbtConfig)
+    root, name = prepared.experiment_dir.rsplit("/", 1)
+    run_config = tune.RunConfig(
+        name=name, storage_path=root, verbose=config.run.verbose,
+        checkpoint_config=tune.CheckpointConfig(
+            # PBT clones any live trial's latest checkpoint: keep enough that it survives.
+            num_to_keep=max(config.run.checkpoints_to_keep, 2) if pbt
+            else config.run.checkpoints_to_keep),
+        failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
+    )
+    tune_config = tune.TuneConfig(
+        metric=config.metric, mode=config.mode, scheduler=build_scheduler(config),
+        search_alg=build_search_alg(config), num_samples=config.run.num_samples,
+        max_concurrent_trials=config.run.max_concurrent_trials,
+        time_budget_s=config.run.time_budget_s, reuse_actors=True,
+    )
+    return tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config,
+                      run_config=run_config)
+
+
+def write_experiment_record(prepared: Prepared) -> None:
+    """Save the validated config beside Ray's files: analysis and resume read it."""
+    record = prepared.config.model_dump(mode="json")
+    record["budget_samples"] = round(prepared.config.train.max_epochs * len(prepared.bundle.train))
+    record["model_path"] = prepared.model_path
+    record["label_names"] = prepared.bundle.label_names
+    text = json.dumps(record, indent=1)
+    if "://" in prepared.experiment_dir:
+        import pyarrow.fs
+
+        fs, path = pyarrow.fs.FileSystem.from_uri(prepared.experiment_dir)
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(f"{path}/{CONFIG_FILE}") as stream:
+            stream.write(text.encode())
+        return
+    directory = Path(prepared.experiment_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / CONFIG_FILE).write_text(text)
+
+
+def read_experiment_record(experiment_dir: str) -> ExperimentConfig:
+    path = Path(experiment_dir).expanduser() / CONFIG_FILE
+    if not path.is_file():
+        raise ExperimentError(f"{experiment_dir}: not a raytune_ft experiment ({CONFIG_FILE} "
+                              "not found)")
+    record = json.loads(path.read_text())
+    for key in ("budget_samples", "model_path", "label_names"):
+        record.pop(key, None)
+    return validate_config(record, source=str(path))
+
+
+def run_experiment(prepared: Prepared, address: str | None = None, overwrite: bool = False):
+    """Start Ray and run every trial of a prepared experiment; returns Tune's ResultGrid."""
+    init_ray(address, prepared.config)
+    check_resources(prepared.config)
+    if overwrite and "://" not in prepared.experiment_dir:
+        shutil.rmtree(prepared.experiment_dir, ignore_errors=True)
+    write_experiment_record(prepared)
+    return build_tuner(prepared).fit()
+
+
+def resume_experiment(experiment_dir: str, address: str | None = None):
+    experiment_dir = str(Path(experiment_dir).expanduser().resolve())
+    config = read_experiment_record(experiment_dir)
+    prepared = prepare(config, resume=True)
+    prepared.experiment_dir = experiment_dir
+    init_ray(address, config)
+    check_resources(config)
+    return build_tuner(prepared, restore=True).fit(), prepared
+
+
+def accumulation_steps(batch_size: int, max_micro_batch: int) -> int:
+    return math.ceil(batch_size / max_micro_batch)

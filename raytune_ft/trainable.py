@@ -1,0 +1,46 @@
+"""The Ray Tune function trainable: a thin adapter around `FineTuneLoop`.
+
+It restores from Tune's checkpoint (a restart, a PBT exploit), puts the trial's own
+hyperparameters in force, and reports one evaluation interval per Tune iteration.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import torch
+from ray import tune
+
+from raytune_ft.config import ExperimentConfig, PbtConfig, trial_hyperparameters
+from raytune_ft.data import DataBundle
+from raytune_ft.loop import FineTuneLoop
+from raytune_ft.model import load_model
+
+FAULT_HOOK = "RAYTUNE_FT_TEST_FAIL_SEED"  # tests only: the trial with this seed raises
+
+
+def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfig,
+                model_path: str) -> None:
+    hp = trial_hyperparameters(experiment, config)
+    gpus = experiment.resources.gpus_per_trial
+    device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(max(1, int(experiment.resources.cpus_per_trial)))
+    loop = FineTuneLoop(load_model(model_path, bundle.label_names, hp.seed), bundle, hp,
+                        experiment.metric, experiment.mode, device)
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            loop.load(directory)
+    every = 1 if isinstance(experiment.scheduler, PbtConfig) else experiment.run.checkpoint_every
+    while not loop.finished:
+        if os.environ.get(FAULT_HOOK) == str(hp.seed):
+            raise RuntimeError(f"fault hook {FAULT_HOOK}={hp.seed}: this trial raises")
+        metrics = loop.run_interval()
+        iteration = -(-loop.state.samples_seen // loop.interval)
+        if loop.finished or iteration % every == 0:
+            with tempfile.TemporaryDirectory() as directory:
+                loop.save(directory)
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+        else:
+            tune.report(metrics)
