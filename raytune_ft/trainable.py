@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 
 import torch
 from ray import tune
@@ -22,6 +23,7 @@ FAULT_HOOK = "RAYTUNE_FT_TEST_FAIL_SEED"  # tests only: the trial with this seed
 
 def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfig,
                 model_path: str) -> None:
+    started = time.perf_counter()
     hp = trial_hyperparameters(experiment, config)
     gpus = experiment.resources.gpus_per_trial
     device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
@@ -32,11 +34,19 @@ def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfi
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             loop.load(directory)
+    startup_s = time.perf_counter() - started  # trial start to the first training step
     every = 1 if isinstance(experiment.scheduler, PbtConfig) else experiment.run.checkpoint_every
     while not loop.finished:
         if os.environ.get(FAULT_HOOK) == str(hp.seed):
             raise RuntimeError(f"fault hook {FAULT_HOOK}={hp.seed}: this trial raises")
-        metrics = loop.run_interval()
+        try:
+            metrics = loop.run_interval()
+        except torch.OutOfMemoryError:
+            raise RuntimeError(
+                f"device out of memory with train.max_micro_batch={hp.max_micro_batch} "
+                f"(batch_size {loop.batch_size}); lower train.max_micro_batch, gradient "
+                "accumulation keeps the effective batch") from None
+        metrics["startup_s"] = startup_s
         iteration = -(-loop.state.samples_seen // loop.interval)
         if loop.finished or iteration % every == 0:
             with tempfile.TemporaryDirectory() as directory:
