@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -40,8 +40,8 @@ def build_tables(exp: Experiment) -> dict[str, pa.Table]:
 
 def write_atomic(table: pa.Table, path: Path) -> None:
     """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    # a unique name (not mkstemp, which would leave the file mode 0600)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)

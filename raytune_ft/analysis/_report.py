@@ -1,0 +1,217 @@
+"""One self-contained report.html: every script and style inline, so it opens offline.
+
+Each section is a `<section>` with a stable id (SECTION_IDS) that tests and links rely on;
+a section with nothing to show (no PBT, no confirmation runs) still renders, with a note.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from raytune_ft.analysis import _plots
+from raytune_ft.analysis._compare import compute_to_reach, device_factor
+from raytune_ft.analysis._export import ANALYSIS_DIR, read_tables
+from raytune_ft.analysis._importance import hyperparameter_importance
+from raytune_ft.analysis._tables import HP
+
+logger = logging.getLogger(__name__)
+
+CONFIRM_FILE = "confirm.parquet"  # from `raytune-ft confirm`: config_rank, trial_id, seed, metric
+SECTION_IDS = (
+    "summary",
+    "learning-curves",
+    "hyperparameters-vs-metric",
+    "parallel-coordinates",
+    "best-so-far",
+    "pbt-schedules",
+    "importance",
+    "confirmation",
+)
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222}
+section{margin:2.5em 0}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
+table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ddd;padding:3px 8px}
+th{background:#f5f5f5}.note{color:#666;font-style:italic}"""
+
+
+def _section(sid: str, title: str, intro: str, body: str) -> str:
+    return (
+        f'<section id="{sid}"><h2>{html.escape(title)}</h2>'
+        f"<p>{html.escape(intro)}</p>{body}</section>"
+    )
+
+
+def _fig(fig, sid: str) -> str:
+    return fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"{sid}-plot")
+
+
+def _note(text: str) -> str:
+    return f'<p class="note">{html.escape(text)}</p>'
+
+
+def _table(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.5g}", border=0)
+
+
+def _summary(trials: pd.DataFrame, metric: str, mode: str, reach: dict) -> str:
+    counts = trials["status"].value_counts().to_dict()
+    top = trials.sort_values("best_metric", ascending=mode == "min").head(10)
+    cols = [
+        "trial_id",
+        "status",
+        *[c for c in trials.columns if c.startswith(HP)],
+        "best_metric",
+        "best_iteration",
+        "epochs",
+        "device_s",
+    ]
+    facts = (
+        f"{len(trials)} trials ({', '.join(f'{k}: {v}' for k, v in counts.items())}); "
+        f"metric {metric} ({mode}); device hours {trials['device_s'].sum() / 3600:.4g}; "
+        f"samples to within {reach.get('tolerance')} of best: "
+        f"{reach.get('samples_to_within')}"
+    )
+    return _note(facts) + _table(top[cols])
+
+
+def _confirmation(exp_dir: Path, metric: str) -> str:
+    path = exp_dir / ANALYSIS_DIR / CONFIRM_FILE
+    if not path.is_file():
+        return _note(
+            f"No {ANALYSIS_DIR}/{CONFIRM_FILE}: run `raytune-ft confirm` to re-train "
+            "the best configurations with several seeds."
+        )
+    df = pd.read_parquet(path)
+    summary = (
+        df.groupby("config_rank")
+        .agg(
+            trial_id=("trial_id", "first"),
+            n=("seed", "size"),
+            mean=("metric", "mean"),
+            sd=("metric", "std"),
+        )
+        .reset_index()
+        .sort_values("config_rank")
+    )
+    return _table(summary) + _fig(_plots.confirmation_bars(summary, metric), "confirmation")
+
+
+def _sections(exp_dir: Path, tables: dict[str, pd.DataFrame]) -> list[str]:
+    trials, its, events = tables["trials"], tables["iterations"], tables["pbt_events"]
+    metric = trials.attrs.get("raytune_ft.metric", "eval_accuracy")
+    mode = trials.attrs.get("raytune_ft.mode", "max")
+    log_scale = set(json.loads(trials.attrs.get("raytune_ft.log_scale", "[]")))
+    factor = device_factor(trials)
+    reach = compute_to_reach(its, metric, mode, factor) if len(its) else {}
+    has_its = len(its) > 0
+    empty = _note("No trial has reported an iteration yet.")
+    out = [
+        _section(
+            "summary",
+            "Summary",
+            "Best trials by their best metric.",
+            _summary(trials, metric, mode, reach),
+        )
+    ]
+    curves = _plots.learning_curves(trials, its, metric) if has_its else None
+    out.append(
+        _section(
+            "learning-curves",
+            "Learning curves",
+            f"{metric} against samples seen; stopped trials dotted grey, diverged/errored dashed.",
+            _fig(curves, "learning-curves") if curves else empty,
+        )
+    )
+    out.append(
+        _section(
+            "hyperparameters-vs-metric",
+            "Hyperparameters vs final metric",
+            "Each trial's last reported metric; log axis for log-searched hyperparameters.",
+            _fig(_plots.hp_vs_metric(trials, metric, log_scale), "hyperparameters-vs-metric"),
+        )
+    )
+    out.append(
+        _section(
+            "parallel-coordinates",
+            "Parallel coordinates",
+            "Lines colored by best metric.",
+            _fig(_plots.parallel_coordinates(trials, metric, log_scale), "parallel-coordinates"),
+        )
+    )
+    out.append(
+        _section(
+            "best-so-far",
+            "Best so far vs compute",
+            "Best metric found so far against cumulative device hours, in reporting order.",
+            _fig(_plots.best_so_far(its, metric, mode, factor), "best-so-far")
+            if has_its
+            else empty,
+        )
+    )
+    pbt = (
+        _fig(_plots.pbt_schedules(its, events, log_scale), "pbt-schedules")
+        if len(events)
+        else _note("No PBT exploits in this experiment.")
+    )
+    out.append(
+        _section(
+            "pbt-schedules",
+            "PBT: hyperparameters over time",
+            "Each trial's hyperparameters per iteration; stars mark exploits.",
+            pbt,
+        )
+    )
+    imp = hyperparameter_importance(trials)
+    body = (
+        _note(f"Not ranked: {imp.attrs.get('reason')}")
+        if imp.empty
+        else _fig(_plots.importance_bars(imp), "importance") + _table(imp)
+    )
+    out.append(
+        _section(
+            "importance",
+            "Hyperparameter importance",
+            "Permutation importance of a random forest fitted to the trials' "
+            "best metric (fitted and scored on the same trials).",
+            body,
+        )
+    )
+    out.append(
+        _section(
+            "confirmation",
+            "Confirmation runs",
+            "Top configurations re-trained with several seeds: mean ± sd.",
+            _confirmation(exp_dir, metric),
+        )
+    )
+    return out
+
+
+def write_report(experiment_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
+    """Render `<experiment_dir>/analysis/report.html` (or `out`) and return its path."""
+    from plotly.offline import get_plotlyjs
+
+    exp_dir = Path(experiment_dir)
+    tables = read_tables(exp_dir)
+    title = html.escape(f"raytune_ft report: {exp_dir.name}")
+    doc = "".join(
+        [
+            f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>',
+            f"<style>{_CSS}</style><script>{get_plotlyjs()}</script></head><body>",
+            f"<h1>{title}</h1>",
+            *_sections(exp_dir, tables),
+            "</body></html>",
+        ]
+    )
+    path = Path(out) if out is not None else exp_dir / ANALYSIS_DIR / "report.html"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(doc, encoding="utf-8")
+    os.replace(tmp, path)
+    logger.info("wrote %s", path)
+    return path
