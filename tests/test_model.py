@@ -1,0 +1,64 @@
+"""Parameter groups: layer-wise decay by the formula, freezing, no decay on bias/LayerNorm."""
+
+import pytest
+import torch
+
+from raytune_ft.config import TrainConfig
+from raytune_ft.errors import ModelError
+from raytune_ft.model import load_model, parameter_groups
+
+
+def groups_by_parameter(model, groups):
+    owner = {}
+    for group in groups:
+        for param in group["params"]:
+            assert id(param) not in owner, "a parameter is in two groups"
+            owner[id(param)] = group
+    return {name: owner.get(id(p)) for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kind,layers,prefix,layer_path", [
+    ("bert", 4, "bert", "bert.encoder.layer.{}."),
+    ("distilbert", 2, "distilbert", "distilbert.transformer.layer.{}."),
+])
+def test_layer_decay_formula(tmp_path, kind, layers, prefix, layer_path):
+    from conftest import build_tiny_model
+
+    model = load_model(str(build_tiny_model(tmp_path, layers=layers, kind=kind)), ["0", "1"], 0)
+    decay = 0.8
+    owner = groups_by_parameter(model, parameter_groups(model, TrainConfig(layer_decay=decay)))
+    assert all(group is not None for group in owner.values()), "a trainable parameter is left out"
+    for name, group in owner.items():
+        if name.startswith(f"{prefix}.embeddings."):
+            expected = decay ** (layers + 1)
+        else:
+            expected = next((decay ** (layers - i) for i in range(layers)
+                             if name.startswith(layer_path.format(i))), 1.0)
+        assert group["lr_scale"] == pytest.approx(expected, rel=1e-12), name
+        no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
+        assert group["decays"] is not no_decay, name
+
+
+def test_freezing_leaves_parameters_out(tiny_bert):
+    model = load_model(str(tiny_bert), ["0", "1"], 0)
+    hp = TrainConfig(freeze_embeddings=True, freeze_layers=1)
+    owner = groups_by_parameter(model, parameter_groups(model, hp))
+    for name, param in model.named_parameters():
+        frozen = name.startswith(("bert.embeddings.", "bert.encoder.layer.0."))
+        assert (owner[name] is None) == frozen, name
+        assert param.requires_grad is not frozen
+    with pytest.raises(ModelError, match="freeze_layers: 5 is above the model's 2"):
+        parameter_groups(model, TrainConfig(freeze_layers=5))
+
+
+def test_unknown_layout_is_an_error_naming_the_class():
+    class Custom(torch.nn.Module):
+        base_model_prefix = "gpt9"
+
+        def __init__(self):
+            super().__init__()
+            self.linear = torch.nn.Linear(2, 2)
+
+    assert len(parameter_groups(Custom(), TrainConfig())) == 2  # no layout needed
+    with pytest.raises(ModelError, match="Custom"):
+        parameter_groups(Custom(), TrainConfig(layer_decay=0.9))
