@@ -11,8 +11,11 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from raytune_ft.config import ExperimentConfig, PbtConfig, validate_config
 from raytune_ft.data import DataBundle, build_bundle
@@ -21,6 +24,7 @@ from raytune_ft.model import load_tokenizer, max_positions, resolve_model_path
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "raytune_ft.json"  # the validated experiment, beside Ray's own files
+_interrupted = threading.Event()  # set by the first Ctrl-C during `Tuner.fit`
 
 
 @dataclass
@@ -36,8 +40,13 @@ def storage_root(config: ExperimentConfig) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
-def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = False) -> Prepared:
-    """Resolve the model, read and tokenize the data, check storage: no Ray needed."""
+def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = False,
+            address: str | None = None) -> Prepared:
+    """Resolve the model, read and tokenize the data, check storage: no Ray needed.
+
+    Without `address` the run is local, so resources are checked against this machine here;
+    a cluster's nodes are only known after joining it (`check_resources`).
+    """
     model_path = resolve_model_path(config.model.name)
     limit = max_positions(model_path)
     if limit is not None and config.model.max_length > limit:
@@ -47,9 +56,36 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     experiment_dir = f"{root.rstrip('/')}/{config.name}"
     if "://" not in root:
         _check_local_storage(Path(root), Path(experiment_dir), overwrite, resume)
+    if address is None:
+        check_local_resources(config)
     tokenizer = load_tokenizer(model_path)
     bundle = build_bundle(config.data, tokenizer, config.model.max_length)
+    if config.metric.startswith("eval_") and config.metric not in bundle.metrics:
+        raise ConfigError(f"metric: {config.metric!r} is not reported for {bundle.task} "
+                          f"({len(bundle.label_names)} labels); reported: "
+                          f"{', '.join(bundle.metrics)}")
     return Prepared(config, model_path, bundle, experiment_dir)
+
+
+def local_cpus() -> int:
+    """The CPUs a local Ray instance gets (`init_ray` starts it with this many)."""
+    return os.cpu_count() or 1
+
+
+def check_local_resources(config: ExperimentConfig) -> None:
+    """A local run: one trial must fit on this machine, checked before Ray starts."""
+    import torch
+
+    cpus, gpus = local_cpus(), torch.cuda.device_count()
+    need = config.resources
+    if need.cpus_per_trial > cpus:
+        raise ResourceError(f"resources.cpus_per_trial: {need.cpus_per_trial:g} is more than "
+                            f"this machine's {cpus} CPUs; allowed: at most {cpus}, or join a "
+                            "cluster with --address")
+    if need.gpus_per_trial > gpus:
+        raise ResourceError(f"resources.gpus_per_trial: {need.gpus_per_trial:g} is more than "
+                            f"this machine's {gpus} GPUs; allowed: at most {gpus}, or join a "
+                            "cluster with --address")
 
 
 def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: bool) -> None:
@@ -78,7 +114,7 @@ def init_ray(address: str | None, config: ExperimentConfig) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
+        ray.init(num_cpus=local_cpus(), _node_ip_address="127.0.0.1", **kwargs)
 
 
 def check_resources(config: ExperimentConfig) -> None:
@@ -90,9 +126,9 @@ def check_resources(config: ExperimentConfig) -> None:
     if any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes):
         return
     largest = {k: max((n.get(k, 0) for n in nodes), default=0) for k in need}
-    raise ResourceError(f"resources: one trial needs {need['CPU']:g} CPU and {need['GPU']:g} "
-                        f"GPU, but the largest node has {largest['CPU']:g} CPU and "
-                        f"{largest['GPU']:g} GPU")
+    raise ResourceError(f"resources.cpus_per_trial/gpus_per_trial: one trial needs "
+                        f"{need['CPU']:g} CPU and {need['GPU']:g} GPU, but the largest node of "
+                        f"the cluster has {largest['CPU']:g} CPU and {largest['GPU']:g} GPU")
 
 
 def tune_settings(config: ExperimentConfig, experiment_dir: str):
@@ -113,6 +149,7 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str):
             num_to_keep=max(config.run.checkpoints_to_keep, 2) if pbt
             else config.run.checkpoints_to_keep),
         failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
+        callbacks=[_sigint_watch()],
     )
     tune_config = tune.TuneConfig(
         metric=config.metric, mode=config.mode, scheduler=build_scheduler(config),
@@ -141,6 +178,64 @@ def build_tuner(prepared: Prepared, restore: bool = False):
     tune_config, run_config = tune_settings(config, prepared.experiment_dir)
     return tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config,
                       run_config=run_config)
+
+
+@dataclass
+class Outcome:
+    """What `tune` and `resume` hand the CLI."""
+
+    results: Any  # Tune's ResultGrid
+    prepared: Prepared
+    interrupted: bool  # Ctrl-C stopped the run; `raytune-ft resume` continues it
+
+
+def _fit(tuner) -> tuple[Any, bool]:
+    """`tuner.fit()`, noting whether a Ctrl-C (SIGINT) cut it short.
+
+    Tune 2.60 catches the first SIGINT itself (unless TUNE_DISABLE_SIGINT_HANDLER=1): it saves
+    the experiment state and returns a normal ResultGrid, so the result alone cannot tell an
+    interrupted run from a finished one. `_SigintWatch` wraps Tune's handler to record it.
+    A second SIGINT raises KeyboardInterrupt, which the CLI reports the same way.
+    """
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.getsignal(signal.SIGINT) if main else None
+    _interrupted.clear()
+    try:
+        return tuner.fit(), _interrupted.is_set()
+    finally:
+        if main and before is not None:
+            signal.signal(signal.SIGINT, before)  # Tune leaves its own handler installed
+
+
+def watch_sigint() -> None:
+    """Record a SIGINT, then let the handler in force (Tune's, once fit has started) act."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    handler = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum, frame):
+        _interrupted.set()
+        if callable(handler):
+            handler(signum, frame)
+        elif handler != signal.SIG_IGN:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
+def _sigint_watch():
+    """A Tune callback whose `setup` runs after Tune has installed its SIGINT handler."""
+    from ray import tune
+
+    class SigintWatch(tune.Callback):
+        # Pickled by value into the experiment (tuner.pkl); a resumed run uses that copy,
+        # so the method looks up this module when it runs rather than closing over it.
+        def setup(self, **info):
+            from raytune_ft import runner
+
+            runner.watch_sigint()
+
+    return SigintWatch()
 
 
 def write_experiment_record(prepared: Prepared) -> None:
@@ -174,24 +269,27 @@ def read_experiment_record(experiment_dir: str) -> ExperimentConfig:
     return validate_config(record, source=str(path))
 
 
-def run_experiment(prepared: Prepared, address: str | None = None, overwrite: bool = False):
-    """Start Ray and run every trial of a prepared experiment; returns Tune's ResultGrid."""
+def run_experiment(prepared: Prepared, address: str | None = None,
+                   overwrite: bool = False) -> Outcome:
+    """Start Ray and run every trial of a prepared experiment."""
     init_ray(address, prepared.config)
     check_resources(prepared.config)
     if overwrite and "://" not in prepared.experiment_dir:
         shutil.rmtree(prepared.experiment_dir, ignore_errors=True)
     write_experiment_record(prepared)
-    return build_tuner(prepared).fit()
+    results, interrupted = _fit(build_tuner(prepared))
+    return Outcome(results, prepared, interrupted)
 
 
-def resume_experiment(experiment_dir: str, address: str | None = None):
+def resume_experiment(experiment_dir: str, address: str | None = None) -> Outcome:
     experiment_dir = str(Path(experiment_dir).expanduser().resolve())
     config = read_experiment_record(experiment_dir)
-    prepared = prepare(config, resume=True)
+    prepared = prepare(config, resume=True, address=address)
     prepared.experiment_dir = experiment_dir
     init_ray(address, config)
     check_resources(config)
-    return build_tuner(prepared, restore=True).fit(), prepared
+    results, interrupted = _fit(build_tuner(prepared, restore=True))
+    return Outcome(results, prepared, interrupted)
 
 
 def accumulation_steps(batch_size: int, max_micro_batch: int) -> int:
