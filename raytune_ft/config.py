@@ -25,6 +25,10 @@ from pydantic import (
 from raytune_ft.errors import ConfigError
 
 SCHEDULES = ("linear", "constant", "cosine", "step", "exponential", "plateau")
+# GLUE tasks the data module reads (data.GLUE_TASKS holds how); aliases map to these names.
+GLUE_TASK_NAMES = ("cola", "sst2", "mrpc", "rte", "qnli", "qqp", "mnli")
+TASK_ALIASES = {"sst-2": "sst2", "sst_2": "sst2"}
+SCHEDULER_TYPES = ("fifo", "asha", "hyperband", "pbt", "pb2")
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "qloguniform", "randint", "choice", "grid")
 # Metrics every trial reports (DESIGN.md); a scheduler may only watch one of these.
 REPORTED_METRICS = (
@@ -52,6 +56,17 @@ class DataConfig(_Strict):
     max_train_samples: int | None = Field(None, gt=0)  # fixed random subset, seeded below
     max_eval_samples: int | None = Field(None, gt=0)
     subset_seed: int = 0  # the subset is the same for every trial and every run
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, value: str | None) -> str | None:
+        if value is None or TASK_ALIASES.get(value.lower(), value.lower()) in GLUE_TASK_NAMES:
+            return value
+        hint = _did_you_mean(value.lower(), GLUE_TASK_NAMES)
+        regression = " (a regression task, not supported yet)" if value.lower() in (
+            "stsb", "sts-b") else ""
+        raise ValueError(f"{value!r} is not a supported GLUE task{regression}{hint}; allowed: "
+                         f"{', '.join(GLUE_TASK_NAMES)}")
 
     @model_validator(mode="after")
     def _task_or_files(self) -> DataConfig:
@@ -345,7 +360,16 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
                           f"{type(raw).__name__}")
     for override in overrides:
         apply_override(raw, override)
-    return validate_config(raw, source=str(path))
+    try:
+        return validate_config(raw, source=str(path))
+    except ConfigError as error:
+        # Name the override when the bad value came from the command line, not the file.
+        message = str(error)[len(str(path)) + 2:]
+        for override in overrides:
+            key = override.partition("=")[0].strip()
+            if message.startswith((f"{key}:", f"{key}.")):
+                raise ConfigError(f"{error} (from --set {override})") from None
+        raise
 
 
 def apply_override(raw: dict, override: str) -> None:
@@ -378,23 +402,27 @@ def _first_error(error: ValidationError) -> str:
     detail = error.errors()[0]
     loc = [str(p) for p in detail["loc"] if not str(p).startswith(("function-", "tagged-"))]
     # Discriminated unions add the tag as a path element: scheduler.asha.grace_period.
-    if len(loc) >= 2 and loc[0] == "scheduler" and loc[1] in ("fifo", "asha", "hyperband",
-                                                               "pbt", "pb2"):
-        loc.pop(1)
+    tag = None
+    if len(loc) >= 2 and loc[0] == "scheduler" and loc[1] in SCHEDULER_TYPES:
+        tag = loc.pop(1)
     path = ".".join(loc)
     kind, message, value = detail["type"], detail["msg"], detail.get("input")
     if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1])
+        parent = _model_at(loc[:-1], tag)
         hint = _did_you_mean(loc[-1], parent.model_fields) if parent else ""
         allowed = f"; allowed: {', '.join(parent.model_fields)}" if parent else ""
         return f"{path}: unknown key{hint}{allowed}"
     if kind == "missing":
         return f"{path}: required field is missing"
     if kind == "union_tag_invalid":
-        return f"{path}.type: {value.get('type')!r} is not a scheduler; allowed: fifo, asha, " \
-               "hyperband, pbt, pb2"
+        given = value.get("type")
+        return f"{path}.type: {given!r} is not a scheduler" \
+               f"{_did_you_mean(given, SCHEDULER_TYPES)}; allowed: {', '.join(SCHEDULER_TYPES)}"
     if kind == "union_tag_not_found":
-        return f"{path}.type: required; allowed: fifo, asha, hyperband, pbt, pb2"
+        return f"{path}.type: required; allowed: {', '.join(SCHEDULER_TYPES)}"
+    if kind == "literal_error" and isinstance(value, str):
+        allowed = re.findall(r"'([^']*)'", str(detail.get("ctx", {}).get("expected", "")))
+        return f"{path}: {message} (got {value!r}){_did_you_mean(value, allowed)}"
     if message.startswith("Value error, "):
         message = message[len("Value error, "):]
         first = message.split()[0]
@@ -404,11 +432,13 @@ def _first_error(error: ValidationError) -> str:
     return f"{path}: {message}{shown}" if path else f"{message}{shown}"
 
 
-def _model_at(loc: list[str]) -> type[BaseModel] | None:
+def _model_at(loc: list[str], scheduler_type: str | None = None) -> type[BaseModel] | None:
     model: type[BaseModel] = ExperimentConfig
     for part in loc:
         if part == "scheduler":
-            return None
+            by_type = {"fifo": FifoConfig, "asha": AshaConfig, "hyperband": HyperbandConfig,
+                       "pbt": PbtConfig, "pb2": PbtConfig}
+            return by_type.get(scheduler_type) if part == loc[-1] else None
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):

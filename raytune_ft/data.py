@@ -104,10 +104,11 @@ def read_splits(cfg: DataConfig) -> tuple[TextSplit, TextSplit, list[str]]:
     if cfg.train_file is not None:
         train = _read_table(cfg.train_file, "data.train_file")
         dev = _read_table(cfg.eval_file, "data.eval_file")
-        label_names = sorted({str(v) for v in train[cfg.label_column]})
         columns, label_column = list(cfg.text_columns), cfg.label_column
         for frame, where in ((train, "data.train_file"), (dev, "data.eval_file")):
-            _check_columns(frame, [*columns, label_column], where)
+            _check_columns(frame, columns, label_column, where)
+        label_names = sorted({str(v) for v in train[label_column]})
+        where = ("data.train_file", "data.eval_file")
     else:
         task = GLUE_TASKS[canonical_task(cfg.task)]
         folder = glue_folder(cfg, task)
@@ -117,9 +118,17 @@ def read_splits(cfg: DataConfig) -> tuple[TextSplit, TextSplit, list[str]]:
         dev = _read_glue_tsv(folder / task.dev_file, task)
         label_names, columns, label_column = list(task.labels), list(task.text_columns), \
             task.label_column
+        source = "data.path" if cfg.path else "RAYTUNE_FT_DATA_DIR"
+        where = (f"{source} ({folder / 'train.tsv'})", f"{source} ({folder / task.dev_file})")
+        for frame, name in zip((train, dev), where):
+            missing = [c for c in [*columns, label_column] if c not in frame.columns]
+            if missing:
+                raise DataError(f"{name}: not a GLUE {task.folder} file: column(s) "
+                                f"{', '.join(missing)} missing; columns present: "
+                                f"{', '.join(map(str, frame.columns))}")
     splits = []
-    for frame, where in ((train, "train"), (dev, "eval")):
-        splits.append(_to_split(frame, columns, label_column, label_names, where))
+    for frame, name in zip((train, dev), where):
+        splits.append(_to_split(frame, columns, label_column, label_names, name))
     return splits[0], splits[1], label_names
 
 
@@ -168,11 +177,15 @@ def _read_table(path_text: str, where: str) -> pd.DataFrame:
                     ".json, .parquet")
 
 
-def _check_columns(frame: pd.DataFrame, needed: list[str], where: str) -> None:
-    missing = [c for c in needed if c not in frame.columns]
+def _check_columns(frame: pd.DataFrame, text_columns: list[str], label_column: str,
+                   where: str) -> None:
+    present = f"columns present in {where}: {', '.join(map(str, frame.columns))}"
+    missing = [c for c in text_columns if c not in frame.columns]
     if missing:
-        raise DataError(f"{where}: column(s) {', '.join(missing)} not found; columns present: "
-                        f"{', '.join(map(str, frame.columns))}")
+        raise DataError(f"data.text_columns: {', '.join(map(repr, missing))} not found; "
+                        f"{present}")
+    if label_column not in frame.columns:
+        raise DataError(f"data.label_column: {label_column!r} not found; {present}")
 
 
 def _to_split(frame: pd.DataFrame, columns: list[str], label_column: str,
@@ -181,8 +194,8 @@ def _to_split(frame: pd.DataFrame, columns: list[str], label_column: str,
     raw = [str(v) for v in frame[label_column]]
     unknown = sorted(set(raw) - set(index))
     if unknown:
-        raise DataError(f"{where} labels: {', '.join(map(repr, unknown[:5]))} not in the label "
-                        f"set {label_names}")
+        raise DataError(f"{where}: label(s) {', '.join(map(repr, unknown[:5]))} in column "
+                        f"{label_column!r} are not in the label set {label_names}")
     texts = [[str(v) for v in frame[c]] for c in columns]
     return TextSplit(texts, np.fromiter((index[v] for v in raw), dtype=np.int64, count=len(raw)))
 

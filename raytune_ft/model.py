@@ -7,6 +7,7 @@ biases and LayerNorm weights); the loop sets each group's lr and weight decay ev
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -58,13 +59,24 @@ def max_positions(path: str) -> int | None:
     return limit
 
 
+def _why(path: str, error: Exception) -> str:
+    """The first line of a loader's error, and what to do when a hub id is not at hand."""
+    text = str(error).strip()
+    reason = text.splitlines()[0] if text else type(error).__name__
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    if Path(path).is_dir() or not offline:
+        return reason
+    return f"{reason} (HF_HUB_OFFLINE is set: a hub id must already be in the local cache)"
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
     try:
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
-        raise ModelError(f"model.name: cannot load a tokenizer from {path}: {error}") from None
+        raise ModelError(f"model.name: cannot load a tokenizer from {path!r}: "
+                         f"{_why(path, error)}") from None
 
 
 def load_model(path: str, label_names: list[str], seed: int) -> torch.nn.Module:
@@ -82,7 +94,7 @@ def load_model(path: str, label_names: list[str], seed: int) -> torch.nn.Module:
             label2id={name: i for i, name in enumerate(label_names)},
         )
     except (OSError, ValueError) as error:
-        raise ModelError(f"model.name: cannot load {path}: {error}") from None
+        raise ModelError(f"model.name: cannot load {path!r}: {_why(path, error)}") from None
 
 
 def layer_index(model: torch.nn.Module, name: str) -> tuple[int, int]:
