@@ -26,11 +26,16 @@ def main(argv: list[str] | None = None) -> int:
     except RaytuneFtError as error:
         if args.debug:
             traceback.print_exc()
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+
+
+def _one_line(text: str) -> str:
+    """Messages from libraries (transformers, pandas) can span lines; the CLI prints one."""
+    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
 
     validate = commands.add_parser("validate", help="check an experiment without training")
     _experiment_args(validate)
+    validate.add_argument("--address", help="the run will join this cluster: resources are "
+                          "checked there, not against this machine")
+    validate.add_argument("--overwrite", action="store_true",
+                          help="the run will replace an existing experiment")
     validate.set_defaults(handler=_validate)
 
     resume = commands.add_parser("resume", help="continue an interrupted experiment")
@@ -61,35 +70,51 @@ def _experiment_args(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE", help="override a setting, e.g. train.max_epochs=1")
 
 
-def _load(args):
+def _prepare(args):
+    """Load, validate and prepare the experiment file: every check that needs no Ray."""
     from raytune_ft.config import load_config
+    from raytune_ft.runner import prepare
 
-    return load_config(args.experiment, args.overrides)
+    config = load_config(args.experiment, args.overrides)  # errors start with the file
+    try:
+        return prepare(config, overwrite=args.overwrite, address=args.address)
+    except RaytuneFtError as error:
+        raise type(error)(f"{args.experiment}: {error}") from error
 
 
 def _validate(args) -> int:
-    from raytune_ft.runner import prepare
-
-    prepared = prepare(_load(args), overwrite=True)
+    prepared = _prepare(args)
     _print_header(prepared)
     print("ok: the experiment is valid")
     return EXIT_OK
 
 
 def _tune(args) -> int:
-    from raytune_ft.runner import prepare, run_experiment
+    from raytune_ft.runner import run_experiment
 
-    prepared = prepare(_load(args), overwrite=args.overwrite)
+    prepared = _prepare(args)
     _print_header(prepared)
-    results = run_experiment(prepared, address=args.address, overwrite=args.overwrite)
-    return _finish(results, prepared)
+    try:
+        outcome = run_experiment(prepared, address=args.address, overwrite=args.overwrite)
+    except KeyboardInterrupt:
+        return _interrupted(prepared.experiment_dir)
+    return _finish(outcome)
 
 
 def _resume(args) -> int:
     from raytune_ft.runner import resume_experiment
 
-    results, prepared = resume_experiment(args.experiment_dir, address=args.address)
-    return _finish(results, prepared)
+    try:
+        outcome = resume_experiment(args.experiment_dir, address=args.address)
+    except KeyboardInterrupt:
+        return _interrupted(args.experiment_dir)
+    return _finish(outcome)
+
+
+def _interrupted(experiment_dir: str) -> int:
+    print(f"interrupted: trials stopped at their last checkpoint; continue with "
+          f"`raytune-ft resume {experiment_dir}`", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _print_header(prepared) -> None:
@@ -119,12 +144,19 @@ def _print_header(prepared) -> None:
         print(f"  search     {key}: {spec}")
 
 
-def _finish(results, prepared) -> int:
-    config = prepared.config
-    errors = sum(1 for r in results if r.error is not None)
-    print(f"trials       {len(results)} run, {errors} failed")
-    if errors == len(results):
-        print(f"error: every trial failed; first error: {results[0].error}", file=sys.stderr)
+def _finish(outcome) -> int:
+    """Summarise a finished (or interrupted) run; the exit code says whether any trial worked."""
+    results, prepared, config = outcome.results, outcome.prepared, outcome.prepared.config
+    failed = [r for r in results if r.error is not None]
+    diverged = sum(1 for r in results if r.error is None and (r.metrics or {}).get("diverged"))
+    print(f"trials       {len(results)} run, {len(failed)} failed, {diverged} diverged")
+    for result in failed:
+        print(f"  failed     {result.path}: {_last_line(result.error)}")
+    if outcome.interrupted:
+        return _interrupted(prepared.experiment_dir)
+    if len(failed) == len(results):
+        first = _last_line(failed[0].error) if failed else "no trial ran"
+        print(f"error: every trial failed; first error: {first}", file=sys.stderr)
         return EXIT_FAILED
     best = results.get_best_result(config.metric, config.mode, scope="all")
     value = best.metrics_dataframe[config.metric]
@@ -133,6 +165,12 @@ def _finish(results, prepared) -> int:
     print(f"best         {config.metric}={best_value:.4f} {searched}")
     print(f"results      {prepared.experiment_dir}")
     return EXIT_OK
+
+
+def _last_line(error: BaseException) -> str:
+    """A trial's error arrives with the worker's traceback; its last line is the message."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def run() -> None:
