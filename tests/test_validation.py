@@ -30,8 +30,14 @@ class Case:
         self.storage = tmp / "results"
         self.yaml = tmp / "experiment.yaml"
 
-    def write(self, **sections) -> str:
-        return str(experiment_yaml(self.yaml, self.model, self.glue, self.storage, **sections))
+    def write(self, replace: tuple[str, ...] = (), **sections) -> str:
+        """`experiment_yaml` merges sections into its defaults; `replace` ones are taken whole."""
+        path = experiment_yaml(self.yaml, self.model, self.glue, self.storage, **sections)
+        if replace:
+            raw = yaml.safe_load(path.read_text())
+            raw.update({key: sections[key] for key in replace})
+            path.write_text(yaml.safe_dump(raw))
+        return str(path)
 
     def table(self, name: str, rows: list[tuple], columns=("text", "label")) -> str:
         path = self.tmp / name
@@ -85,15 +91,16 @@ def _yaml_syntax(c: Case) -> list[str]:
 def _pbt(c: Case, interval: int) -> list[str]:
     return ["validate", c.write(scheduler={"type": "pbt", "perturbation_interval": interval,
                                            "mutations": ["learning_rate"]},
-                                search_alg={"type": "random"})]
+                                search_alg={"type": "random"}, replace=("scheduler",))]
 
 
-PBT_NO_ASHA = {"type": "pbt", "perturbation_interval": 1, "mutations": ["learning_rate"]}
+PBT = {"type": "pbt", "perturbation_interval": 1, "mutations": ["learning_rate"]}
+PRESENT = "columns present in data.train_file: text, label"
 ROWS3 = [("a", 0), ("b", 1), ("c", 2)] * 3
 
 # id -> (builds argv from a Case, fragments the message must hold; the first is the field path)
 CASES = {
-    "yaml-syntax": (_yaml_syntax, ["line 3, column 1", "YAML syntax error"]),
+    "yaml-syntax": (_yaml_syntax, ["line 3, column 6", "YAML syntax error"]),
     "missing-file": (lambda c: ["validate", str(c.tmp / "nope.yaml")], ["nope.yaml", "not found"]),
     "unknown-top-key": (lambda c: ["validate", c.write(schedular={"type": "asha"})],
                         ["schedular", "did you mean 'scheduler'"]),
@@ -139,8 +146,8 @@ CASES = {
         ["scheduler.grace_period", "9", "budget of 4"]),
     "pbt-interval-above-budget": (lambda c: _pbt(c, 6), ["scheduler.perturbation_interval", "6"]),
     "pbt-mutation-not-searched": (
-        lambda c: ["validate", c.write(scheduler={**PBT_NO_ASHA, "mutations": ["weight_decay"]},
-                                       search_alg={"type": "random"})],
+        lambda c: ["validate", c.write(scheduler={**PBT, "mutations": ["weight_decay"]},
+                                       search_alg={"type": "random"}, replace=("scheduler",))],
         ["scheduler.mutations", "'weight_decay'"]),
     "metric-never-reported": (lambda c: ["validate", c.write(metric="eval_acc")],
                               ["metric", "'eval_acc'", "eval_accuracy"]),
@@ -167,9 +174,9 @@ CASES = {
         lambda c: ["validate", c.files(train_file=str(c.tmp / "missing.csv"))],
         ["data.train_file", "missing.csv", "does not exist"]),
     "text-column-missing": (lambda c: ["validate", c.files(text_columns=["sentence"])],
-                            ["data.text_columns", "'sentence'", "columns present: text, label"]),
+                            ["data.text_columns", "'sentence'", PRESENT]),
     "label-column-missing": (lambda c: ["validate", c.files(label_column="gold")],
-                             ["data.label_column", "'gold'", "columns present: text, label"]),
+                             ["data.label_column", "'gold'", PRESENT]),
     "eval-label-outside-set": (
         lambda c: ["validate", c.files(eval_rows=[("odd film", 7), ("good film", 1)])],
         ["data.eval_file", "'7'", "['0', '1']"]),
@@ -181,7 +188,7 @@ CASES = {
     "storage-not-writable": (_storage_under_file, ["run.storage_path", "a_file"]),
     "experiment-exists": (_existing, ["name", "raytune-ft resume", "--overwrite"]),
     "set-bad-value": (lambda c: ["validate", c.write(), "--set", "train.max_epochs=-1"],
-                      ["train.max_epochs", "-1"]),
+                      ["train.max_epochs", "-1", "(from --set train.max_epochs=-1)"]),
     "set-unknown-key": (lambda c: ["validate", c.write(), "--set", "train.max_epoch=1"],
                         ["train.max_epoch", "did you mean 'max_epochs'"]),
     "set-malformed": (lambda c: ["validate", c.write(), "--set", "train.max_epochs"],
