@@ -140,14 +140,10 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str):
 
     from raytune_ft.search import build_scheduler, build_search_alg
 
-    pbt = isinstance(config.scheduler, PbtConfig)
     root, name = experiment_dir.rsplit("/", 1)
     run_config = tune.RunConfig(
         name=name, storage_path=root, verbose=config.run.verbose,
-        checkpoint_config=tune.CheckpointConfig(
-            # PBT clones any live trial's latest checkpoint: keep enough that it survives.
-            num_to_keep=max(config.run.checkpoints_to_keep, 2) if pbt
-            else config.run.checkpoints_to_keep),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(config)),
         failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
         callbacks=[_sigint_watch()],
     )
@@ -158,6 +154,21 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str):
         time_budget_s=config.run.time_budget_s, reuse_actors=True,
     )
     return tune_config, run_config
+
+
+def checkpoints_to_keep(config: ExperimentConfig) -> int | None:
+    """How many checkpoints Ray keeps per trial.
+
+    PBT clones the checkpoint a donor wrote at its last perturbation point, which can be
+    several iterations behind its newest one: under PBT every checkpoint is kept (None)
+    unless the user sets a cap, and a cap is raised to cover two perturbation intervals.
+    """
+    keep = config.run.checkpoints_to_keep
+    if not isinstance(config.scheduler, PbtConfig):
+        return keep
+    if "checkpoints_to_keep" not in config.run.model_fields_set:
+        return None
+    return max(keep, 2 * config.scheduler.perturbation_interval + 2)
 
 
 def build_tuner(prepared: Prepared, restore: bool = False):
