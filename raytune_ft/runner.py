@@ -56,7 +56,7 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     experiment_dir = f"{root.rstrip('/')}/{config.name}"
     if "://" not in root:
         _check_local_storage(Path(root), Path(experiment_dir), overwrite, resume)
-    if address is None:
+    if cluster_address(address) is None:
         check_local_resources(config)
     tokenizer = load_tokenizer(model_path)
     bundle = build_bundle(config.data, tokenizer, config.model.max_length)
@@ -103,6 +103,11 @@ def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: 
                               "to replace it")
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join: --address, else RAY_ADDRESS (set for `ray job submit` drivers)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def init_ray(address: str | None, config: ExperimentConfig) -> None:
     """Join a cluster at `address`, or start a local instance bound to 127.0.0.1."""
     import ray
@@ -111,10 +116,13 @@ def init_ray(address: str | None, config: ExperimentConfig) -> None:
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=False)
+    address = cluster_address(address)
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=local_cpus(), _node_ip_address="127.0.0.1", **kwargs)
+        # "local": a new instance sized as checked in `prepare`, never a stray `ray start`.
+        ray.init(address="local", num_cpus=local_cpus(), _node_ip_address="127.0.0.1",
+                 **kwargs)
 
 
 def check_resources(config: ExperimentConfig) -> None:
@@ -139,13 +147,16 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str):
     from ray import tune
 
     from raytune_ft.search import build_scheduler, build_search_alg
+    from raytune_ft.tune_logs import result_loggers
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # ours replace Ray's defaults
 
     root, name = experiment_dir.rsplit("/", 1)
     run_config = tune.RunConfig(
         name=name, storage_path=root, verbose=config.run.verbose,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(config)),
         failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
-        callbacks=[_sigint_watch()],
+        callbacks=[*result_loggers(), _sigint_watch()],
     )
     tune_config = tune.TuneConfig(
         metric=config.metric, mode=config.mode, scheduler=build_scheduler(config),
