@@ -77,7 +77,7 @@ def hyperparameter_importance(
         return _empty("no hyperparameter varies across the trials")
     from sklearn.ensemble import RandomForestRegressor
 
-    model = RandomForestRegressor(n_estimators=200, random_state=0, n_jobs=1).fit(x, y)
+    model = RandomForestRegressor(n_estimators=100, random_state=0, n_jobs=1).fit(x, y)
     base = model.score(x, y)
     rng = np.random.default_rng(0)
     rows = []

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,8 +132,6 @@ def read_state(exp_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _read_error(path: Path) -> str | None:
-    if not path.is_file():
-        return None
     lines = path.read_text(errors="replace").splitlines()
     return "\n".join(lines[:ERROR_LINES]).strip() or None
 
@@ -144,13 +143,17 @@ def list_trials(exp_dir: Path) -> list[TrialInfo]:
     state = read_state(exp_dir)
     by_dir = {s["logdir"]: tid for tid, s in state.items() if s.get("logdir")}
     trials = []
-    for path in sorted(p for p in exp_dir.iterdir() if p.is_dir()):
-        if not ((path / "params.json").is_file() or (path / "result.json").is_file()):
+    with os.scandir(exp_dir) as entries:
+        dirs = sorted(e.name for e in entries if e.is_dir())
+    for name in dirs:
+        path = exp_dir / name
+        files = set(os.listdir(path))  # one listing instead of a stat per file we look for
+        if not ({"params.json", "result.json"} & files):
             continue
         m = _DIRNAME.match(path.name)
         tid = by_dir.get(path.name) or (m.group("tid") if m else path.name)
         info = TrialInfo(trial_id=tid, dir_name=path.name, path=path)
-        if (path / "params.json").is_file():
+        if "params.json" in files:
             try:
                 info.params = flatten(json.loads((path / "params.json").read_text()))
             except (OSError, json.JSONDecodeError) as e:
@@ -159,7 +162,7 @@ def list_trials(exp_dir: Path) -> list[TrialInfo]:
         info.state_status = s.get("status")
         info.orig_tag = s.get("tag") or (f"{m.group('idx')}_" if m and m.group("idx") else None)
         info.num_failures = s.get("num_failures", 0)
-        info.error = _read_error(path / "error.txt")
+        info.error = _read_error(path / "error.txt") if "error.txt" in files else None
         trials.append(info)
     if not trials:
         raise ExperimentError(f"{exp_dir}: no trial folders (with params.json or result.json)")

@@ -81,9 +81,12 @@ def _report_at(rows: pd.DataFrame | None, iteration: int) -> pd.Series | None:
 def pbt_frame(exp: Experiment, iterations: pd.DataFrame) -> pd.DataFrame:
     """One row per exploit, in the order Ray logged them; empty when the run was not PBT."""
     resolve = _tag_resolver(exp)
-    by_trial = {tid: g.sort_values("iteration") for tid, g in iterations.groupby("trial_id")}
+    policy = _read_policy(exp)
+    targets = {resolve(ev[0]) for ev in policy}
+    mine = iterations[iterations["trial_id"].isin(targets)] if policy else iterations.iloc[:0]
+    by_trial = {tid: g.sort_values("iteration") for tid, g in mine.groupby("trial_id")}
     rows = []
-    for n, (tgt, donor, tgt_it, donor_it, old_cfg, new_cfg) in enumerate(_read_policy(exp)):
+    for n, (tgt, donor, tgt_it, donor_it, old_cfg, new_cfg) in enumerate(policy):
         tgt_id = resolve(tgt)
         row = {
             "event": n,

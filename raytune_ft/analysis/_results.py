@@ -97,23 +97,26 @@ def line_schema(metric: str, hp_types: dict[str, pa.DataType | None]) -> pa.Sche
 
 def _file_bytes(path: Path) -> bytes:
     """The file's complete lines; a truncated last line is dropped with a warning."""
-    if not path.is_file():
-        return b""
     try:
         data = path.read_bytes()
+    except FileNotFoundError:  # a trial that never reported
+        return b""
     except OSError as e:
         logger.warning("%s: unreadable (%s); trial has no iterations", path, e)
         return b""
-    data = b"\n".join(line for line in data.split(b"\n") if line.strip())
-    if not data:
-        return b""
-    head, _, last = data.rpartition(b"\n")
+    if not data.endswith(b"\n") or b"\n\n" in data or data[:1].isspace():
+        # blank lines would break the line count that maps rows back to files
+        data = b"\n".join(line for line in data.split(b"\n") if line.strip())
+        if not data:
+            return b""
+        data += b"\n"
+    head, _, last = data[:-1].rpartition(b"\n")
     try:
         json.loads(last)
     except ValueError:
         logger.warning("%s: skipping truncated or corrupt last line (%d bytes)", path, len(last))
         return head + b"\n" if head else b""
-    return data + b"\n"
+    return data
 
 
 def _parse_slow(data: bytes, path: Path, schema: pa.Schema) -> pa.Table:

@@ -142,11 +142,11 @@ def frame_to_table(df: pd.DataFrame, schema: pa.Schema, name: str, exp: Experime
     cols = []
     for f in schema:
         col = df[f.name]
-        if col.dtype == object or pa.types.is_string(f.type):
+        try:
+            cols.append(pa.Array.from_pandas(col, type=f.type))
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError):
             vals = col.astype(object).where(col.notna(), None).tolist()
             cols.append(pa.array([coerce(v, f.type) for v in vals], type=f.type))
-        else:
-            cols.append(pa.Array.from_pandas(col, type=f.type))
     meta = {
         "raytune_ft.schema_version": SCHEMA_VERSION,
         "raytune_ft.table": name,

@@ -58,9 +58,9 @@ def _reached_budget(row: dict, exp: Experiment, max_iter: int) -> bool:
     meta = exp.meta
     if meta.budget_samples and row["samples_seen"] is not None:
         return row["samples_seen"] >= meta.budget_samples
-    if meta.max_epochs and row["epochs"] is not None and not np.isnan(row["epochs"]):
+    if meta.max_epochs and row["epochs"] is not None:
         return row["epochs"] >= float(meta.max_epochs) - _EPS
-    return (row["last_iteration"] or 0) >= max_iter > 0
+    return int(row["last_iteration"] or 0) >= max_iter > 0
 
 
 def status_of(trial: TrialInfo, row: dict, exp: Experiment, max_iter: int) -> str:
@@ -69,7 +69,7 @@ def status_of(trial: TrialInfo, row: dict, exp: Experiment, max_iter: int) -> st
     reached = _reached_budget(row, exp, max_iter)
     if state == "ERROR" or (state is None and trial.error and not reached):
         return "errored"
-    if row["_diverged"]:
+    if bool(row["_diverged"]):
         return "diverged"
     if state == "TERMINATED" or (state is None and (row["_done"] or reached)):
         return "terminated" if reached else "stopped"
@@ -77,27 +77,33 @@ def status_of(trial: TrialInfo, row: dict, exp: Experiment, max_iter: int) -> st
 
 
 def _per_trial(it: pd.DataFrame, exp: Experiment) -> dict[str, dict]:
-    """Metric summaries per trial id from the deduped iterations."""
-    metric, sign = exp.meta.metric, (1.0 if exp.meta.mode == "max" else -1.0)
-    out: dict[str, dict] = {}
-    for tid, g in it.groupby("trial_id", sort=False):
-        vals = g[metric].astype("float64").to_numpy()
-        ok = ~np.isnan(vals)
-        best = int(np.argmax(np.where(ok, sign * vals, -np.inf))) if ok.any() else None
-        last = g.iloc[-1]
-        out[tid] = {
-            "best_metric": vals[best] if best is not None else None,
-            "best_iteration": int(g["iteration"].iloc[best]) if best is not None else None,
-            "last_metric": vals[-1] if ok[-1] else None,
-            "iterations": len(g),
-            "last_iteration": int(last["iteration"]),
-            "samples_seen": None if pd.isna(last["samples_seen"]) else int(last["samples_seen"]),
-            "compute_samples": float(g["compute_samples"].sum()),
-            "epochs": None if pd.isna(last["epoch"]) else float(last["epoch"]),
-            "wall_s": float(g["compute_s"].sum()),
-            "_diverged": bool(g["diverged"].fillna(False).any()),
-        }
-    return out
+    """Metric summaries per trial id from the deduped iterations (sorted by trial, iteration)."""
+    sign = 1.0 if exp.meta.mode == "max" else -1.0
+    vals = it[exp.meta.metric].astype("float64")
+    by = it["trial_id"]
+    key = (vals * sign).fillna(-np.inf)  # idxmax needs no NaN; all-NaN trials handled below
+    best_idx = key.groupby(by, sort=False).idxmax()
+    has_metric = vals.notna().groupby(by, sort=False).any()
+    last = it.drop_duplicates("trial_id", keep="last").set_index("trial_id")
+    df = pd.DataFrame(
+        {
+            "best_metric": vals.loc[best_idx.to_numpy()].to_numpy(),
+            "best_iteration": it["iteration"].loc[best_idx.to_numpy()].to_numpy(),
+        },
+        index=best_idx.index,
+    )
+    df.loc[~has_metric.reindex(df.index).to_numpy(), ["best_metric", "best_iteration"]] = None
+    grouped = it.groupby(by, sort=False)
+    df["last_metric"] = last[exp.meta.metric].astype("float64")
+    df["iterations"] = grouped.size()
+    df["last_iteration"] = last["iteration"]
+    df["samples_seen"] = last["samples_seen"]
+    df["compute_samples"] = grouped["compute_samples"].sum()
+    df["epochs"] = last["epoch"].astype("float64")
+    df["wall_s"] = grouped["compute_s"].sum()
+    df["_diverged"] = grouped["diverged"].any()
+    df = df.astype(object).where(df.notna(), None)
+    return df.to_dict("index")
 
 
 def trials_frame(exp: Experiment, iterations: pd.DataFrame) -> pd.DataFrame:
