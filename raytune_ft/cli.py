@@ -61,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("experiment_dir")
     resume.add_argument("--address")
     resume.set_defaults(handler=_resume)
+
+    replay = commands.add_parser("replay", help="re-run a PBT trial's schedule from scratch")
+    replay.add_argument("experiment_dir")
+    replay.add_argument("--trial", help="trial id (default: the best trial)")
+    replay.add_argument("--address")
+    replay.set_defaults(handler=_replay)
     return parser
 
 
@@ -108,6 +114,14 @@ def _resume(args) -> int:
         outcome = resume_experiment(args.experiment_dir, address=args.address)
     except KeyboardInterrupt:
         return _interrupted(args.experiment_dir)
+    return _finish(outcome)
+
+
+def _replay(args) -> int:
+    from raytune_ft.replay import replay_trial
+
+    outcome, trial_id = replay_trial(args.experiment_dir, args.trial, address=args.address)
+    print(f"replayed     trial {trial_id} of {args.experiment_dir}")
     return _finish(outcome)
 
 

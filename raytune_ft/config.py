@@ -314,6 +314,9 @@ def _check_scheduler(config: ExperimentConfig, space: dict[str, Domain]) -> None
         raise ValueError(f"scheduler.grace_period: {scheduler.grace_period} iterations is above "
                          f"the budget of {budget} (train.max_epochs / train.eval_every_epochs)")
     if isinstance(scheduler, PbtConfig):
+        if scheduler.type == "pb2" and scheduler.burn_in_period:
+            raise ValueError("scheduler.burn_in_period: PB2 has no burn-in; allowed only with "
+                             "type: pbt")
         if scheduler.perturbation_interval >= budget:
             raise ValueError(f"scheduler.perturbation_interval: {scheduler.perturbation_interval}"
                              f" iterations is not below the budget of {budget}; no exploit "

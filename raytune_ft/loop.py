@@ -224,6 +224,7 @@ class FineTuneLoop:
         directory = Path(directory)
         try:
             state = json.loads((directory / "trainer_state.json").read_text())
+            plateau = PlateauState(**state.pop("plateau"))
             missing, unexpected = load_model(self.model, str(directory / "model.safetensors"),
                                              strict=False)
             optimizer_state = torch.load(directory / "optimizer.pt", weights_only=True,
@@ -233,11 +234,12 @@ class FineTuneLoop:
             self.optimizer.load_state_dict(optimizer_state)
             for group, (scale, decays) in zip(self.optimizer.param_groups, own):
                 group["lr_scale"], group["decays"] = scale, decays
-        except (OSError, ValueError, RuntimeError, KeyError) as error:
-            raise CheckpointError(f"checkpoint {directory} cannot be read: {error}") from None
-        if unexpected:
-            raise CheckpointError(f"checkpoint {directory} has unexpected weights: {unexpected}")
-        plateau = PlateauState(**state.pop("plateau"))
+        except Exception as error:  # noqa: BLE001 - any unreadable part makes it unusable
+            raise CheckpointError(f"checkpoint {directory} cannot be read: "
+                                  f"{type(error).__name__}: {error}") from None
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {directory} does not match the model: missing "
+                                  f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
         known = {k: v for k, v in state.items() if k in TrainerState.__dataclass_fields__}
         self.state = TrainerState(**{**known, "plateau": plateau})
         self.apply_hyperparameters(self.hp)

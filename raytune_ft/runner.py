@@ -182,18 +182,27 @@ def checkpoints_to_keep(config: ExperimentConfig) -> int | None:
     return max(keep, 2 * config.scheduler.perturbation_interval + 2)
 
 
-def build_tuner(prepared: Prepared, restore: bool = False):
+def trainable_for(prepared: Prepared):
+    """The trial function with the tokenized data in the object store and its resources."""
     from ray import tune
 
-    from raytune_ft.search import param_space
     from raytune_ft.trainable import train_trial
 
     config = prepared.config
-    trainable = tune.with_resources(
+    return tune.with_resources(
         tune.with_parameters(train_trial, bundle=prepared.bundle, experiment=config,
                              model_path=prepared.model_path),
         {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial},
     )
+
+
+def build_tuner(prepared: Prepared, restore: bool = False):
+    from ray import tune
+
+    from raytune_ft.search import param_space
+
+    config = prepared.config
+    trainable = trainable_for(prepared)
     if restore:
         return tune.Tuner.restore(prepared.experiment_dir, trainable, resume_unfinished=True,
                                   resume_errored=True)

@@ -50,7 +50,6 @@ def build_scheduler(config: ExperimentConfig):
         space = config.space()
         common = dict(time_attr="training_iteration",
                       perturbation_interval=cfg.perturbation_interval,
-                      burn_in_period=cfg.burn_in_period,
                       quantile_fraction=cfg.quantile_fraction, synch=cfg.synch)
         if cfg.type == "pb2":
             from ray.tune.schedulers.pb2 import PB2
@@ -63,6 +62,7 @@ def build_scheduler(config: ExperimentConfig):
                      else to_tune(space[key]) for key in cfg.mutations}
         return PopulationBasedTraining(
             hyperparam_mutations=mutations, resample_probability=cfg.resample_probability,
+            burn_in_period=cfg.burn_in_period,
             perturbation_factors=tuple(cfg.perturbation_factors), **common)
     return FIFOScheduler()
 

@@ -83,7 +83,8 @@ def experiment_yaml(path: Path, model_dir: Path, glue_dir: Path, storage: Path,
         "search_alg": {"type": "tpe", "n_initial_points": 2, "seed": 0},
         "run": {"num_samples": 4, "storage_path": str(storage)},
     }
-    for key, value in sections.items():
-        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    for key, value in sections.items():  # sections merge, but a scheduler is replaced whole
+        merge = isinstance(value, dict) and key != "scheduler"
+        config[key] = {**config.get(key, {}), **value} if merge else value
     path.write_text(yaml.safe_dump(config))
     return path

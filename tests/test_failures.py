@@ -151,7 +151,6 @@ UNREADABLE = {
     "model.safetensors": b"not a safetensors file",
     "optimizer.pt": b"not a torch file",
 }
-LOOP_GAP = "loop.load lets this error through unwrapped (needs a change in loop.py)"
 
 
 @pytest.fixture(scope="module")
@@ -174,10 +173,10 @@ def saved_loop(tmp_path_factory, tiny_bert, glue_dir):
 
 @pytest.mark.parametrize("name", [
     "trainer_state.json",
-    pytest.param("model.safetensors", marks=pytest.mark.xfail(reason=LOOP_GAP)),
-    pytest.param("optimizer.pt", marks=pytest.mark.xfail(reason=LOOP_GAP)),
+    "model.safetensors",
+    "optimizer.pt",
     "missing",
-    pytest.param("state-without-plateau", marks=pytest.mark.xfail(reason=LOOP_GAP)),
+    "state-without-plateau",
 ])
 def test_an_unreadable_checkpoint_is_named(name, saved_loop, tmp_path):
     from raytune_ft.errors import RaytuneFtError

@@ -1,0 +1,90 @@
+"""Re-run one PBT trial's schedule of hyperparameters from scratch, as one trial.
+
+PBT's winner is a schedule, not a configuration: it started from one config and was changed
+at exploits. Ray's `PopulationBasedTrainingReplay` reads the trial's policy file
+(`pbt_policy_<trial_id>.txt`) and applies the same changes at the same iterations, so a user
+can reproduce the winner without the population.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+from raytune_ft.errors import ExperimentError
+from raytune_ft.runner import (
+    Outcome,
+    _fit,
+    check_resources,
+    init_ray,
+    prepare,
+    read_experiment_record,
+    trainable_for,
+    tune_settings,
+)
+
+log = logging.getLogger(__name__)
+
+
+def trial_results(experiment_dir: Path) -> dict[str, tuple[Path, list[dict]]]:
+    """trial_id -> (trial folder, reported rows) for every trial that reported."""
+    trials = {}
+    for folder in sorted(p for p in experiment_dir.iterdir() if (p / "result.json").is_file()):
+        rows = []
+        for line in (folder / "result.json").read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("%s: skipping a truncated line", folder / "result.json")
+        if rows:
+            trials[rows[-1]["trial_id"]] = (folder, rows)
+    return trials
+
+
+def best_trial(experiment_dir: Path, metric: str, mode: str) -> str:
+    """The trial whose last reported metric is best: PBT's final population ranks so."""
+    trials = trial_results(experiment_dir)
+    if not trials:
+        raise ExperimentError(f"{experiment_dir}: no trial has reported a result")
+    sign = 1 if mode == "max" else -1
+    return max(trials, key=lambda tid: sign * trials[tid][1][-1][metric])
+
+
+def replay_trial(experiment_dir: str, trial_id: str | None = None,
+                 address: str | None = None) -> tuple[Outcome, str]:
+    """Replay `trial_id` (default: the best) of a PBT experiment; returns (outcome, trial)."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler, PopulationBasedTrainingReplay
+    from ray.tune.search import BasicVariantGenerator
+
+    directory = Path(experiment_dir).expanduser().resolve()
+    config = read_experiment_record(str(directory))
+    if config.scheduler.type not in ("pbt", "pb2"):
+        raise ExperimentError(f"{directory}: scheduler.type is {config.scheduler.type!r}; "
+                              "replay needs a PBT or PB2 experiment")
+    trials = trial_results(directory)
+    trial_id = trial_id or best_trial(directory, config.metric, config.mode)
+    if trial_id not in trials:
+        raise ExperimentError(f"--trial: {trial_id!r} is not a trial of {directory} (trials: "
+                              f"{', '.join(sorted(trials))})")
+    policy = directory / f"pbt_policy_{trial_id}.txt"
+    name = f"{config.name}-replay-{trial_id}"
+    config = config.model_copy(update={"name": name, "run": config.run.model_copy(
+        update={"num_samples": 1})})
+    prepared = prepare(config, overwrite=True)
+    init_ray(address, config)
+    check_resources(config)
+    tune_config, run_config = tune_settings(config, prepared.experiment_dir)
+    if policy.is_file():  # the trial was changed by exploits: replay its schedule
+        scheduler, space = PopulationBasedTrainingReplay(str(policy)), {}
+    else:  # never exploited: its schedule is its initial config
+        folder, rows = trials[trial_id]
+        scheduler, space = FIFOScheduler(), json.loads((folder / "params.json").read_text())
+    tune_config = dataclasses.replace(tune_config, scheduler=scheduler, num_samples=1,
+                                      search_alg=BasicVariantGenerator())
+    tuner = tune.Tuner(trainable_for(prepared), param_space=space, tune_config=tune_config,
+                       run_config=run_config)
+    results, interrupted = _fit(tuner)
+    return Outcome(results, prepared, interrupted), trial_id

@@ -1,0 +1,91 @@
+"""PBT and PB2 through the real CLI: exploits continue where the donor stood, with the new
+learning rate and batch size in force; replay re-runs the winner's schedule."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import experiment_yaml
+
+TRAIN = {"max_epochs": 1, "eval_every_epochs": 0.125, "max_micro_batch": 16,
+         "schedule": "linear", "warmup_ratio": 0.0}
+SEARCH = {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "batch_size": {"choice": [8, 16, 32]},
+          "weight_decay": {"uniform": [0.0, 0.1]}}
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def trial_rows(experiment):
+    return {p.name: [json.loads(line) for line in (p / "result.json").read_text().splitlines()]
+            for p in experiment.iterdir() if (p / "result.json").is_file()}
+
+
+def population(tmp_path_factory, tiny_bert, glue_dir, kind):
+    root = tmp_path_factory.mktemp(kind)
+    scheduler = {"type": kind, "perturbation_interval": 1, "quantile_fraction": 0.25,
+                 "mutations": ["learning_rate", "batch_size", "weight_decay"]}
+    path = experiment_yaml(root / "exp.yaml", tiny_bert, glue_dir, root / "results",
+                           name=kind, metric="eval_loss", mode="min", train=TRAIN,
+                           search=SEARCH, scheduler=scheduler,
+                           search_alg={"type": "random", "seed": 3},
+                           run={"num_samples": 4, "storage_path": str(root / "results")})
+    done = run_cli("tune", str(path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root / "results" / kind
+
+
+@pytest.fixture(scope="module")
+def pbt_run(tmp_path_factory, tiny_bert, glue_dir):
+    return population(tmp_path_factory, tiny_bert, glue_dir, "pbt")
+
+
+def test_exploits_happen_and_are_logged(pbt_run):
+    events = (pbt_run / "pbt_global.txt").read_text().splitlines()
+    assert events, "no exploit happened"
+    assert list(pbt_run.glob("pbt_policy_*.txt"))
+
+
+def test_samples_seen_continue_and_batch_size_changes(pbt_run):
+    rows = trial_rows(pbt_run)
+    assert len(rows) == 4
+    changed = False
+    for name, trial in rows.items():
+        # A clone continues from the donor's checkpoint: its next iteration is the donor's
+        # iteration + 1, and the samples seen stay tied to the iteration, never back to 0.
+        assert all(r["samples_seen"] == 32 * r["training_iteration"] for r in trial), name
+        assert trial[-1]["samples_seen"] == 256, name
+        sizes = [r["batch_size"] for r in trial]
+        changed |= len(set(sizes)) > 1
+    assert changed, "no trial's reported batch size changed"
+
+
+def test_reported_lr_and_batch_size_are_the_ones_in_force(pbt_run):
+    # Linear decay, no warmup: the last step of an interval starts at samples_seen - batch.
+    for trial in trial_rows(pbt_run).values():
+        for row in trial:
+            config = row["config"]
+            assert row["batch_size"] == config["batch_size"]
+            start = row["samples_seen"] - config["batch_size"]
+            expected = config["learning_rate"] * (1 - start / 256)
+            assert row["lr"] == pytest.approx(expected, rel=1e-9)
+
+
+def test_replay_reruns_the_best_schedule(pbt_run):
+    done = run_cli("replay", str(pbt_run))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "replayed     trial" in done.stdout and "best         eval_loss=" in done.stdout
+    replays = list(pbt_run.parent.glob("pbt-replay-*"))
+    assert len(replays) == 1
+    (trial,) = trial_rows(replays[0]).values()
+    assert [r["samples_seen"] for r in trial] == [32 * i for i in range(1, 9)]
+
+
+def test_pb2_run_of_the_same_shape_completes(tmp_path_factory, tiny_bert, glue_dir):
+    experiment = population(tmp_path_factory, tiny_bert, glue_dir, "pb2")
+    rows = trial_rows(experiment)
+    assert len(rows) == 4
+    assert all(trial[-1]["samples_seen"] == 256 for trial in rows.values())
