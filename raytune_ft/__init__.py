@@ -1,7 +1,12 @@
 """raytune_ft: tune the hyperparameters of transformer fine-tuning on a Ray cluster."""
 
 from raytune_ft.errors import (
-    ConfigError, DataError, ExperimentError, ModelError, RaytuneFtError, ResourceError,
+    ConfigError,
+    DataError,
+    ExperimentError,
+    ModelError,
+    RaytuneFtError,
+    ResourceError,
 )
 
 __version__ = "0.1.0"

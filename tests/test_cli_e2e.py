@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import experiment_yaml
 
 METRICS = ("eval_accuracy", "eval_f1", "eval_mcc", "eval_loss", "train_loss", "lr",
