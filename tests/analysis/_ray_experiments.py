@@ -139,7 +139,11 @@ def build_asha(storage: Path) -> Path:
 
 
 def build_pbt(storage: Path) -> Path:
-    """Four trials under PBT, perturbing every iteration, so exploits happen."""
+    """Two trials under synchronous PBT, perturbing every iteration.
+
+    Synchronous PBT waits for both trials at each perturbation point, and with two trials
+    the worse one is always the bottom half, so every iteration logs an exploit.
+    """
     space = {"learning_rate": tune.loguniform(1e-5, 1e-3), "batch_size": tune.choice([16, 32])}
     sched = PopulationBasedTraining(
         time_attr="training_iteration",
@@ -149,9 +153,9 @@ def build_pbt(storage: Path) -> Path:
             "learning_rate": tune.loguniform(1e-5, 1e-3),
             "batch_size": [16, 32],
         },
-        synch=False,
+        synch=True,
     )
-    exp = _run(storage, "pbt", space, sched, 4, reuse_actors=True)
+    exp = _run(storage, "pbt", space, sched, 2, concurrent=2, reuse_actors=True)
     search = {"learning_rate": {"loguniform": [1e-5, 1e-3]}, "batch_size": {"choice": [16, 32]}}
     _write_cfg(exp, search, {"type": "pbt", "perturbation_interval": 1})
     return exp

@@ -92,7 +92,7 @@ def test_report_renders_in_headless_chromium(copy_experiment, tmp_path):
 def test_cli(experiments, tmp_path, capsys):
     assert main(["compare", str(experiments["asha"]), "--top", "2", "--format", "csv"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 3
-    assert main(["analyze", str(experiments["pbt"]), "--out", str(tmp_path / "a")]) == 0
+    assert main(["analyze", str(experiments["asha"]), "--out", str(tmp_path / "a")]) == 0
     out = capsys.readouterr().out
     assert "trials.parquet" in out and "learning_rate" in out
     assert main(["report", str(experiments["restored"]), "--out", str(tmp_path / "r.html")]) == 0
