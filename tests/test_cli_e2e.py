@@ -1,4 +1,5 @@
-"""End to end through the real CLI: a tiny random BERT on a real SST-2 subset, ASHA + TPE."""
+"""End to end through the real CLI: a tiny random BERT on a real SST-2 subset, ASHA + TPE
+searching learning rate, batch size, schedule and layer-wise decay."""
 
 import json
 import subprocess
@@ -27,6 +28,8 @@ def asha_run(tmp_path_factory, tiny_bert, glue_dir):
     # A tiny random model ties on accuracy (majority class); the loss separates trials.
     path = experiment_yaml(root / "exp.yaml", tiny_bert, glue_dir, root / "results",
                            metric="eval_loss", mode="min",
+                           search={"schedule": {"choice": ["linear", "cosine", "constant"]},
+                                   "layer_decay": {"uniform": [0.6, 1.0]}},
                            run={"num_samples": 6, "storage_path": str(root / "results")},
                            train={"max_epochs": 2, "eval_every_epochs": 0.5,
                                   "warmup_ratio": 0.1, "max_micro_batch": 8})
@@ -57,6 +60,9 @@ def test_every_trial_reports_the_metrics_at_equal_samples(asha_run):
             assert row["batch_size"] == config["batch_size"]
             assert 0.0 <= row["eval_accuracy"] <= 1.0 and row["diverged"] is False
             assert 0 < row["lr"] <= config["learning_rate"]
+            # the embeddings of the 2-layer model learn at lr * decay^(L + 1)
+            assert row["lr_min_group"] == pytest.approx(row["lr"] * config["layer_decay"] ** 3)
+            assert config["schedule"] in ("linear", "cosine", "constant")
         assert rows[-1]["step"] == sum(-(-128 // config["batch_size"]) for _ in rows)
     assert max(lengths) == 4, "no trial ran the full budget"
     assert min(lengths) < 4, "ASHA stopped no trial early"
