@@ -163,7 +163,10 @@ def best_so_far(its: pd.DataFrame, metric: str, mode: str, factor: float) -> go.
 
 
 def pbt_schedules(its: pd.DataFrame, events: pd.DataFrame, log_scale: set[str]) -> go.Figure:
-    """Each trial's hyperparameters over iterations; exploits marked where the new value starts."""
+    """Each trial's hyperparameters per iteration; a star where an exploit's new value starts.
+
+    A clone resumes from the donor's checkpoint, so its next report is donor_iteration + 1.
+    """
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -196,7 +199,7 @@ def pbt_schedules(its: pd.DataFrame, events: pd.DataFrame, log_scale: set[str]) 
         if len(events) and new in events.columns:
             fig.add_trace(
                 go.Scatter(
-                    x=events["target_iteration"] + 1,
+                    x=events["donor_iteration"] + 1,
                     y=events[new],
                     mode="markers",
                     name="exploit",

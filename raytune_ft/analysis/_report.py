@@ -101,94 +101,77 @@ def _confirmation(exp_dir: Path, metric: str) -> str:
     return _table(summary) + _fig(_plots.confirmation_bars(summary, metric), "confirmation")
 
 
+def _importance(trials: pd.DataFrame) -> str:
+    imp = hyperparameter_importance(trials)
+    if imp.empty:
+        return _note(f"Not ranked: {imp.attrs.get('reason')}")
+    return _fig(_plots.importance_bars(imp), "importance") + _table(imp)
+
+
+_TEXT = {  # section id -> (title, one-line explanation); {metric} is filled in
+    "summary": ("Summary", "Best trials by their best metric."),
+    "learning-curves": (
+        "Learning curves",
+        "{metric} against samples seen; stopped trials dotted grey, diverged/errored dashed.",
+    ),
+    "hyperparameters-vs-metric": (
+        "Hyperparameters vs final metric",
+        "Each trial's last reported metric; log axis for log-searched hyperparameters.",
+    ),
+    "parallel-coordinates": ("Parallel coordinates", "Lines colored by best metric."),
+    "best-so-far": (
+        "Best so far vs compute",
+        "Best metric found so far against cumulative device hours, in reporting order.",
+    ),
+    "pbt-schedules": (
+        "PBT: hyperparameters over time",
+        "Each trial's hyperparameters per iteration; stars mark exploits.",
+    ),
+    "importance": (
+        "Hyperparameter importance",
+        "Permutation importance of a random forest fitted to the trials' best metric "
+        "(fitted and scored on the same trials).",
+    ),
+    "confirmation": (
+        "Confirmation runs",
+        "Top configurations re-trained with several seeds: mean ± sd.",
+    ),
+}
+
+
 def _sections(exp_dir: Path, tables: dict[str, pd.DataFrame]) -> list[str]:
+    """Every section in SECTION_IDS order; plots are built only when there is data."""
     trials, its, events = tables["trials"], tables["iterations"], tables["pbt_events"]
     metric = trials.attrs.get("raytune_ft.metric", "eval_accuracy")
     mode = trials.attrs.get("raytune_ft.mode", "max")
     log_scale = set(json.loads(trials.attrs.get("raytune_ft.log_scale", "[]")))
     factor = device_factor(trials)
-    reach = compute_to_reach(its, metric, mode, factor) if len(its) else {}
-    has_its = len(its) > 0
-    empty = _note("No trial has reported an iteration yet.")
-    out = [
-        _section(
-            "summary",
-            "Summary",
-            "Best trials by their best metric.",
-            _summary(trials, metric, mode, reach),
-        )
-    ]
-    curves = _plots.learning_curves(trials, its, metric) if has_its else None
-    out.append(
-        _section(
-            "learning-curves",
-            "Learning curves",
-            f"{metric} against samples seen; stopped trials dotted grey, diverged/errored dashed.",
-            _fig(curves, "learning-curves") if curves else empty,
-        )
-    )
-    out.append(
-        _section(
-            "hyperparameters-vs-metric",
-            "Hyperparameters vs final metric",
-            "Each trial's last reported metric; log axis for log-searched hyperparameters.",
-            _fig(_plots.hp_vs_metric(trials, metric, log_scale), "hyperparameters-vs-metric"),
-        )
-    )
-    out.append(
-        _section(
-            "parallel-coordinates",
-            "Parallel coordinates",
-            "Lines colored by best metric.",
-            _fig(_plots.parallel_coordinates(trials, metric, log_scale), "parallel-coordinates"),
-        )
-    )
-    out.append(
-        _section(
-            "best-so-far",
-            "Best so far vs compute",
-            "Best metric found so far against cumulative device hours, in reporting order.",
-            _fig(_plots.best_so_far(its, metric, mode, factor), "best-so-far")
-            if has_its
-            else empty,
-        )
-    )
-    pbt = (
-        _fig(_plots.pbt_schedules(its, events, log_scale), "pbt-schedules")
-        if len(events)
-        else _note("No PBT exploits in this experiment.")
-    )
-    out.append(
-        _section(
-            "pbt-schedules",
-            "PBT: hyperparameters over time",
-            "Each trial's hyperparameters per iteration; stars mark exploits.",
-            pbt,
-        )
-    )
-    imp = hyperparameter_importance(trials)
-    body = (
-        _note(f"Not ranked: {imp.attrs.get('reason')}")
-        if imp.empty
-        else _fig(_plots.importance_bars(imp), "importance") + _table(imp)
-    )
-    out.append(
-        _section(
-            "importance",
-            "Hyperparameter importance",
-            "Permutation importance of a random forest fitted to the trials' "
-            "best metric (fitted and scored on the same trials).",
-            body,
-        )
-    )
-    out.append(
-        _section(
-            "confirmation",
-            "Confirmation runs",
-            "Top configurations re-trained with several seeds: mean ± sd.",
-            _confirmation(exp_dir, metric),
-        )
-    )
+    no_its = _note("No trial has reported an iteration yet.")
+    no_pbt = _note("No PBT exploits in this experiment.")
+    bodies = {
+        "summary": lambda: _summary(
+            trials, metric, mode, compute_to_reach(its, metric, mode, factor) if len(its) else {}
+        ),
+        "learning-curves": lambda: _plots.learning_curves(trials, its, metric),
+        "hyperparameters-vs-metric": lambda: _plots.hp_vs_metric(trials, metric, log_scale),
+        "parallel-coordinates": lambda: _plots.parallel_coordinates(trials, metric, log_scale),
+        "best-so-far": lambda: _plots.best_so_far(its, metric, mode, factor),
+        "pbt-schedules": lambda: _plots.pbt_schedules(its, events, log_scale),
+        "importance": lambda: _importance(trials),
+        "confirmation": lambda: _confirmation(exp_dir, metric),
+    }
+    needs = {
+        "learning-curves": (len(its), no_its),
+        "best-so-far": (len(its), no_its),
+        "pbt-schedules": (len(events), no_pbt),
+    }
+    out = []
+    for sid in SECTION_IDS:
+        ok, fallback = needs.get(sid, (True, ""))
+        body = bodies[sid]() if ok else fallback
+        html_body = body if isinstance(body, str) else _fig(body, sid)
+        title, intro = _TEXT[sid]
+        out.append(_section(sid, title, intro.format(metric=metric), html_body))
     return out
 
 
