@@ -2,6 +2,7 @@
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from raytune_ft.config import (
     ExperimentConfig,
@@ -39,7 +40,7 @@ def test_overrides_parse_values_as_yaml_without_eval(tmp_path):
 
 def test_config_is_immutable():
     config = load_config("experiments/sst2_quick.yaml")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         config.train.learning_rate = 1.0  # type: ignore[misc]
 
 
