@@ -45,7 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="run an experiment")
     _experiment_args(tune)
-    tune.add_argument("--address", help="join a Ray cluster: auto, HOST:PORT or ray://HOST:PORT")
+    tune.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (Ray "
+                      "Client ray:// is refused; see docs/cluster.md)")
     tune.add_argument("--overwrite", action="store_true", help="replace an existing experiment")
     tune.set_defaults(handler=_tune)
 
@@ -57,9 +58,10 @@ def _parser() -> argparse.ArgumentParser:
                           help="the run will replace an existing experiment")
     validate.set_defaults(handler=_validate)
 
-    resume = commands.add_parser("resume", help="continue an interrupted experiment")
-    resume.add_argument("experiment_dir")
-    resume.add_argument("--address")
+    resume = commands.add_parser("resume", help="continue an interrupted experiment, then "
+                                 "export its analysis tables")
+    resume.add_argument("experiment_dir", help="<storage_path>/<name>: a path or a URI")
+    resume.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT")
     resume.set_defaults(handler=_resume)
 
     replay = commands.add_parser("replay", help="re-run a PBT trial's schedule from scratch")
@@ -67,6 +69,28 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--trial", help="trial id (default: the best trial)")
     replay.add_argument("--address")
     replay.set_defaults(handler=_replay)
+
+    confirm = commands.add_parser("confirm", help="re-train the best configurations with new "
+                                  "seeds: mean and sd per configuration")
+    confirm.add_argument("experiment_dir")
+    confirm.add_argument("--top", type=int, default=3, help="configurations (default 3)")
+    confirm.add_argument("--seeds", type=int, default=3, help="new seeds each (default 3)")
+    confirm.add_argument("--address")
+    confirm.set_defaults(handler=_confirm)
+
+    export = commands.add_parser("export", help="write a checkpoint as a transformers model")
+    export.add_argument("experiment_dir")
+    export.add_argument("--out", required=True, help="model folder to write")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--trial", help="this trial's best kept checkpoint")
+    which.add_argument("--confirmed", action="store_true",
+                       help="the best configuration of `raytune-ft confirm`")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.set_defaults(handler=_export)
+
+    from raytune_ft.analysis.__main__ import add_commands
+
+    add_commands(commands)  # analyze, compare, report
     return parser
 
 
@@ -114,7 +138,10 @@ def _resume(args) -> int:
         outcome = resume_experiment(args.experiment_dir, address=args.address)
     except KeyboardInterrupt:
         return _interrupted(args.experiment_dir)
-    return _finish(outcome)
+    code = _finish(outcome)
+    if outcome.analysis_dir:
+        print(f"analysis     {outcome.analysis_dir}")
+    return code
 
 
 def _replay(args) -> int:
@@ -123,6 +150,39 @@ def _replay(args) -> int:
     outcome, trial_id = replay_trial(args.experiment_dir, args.trial, address=args.address)
     print(f"replayed     trial {trial_id} of {args.experiment_dir}")
     return _finish(outcome)
+
+
+def _confirm(args) -> int:
+    from raytune_ft.confirm import confirm_experiment
+
+    try:
+        done = confirm_experiment(args.experiment_dir, args.top, args.seeds, args.address)
+    except KeyboardInterrupt:
+        return _interrupted(f"{args.experiment_dir}{'-confirm'}")
+    if done.interrupted:
+        print("interrupted: run `raytune-ft confirm` again for confirm.parquet", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    rows, metric = done.rows, done.rows.attrs.get("metric", "metric")
+    print(f"confirmed    {done.summary.shape[0]} configurations x {args.seeds} seeds "
+          f"(seeds {sorted(rows['seed'].tolist())}) in {done.confirm_dir}")
+    print(f"summary      {metric} at the end of the budget; sd is the sample sd (ddof=1)")
+    for s in done.summary.itertuples():
+        print(f"  rank {s.rank}  config {s.config_rank}  trial {s.trial_id}  mean {s.mean:.6f}  "
+              f"sd {s.sd:.6f}  min {s.min:.6f}  max {s.max:.6f}  n {s.n}  "
+              f"search {s.search_metric:.6f}")
+    print(f"rows         {done.parquet}")
+    return EXIT_OK if rows["metric"].notna().any() else EXIT_FAILED
+
+
+def _export(args) -> int:
+    from raytune_ft.export import export_model, summary_line
+
+    out, choice = export_model(args.experiment_dir, args.out, trial=args.trial,
+                               confirmed=args.confirmed, overwrite=args.overwrite)
+    print(f"exported     trial {choice.trial_id} {choice.checkpoint.name}: "
+          f"{summary_line(choice, choice.report.get('metric_name', ''))}")
+    print(f"model        {out}")
+    return EXIT_OK
 
 
 def _interrupted(experiment_dir: str) -> int:
@@ -166,6 +226,7 @@ def _finish(outcome) -> int:
     print(f"trials       {len(results)} run, {len(failed)} failed, {diverged} diverged")
     for result in failed:
         print(f"  failed     {result.path}: {_last_line(result.error)}")
+    _export_analysis(prepared.experiment_dir)
     if outcome.interrupted:
         return _interrupted(prepared.experiment_dir)
     if len(failed) == len(results):
@@ -179,6 +240,21 @@ def _finish(outcome) -> int:
     print(f"best         {config.metric}={best_value:.4f} {searched}")
     print(f"results      {prepared.experiment_dir}")
     return EXIT_OK
+
+
+def _export_analysis(experiment_dir: str) -> None:
+    """Parquet tables and report.html for what exists; a failure here loses no results."""
+    if "://" in experiment_dir:
+        print(f"analysis     run `raytune-ft analyze` on a local copy of {experiment_dir}")
+        return
+    from raytune_ft.analysis import export_experiment, write_report
+
+    try:
+        export_experiment(experiment_dir)
+        print(f"report       {write_report(experiment_dir)}")
+    except Exception as error:  # noqa: BLE001 - the experiment itself is complete
+        print(f"warning: analysis export failed ({_last_line(error)}); retry with "
+              f"`raytune-ft analyze {experiment_dir}`", file=sys.stderr)
 
 
 def _last_line(error: BaseException) -> str:
