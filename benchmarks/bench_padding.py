@@ -70,6 +70,9 @@ def build_loops(bundle, path: str, steps_per_round: int):
                          eval_every_epochs=steps_per_round * BATCH / n,
                          length_group_window=window, seed=0)
         loops[variant] = FineTuneLoop(load_model(path, bundle.label_names, 0), bundle, hp)
+        # Build epoch 0's order now: with window 1 that is a Python loop over every sample,
+        # which would otherwise land in the first timed interval.
+        loops[variant].stream.take(0, 1)
     return loops
 
 

@@ -2,16 +2,21 @@
 
 The Ray side is raytune_ft's own trainable (`train_trial` under `tune.with_parameters`, built by
 `runner.build_tuner`, one CPU per trial); the bare side builds the same model, data and
-hyperparameters and calls `FineTuneLoop.run_interval` directly with `torch.set_num_threads(1)`.
+hyperparameters and calls `FineTuneLoop.run_interval` directly with `torch.set_num_threads(1)`,
+in a fresh process at the niceness Ray gives its workers (RAY_worker_niceness, 15 by default:
+on a shared machine a nice-0 bare run would otherwise out-compete the trial for CPU).
 Runs alternate bare, Ray, bare, Ray ... so drift in machine load falls on both. The figure is the
 loop's own `samples_per_s` (training time only), pooled over the intervals of each run.
 
     python benchmarks/bench_trainable_overhead.py [--pairs 3] [--train-samples 1024]
+        [--bare-niceness 15]
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
+import os
 import statistics
 import tempfile
 import time
@@ -40,7 +45,16 @@ def pooled_rate(rows: list[tuple[float, float]]) -> float:
     return samples / sum(n / rate for n, rate in rows)
 
 
-def bare_run(prepared) -> float:
+def bare_run(prepared, niceness: int) -> float:
+    """`_bare_loop` in a fresh process (spawned, like a Ray worker) at `niceness`."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"),
+                             initializer=os.nice, initargs=(niceness,)) as pool:
+        return pool.submit(_bare_loop, prepared).result()
+
+
+def _bare_loop(prepared) -> float:
     import torch
 
     from raytune_ft.config import trial_hyperparameters
@@ -77,6 +91,9 @@ def main() -> None:
     parser.add_argument("--train-samples", type=int, default=1024,
                         help="SST-2 training subset; one epoch per run, two intervals")
     parser.add_argument("--task", default="sst2")
+    parser.add_argument("--bare-niceness", type=int,
+                        default=int(os.environ.get("RAY_worker_niceness", 15)),
+                        help="nice value of the bare process (Ray's worker niceness by default)")
     args = parser.parse_args()
     _common.header("bench_trainable_overhead")
 
@@ -91,7 +108,7 @@ def main() -> None:
         try:
             for pair in range(args.pairs):
                 started = time.perf_counter()
-                bare.append(bare_run(prepared))
+                bare.append(bare_run(prepared, args.bare_niceness))
                 middle = time.perf_counter()
                 inside.append(ray_run(prepared))
                 print(f"pair {pair + 1}: bare {bare[-1]:.1f} samples/s, Ray {inside[-1]:.1f} "
