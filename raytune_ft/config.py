@@ -188,6 +188,18 @@ class SearchAlgConfig(_Strict):
 class ResourcesConfig(_Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)  # fractions put several trials on one GPU
+    custom: dict[str, float] = {}  # Ray custom resources per trial, e.g. {spot_gpu: 1}
+
+    @field_validator("custom")
+    @classmethod
+    def _custom_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if name.upper() in ("CPU", "GPU", "MEMORY", "OBJECT_STORE_MEMORY"):
+                raise ValueError(f"resources.custom.{name}: a built-in resource; set "
+                                 "resources.cpus_per_trial or gpus_per_trial instead")
+            if not amount > 0:
+                raise ValueError(f"resources.custom.{name}: amount {amount:g} must be > 0")
+        return value
 
 
 class RunConfig(_Strict):

@@ -104,8 +104,19 @@ def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: 
 
 
 def cluster_address(address: str | None) -> str | None:
-    """The cluster to join: --address, else RAY_ADDRESS (set for `ray job submit` drivers)."""
-    return address or os.environ.get("RAY_ADDRESS") or None
+    """The cluster to join: --address, else RAY_ADDRESS (set for `ray job submit` drivers).
+
+    Ray Client (`ray://`) is refused: Tune would run the experiment on the head while this
+    process prepares the data and writes the experiment record on its own disk, and the
+    client port (10001) would have to be reachable from outside the cluster.
+    """
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith("ray://"):
+        raise ConfigError(f"--address {address}: Ray Client (ray://) is not supported; run "
+                          "`raytune-ft tune ... --address auto` on the head (`ray attach "
+                          "cluster.yaml`), or `ray job submit --address http://127.0.0.1:8265 "
+                          "-- raytune-ft tune ...` through a tunnel (docs/cluster.md)")
+    return address
 
 
 def init_ray(address: str | None, config: ExperimentConfig) -> None:
@@ -115,28 +126,90 @@ def init_ray(address: str | None, config: ExperimentConfig) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    kwargs = dict(include_dashboard=False, log_to_driver=True, configure_logging=False)
+    kwargs = dict(log_to_driver=True, configure_logging=False)
     address = cluster_address(address)
     if address:
-        ray.init(address=address, **kwargs)
+        _join_cluster(ray, address, kwargs)
     else:
         # "local": a new instance sized as checked in `prepare`, never a stray `ray start`.
+        # Ray 2.60 turns token authentication on for a new local instance unless
+        # RAY_AUTH_MODE says otherwise. Setting the variable here would not do: Ray reads
+        # its config when imported, and the driver would then connect without the token.
+        if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+            log.warning("RAY_AUTH_MODE=%s: the local Ray instance runs without token "
+                        "authentication", os.environ["RAY_AUTH_MODE"])
         ray.init(address="local", num_cpus=local_cpus(), _node_ip_address="127.0.0.1",
-                 **kwargs)
+                 include_dashboard=False, dashboard_host="127.0.0.1", **kwargs)
+
+
+def _join_cluster(ray, address: str, kwargs: dict) -> None:
+    """`ray.init(address)`, with one line that says how to pass the token when refused."""
+    from ray.exceptions import AuthenticationError
+
+    try:
+        ray.init(address=address, **kwargs)
+    except (AuthenticationError, ConnectionError) as error:
+        # A refused token surfaces as "Failed to connect" with the gRPC status underneath.
+        if not isinstance(error, AuthenticationError) and "InvalidAuthToken" not in str(
+                error.__cause__):
+            raise
+        mode = os.environ.get("RAY_AUTH_MODE", "unset")
+        raise ResourceError(
+            f"--address {address}: the cluster refused this driver's authentication token; "
+            f"it uses token authentication: set RAY_AUTH_MODE=token (now {mode}) and give "
+            "the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+        ) from None
+
+
+def trial_resources(config: ExperimentConfig) -> dict[str, float]:
+    """What one trial asks Ray for, in Ray's resource names; fractions stay fractions."""
+    res = config.resources
+    return {"CPU": res.cpus_per_trial, "GPU": res.gpus_per_trial, **res.custom}
 
 
 def check_resources(config: ExperimentConfig) -> None:
-    """One trial must fit on some node, or the trial would wait forever."""
+    """One trial must fit on some node, or the trial would wait forever.
+
+    A cluster that autoscales (cluster.yaml: GPU workers from 0) may have no such node yet;
+    then a node type the autoscaler can start must fit it.
+    """
     import ray
 
-    need = {"CPU": config.resources.cpus_per_trial, "GPU": config.resources.gpus_per_trial}
+    need = {k: v for k, v in trial_resources(config).items() if v}
     nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if any(all(node.get(k, 0) >= v for k, v in need.items() if v) for node in nodes):
+    if any(_fits(need, node) for node in nodes):
+        return
+    node_types = _autoscaler_node_types()
+    if node_types is not None and (not node_types or any(_fits(need, t) for t in node_types)):
+        log.warning("no node of the cluster fits a trial (%s) yet; trials wait for the "
+                    "autoscaler to add one", need)
         return
     largest = {k: max((n.get(k, 0) for n in nodes), default=0) for k in need}
-    raise ResourceError(f"resources.cpus_per_trial/gpus_per_trial: one trial needs "
-                        f"{need['CPU']:g} CPU and {need['GPU']:g} GPU, but the largest node of "
-                        f"the cluster has {largest['CPU']:g} CPU and {largest['GPU']:g} GPU")
+    raise ResourceError(f"resources: one trial needs {_describe(need)}, but none of the "
+                        f"cluster's {len(nodes)} nodes has that (largest per resource: "
+                        f"{_describe(largest)}) and no autoscaler can add such a node")
+
+
+def _fits(need: dict[str, float], node: dict[str, float]) -> bool:
+    return all(node.get(k, 0) >= v for k, v in need.items())
+
+
+def _describe(amounts: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in amounts.items())
+
+
+def _autoscaler_node_types() -> list[dict[str, float]] | None:
+    """Resources of the node types an autoscaler can start; [] if it runs but does not say
+    (the cluster launcher's autoscaler); None when the cluster does not autoscale."""
+    import ray
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    config = ray._private.state.state.get_cluster_config()
+    if config is not None and config.node_group_configs:
+        return [dict(group.resources) for group in config.node_group_configs
+                if group.max_count != 0]
+    return [] if _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) else None
 
 
 def tune_settings(config: ExperimentConfig, experiment_dir: str):
@@ -192,7 +265,8 @@ def trainable_for(prepared: Prepared):
     return tune.with_resources(
         tune.with_parameters(train_trial, bundle=prepared.bundle, experiment=config,
                              model_path=prepared.model_path),
-        {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial},
+        {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial,
+         **config.resources.custom},
     )
 
 
@@ -218,6 +292,7 @@ class Outcome:
     results: Any  # Tune's ResultGrid
     prepared: Prepared
     interrupted: bool  # Ctrl-C stopped the run; `raytune-ft resume` continues it
+    analysis_dir: str | None = None  # where `resume` exported the analysis tables
 
 
 def _fit(tuner) -> tuple[Any, bool]:
@@ -290,11 +365,21 @@ def write_experiment_record(prepared: Prepared) -> None:
 
 
 def read_experiment_record(experiment_dir: str) -> ExperimentConfig:
-    path = Path(experiment_dir).expanduser() / CONFIG_FILE
-    if not path.is_file():
+    path = f"{experiment_dir.rstrip('/')}/{CONFIG_FILE}"
+    try:
+        if "://" in experiment_dir:  # object storage: the record is read where Ray writes
+            import pyarrow.fs
+
+            fs, inner = pyarrow.fs.FileSystem.from_uri(path)
+            with fs.open_input_stream(inner) as stream:
+                text = stream.read().decode()
+        else:
+            path = str(Path(experiment_dir).expanduser() / CONFIG_FILE)
+            text = Path(path).read_text()
+    except (OSError, ValueError):  # pyarrow: FileNotFoundError; a bad URI: ArrowInvalid
         raise ExperimentError(f"{experiment_dir}: not a raytune_ft experiment ({CONFIG_FILE} "
-                              "not found)")
-    record = json.loads(path.read_text())
+                              "not found)") from None
+    record = json.loads(text)
     for key in ("budget_samples", "model_path", "label_names"):
         record.pop(key, None)
     return validate_config(record, source=str(path))
@@ -313,14 +398,44 @@ def run_experiment(prepared: Prepared, address: str | None = None,
 
 
 def resume_experiment(experiment_dir: str, address: str | None = None) -> Outcome:
-    experiment_dir = str(Path(experiment_dir).expanduser().resolve())
+    """Continue an interrupted experiment (a local path or a storage URI), then export it.
+
+    Unfinished and errored trials restart from their last checkpoint in storage, so any
+    node can pick them up; finished trials are kept as they are.
+    """
+    if "://" not in experiment_dir:
+        experiment_dir = str(Path(experiment_dir).expanduser().resolve())
+    experiment_dir = experiment_dir.rstrip("/")
     config = read_experiment_record(experiment_dir)
     prepared = prepare(config, resume=True, address=address)
     prepared.experiment_dir = experiment_dir
     init_ray(address, config)
     check_resources(config)
     results, interrupted = _fit(build_tuner(prepared, restore=True))
-    return Outcome(results, prepared, interrupted)
+    outcome = Outcome(results, prepared, interrupted)
+    if not interrupted:
+        outcome.analysis_dir = export_analysis(experiment_dir)
+    return outcome
+
+
+def export_analysis(experiment_dir: str) -> str | None:
+    """The analysis tables of a local experiment (a path or file:// URI); None when skipped."""
+    try:
+        from raytune_ft.analysis import export_experiment
+    except ImportError:
+        log.warning("raytune_ft.analysis is not available; no analysis export")
+        return None
+    local = experiment_dir.removeprefix("file://")
+    if "://" in local:
+        log.warning("%s: the analysis export reads local files; copy the experiment here "
+                    "and export that copy", experiment_dir)
+        return None
+    try:
+        paths = export_experiment(local)
+    except Exception as error:  # the trials are done; a failed export must not hide that
+        log.warning("%s: analysis export failed: %s", experiment_dir, error)
+        return None
+    return str(Path(next(iter(paths.values()))).parent) if paths else None
 
 
 def accumulation_steps(batch_size: int, max_micro_batch: int) -> int:
