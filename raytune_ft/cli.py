@@ -59,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     validate.set_defaults(handler=_validate)
 
     resume = commands.add_parser("resume", help="continue an interrupted experiment, then "
-                                 "export its analysis tables")
+                                 "export its analysis tables and report")
     resume.add_argument("experiment_dir", help="<storage_path>/<name>: a path or a URI")
     resume.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT")
     resume.set_defaults(handler=_resume)
@@ -138,10 +138,7 @@ def _resume(args) -> int:
         outcome = resume_experiment(args.experiment_dir, address=args.address)
     except KeyboardInterrupt:
         return _interrupted(args.experiment_dir)
-    code = _finish(outcome)
-    if outcome.analysis_dir:
-        print(f"analysis     {outcome.analysis_dir}")
-    return code
+    return _finish(outcome)
 
 
 def _replay(args) -> int:

@@ -292,7 +292,6 @@ class Outcome:
     results: Any  # Tune's ResultGrid
     prepared: Prepared
     interrupted: bool  # Ctrl-C stopped the run; `raytune-ft resume` continues it
-    analysis_dir: str | None = None  # where `resume` exported the analysis tables
 
 
 def _fit(tuner) -> tuple[Any, bool]:
@@ -398,7 +397,7 @@ def run_experiment(prepared: Prepared, address: str | None = None,
 
 
 def resume_experiment(experiment_dir: str, address: str | None = None) -> Outcome:
-    """Continue an interrupted experiment (a local path or a storage URI), then export it.
+    """Continue an interrupted experiment (a local path or a storage URI).
 
     Unfinished and errored trials restart from their last checkpoint in storage, so any
     node can pick them up; finished trials are kept as they are.
@@ -412,30 +411,7 @@ def resume_experiment(experiment_dir: str, address: str | None = None) -> Outcom
     init_ray(address, config)
     check_resources(config)
     results, interrupted = _fit(build_tuner(prepared, restore=True))
-    outcome = Outcome(results, prepared, interrupted)
-    if not interrupted:
-        outcome.analysis_dir = export_analysis(experiment_dir)
-    return outcome
-
-
-def export_analysis(experiment_dir: str) -> str | None:
-    """The analysis tables of a local experiment (a path or file:// URI); None when skipped."""
-    try:
-        from raytune_ft.analysis import export_experiment
-    except ImportError:
-        log.warning("raytune_ft.analysis is not available; no analysis export")
-        return None
-    local = experiment_dir.removeprefix("file://")
-    if "://" in local:
-        log.warning("%s: the analysis export reads local files; copy the experiment here "
-                    "and export that copy", experiment_dir)
-        return None
-    try:
-        paths = export_experiment(local)
-    except Exception as error:  # the trials are done; a failed export must not hide that
-        log.warning("%s: analysis export failed: %s", experiment_dir, error)
-        return None
-    return str(Path(next(iter(paths.values()))).parent) if paths else None
+    return Outcome(results, prepared, interrupted)
 
 
 def accumulation_steps(batch_size: int, max_micro_batch: int) -> int:
