@@ -155,11 +155,12 @@ def _confirm(args) -> int:
     try:
         done = confirm_experiment(args.experiment_dir, args.top, args.seeds, args.address)
     except KeyboardInterrupt:
-        return _interrupted(f"{args.experiment_dir}{'-confirm'}")
-    if done.interrupted:
-        print("interrupted: run `raytune-ft confirm` again for confirm.parquet", file=sys.stderr)
+        done = None
+    if done is None or done.interrupted:
+        print("interrupted: no confirm.parquet written; run `raytune-ft confirm` again",
+              file=sys.stderr)
         return EXIT_INTERRUPTED
-    rows, metric = done.rows, done.rows.attrs.get("metric", "metric")
+    rows, metric = done.rows, done.metric
     print(f"confirmed    {done.summary.shape[0]} configurations x {args.seeds} seeds "
           f"(seeds {sorted(rows['seed'].tolist())}) in {done.confirm_dir}")
     print(f"summary      {metric} at the end of the budget; sd is the sample sd (ddof=1)")
@@ -177,7 +178,7 @@ def _export(args) -> int:
     out, choice = export_model(args.experiment_dir, args.out, trial=args.trial,
                                confirmed=args.confirmed, overwrite=args.overwrite)
     print(f"exported     trial {choice.trial_id} {choice.checkpoint.name}: "
-          f"{summary_line(choice, choice.report.get('metric_name', ''))}")
+          f"{summary_line(choice)}")
     print(f"model        {out}")
     return EXIT_OK
 

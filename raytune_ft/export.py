@@ -1,0 +1,273 @@
+"""Export a fine-tuned checkpoint as a model a user loads with the transformers Auto classes.
+
+The folder gets `config.json` (with id2label/label2id), the weights, the tokenizer (its
+`model_max_length` set to the `model.max_length` the model was trained with), a model card
+`README.md` and `raytune_ft_export.json` (where it came from, its metrics). It is written to a
+temporary folder beside `--out` and renamed into place, so a failed export leaves nothing.
+
+Which checkpoint: by default the best recorded metric among the checkpoints kept by finished
+trials; `--trial ID` the best kept one of that trial; `--confirmed` the end-of-budget
+checkpoint of the best seed of the configuration with the best mean in confirm.parquet.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raytune_ft.config import ExperimentConfig
+from raytune_ft.confirm import (
+    CONFIRM_SUFFIX,
+    finished_trials,
+    open_experiment,
+    read_rows,
+    summarize,
+)
+from raytune_ft.errors import ConfigError, ExperimentError, RaytuneFtError
+
+log = logging.getLogger(__name__)
+EXPORT_RECORD = "raytune_ft_export.json"
+CARD_METRICS = ("eval_accuracy", "eval_f1", "eval_mcc", "eval_loss")
+
+
+@dataclass
+class Choice:
+    """The checkpoint to export and what was recorded with it."""
+
+    trial_id: str
+    checkpoint: Path
+    report: dict  # the result.json line reported with this checkpoint
+    metric: str  # the experiment metric
+    confirmed: dict = field(default_factory=dict)  # mean, sd, min, max, n over seeds
+
+
+def kept_checkpoints(trial_folder: Path, reports: list[dict]) -> list[tuple[Path, dict]]:
+    """(checkpoint folder, its result line) for every kept checkpoint holding weights."""
+    by_name = {r["checkpoint_dir_name"]: r for r in reports if r.get("checkpoint_dir_name")}
+    return [(path, by_name[path.name]) for path in sorted(trial_folder.glob("checkpoint_*"))
+            if path.name in by_name and (path / "model.safetensors").is_file()]
+
+
+def choose_checkpoint(directory: Path, config: ExperimentConfig, trial: str | None = None,
+                      confirmed: bool = False) -> Choice:
+    from raytune_ft.replay import trial_results
+
+    ranked = finished_trials(directory, config)  # refuses an experiment with none
+    if confirmed:
+        return _confirmed_choice(directory, config)
+    results = trial_results(directory)
+    if trial is not None:
+        if trial not in results:
+            raise ExperimentError(f"--trial: {trial!r} is not a trial of {directory} "
+                                  f"(trials: {', '.join(sorted(results))})")
+        candidates = [trial]
+    else:
+        candidates = [t for t in ranked["trial_id"] if t in results]
+    kept = [(tid, path, report) for tid in candidates
+            for path, report in kept_checkpoints(*results[tid])]
+    kept = [k for k in kept if k[2].get(config.metric) is not None and not k[2].get("diverged")]
+    if not kept:
+        which = f"trial {trial}" if trial else "no finished trial"
+        raise ExperimentError(f"{directory}: {which} kept a checkpoint (checkpoint_* folder "
+                              "with model.safetensors and its reported result); nothing to "
+                              "export")
+    sign = 1 if config.mode == "max" else -1
+    # max() keeps the first of equal values: the better-ranked trial, its earlier checkpoint
+    tid, path, report = max(kept, key=lambda k: sign * k[2][config.metric])
+    return Choice(tid, path, report, config.metric)
+
+
+def _confirmed_choice(directory: Path, config: ExperimentConfig) -> Choice:
+    from raytune_ft.replay import trial_results
+
+    rows = read_rows(directory)
+    summary = summarize(rows, config.mode)
+    best = summary.iloc[0]
+    if not best["n"]:
+        raise ExperimentError(f"{directory}: no confirm run reached the end of its budget")
+    runs = rows[(rows["config_rank"] == best["config_rank"]) & rows["metric"].notna()]
+    runs = runs.sort_values("metric", ascending=config.mode == "min")
+    confirm_dir = directory.parent / f"{config.name}{CONFIRM_SUFFIX}"
+    results = trial_results(confirm_dir) if confirm_dir.is_dir() else {}
+    stats = {k: float(best[k]) for k in ("mean", "sd", "min", "max")}
+    stats.update(n=int(best["n"]), config_rank=int(best["config_rank"]),
+                 source_trial=str(best["trial_id"]), confirm_dir=str(confirm_dir))
+    for _, run in runs.iterrows():
+        if run["confirm_trial_id"] not in results:
+            continue
+        kept = kept_checkpoints(*results[run["confirm_trial_id"]])
+        if kept:  # the end-of-budget checkpoint: the one with the most samples seen
+            path, report = max(kept, key=lambda k: k[1].get("samples_seen", 0))
+            return Choice(run["confirm_trial_id"], path, report, config.metric,
+                          {**stats, "seed": int(run["seed"])})
+    raise ExperimentError(f"{confirm_dir}: no checkpoint of configuration "
+                          f"{int(best['config_rank'])} (trial {best['trial_id']}) is kept")
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def export_model(experiment_dir: str | Path, out: str | Path, trial: str | None = None,
+                 confirmed: bool = False, overwrite: bool = False) -> tuple[Path, Choice]:
+    """Write the chosen checkpoint to `out` as a transformers model folder; returns both."""
+    if trial is not None and confirmed:
+        raise ConfigError("--trial and --confirmed: give one of them, not both")
+    directory, config, record = open_experiment(experiment_dir)
+    out = Path(out).expanduser().resolve()
+    _check_out(out, overwrite)
+    choice = choose_checkpoint(directory, config, trial, confirmed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
+    try:
+        _write_model(staging, choice, config, record)
+        _write_card(staging, choice, config, record, directory)
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out, choice
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.is_file():
+        raise ExperimentError(f"--out: {out} is a file; give a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExperimentError(f"--out: {out} exists and is not empty; use --overwrite to "
+                              "replace it")
+
+
+def _replace(staging: Path, out: Path) -> None:
+    """Move `staging` to `out`; an existing `out` goes only once the new one is in place."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        out.rename(old)
+    try:
+        staging.rename(out)
+    except BaseException:
+        if old is not None:
+            old.rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record: dict) -> None:
+    from safetensors.torch import load_model as load_weights
+
+    from raytune_ft.model import load_model, load_tokenizer, resolve_model_path
+
+    label_names = record.get("label_names")
+    if not label_names:
+        raise ExperimentError("raytune_ft.json holds no label_names; cannot name the labels")
+    model_path = record.get("model_path") or resolve_model_path(config.model.name)
+    model = load_model(model_path, label_names, seed=0)  # the head is overwritten next
+    try:
+        missing, unexpected = load_weights(model, str(choice.checkpoint / "model.safetensors"),
+                                           strict=False)
+    except Exception as error:  # noqa: BLE001 - any unreadable file makes it unusable
+        raise ExperimentError(f"checkpoint {choice.checkpoint} cannot be read: "
+                              f"{type(error).__name__}: {error}") from None
+    if missing or unexpected:
+        raise ExperimentError(f"checkpoint {choice.checkpoint} does not match {model_path}: "
+                              f"missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]}")
+    model.save_pretrained(staging)
+    tokenizer = load_tokenizer(model_path)
+    tokenizer.model_max_length = config.model.max_length  # truncation=True cuts as in training
+    tokenizer.save_pretrained(staging)
+
+
+def _hyperparameters(choice: Choice) -> dict:
+    """The train settings in force at the checkpoint (trainer_state.json), else its config."""
+    try:
+        state = json.loads((choice.checkpoint / "trainer_state.json").read_text())
+        return state["hyperparameters"]
+    except (OSError, KeyError, json.JSONDecodeError):
+        return dict(choice.report.get("config", {}))
+
+
+def _data_sizes(config: ExperimentConfig) -> tuple[int | None, int | None]:
+    from raytune_ft.data import read_splits, subset
+
+    try:
+        train, dev, _ = read_splits(config.data)
+    except RaytuneFtError as error:
+        log.warning("data sizes unknown: %s", error)
+        return None, None
+    return (len(subset(train, config.data.max_train_samples, config.data.subset_seed).labels),
+            len(subset(dev, config.data.max_eval_samples, config.data.subset_seed).labels))
+
+
+def _write_card(staging: Path, choice: Choice, config: ExperimentConfig, record: dict,
+                directory: Path) -> None:
+    hp = _hyperparameters(choice)
+    n_train, n_eval = _data_sizes(config)
+    report = choice.report
+    metrics = {k: report[k] for k in (config.metric, *CARD_METRICS) if report.get(k) is not None}
+    info = {"experiment": str(directory), "trial_id": choice.trial_id,
+            "checkpoint": str(choice.checkpoint), "iteration": report.get("training_iteration"),
+            "samples_seen": report.get("samples_seen"), "epoch": report.get("epoch"),
+            "metric": config.metric, "mode": config.mode, "metrics": metrics,
+            "hyperparameters": hp, "searched": sorted(config.search),
+            "data": {"task": config.data.task or config.data.train_file,
+                     "train_samples": n_train, "eval_samples": n_eval},
+            "confirmed": choice.confirmed or None}
+    (staging / EXPORT_RECORD).write_text(json.dumps(info, indent=1, default=str))
+    (staging / "README.md").write_text(model_card(info, config, record))
+
+
+def model_card(info: dict, config: ExperimentConfig, record: dict) -> str:
+    """A Hugging Face model card: what was trained on what, with which result."""
+    base = config.model.name
+    front = ["---", "library_name: transformers", "pipeline_tag: text-classification",
+             "tags:", "- raytune_ft", "- text-classification"]
+    if not Path(base).expanduser().exists() and not base.startswith((".", "/", "~")):
+        front.append(f"base_model: {base}")
+    front.append("---")
+    data = info["data"]
+    sizes = ", ".join(f"{n if n is not None else 'unknown'} {what}" for n, what in
+                      ((data["train_samples"], "train"), (data["eval_samples"], "dev/eval")))
+    labels = ", ".join(f"{i}: {name}" for i, name in enumerate(record.get("label_names", [])))
+    value = info["metrics"].get(config.metric)
+    lines = [*front, "", f"# {config.name}: {base} fine-tuned on {data['task']}", "",
+             f"Fine-tuned by raytune_ft (a Ray Tune hyperparameter search) from `{base}`, "
+             f"exported from trial `{info['trial_id']}` of the experiment `{config.name}` "
+             f"(checkpoint `{Path(info['checkpoint']).name}`, iteration {info['iteration']}, "
+             f"{info['samples_seen']} samples seen, epoch {info['epoch']:g}).", "",
+             "## Data", "", f"- task: `{data['task']}`", f"- examples: {sizes}",
+             f"- labels: {labels}", f"- max length: {config.model.max_length} tokens", "",
+             "## Result", "",
+             f"- {config.metric} of this checkpoint on the dev/eval data: {value:.4f}"]
+    lines += [f"- {k}: {v:.4f}" for k, v in info["metrics"].items() if k != config.metric]
+    confirmed = info["confirmed"]
+    if confirmed:
+        lines.append(f"- confirmed over {confirmed['n']} seeds, same configuration, full "
+                     f"budget: {config.metric} {confirmed['mean']:.4f} ± {confirmed['sd']:.4f} "
+                     f"(mean ± sample sd; min {confirmed['min']:.4f}, max "
+                     f"{confirmed['max']:.4f}); this model is seed {confirmed['seed']}")
+    lines += ["", "## Hyperparameters", "",
+              "Searched settings are marked *; the values in force at this checkpoint.", "",
+              "| setting | value |", "|---|---|"]
+    searched = set(info["searched"])
+    for key, val in sorted(info["hyperparameters"].items(), key=lambda kv: kv[0] not in searched):
+        lines.append(f"| {key}{' *' if key in searched else ''} | {val} |")
+    lines += ["", "## Use", "", "```python",
+              "from transformers import AutoModelForSequenceClassification, AutoTokenizer", "",
+              'model = AutoModelForSequenceClassification.from_pretrained("<this folder>")',
+              'tokenizer = AutoTokenizer.from_pretrained("<this folder>")', "```", ""]
+    return "\n".join(lines)
+
+
+def summary_line(choice: Choice) -> str:
+    metric = choice.metric
+    value = choice.report.get(metric)
+    text = f"{metric}={value:.4f}" if value is not None else f"{metric}=n/a"
+    if choice.confirmed:
+        c = choice.confirmed
+        text += f" (configuration mean {c['mean']:.4f} ± {c['sd']:.4f} over {c['n']} seeds)"
+    return text
