@@ -199,7 +199,6 @@ def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[
     tune_config, run_config = tune_settings(confirm_config, prepared.experiment_dir)
     tune_config = dataclasses.replace(
         tune_config, scheduler=scheduler, num_samples=len(points), time_budget_s=None,
-        reuse_actors=False,
         search_alg=BasicVariantGenerator(points_to_evaluate=points))
     # Every key of a preset must be in the space; None marks "set by the preset".
     space = {key: None for point in points for key in point}

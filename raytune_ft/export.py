@@ -234,9 +234,15 @@ def model_card(info: dict, config: ExperimentConfig, record: dict) -> str:
                       ((data["train_samples"], "train"), (data["eval_samples"], "dev/eval")))
     labels = ", ".join(f"{i}: {name}" for i, name in enumerate(record.get("label_names", [])))
     value = info["metrics"].get(config.metric)
+    confirmed = info["confirmed"]
+    source = f"the experiment `{config.name}`"
+    if confirmed:  # a confirm run's trial: name it and the search trial it re-trained
+        source = (f"the confirm run `{Path(confirmed['confirm_dir']).name}` (seed "
+                  f"{confirmed['seed']}; search trial `{confirmed['source_trial']}` of "
+                  f"`{config.name}` re-trained)")
     lines = [*front, "", f"# {config.name}: {base} fine-tuned on {data['task']}", "",
              f"Fine-tuned by raytune_ft (a Ray Tune hyperparameter search) from `{base}`, "
-             f"exported from trial `{info['trial_id']}` of the experiment `{config.name}` "
+             f"exported from trial `{info['trial_id']}` of {source} "
              f"(checkpoint `{Path(info['checkpoint']).name}`, iteration {info['iteration']}, "
              f"{info['samples_seen']} samples seen, epoch {info['epoch']:g}).", "",
              "## Data", "", f"- task: `{data['task']}`", f"- examples: {sizes}",
@@ -244,7 +250,6 @@ def model_card(info: dict, config: ExperimentConfig, record: dict) -> str:
              "## Result", "",
              f"- {config.metric} of this checkpoint on the dev/eval data: {value:.4f}"]
     lines += [f"- {k}: {v:.4f}" for k, v in info["metrics"].items() if k != config.metric]
-    confirmed = info["confirmed"]
     if confirmed:
         lines.append(f"- confirmed over {confirmed['n']} seeds, same configuration, full "
                      f"budget: {config.metric} {confirmed['mean']:.4f} ± {confirmed['sd']:.4f} "
