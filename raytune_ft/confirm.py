@@ -217,6 +217,8 @@ def confirm_rows(confirm_dir: Path, plan: list[dict], chosen: pd.DataFrame, metr
 
     `status`: `finished` (reached the budget), `diverged` (its worst finite metric, as
     reported to the schedulers) or `incomplete` (failed or interrupted: metric NaN).
+    `hp_*` are the source trial's columns of the analysis trials table (under PBT: the config
+    in force at its end; the replayed schedule is in the confirm folder's PLAN_FILE).
     """
     from raytune_ft.replay import trial_results
 
