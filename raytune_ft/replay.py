@@ -56,8 +56,9 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
                  address: str | None = None) -> tuple[Outcome, str]:
     """Replay `trial_id` (default: the best) of a PBT experiment; returns (outcome, trial)."""
     from ray import tune
-    from ray.tune.schedulers import FIFOScheduler, PopulationBasedTrainingReplay
     from ray.tune.search import BasicVariantGenerator
+
+    from raytune_ft.schedule_replay import SCHEDULE_KEY, MultiScheduleReplay, Schedule, load_policy
 
     directory = Path(experiment_dir).expanduser().resolve()
     config = read_experiment_record(str(directory))
@@ -70,6 +71,10 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
         raise ExperimentError(f"--trial: {trial_id!r} is not a trial of {directory} (trials: "
                               f"{', '.join(sorted(trials))})")
     policy = directory / f"pbt_policy_{trial_id}.txt"
+    if policy.is_file():  # the trial was changed by exploits: replay its schedule
+        schedule = load_policy(policy)
+    else:  # never exploited: its schedule is its initial config
+        schedule = Schedule(json.loads((trials[trial_id][0] / "params.json").read_text()))
     name = f"{config.name}-replay-{trial_id}"
     config = config.model_copy(update={"name": name, "run": config.run.model_copy(
         update={"num_samples": 1})})
@@ -77,14 +82,13 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
     init_ray(address, config)
     check_resources(config)
     tune_config, run_config = tune_settings(config, prepared.experiment_dir)
-    if policy.is_file():  # the trial was changed by exploits: replay its schedule
-        scheduler, space = PopulationBasedTrainingReplay(str(policy)), {}
-    else:  # never exploited: its schedule is its initial config
-        folder, rows = trials[trial_id]
-        scheduler, space = FIFOScheduler(), json.loads((folder / "params.json").read_text())
-    tune_config = dataclasses.replace(tune_config, scheduler=scheduler, num_samples=1,
-                                      search_alg=BasicVariantGenerator())
-    tuner = tune.Tuner(trainable_for(prepared), param_space=space, tune_config=tune_config,
-                       run_config=run_config)
+    # Ray's PopulationBasedTrainingReplay pauses while its own checkpoint save is in flight,
+    # which ends the resumed trial early (Ray 2.60); MultiScheduleReplay pauses through Tune.
+    point = {**schedule.initial, SCHEDULE_KEY: 1}
+    tune_config = dataclasses.replace(
+        tune_config, scheduler=MultiScheduleReplay({1: schedule}, (SCHEDULE_KEY,)),
+        num_samples=1, search_alg=BasicVariantGenerator(points_to_evaluate=[point]))
+    tuner = tune.Tuner(trainable_for(prepared), param_space={key: None for key in point},
+                       tune_config=tune_config, run_config=run_config)
     results, interrupted = _fit(tuner)
     return Outcome(results, prepared, interrupted), trial_id
