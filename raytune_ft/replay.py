@@ -1,9 +1,9 @@
 """Re-run one PBT trial's schedule of hyperparameters from scratch, as one trial.
 
 PBT's winner is a schedule, not a configuration: it started from one config and was changed
-at exploits. Ray's `PopulationBasedTrainingReplay` reads the trial's policy file
-(`pbt_policy_<trial_id>.txt`) and applies the same changes at the same iterations, so a user
-can reproduce the winner without the population.
+at exploits. The trial's policy file (`pbt_policy_<trial_id>.txt`, written by Ray's PBT) is
+replayed by `MultiScheduleReplay`: the same changes at the same iterations, so a user can
+reproduce the winner without the population.
 """
 
 from __future__ import annotations
@@ -28,28 +28,13 @@ from raytune_ft.runner import (
 log = logging.getLogger(__name__)
 
 
-def trial_results(experiment_dir: Path) -> dict[str, tuple[Path, list[dict]]]:
-    """trial_id -> (trial folder, reported rows) for every trial that reported."""
-    trials = {}
-    for folder in sorted(p for p in experiment_dir.iterdir() if (p / "result.json").is_file()):
-        rows = []
-        for line in (folder / "result.json").read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                log.warning("%s: skipping a truncated line", folder / "result.json")
-        if rows:
-            trials[rows[-1]["trial_id"]] = (folder, rows)
-    return trials
-
-
-def best_trial(experiment_dir: Path, metric: str, mode: str) -> str:
+def best_trial(trials, metric: str, mode: str) -> str:
     """The trial whose last reported metric is best: PBT's final population ranks so."""
-    trials = trial_results(experiment_dir)
-    if not trials:
-        raise ExperimentError(f"{experiment_dir}: no trial has reported a result")
-    sign = 1 if mode == "max" else -1
-    return max(trials, key=lambda tid: sign * trials[tid][1][-1][metric])
+    reported = trials.dropna(subset=["last_metric"])
+    if reported.empty:
+        raise ExperimentError(f"no trial has reported {metric}")
+    order = reported.sort_values("last_metric", ascending=mode == "min")
+    return str(order.iloc[0]["trial_id"])
 
 
 def replay_trial(experiment_dir: str, trial_id: str | None = None,
@@ -58,6 +43,7 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
+    from raytune_ft.analysis import trials_table
     from raytune_ft.schedule_replay import SCHEDULE_KEY, MultiScheduleReplay, Schedule, load_policy
 
     directory = Path(experiment_dir).expanduser().resolve()
@@ -65,16 +51,17 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
     if config.scheduler.type not in ("pbt", "pb2"):
         raise ExperimentError(f"{directory}: scheduler.type is {config.scheduler.type!r}; "
                               "replay needs a PBT or PB2 experiment")
-    trials = trial_results(directory)
-    trial_id = trial_id or best_trial(directory, config.metric, config.mode)
-    if trial_id not in trials:
+    trials = trials_table(directory).set_index("trial_id", drop=False)
+    trial_id = trial_id or best_trial(trials, config.metric, config.mode)
+    if trial_id not in trials.index:
         raise ExperimentError(f"--trial: {trial_id!r} is not a trial of {directory} (trials: "
-                              f"{', '.join(sorted(trials))})")
+                              f"{', '.join(sorted(trials.index))})")
     policy = directory / f"pbt_policy_{trial_id}.txt"
     if policy.is_file():  # the trial was changed by exploits: replay its schedule
         schedule = load_policy(policy)
     else:  # never exploited: its schedule is its initial config
-        schedule = Schedule(json.loads((trials[trial_id][0] / "params.json").read_text()))
+        params = directory / trials.loc[trial_id, "trial_dir"] / "params.json"
+        schedule = Schedule(json.loads(params.read_text()))
     name = f"{config.name}-replay-{trial_id}"
     config = config.model_copy(update={"name": name, "run": config.run.model_copy(
         update={"num_samples": 1})})
