@@ -12,10 +12,12 @@ import copy
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -292,7 +294,8 @@ def run_while_a_node_is_lost(tmp_path, tiny_bert, glue_dir, three_nodes, schedul
     return storage / name, outcome
 
 
-def check_the_lost_trials_continued(experiment: Path, outcome: dict) -> None:
+def check_the_lost_trials_continued(experiment: Path, outcome: dict,
+                                    actors_move: bool = False) -> None:
     from ray.tune import ExperimentAnalysis
 
     trials = ExperimentAnalysis(experiment.as_uri()).trials
@@ -300,11 +303,17 @@ def check_the_lost_trials_continued(experiment: Path, outcome: dict) -> None:
     # Every trial finished its budget or was stopped by the scheduler; none ended in error.
     assert {t.status for t in trials} == {"TERMINATED"}, [(t, t.status) for t in trials]
     failed = {Path(t.path).name for t in trials if t.run_metadata.num_failures}
-    assert outcome["removed"] in failed, (outcome, failed)
     for trial in trials:
         reported = rows(experiment / Path(trial.path).name)
         assert all(r["samples_seen"] == INTERVAL * r["training_iteration"] for r in reported)
+        # iteration 1 once: no trial, lost or not, started again from zero
         assert [r["training_iteration"] for r in reported].count(1) == 1, trial
+    if actors_move:
+        # Under PBT a reused actor runs whichever trial is unpaused, so the trial last seen
+        # on the removed node need not be the one that was running there when it went.
+        assert failed, "no trial recorded the lost node"
+        return
+    assert outcome["removed"] in failed, (outcome, failed)
     lost = rows(experiment / outcome["removed"])
     after = [r for r in lost if r["pid"] != outcome["pid"]]
     assert after, "the lost trial never ran again"
@@ -332,7 +341,7 @@ def test_pbt_survives_the_loss_of_a_worker_node(tmp_path, tiny_bert, glue_dir, t
                  "synch": True, "mutations": ["learning_rate"]}
     experiment, outcome = run_while_a_node_is_lost(tmp_path, tiny_bert, glue_dir, three_nodes,
                                                    scheduler, "pbt_node_loss")
-    check_the_lost_trials_continued(experiment, outcome)
+    check_the_lost_trials_continued(experiment, outcome, actors_move=True)
     assert all(rows(d)[-1]["training_iteration"] == ITERATIONS for d in trial_dirs(experiment))
 
 
@@ -344,8 +353,12 @@ def test_resume_finishes_an_experiment_whose_driver_was_killed(tmp_path, tiny_be
     import pandas as pd
 
     storage = tmp_path / "results"
+    # 8 x more data than SMALL, so the run is still going when it is killed.
+    interval = 8 * INTERVAL
     path = experiment_yaml(
-        tmp_path / "exp.yaml", tiny_bert, glue_dir, storage, name="killed", **SMALL,
+        tmp_path / "exp.yaml", tiny_bert, glue_dir, storage, name="killed",
+        data={"max_train_samples": 8 * SMALL["data"]["max_train_samples"],
+              "max_eval_samples": 32}, train=SMALL["train"],
         metric="eval_loss", mode="min", search_alg={"type": "random", "seed": 0},
         scheduler={"type": "asha", "grace_period": 4, "reduction_factor": 2},
         run={"num_samples": 3, "storage_path": str(storage), "checkpoint_every": 1,
@@ -357,7 +370,7 @@ def test_resume_finishes_an_experiment_whose_driver_was_killed(tmp_path, tiny_be
     try:
         deadline = time.monotonic() + 180
         while not (list(experiment.glob("experiment_state*.json"))
-                   and list(experiment.glob("*/checkpoint_000002/trainer_state.json"))):
+                   and list(experiment.glob("*/checkpoint_00000[2-9]/trainer_state.json"))):
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             assert time.monotonic() < deadline, "no snapshot and checkpoint within 180 s"
             time.sleep(0.2)
@@ -382,7 +395,7 @@ def test_resume_finishes_an_experiment_whose_driver_was_killed(tmp_path, tiny_be
         kept = {r["training_iteration"]: r for r in rows(trial)}  # dedupe: the last report
         assert sorted(kept) == list(range(1, len(kept) + 1)), trial
         seen = [kept[i]["samples_seen"] for i in sorted(kept)]
-        assert seen == [INTERVAL * i for i in sorted(kept)]  # increasing, none restarted
+        assert seen == [interval * i for i in sorted(kept)]  # increasing, none restarted
 
 
 # --------------------------------------------------------------------------- Ray Jobs
@@ -405,13 +418,15 @@ def test_ray_job_submit_runs_an_experiment(tmp_path, tiny_bert, glue_dir):
     `ray job submit -- raytune-ft tune ...`. `ray start --block` holds every process of the
     head in its own session, so the test stops exactly those, never other Ray instances."""
     port, dashboard = free_port(), free_port()
+    # Ray's socket paths live under --temp-dir and must stay under 108 bytes.
+    ray_temp = Path(tempfile.mkdtemp(prefix="rtj", dir="/tmp"))
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
     env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
     head = subprocess.Popen(
         [str(RAY), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
          "--dashboard-port", str(dashboard), "--include-dashboard", "true",
-         "--dashboard-host", "127.0.0.1", "--temp-dir", str(tmp_path / "ray")],
+         "--dashboard-host", "127.0.0.1", "--temp-dir", str(ray_temp)],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
         start_new_session=True)
     storage = tmp_path / "results"
@@ -443,7 +458,9 @@ def test_ray_job_submit_runs_an_experiment(tmp_path, tiny_bert, glue_dir):
             env={**clean_env(RAY_AUTH_MODE="token"), "HOME": str(tmp_path)}, timeout=60)
     finally:
         stop_group(head)
-    assert "SUCCEEDED" in status.stdout + status.stderr, submit.stdout[-3000:] + submit.stderr
+        shutil.rmtree(ray_temp, ignore_errors=True)
+    assert "succeeded" in (status.stdout + status.stderr).lower(), \
+        submit.stdout[-3000:] + submit.stderr
     assert "best         eval_accuracy=" in submit.stdout
     assert no_token.returncode != 0  # the Jobs API wants the token too
     experiment = storage / "job"
