@@ -153,7 +153,7 @@ class FineTuneLoop:
         # Dropout draws from a generator seeded per step: a restore continues bit for bit.
         torch.manual_seed(self.state.seed * 1_000_003 + self.state.step)
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
+        total = torch.zeros((), device=self.device)  # summed on the device: one sync per step
         for part in micro_batches(indices, self.hp.max_micro_batch):
             batch = {k: v.to(self.device) for k, v in
                      collate(self.data.train, part, self.data.pad_token_id).items()}
@@ -162,8 +162,8 @@ class FineTuneLoop:
                 logits = self.model(**batch).logits
             loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
             self.scaler.scale(loss / len(indices)).backward()
-            total += loss.item()
-        mean_loss = total / len(indices)
+            total += loss.detach()
+        mean_loss = total.item() / len(indices)
         if not math.isfinite(mean_loss):
             return mean_loss
         self.scaler.unscale_(self.optimizer)

@@ -134,3 +134,16 @@ def test_frozen_parameters_are_not_in_the_checkpoint_optimizer_state(tiny_bert, 
     trainable = sum(p.numel() for p in loop.model.parameters() if p.requires_grad)
     in_state = sum(s["exp_avg"].numel() for s in saved["state"].values())
     assert in_state == trainable < sum(p.numel() for p in loop.model.parameters())
+
+
+def test_plateau_state_survives_a_checkpoint(tiny_bert, bundle, tmp_path):
+    loop = make_loop(tiny_bert, bundle, schedule="plateau", plateau_factor=0.5,
+                     plateau_patience=1, eval_every_epochs=0.25)
+    loop.run_interval()
+    loop.state.plateau.best, loop.state.plateau.reductions = 0.75, 2  # two reductions so far
+    loop.save(tmp_path / "ckpt")
+    restored = make_loop(tiny_bert, bundle, schedule="plateau", plateau_factor=0.5,
+                         plateau_patience=1, eval_every_epochs=0.25)
+    restored.load(tmp_path / "ckpt")
+    assert restored.state.plateau == loop.state.plateau
+    assert restored.current_lr() == pytest.approx(1e-3 * 0.25, rel=1e-12)
