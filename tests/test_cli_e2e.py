@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import experiment_yaml
+from support import experiment_yaml
 
 METRICS = ("eval_accuracy", "eval_f1", "eval_mcc", "eval_loss", "train_loss", "lr",
            "lr_min_group", "batch_size", "epoch", "samples_seen", "step", "samples_per_s",

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, experiment_yaml
+from support import REPO, experiment_yaml
 
 from raytune_ft import cli
 

@@ -11,7 +11,7 @@ import sys
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from conftest import experiment_yaml
+from support import experiment_yaml
 
 TRAIN = {"max_epochs": 1, "eval_every_epochs": 0.5, "max_micro_batch": 16}
 SUMMARY = re.compile(r"^  rank (\d+)  config (\d+)  trial (\S+)  mean (\S+)  sd (\S+)  "

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import experiment_yaml
+from support import experiment_yaml
 
 from raytune_ft import cli
 from raytune_ft.trainable import FAULT_HOOK

@@ -22,7 +22,7 @@ def groups_by_parameter(model, groups):
     ("distilbert", 2, "distilbert", "distilbert.transformer.layer.{}."),
 ])
 def test_layer_decay_formula(tmp_path, kind, layers, prefix, layer_path):
-    from conftest import build_tiny_model
+    from support import build_tiny_model
 
     model = load_model(str(build_tiny_model(tmp_path, layers=layers, kind=kind)), ["0", "1"], 0)
     decay = 0.8

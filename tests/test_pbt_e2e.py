@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import experiment_yaml
+from support import experiment_yaml
 
 TRAIN = {"max_epochs": 1, "eval_every_epochs": 0.125, "max_micro_batch": 16,
          "schedule": "linear", "warmup_ratio": 0.0}

