@@ -220,7 +220,7 @@ def confirm_rows(confirm_dir: Path, plan: list[dict], chosen: pd.DataFrame, metr
     `hp_*` are the source trial's columns of the analysis trials table (under PBT: the config
     in force at its end; the replayed schedule is in the confirm folder's PLAN_FILE).
     """
-    from raytune_ft.replay import trial_results
+    from raytune_ft.results import trial_results
 
     runs = {}
     for trial_id, (folder, reports) in trial_results(confirm_dir).items():

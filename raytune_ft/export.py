@@ -54,7 +54,7 @@ def kept_checkpoints(trial_folder: Path, reports: list[dict]) -> list[tuple[Path
 
 def choose_checkpoint(directory: Path, config: ExperimentConfig, trial: str | None = None,
                       confirmed: bool = False) -> Choice:
-    from raytune_ft.replay import trial_results
+    from raytune_ft.results import trial_results
 
     ranked = finished_trials(directory, config)  # refuses an experiment with none
     if confirmed:
@@ -82,7 +82,7 @@ def choose_checkpoint(directory: Path, config: ExperimentConfig, trial: str | No
 
 
 def _confirmed_choice(directory: Path, config: ExperimentConfig) -> Choice:
-    from raytune_ft.replay import trial_results
+    from raytune_ft.results import trial_results
 
     rows = read_rows(directory)
     summary = summarize(rows, config.mode)
