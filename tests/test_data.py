@@ -64,7 +64,8 @@ def test_missing_column_lists_the_columns_present(tmp_path):
     pd.DataFrame({"sentence": ["a"], "label": [1]}).to_csv(path, index=False)
     cfg = DataConfig(train_file=str(path), eval_file=str(path), text_columns=["text"],
                      label_column="label")
-    with pytest.raises(DataError, match="column.*text.*columns present: sentence, label"):
+    with pytest.raises(DataError, match="data.text_columns: 'text' not found; columns present "
+                                        "in data.train_file: sentence, label"):
         read_splits(cfg)
 
 
