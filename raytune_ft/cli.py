@@ -231,7 +231,11 @@ def _finish(outcome) -> int:
         first = _last_line(failed[0].error) if failed else "no trial ran"
         print(f"error: every trial failed; first error: {first}", file=sys.stderr)
         return EXIT_FAILED
-    best = results.get_best_result(config.metric, config.mode, scope="all")
+    try:
+        best = results.get_best_result(config.metric, config.mode, scope="all")
+    except RuntimeError:  # no trial reported the metric (e.g. the time budget ran out first)
+        print(f"best         no trial reported {config.metric}")
+        return EXIT_OK
     value = best.metrics_dataframe[config.metric]
     best_value = value.max() if config.mode == "max" else value.min()
     searched = {k: best.config.get(k) for k in config.search}

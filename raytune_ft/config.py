@@ -128,6 +128,17 @@ class TrainConfig(_Strict):
         return self
 
 
+# The budget and evaluation points are shared by every trial and the scheduler's time axis.
+PER_EXPERIMENT = ("max_epochs", "eval_every_epochs")
+# Changing these restructures the optimizer: a PBT clone could not load its donor's state.
+FIXED_IN_A_TRIAL = ("freeze_embeddings", "freeze_layers")
+
+
+def evaluation_count(max_epochs: float, eval_every_epochs: float) -> int:
+    """Evaluations (Tune iterations) of a full-budget trial; the last may be a short one."""
+    return math.ceil(round(max_epochs / eval_every_epochs, 9))
+
+
 def check_batch_phases(phases: BatchPhases, where: str) -> None:
     if not phases:
         raise ValueError(f"{where}: empty; give [[progress, batch_size], ...] starting at 0.0")
@@ -242,6 +253,10 @@ class ExperimentConfig(_Strict):
         space = {key: parse_domain(f"search.{key}", spec) for key, spec in self.search.items()}
         for key, domain in space.items():
             _check_domain_values(self, key, domain)
+        schedule = self.train.batch_schedule
+        if isinstance(schedule, str) and schedule not in (*self.batch_schedules, "none"):
+            raise ValueError(f"train.batch_schedule: {schedule!r} is not in batch_schedules "
+                             f"(defined: {', '.join(self.batch_schedules) or 'none'})")
         _check_scheduler(self, space)
         if self.search_alg.type == "tpe" and any(d.kind == "grid" for d in space.values()):
             raise ValueError("search_alg.type: 'tpe' cannot take grid dimensions; use "
@@ -251,7 +266,7 @@ class ExperimentConfig(_Strict):
     @property
     def iterations(self) -> int:
         """Tune iterations of a full-budget trial (one per evaluation interval)."""
-        return math.ceil(round(self.train.max_epochs / self.train.eval_every_epochs, 9))
+        return evaluation_count(self.train.max_epochs, self.train.eval_every_epochs)
 
     def space(self) -> dict[str, Domain]:
         return {key: parse_domain(f"search.{key}", spec) for key, spec in self.search.items()}
@@ -304,6 +319,10 @@ def _check_domain_values(config: ExperimentConfig, key: str, domain: Domain) -> 
     if key not in TrainConfig.model_fields:
         hint = _did_you_mean(key, TrainConfig.model_fields)
         raise ValueError(f"search.{key}: not a train setting{hint}")
+    if key in PER_EXPERIMENT and domain.kind != "constant":
+        raise ValueError(f"search.{key}: cannot be searched; it sets the budget and the "
+                         "evaluation points every trial and scheduler share (set train."
+                         f"{key})")
     for value in domain.values:
         if key == "batch_schedule" and isinstance(value, str) and value != "none":
             if value not in config.batch_schedules:
@@ -314,10 +333,6 @@ def _check_domain_values(config: ExperimentConfig, key: str, domain: Domain) -> 
         except ValidationError as error:
             detail = error.errors()[0]["msg"]
             raise ValueError(f"search.{key}: value {value!r} is invalid: {detail}") from None
-    if config.train.batch_schedule is not None and isinstance(config.train.batch_schedule, str):
-        if config.train.batch_schedule not in config.batch_schedules:
-            raise ValueError(f"train.batch_schedule: {config.train.batch_schedule!r} is not in "
-                             "batch_schedules")
 
 
 def _check_scheduler(config: ExperimentConfig, space: dict[str, Domain]) -> None:
@@ -334,6 +349,9 @@ def _check_scheduler(config: ExperimentConfig, space: dict[str, Domain]) -> None
                              f" iterations is not below the budget of {budget}; no exploit "
                              "could happen")
         for key in scheduler.mutations:
+            if key in FIXED_IN_A_TRIAL:
+                raise ValueError(f"scheduler.mutations: {key!r} cannot change inside a running "
+                                 "trial (it decides which parameters the optimizer holds)")
             domain = space.get(key)
             if domain is None:
                 raise ValueError(f"scheduler.mutations: {key!r} is not in search (searched: "

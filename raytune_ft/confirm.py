@@ -18,7 +18,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,15 +166,7 @@ def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from raytune_ft.runner import (
-        _fit,
-        check_resources,
-        init_ray,
-        prepare,
-        trainable_for,
-        tune_settings,
-        write_experiment_record,
-    )
+    from raytune_ft.runner import _fit, begin_run, prepare, trainable_for, tune_settings
     from raytune_ft.schedule_replay import MultiScheduleReplay
 
     run = config.run.model_copy(update={"num_samples": len(plan), "time_budget_s": None,
@@ -186,10 +177,10 @@ def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[
         update["scheduler"] = FifoConfig(type="fifo")
     confirm_config = config.model_copy(update=update)
     prepared = prepare(confirm_config, overwrite=True, address=address)
-    init_ray(address, confirm_config)
-    check_resources(confirm_config)
-    shutil.rmtree(prepared.experiment_dir, ignore_errors=True)  # a previous confirm run
-    write_experiment_record(prepared)
+    # A previous confirm run goes, and its table, which would name deleted trials if this
+    # run is interrupted.
+    (directory / ANALYSIS_DIR / CONFIRM_FILE).unlink(missing_ok=True)
+    begin_run(prepared, address, replace=True)
     (Path(prepared.experiment_dir) / PLAN_FILE).write_text(json.dumps(
         {"source": str(directory), "plan": plan,
          "schedules": {rank: dataclasses.asdict(s) for rank, s in schedules.items()}},

@@ -209,7 +209,8 @@ def _read_hub(task: GlueTask) -> tuple[TextSplit, TextSplit, list[str]]:
         raise DataError(f"data.path: not set and the hub copy of GLUE {task.hub_name} could not "
                         f"be loaded ({type(error).__name__}); set data.path or "
                         "RAYTUNE_FT_DATA_DIR to a folder of GLUE TSVs") from None
-    hub_columns = {"mrpc": ("sentence1", "sentence2"), "qqp": ("question1", "question2")}
+    hub_columns = {"mrpc": ("sentence1", "sentence2"), "qqp": ("question1", "question2"),
+                   "mnli": ("premise", "hypothesis")}
     columns = hub_columns.get(task.hub_name, task.text_columns)
     dev_name = "validation_matched" if task.hub_name == "mnli" else "validation"
     splits = [TextSplit([list(loaded[s][c]) for c in columns],

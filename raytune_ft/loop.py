@@ -1,8 +1,9 @@
 """One fine-tuning run, one evaluation interval at a time. No Ray in here.
 
 Progress is counted in training samples. Each optimizer step takes the next `batch_size`
-samples of the length-grouped stream (fewer at an interval boundary, so every evaluation
-happens at exactly k x interval samples), split into micro-batches of at most
+samples of the length-grouped stream (fewer at an evaluation point, so evaluation k happens at
+exactly round(k x eval_every_epochs x len(train)) samples, the last at the whole budget),
+split into micro-batches of at most
 `max_micro_batch`; the loss of each micro-batch is weighted by its share of the batch, so the
 gradient equals the one of the whole batch. Learning rate and weight decay are set on every step
 from the hyperparameters in force: changing them (PBT) or the batch size needs no rebuild.
@@ -23,7 +24,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from raytune_ft.batching import SampleStream, collate, eval_batches, micro_batches
-from raytune_ft.config import TrainConfig
+from raytune_ft.config import TrainConfig, evaluation_count
 from raytune_ft.data import DataBundle
 from raytune_ft.errors import RaytuneFtError
 from raytune_ft.model import parameter_groups
@@ -64,7 +65,7 @@ class FineTuneLoop:
         self.device = torch.device(device)
         self.n_train = len(data.train)
         self.total_samples = round(hp.max_epochs * self.n_train)
-        self.interval = max(1, round(hp.eval_every_epochs * self.n_train))
+        self.evaluations = evaluation_count(hp.max_epochs, hp.eval_every_epochs)
         self.optimizer = torch.optim.AdamW(parameter_groups(model, hp), lr=hp.learning_rate,
                                            eps=hp.adam_epsilon)
         self.state = TrainerState(seed=hp.seed,
@@ -115,10 +116,23 @@ class FineTuneLoop:
     def finished(self) -> bool:
         return self.state.diverged or self.state.samples_seen >= self.total_samples
 
+    def evaluation_point(self, k: int) -> int:
+        """Samples seen at evaluation k (1-based): the budget split evenly, the rest last."""
+        if k >= self.evaluations:
+            return self.total_samples
+        return min(self.total_samples, round(k * self.hp.eval_every_epochs * self.n_train))
+
+    @property
+    def evaluations_done(self) -> int:
+        """Evaluation points passed: the Tune iteration this position belongs to."""
+        return sum(1 for k in range(1, self.evaluations + 1)
+                   if self.evaluation_point(k) <= self.state.samples_seen)
+
     def run_interval(self) -> dict:
         """Train to the next evaluation point, evaluate, and return the metrics."""
         start_samples, started = self.state.samples_seen, time.perf_counter()
-        target = min(self.total_samples, (start_samples // self.interval + 1) * self.interval)
+        target = next(point for k in range(1, self.evaluations + 1)
+                      if (point := self.evaluation_point(k)) > start_samples)
         self.model.train()
         losses, lr, lr_min, batch_size = [], 0.0, 0.0, self.batch_size
         while self.state.samples_seen < target:
@@ -132,20 +146,19 @@ class FineTuneLoop:
                 break
             losses.append(loss)
         train_seconds = time.perf_counter() - started
-        metrics = self.evaluate()
-        self._update_plateau(metrics)
         trained = self.state.samples_seen - start_samples
+        if self.state.diverged:  # no evaluation: report the worst finite values
+            metrics = {name: worst_value(name) for name in [*self.data.metrics, "train_loss"]}
+        else:
+            metrics = {**self.evaluate(), "train_loss": float(np.mean(losses))}
         metrics.update(
-            train_loss=float(np.mean(losses)) if losses else float("nan"), lr=lr,
-            lr_min_group=lr_min, batch_size=batch_size,
+            lr=lr, lr_min_group=lr_min, batch_size=batch_size,
             epoch=self.state.samples_seen / self.n_train,
             samples_seen=self.state.samples_seen, step=self.state.step,
             samples_per_s=trained / train_seconds if train_seconds > 0 else 0.0,
             diverged=self.state.diverged,
         )
-        if self.state.diverged:
-            metrics.update({name: worst_value(name) for name in
-                            ("eval_accuracy", "eval_f1", "eval_mcc", "eval_loss", "train_loss")})
+        self._update_plateau(metrics)
         return metrics
 
     def _step(self, indices: np.ndarray) -> float:
@@ -217,6 +230,8 @@ class FineTuneLoop:
         state = asdict(self.state)
         state.update(epoch=self.state.samples_seen / self.n_train,
                      total_samples=self.total_samples)
+        if self.scaler.is_enabled():  # fp16 loss scale: a restore continues with it
+            state["grad_scaler"] = self.scaler.state_dict()
         (directory / "trainer_state.json").write_text(json.dumps(state, indent=1))
 
     def load(self, directory: str | Path) -> None:
@@ -240,6 +255,8 @@ class FineTuneLoop:
         if missing or unexpected:
             raise CheckpointError(f"checkpoint {directory} does not match the model: missing "
                                   f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+        if self.scaler.is_enabled() and "grad_scaler" in state:
+            self.scaler.load_state_dict(state["grad_scaler"])
         known = {k: v for k, v in state.items() if k in TrainerState.__dataclass_fields__}
         self.state = TrainerState(**{**known, "plateau": plateau})
         self.apply_hyperparameters(self.hp)

@@ -52,7 +52,10 @@ def max_positions(path: str) -> int | None:
     config = Path(path) / "config.json"
     if not config.is_file():
         return None
-    values = json.loads(config.read_text())
+    try:
+        values = json.loads(config.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ModelError(f"model.name: {config} cannot be read as JSON ({error})") from None
     limit = values.get("max_position_embeddings")
     if limit and values.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
         limit -= 2  # RoBERTa offsets positions by the padding index

@@ -17,8 +17,7 @@ from raytune_ft.errors import ExperimentError
 from raytune_ft.runner import (
     Outcome,
     _fit,
-    check_resources,
-    init_ray,
+    begin_run,
     prepare,
     read_experiment_record,
     trainable_for,
@@ -65,9 +64,8 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
     name = f"{config.name}-replay-{trial_id}"
     config = config.model_copy(update={"name": name, "run": config.run.model_copy(
         update={"num_samples": 1})})
-    prepared = prepare(config, overwrite=True)
-    init_ray(address, config)
-    check_resources(config)
+    prepared = prepare(config, overwrite=True, address=address)
+    begin_run(prepared, address, replace=True)  # an earlier replay of this trial goes
     tune_config, run_config = tune_settings(config, prepared.experiment_dir)
     # Ray's PopulationBasedTrainingReplay pauses while its own checkpoint save is in flight,
     # which ends the resumed trial early (Ray 2.60); MultiScheduleReplay pauses through Tune.

@@ -278,6 +278,7 @@ def build_tuner(prepared: Prepared, restore: bool = False):
     config = prepared.config
     trainable = trainable_for(prepared)
     if restore:
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the restored run has ours
         return tune.Tuner.restore(prepared.experiment_dir, trainable, resume_unfinished=True,
                                   resume_errored=True)
     tune_config, run_config = tune_settings(config, prepared.experiment_dir)
@@ -378,20 +379,29 @@ def read_experiment_record(experiment_dir: str) -> ExperimentConfig:
     except (OSError, ValueError):  # pyarrow: FileNotFoundError; a bad URI: ArrowInvalid
         raise ExperimentError(f"{experiment_dir}: not a raytune_ft experiment ({CONFIG_FILE} "
                               "not found)") from None
-    record = json.loads(text)
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ExperimentError(f"{path}: not valid JSON ({error})") from None
     for key in ("budget_samples", "model_path", "label_names"):
         record.pop(key, None)
     return validate_config(record, source=str(path))
 
 
+def begin_run(prepared: Prepared, address: str | None, replace: bool) -> None:
+    """Start or join Ray, check that one trial fits, and lay out the experiment folder
+    (replacing an earlier run of the same name when `replace`): tune, replay and confirm."""
+    init_ray(address, prepared.config)
+    check_resources(prepared.config)
+    if replace and "://" not in prepared.experiment_dir:
+        shutil.rmtree(prepared.experiment_dir, ignore_errors=True)
+    write_experiment_record(prepared)
+
+
 def run_experiment(prepared: Prepared, address: str | None = None,
                    overwrite: bool = False) -> Outcome:
     """Start Ray and run every trial of a prepared experiment."""
-    init_ray(address, prepared.config)
-    check_resources(prepared.config)
-    if overwrite and "://" not in prepared.experiment_dir:
-        shutil.rmtree(prepared.experiment_dir, ignore_errors=True)
-    write_experiment_record(prepared)
+    begin_run(prepared, address, replace=overwrite)
     results, interrupted = _fit(build_tuner(prepared))
     return Outcome(results, prepared, interrupted)
 

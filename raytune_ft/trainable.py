@@ -47,8 +47,7 @@ def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfi
                 f"(batch_size {loop.batch_size}); lower train.max_micro_batch, gradient "
                 "accumulation keeps the effective batch") from None
         metrics["startup_s"] = startup_s
-        iteration = -(-loop.state.samples_seen // loop.interval)
-        if loop.finished or iteration % every == 0:
+        if loop.finished or loop.evaluations_done % every == 0:
             with tempfile.TemporaryDirectory() as directory:
                 loop.save(directory)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
