@@ -84,3 +84,18 @@ def test_budget_in_iterations():
                            ).iterations == 7
     assert ExperimentConfig.model_validate(
         {**base, "train": {"max_epochs": 3, "eval_every_epochs": 1}}).iterations == 3
+
+
+@pytest.mark.parametrize("extra,message", [
+    ({"search": {"max_epochs": {"choice": [1, 2]}}}, "search.max_epochs: cannot be searched"),
+    ({"search": {"eval_every_epochs": {"grid": [0.5, 1]}}},
+     "search.eval_every_epochs: cannot be searched"),
+    ({"train": {"batch_schedule": "nope"}}, "train.batch_schedule: 'nope' is not in"),
+    ({"search": {"freeze_layers": {"choice": [0, 1]}},
+      "scheduler": {"type": "pbt", "mutations": ["freeze_layers"]}},
+     "scheduler.mutations: 'freeze_layers' cannot change inside a running trial"),
+])
+def test_settings_that_must_stay_fixed(extra, message):
+    base = {"name": "x", "model": {"name": "m"}, "data": {"task": "sst2"}}
+    with pytest.raises(ConfigError, match=message):
+        validate_config({**base, **extra})

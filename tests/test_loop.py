@@ -147,3 +147,14 @@ def test_plateau_state_survives_a_checkpoint(tiny_bert, bundle, tmp_path):
     restored.load(tmp_path / "ckpt")
     assert restored.state.plateau == loop.state.plateau
     assert restored.current_lr() == pytest.approx(1e-3 * 0.25, rel=1e-12)
+
+
+def test_evaluation_points_split_the_budget_evenly():
+    # SST-2's 67,349 sentences, 3 epochs, 4 evaluations per epoch: 12 points, none tiny.
+    from types import SimpleNamespace
+
+    fake = SimpleNamespace(hp=TrainConfig(max_epochs=3, eval_every_epochs=0.25),
+                           n_train=67349, total_samples=3 * 67349, evaluations=12)
+    points = [FineTuneLoop.evaluation_point(fake, k) for k in range(1, 13)]
+    assert points[:3] == [16837, 33674, 50512] and points[-1] == 202047
+    assert min(b - a for a, b in zip([0, *points], points)) >= 16837
