@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raytune_ft.config import DataConfig
+from raytune_ft.config import TASK_ALIASES, DataConfig
 from raytune_ft.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -48,9 +48,6 @@ GLUE_TASKS: dict[str, GlueTask] = {
                      ("entailment", "neutral", "contradiction"), dev_file="dev_matched.tsv",
                      hub_name="mnli"),
 }
-_ALIASES = {"sst-2": "sst2", "sst_2": "sst2", "stsb": "stsb", "sts-b": "stsb"}
-
-
 @dataclass
 class TextSplit:
     """Raw examples: one or two text columns and integer labels."""
@@ -89,12 +86,10 @@ class DataBundle:
 
 
 def canonical_task(name: str) -> str:
-    key = _ALIASES.get(name.lower(), name.lower())
-    if key == "stsb":
-        raise DataError("data.task: 'stsb' is a regression task and is not supported yet; "
-                        f"allowed: {', '.join(GLUE_TASKS)}")
+    """The GLUE_TASKS key of a task name (the schema has already refused unknown ones)."""
+    key = TASK_ALIASES.get(name.lower(), name.lower())
     if key not in GLUE_TASKS:
-        raise DataError(f"data.task: {name!r} is not a GLUE task; allowed: "
+        raise DataError(f"data.task: {name!r} is not a supported GLUE task; allowed: "
                         f"{', '.join(GLUE_TASKS)}")
     return key
 

@@ -82,3 +82,13 @@ def test_tokenized_once_without_padding(glue_dir, tiny_bert):
     assert first[0] == tokenizer.cls_token_id and first[-1] == tokenizer.sep_token_id
     assert set(np.unique(bundle.train.type_ids)) == {0, 1}  # sentence pairs
     assert bundle.metrics == ["eval_accuracy", "eval_loss", "eval_mcc", "eval_f1"]
+
+
+def test_the_schema_and_the_readers_know_the_same_tasks():
+    from raytune_ft.config import GLUE_TASK_NAMES
+    from raytune_ft.data import GLUE_TASKS, canonical_task
+
+    assert set(GLUE_TASK_NAMES) == set(GLUE_TASKS)
+    assert canonical_task("SST-2") == "sst2"
+    with pytest.raises(DataError, match="'stsb' is not a supported GLUE task"):
+        canonical_task("stsb")
