@@ -13,7 +13,6 @@ checkpoint of the best seed of the configuration with the best mean in confirm.p
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import uuid
 from dataclasses import dataclass, field
@@ -27,9 +26,8 @@ from raytune_ft.confirm import (
     read_rows,
     summarize,
 )
-from raytune_ft.errors import ConfigError, ExperimentError, RaytuneFtError
+from raytune_ft.errors import ConfigError, ExperimentError
 
-log = logging.getLogger(__name__)
 EXPORT_RECORD = "raytune_ft_export.json"
 CARD_METRICS = ("eval_accuracy", "eval_f1", "eval_mcc", "eval_loss")
 
@@ -191,22 +189,10 @@ def _hyperparameters(choice: Choice) -> dict:
         return dict(choice.report.get("config", {}))
 
 
-def _data_sizes(config: ExperimentConfig) -> tuple[int | None, int | None]:
-    from raytune_ft.data import read_splits, subset
-
-    try:
-        train, dev, _ = read_splits(config.data)
-    except RaytuneFtError as error:
-        log.warning("data sizes unknown: %s", error)
-        return None, None
-    return (len(subset(train, config.data.max_train_samples, config.data.subset_seed).labels),
-            len(subset(dev, config.data.max_eval_samples, config.data.subset_seed).labels))
-
-
 def _write_card(staging: Path, choice: Choice, config: ExperimentConfig, record: dict,
                 directory: Path) -> None:
     hp = _hyperparameters(choice)
-    n_train, n_eval = _data_sizes(config)
+    n_train, n_eval = record.get("train_samples"), record.get("eval_samples")
     report = choice.report
     metrics = {k: report[k] for k in (config.metric, *CARD_METRICS) if report.get(k) is not None}
     info = {"experiment": str(directory), "trial_id": choice.trial_id,

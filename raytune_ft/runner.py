@@ -350,6 +350,8 @@ def write_experiment_record(prepared: Prepared) -> None:
     record["budget_samples"] = round(prepared.config.train.max_epochs * len(prepared.bundle.train))
     record["model_path"] = prepared.model_path
     record["label_names"] = prepared.bundle.label_names
+    record["train_samples"] = len(prepared.bundle.train)
+    record["eval_samples"] = len(prepared.bundle.eval)
     text = json.dumps(record, indent=1)
     if "://" in prepared.experiment_dir:
         import pyarrow.fs
@@ -383,7 +385,7 @@ def read_experiment_record(experiment_dir: str) -> ExperimentConfig:
         record = json.loads(text)
     except json.JSONDecodeError as error:
         raise ExperimentError(f"{path}: not valid JSON ({error})") from None
-    for key in ("budget_samples", "model_path", "label_names"):
+    for key in ("budget_samples", "model_path", "label_names", "train_samples", "eval_samples"):
         record.pop(key, None)
     return validate_config(record, source=str(path))
 
