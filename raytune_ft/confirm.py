@@ -166,7 +166,7 @@ def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from raytune_ft.runner import _fit, begin_run, prepare, trainable_for, tune_settings
+    from raytune_ft.runner import begin_run, fit_tuner, prepare, trainable_for, tune_settings
     from raytune_ft.schedule_replay import MultiScheduleReplay
 
     run = config.run.model_copy(update={"num_samples": len(plan), "time_budget_s": None,
@@ -195,7 +195,7 @@ def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[
     space = {key: None for point in points for key in point}
     tuner = tune.Tuner(trainable_for(prepared), param_space=space, tune_config=tune_config,
                        run_config=run_config)
-    results, interrupted = _fit(tuner)
+    results, interrupted = fit_tuner(tuner)
     return results, prepared, interrupted
 
 

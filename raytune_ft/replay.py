@@ -16,8 +16,8 @@ from pathlib import Path
 from raytune_ft.errors import ExperimentError
 from raytune_ft.runner import (
     Outcome,
-    _fit,
     begin_run,
+    fit_tuner,
     prepare,
     read_experiment_record,
     trainable_for,
@@ -75,5 +75,5 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
         num_samples=1, search_alg=BasicVariantGenerator(points_to_evaluate=[point]))
     tuner = tune.Tuner(trainable_for(prepared), param_space={key: None for key in point},
                        tune_config=tune_config, run_config=run_config)
-    results, interrupted = _fit(tuner)
+    results, interrupted = fit_tuner(tuner)
     return Outcome(results, prepared, interrupted), trial_id

@@ -295,7 +295,7 @@ class Outcome:
     interrupted: bool  # Ctrl-C stopped the run; `raytune-ft resume` continues it
 
 
-def _fit(tuner) -> tuple[Any, bool]:
+def fit_tuner(tuner) -> tuple[Any, bool]:
     """`tuner.fit()`, noting whether a Ctrl-C (SIGINT) cut it short.
 
     Tune 2.60 catches the first SIGINT itself (unless TUNE_DISABLE_SIGINT_HANDLER=1): it saves
@@ -404,7 +404,7 @@ def run_experiment(prepared: Prepared, address: str | None = None,
                    overwrite: bool = False) -> Outcome:
     """Start Ray and run every trial of a prepared experiment."""
     begin_run(prepared, address, replace=overwrite)
-    results, interrupted = _fit(build_tuner(prepared))
+    results, interrupted = fit_tuner(build_tuner(prepared))
     return Outcome(results, prepared, interrupted)
 
 
@@ -422,7 +422,7 @@ def resume_experiment(experiment_dir: str, address: str | None = None) -> Outcom
     prepared.experiment_dir = experiment_dir
     init_ray(address, config)
     check_resources(config)
-    results, interrupted = _fit(build_tuner(prepared, restore=True))
+    results, interrupted = fit_tuner(build_tuner(prepared, restore=True))
     return Outcome(results, prepared, interrupted)
 
 
