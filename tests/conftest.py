@@ -10,6 +10,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests start their own Ray; a RAY_ADDRESS from the shell would make `raytune-ft tune` join it.
+os.environ.pop("RAY_ADDRESS", None)
 
 from support import GLUE_DIR, build_tiny_model  # noqa: E402 - after the environment
 
@@ -28,10 +30,14 @@ def tiny_bert(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def ray_local():
-    """One local Ray instance per test module (starting Ray costs seconds)."""
+    """One local Ray instance per test module (starting Ray costs seconds).
+
+    address="local": never join a cluster that /tmp/ray/ray_current_cluster (left by a
+    killed `ray start` or `cluster_utils.Cluster`) or RAY_ADDRESS points at.
+    """
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
              configure_logging=False, log_to_driver=False)
     yield
     ray.shutdown()

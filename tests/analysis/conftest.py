@@ -32,7 +32,9 @@ def experiments(tmp_path_factory) -> dict[str, Path]:
     cloudpickle.register_pickle_by_value(rx)
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        # "local": a stale /tmp/ray/ray_current_cluster or RAY_ADDRESS must not be joined
+        ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False,
+                 log_to_driver=False)
     try:
         exps = {
             "asha": rx.build_asha(storage),
