@@ -6,10 +6,12 @@ Exit codes: 0 success, 2 a user error (bad directory or argument), reported as o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 
 from raytune_ft.errors import RaytuneFtError
+from raytune_ft.storage import local_experiment
 
 
 def add_commands(sub) -> None:
@@ -17,17 +19,17 @@ def add_commands(sub) -> None:
     from raytune_ft.analysis._compare import FORMATS
 
     c = sub.add_parser("compare", help="best trials of one experiment, or compare several")
-    c.add_argument("dirs", nargs="+", help="experiment directories")
+    c.add_argument("dirs", nargs="+", help="experiment directories (paths or URIs)")
     c.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
     c.add_argument("--sort", default=None, help="column to sort by; prefix '-' for descending")
     c.add_argument("--format", dest="fmt", choices=FORMATS, default="table")
     c.set_defaults(handler=compare)
     a = sub.add_parser("analyze", help="export Parquet tables and rank hyperparameters")
-    a.add_argument("dir", help="experiment directory")
+    a.add_argument("dir", help="experiment directory (a path or a URI)")
     a.add_argument("--out", default=None, help="output folder (default <dir>/analysis)")
     a.set_defaults(handler=analyze)
     r = sub.add_parser("report", help="write a self-contained report.html")
-    r.add_argument("dir", help="experiment directory")
+    r.add_argument("dir", help="experiment directory (a path or a URI)")
     r.add_argument("--out", default=None, help="output file (default <dir>/analysis/report.html)")
     r.set_defaults(handler=report)
 
@@ -35,7 +37,9 @@ def add_commands(sub) -> None:
 def compare(args) -> int:
     from raytune_ft.analysis import compare_experiments
 
-    print(compare_experiments(args.dirs, top=args.top, sort=args.sort, fmt=args.fmt))
+    with contextlib.ExitStack() as stack:
+        dirs = [stack.enter_context(local_experiment(d)) for d in args.dirs]
+        print(compare_experiments(dirs, top=args.top, sort=args.sort, fmt=args.fmt))
     return 0
 
 
@@ -44,10 +48,12 @@ def analyze(args) -> int:
 
     from raytune_ft.analysis import export_experiment, hyperparameter_importance
 
-    paths = export_experiment(args.dir, args.out)
+    with local_experiment(args.dir) as local:
+        paths = export_experiment(local, args.out)
+        trials = pd.read_parquet(paths["trials"])
     for name, path in paths.items():
         print(f"{name}: {path}")
-    importance = hyperparameter_importance(pd.read_parquet(paths["trials"]))
+    importance = hyperparameter_importance(trials)
     if importance.empty:
         print(f"importance: not ranked ({importance.attrs['reason']})")
     else:
@@ -58,7 +64,8 @@ def analyze(args) -> int:
 def report(args) -> int:
     from raytune_ft.analysis import write_report
 
-    print(write_report(args.dir, args.out))
+    with local_experiment(args.dir) as local:
+        print(write_report(local, args.out))
     return 0
 
 
