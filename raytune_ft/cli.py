@@ -45,8 +45,8 @@ def _parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="run an experiment")
     _experiment_args(tune)
-    tune.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT (Ray "
-                      "Client ray:// is refused; see docs/cluster.md)")
+    tune.add_argument("--address", help="join a running Ray cluster: auto, HOST:PORT, or "
+                      "ray://HOST:PORT (Ray Client; storage must then be a URI)")
     tune.add_argument("--overwrite", action="store_true", help="replace an existing experiment")
     tune.set_defaults(handler=_tune)
 
@@ -61,7 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     resume = commands.add_parser("resume", help="continue an interrupted experiment, then "
                                  "export its analysis tables and report")
     resume.add_argument("experiment_dir", help="<storage_path>/<name>: a path or a URI")
-    resume.add_argument("--address", help="join a running Ray cluster: auto or HOST:PORT")
+    resume.add_argument("--address", help="join a running Ray cluster: auto, HOST:PORT or "
+                        "ray://HOST:PORT")
     resume.set_defaults(handler=_resume)
 
     replay = commands.add_parser("replay", help="re-run a PBT trial's schedule from scratch")
@@ -246,14 +247,15 @@ def _finish(outcome) -> int:
 
 def _export_analysis(experiment_dir: str) -> None:
     """Parquet tables and report.html for what exists; a failure here loses no results."""
-    if "://" in experiment_dir:
-        print(f"analysis     run `raytune-ft analyze` on a local copy of {experiment_dir}")
-        return
     from raytune_ft.analysis import export_experiment, write_report
+    from raytune_ft.storage import local_experiment
 
     try:
-        export_experiment(experiment_dir)
-        print(f"report       {write_report(experiment_dir)}")
+        with local_experiment(experiment_dir) as local:
+            export_experiment(local)
+            report = write_report(local)
+        where = report if local == experiment_dir else f"{experiment_dir}/analysis/report.html"
+        print(f"report       {where}")
     except Exception as error:  # noqa: BLE001 - the experiment itself is complete
         print(f"warning: analysis export failed ({_last_line(error)}); retry with "
               f"`raytune-ft analyze {experiment_dir}`", file=sys.stderr)

@@ -21,6 +21,7 @@ from raytune_ft.config import ExperimentConfig, PbtConfig, validate_config
 from raytune_ft.data import DataBundle, build_bundle
 from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
 from raytune_ft.model import load_tokenizer, max_positions, resolve_model_path
+from raytune_ft.storage import is_uri, read_text, write_text
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "raytune_ft.json"  # the validated experiment, beside Ray's own files
@@ -37,7 +38,7 @@ class Prepared:
 
 def storage_root(config: ExperimentConfig) -> str:
     path = config.run.storage_path
-    return path if "://" in path else str(Path(path).expanduser().resolve())
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
 
 
 def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = False,
@@ -52,9 +53,10 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     if limit is not None and config.model.max_length > limit:
         raise ConfigError(f"model.max_length: {config.model.max_length} is above the model's "
                           f"position limit {limit}")
+    _check_client_storage(config, address)
     root = storage_root(config)
     experiment_dir = f"{root.rstrip('/')}/{config.name}"
-    if "://" not in root:
+    if not is_uri(root):
         _check_local_storage(Path(root), Path(experiment_dir), overwrite, resume)
     if cluster_address(address) is None:
         check_local_resources(config)
@@ -104,19 +106,23 @@ def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: 
 
 
 def cluster_address(address: str | None) -> str | None:
-    """The cluster to join: --address, else RAY_ADDRESS (set for `ray job submit` drivers).
+    """The cluster to join: --address, else RAY_ADDRESS (set for `ray job submit` drivers)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
 
-    Ray Client (`ray://`) is refused: Tune would run the experiment on the head while this
-    process prepares the data and writes the experiment record on its own disk, and the
-    client port (10001) would have to be reachable from outside the cluster.
-    """
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    if address and address.startswith("ray://"):
-        raise ConfigError(f"--address {address}: Ray Client (ray://) is not supported; run "
-                          "`raytune-ft tune ... --address auto` on the head (`ray attach "
-                          "cluster.yaml`), or `ray job submit --address http://127.0.0.1:8265 "
-                          "-- raytune-ft tune ...` through a tunnel (docs/cluster.md)")
-    return address
+
+def is_ray_client(address: str | None) -> bool:
+    """Ray Client (`ray://HOST:PORT`): this process stays a client and Tune's driver loop
+    runs on the head, so Ray's files are written there, not on this machine."""
+    address = cluster_address(address)
+    return bool(address) and address.startswith("ray://")
+
+
+def _check_client_storage(config: ExperimentConfig, address: str | None) -> None:
+    if is_ray_client(address) and not is_uri(config.run.storage_path):
+        raise ConfigError(f"run.storage_path: {config.run.storage_path} is a local path, but "
+                          f"with --address {cluster_address(address)} (Ray Client) the head "
+                          "writes the experiment; allowed: a URI this machine and the "
+                          "cluster both reach (s3://..., gs://...)")
 
 
 def init_ray(address: str | None, config: ExperimentConfig) -> None:
@@ -128,7 +134,9 @@ def init_ray(address: str | None, config: ExperimentConfig) -> None:
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
     kwargs = dict(log_to_driver=True, configure_logging=False)
     address = cluster_address(address)
-    if address:
+    if is_ray_client(address):
+        _join_cluster(ray, address, {})  # a client: the server's own ray.init settings hold
+    elif address:
         _join_cluster(ray, address, kwargs)
     else:
         # "local": a new instance sized as checked in `prepare`, never a stray `ray start`.
@@ -146,14 +154,23 @@ def _join_cluster(ray, address: str, kwargs: dict) -> None:
     """`ray.init(address)`, with one line that says how to pass the token when refused."""
     from ray.exceptions import AuthenticationError
 
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
     try:
         ray.init(address=address, **kwargs)
     except (AuthenticationError, ConnectionError) as error:
+        if is_ray_client(address) and not isinstance(error, AuthenticationError):
+            # The client retries for ~30 s; an unreachable port and a refused token look
+            # the same from here.
+            raise ResourceError(
+                f"--address {address}: no Ray Client server accepted this driver; check that "
+                "the head's client port is reachable (an SSH tunnel: docs/cluster.md) and "
+                f"that the driver has the cluster's token (RAY_AUTH_MODE=token, now {mode}, "
+                "and RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); the head's "
+                "logs/ray_client_server.err says which") from None
         # A refused token surfaces as "Failed to connect" with the gRPC status underneath.
         if not isinstance(error, AuthenticationError) and "InvalidAuthToken" not in str(
                 error.__cause__):
             raise
-        mode = os.environ.get("RAY_AUTH_MODE", "unset")
         raise ResourceError(
             f"--address {address}: the cluster refused this driver's authentication token; "
             f"it uses token authentication: set RAY_AUTH_MODE=token (now {mode}) and give "
@@ -176,10 +193,12 @@ def check_resources(config: ExperimentConfig) -> None:
     import ray
 
     need = {k: v for k, v in trial_resources(config).items() if v}
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if ray.util.client.ray.is_connected():  # the cluster's state is read on the cluster
+        nodes, node_types = ray.get(ray.remote(num_cpus=0)(_cluster_view).remote())
+    else:
+        nodes, node_types = _cluster_view()
     if any(_fits(need, node) for node in nodes):
         return
-    node_types = _autoscaler_node_types()
     if node_types is not None and (not node_types or any(_fits(need, t) for t in node_types)):
         log.warning("no node of the cluster fits a trial (%s) yet; trials wait for the "
                     "autoscaler to add one", need)
@@ -188,6 +207,14 @@ def check_resources(config: ExperimentConfig) -> None:
     raise ResourceError(f"resources: one trial needs {_describe(need)}, but none of the "
                         f"cluster's {len(nodes)} nodes has that (largest per resource: "
                         f"{_describe(largest)}) and no autoscaler can add such a node")
+
+
+def _cluster_view() -> tuple[list[dict[str, float]], list[dict[str, float]] | None]:
+    """The resources of the live nodes, and of the node types an autoscaler can add."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return nodes, _autoscaler_node_types()
 
 
 def _fits(need: dict[str, float], node: dict[str, float]) -> bool:
@@ -352,32 +379,13 @@ def write_experiment_record(prepared: Prepared) -> None:
     record["label_names"] = prepared.bundle.label_names
     record["train_samples"] = len(prepared.bundle.train)
     record["eval_samples"] = len(prepared.bundle.eval)
-    text = json.dumps(record, indent=1)
-    if "://" in prepared.experiment_dir:
-        import pyarrow.fs
-
-        fs, path = pyarrow.fs.FileSystem.from_uri(prepared.experiment_dir)
-        fs.create_dir(path, recursive=True)
-        with fs.open_output_stream(f"{path}/{CONFIG_FILE}") as stream:
-            stream.write(text.encode())
-        return
-    directory = Path(prepared.experiment_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / CONFIG_FILE).write_text(text)
+    write_text(f"{prepared.experiment_dir}/{CONFIG_FILE}", json.dumps(record, indent=1))
 
 
 def read_experiment_record(experiment_dir: str) -> ExperimentConfig:
     path = f"{experiment_dir.rstrip('/')}/{CONFIG_FILE}"
     try:
-        if "://" in experiment_dir:  # object storage: the record is read where Ray writes
-            import pyarrow.fs
-
-            fs, inner = pyarrow.fs.FileSystem.from_uri(path)
-            with fs.open_input_stream(inner) as stream:
-                text = stream.read().decode()
-        else:
-            path = str(Path(experiment_dir).expanduser() / CONFIG_FILE)
-            text = Path(path).read_text()
+        text = read_text(path)
     except (OSError, ValueError):  # pyarrow: FileNotFoundError; a bad URI: ArrowInvalid
         raise ExperimentError(f"{experiment_dir}: not a raytune_ft experiment ({CONFIG_FILE} "
                               "not found)") from None
@@ -395,7 +403,7 @@ def begin_run(prepared: Prepared, address: str | None, replace: bool) -> None:
     (replacing an earlier run of the same name when `replace`): tune, replay and confirm."""
     init_ray(address, prepared.config)
     check_resources(prepared.config)
-    if replace and "://" not in prepared.experiment_dir:
+    if replace and not is_uri(prepared.experiment_dir):
         shutil.rmtree(prepared.experiment_dir, ignore_errors=True)
     write_experiment_record(prepared)
 
@@ -414,7 +422,7 @@ def resume_experiment(experiment_dir: str, address: str | None = None) -> Outcom
     Unfinished and errored trials restart from their last checkpoint in storage, so any
     node can pick them up; finished trials are kept as they are.
     """
-    if "://" not in experiment_dir:
+    if not is_uri(experiment_dir):
         experiment_dir = str(Path(experiment_dir).expanduser().resolve())
     experiment_dir = experiment_dir.rstrip("/")
     config = read_experiment_record(experiment_dir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 from ray import tune
@@ -16,9 +17,16 @@ from ray import tune
 from raytune_ft.config import ExperimentConfig, PbtConfig, trial_hyperparameters
 from raytune_ft.data import DataBundle
 from raytune_ft.loop import FineTuneLoop
-from raytune_ft.model import load_model
+from raytune_ft.model import load_model, resolve_model_path
 
 FAULT_HOOK = "RAYTUNE_FT_TEST_FAIL_SEED"  # tests only: the trial with this seed raises
+
+
+def node_model_path(model_path: str, name: str) -> str:
+    """The driver resolved `model.name` on its own machine. A node without that folder (the
+    packaged MiniLM installed under another prefix, a Ray Client driver's disk) resolves
+    the name itself; a local folder missing there fails with the name in the message."""
+    return model_path if Path(model_path).is_dir() else resolve_model_path(name)
 
 
 def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfig,
@@ -28,7 +36,9 @@ def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfi
     gpus = experiment.resources.gpus_per_trial
     device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
     torch.set_num_threads(max(1, int(experiment.resources.cpus_per_trial)))
-    loop = FineTuneLoop(load_model(model_path, bundle.label_names, hp.seed), bundle, hp,
+    model = load_model(node_model_path(model_path, experiment.model.name), bundle.label_names,
+                       hp.seed)
+    loop = FineTuneLoop(model, bundle, hp,
                         experiment.metric, experiment.mode, device)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:

@@ -120,17 +120,30 @@ def test_cluster_yaml_opens_only_ssh_and_turns_token_auth_on_everywhere():
 # --------------------------------------------------------------------------- addresses
 
 
-def test_ray_client_addresses_are_refused_before_any_work(monkeypatch):
-    from raytune_ft.errors import ConfigError
-    from raytune_ft.runner import cluster_address
+def test_addresses_come_from_the_flag_then_ray_address(monkeypatch):
+    from raytune_ft.runner import cluster_address, is_ray_client
 
     assert cluster_address("auto") == "auto"
     assert cluster_address("10.0.0.5:6379") == "10.0.0.5:6379"
-    with pytest.raises(ConfigError, match=r"ray://.*not supported.*ray job submit"):
-        cluster_address("ray://10.0.0.5:10001")
+    assert is_ray_client("ray://10.0.0.5:10001") and not is_ray_client("10.0.0.5:6379")
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
-    with pytest.raises(ConfigError, match="Ray Client"):
-        cluster_address(None)
+    assert cluster_address(None) == "ray://head:10001" and is_ray_client(None)
+    assert cluster_address("auto") == "auto"  # the flag wins
+
+
+def test_ray_client_with_a_local_storage_path_is_refused_before_any_work(
+        tmp_path, tiny_bert, glue_dir, capsys):
+    """Through Ray Client the head writes the experiment: a path on this machine's disk
+    would split it between two machines, so only a URI both reach is allowed."""
+    storage = tmp_path / "results"
+    path = experiment_yaml(tmp_path / "exp.yaml", tiny_bert, glue_dir, storage)
+    code = cli.main(["tune", str(path), "--address", "ray://127.0.0.1:1"])
+    err = capsys.readouterr().err.strip()
+    assert code == cli.EXIT_BAD_INPUT
+    assert err.startswith("error: ") and "run.storage_path: " in err, err
+    assert "Ray Client" in err
+    assert "s3://" in err and len(err.splitlines()) == 1
+    assert not storage.exists()
 
 
 def test_fractional_gpus_and_custom_resources_reach_the_trial_unrounded(tiny_bert, glue_dir,
@@ -398,6 +411,84 @@ def test_resume_finishes_an_experiment_whose_driver_was_killed(tmp_path, tiny_be
         assert seen == [interval * i for i in sorted(kept)]  # increasing, none restarted
 
 
+# --------------------------------------------------------------------------- Ray Client
+
+
+def _client_deps_missing() -> str | None:
+    try:
+        import grpc  # noqa: F401
+    except ImportError as error:
+        return f"Ray Client needs ray[client] (in raytune-ft[cluster]): {error}"
+    return None
+
+
+def start_head(env: dict[str, str], client_port: int, *extra: str
+               ) -> tuple[subprocess.Popen, Path]:
+    """`ray start --head --block` in its own session, as on a cluster's head node.
+
+    Ray's socket paths live under --temp-dir and must stay under 108 bytes; the caller
+    stops the head with `stop_group` and removes the temp dir.
+    """
+    ray_temp = Path(tempfile.mkdtemp(prefix="rth", dir="/tmp"))
+    head = subprocess.Popen(
+        [str(RAY), "start", "--head", "--block", "--num-cpus", "2", "--port", str(free_port()),
+         "--ray-client-server-port", str(client_port), "--temp-dir", str(ray_temp), *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True)
+    return head, ray_temp
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_client_deps_missing() is not None, reason=str(_client_deps_missing()))
+def test_tune_through_ray_client_writes_everything_to_shared_storage(tmp_path, tiny_bert,
+                                                                      glue_dir):
+    """`raytune-ft tune --address ray://HOST:PORT` against a token-authenticated head: Tune's
+    loop runs on the head, trials on its workers, and the experiment, its record and its
+    analysis all land in storage (a file:// URI here, as s3:// on a cloud cluster)."""
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
+    port = free_port()
+    head, ray_temp = start_head(env, port, "--include-dashboard", "false")
+    storage = tmp_path / "shared"
+    path = experiment_yaml(tmp_path / "exp.yaml", tiny_bert, glue_dir, storage, name="client",
+                           **SMALL, search_alg={"type": "random", "seed": 0},
+                           run={"num_samples": 2, "storage_path": storage.as_uri(),
+                                "verbose": 0})
+    try:
+        address = f"ray://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:  # the client server answers a few seconds after `ray start` returns
+            assert head.poll() is None, head.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the Ray Client server did not come up"
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        tuned = subprocess.run([str(EXE), "tune", str(path), "--address", address],
+                               capture_output=True, text=True, env=env, timeout=400)
+        no_token = subprocess.run(
+            [str(EXE), "tune", str(path), "--address", address, "--overwrite"],
+            capture_output=True, text=True, timeout=120,
+            env={**clean_env(), "HOME": str(tmp_path)})
+    finally:
+        stop_group(head)
+        shutil.rmtree(ray_temp, ignore_errors=True)
+    assert tuned.returncode == cli.EXIT_OK, tuned.stdout[-2000:] + tuned.stderr[-3000:]
+    assert "best         eval_accuracy=" in tuned.stdout
+    experiment = storage / "client"
+    assert (experiment / "raytune_ft.json").is_file()
+    assert len(trial_dirs(experiment)) == 2
+    for trial in trial_dirs(experiment):
+        assert [r["samples_seen"] for r in rows(trial)] == [
+            INTERVAL * i for i in range(1, ITERATIONS + 1)]
+    assert (experiment / "analysis" / "trials.parquet").is_file(), tuned.stdout[-2000:]
+    assert (experiment / "analysis" / "report.html").is_file()
+    # the client server wants the token too: one line, exit 2
+    assert no_token.returncode == cli.EXIT_BAD_INPUT, no_token.stderr[-3000:]
+    assert no_token.stderr.strip().splitlines()[-1].startswith("error: --address ray://")
+
+
 # --------------------------------------------------------------------------- Ray Jobs
 
 
@@ -417,18 +508,12 @@ def test_ray_job_submit_runs_an_experiment(tmp_path, tiny_bert, glue_dir):
     """`ray start --head` as on the cluster (token auth on, dashboard on loopback), then
     `ray job submit -- raytune-ft tune ...`. `ray start --block` holds every process of the
     head in its own session, so the test stops exactly those, never other Ray instances."""
-    port, dashboard = free_port(), free_port()
-    # Ray's socket paths live under --temp-dir and must stay under 108 bytes.
-    ray_temp = Path(tempfile.mkdtemp(prefix="rtj", dir="/tmp"))
+    dashboard = free_port()
     token = tmp_path / "auth_token"
     token.write_text(secrets.token_hex(32))
     env = clean_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token))
-    head = subprocess.Popen(
-        [str(RAY), "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
-         "--dashboard-port", str(dashboard), "--include-dashboard", "true",
-         "--dashboard-host", "127.0.0.1", "--temp-dir", str(ray_temp)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-        start_new_session=True)
+    head, ray_temp = start_head(env, free_port(), "--dashboard-port", str(dashboard),
+                                "--include-dashboard", "true", "--dashboard-host", "127.0.0.1")
     storage = tmp_path / "results"
     path = experiment_yaml(tmp_path / "exp.yaml", tiny_bert, glue_dir, storage, name="job",
                            **SMALL, search_alg={"type": "random", "seed": 0},

@@ -1,5 +1,7 @@
 """Parameter groups: layer-wise decay by the formula, freezing, no decay on bias/LayerNorm."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -62,3 +64,16 @@ def test_unknown_layout_is_an_error_naming_the_class():
     assert len(parameter_groups(Custom(), TrainConfig())) == 2  # no layout needed
     with pytest.raises(ModelError, match="Custom"):
         parameter_groups(Custom(), TrainConfig(layer_decay=0.9))
+
+
+def test_a_node_without_the_drivers_model_folder_resolves_the_name_itself(tiny_bert, tmp_path):
+    from raytune_ft.trainable import node_model_path
+
+    assert node_model_path(str(tiny_bert), str(tiny_bert)) == str(tiny_bert)
+    assert node_model_path("bert-base-uncased", "bert-base-uncased") == "bert-base-uncased"
+    # the packaged MiniLM under another prefix on the driver: this node has its own copy
+    packaged = node_model_path(str(tmp_path / "driver-site-packages" / "minilm"),
+                               "all-MiniLM-L6-v2")
+    assert (Path(packaged) / "config.json").is_file()
+    with pytest.raises(ModelError, match="model.name: .*does not exist"):
+        node_model_path(str(tmp_path / "only-on-the-driver"), str(tmp_path / "only-on-the-driver"))
