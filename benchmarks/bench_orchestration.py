@@ -140,7 +140,7 @@ def main() -> None:
     _common.header("bench_orchestration")
     import ray
 
-    from raytune_ft.runner import init_ray
+    from raytune_ft.cluster import init_ray
 
     with tempfile.TemporaryDirectory() as storage:
         started = time.perf_counter()

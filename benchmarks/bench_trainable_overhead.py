@@ -99,7 +99,8 @@ def main() -> None:
 
     import ray
 
-    from raytune_ft.runner import init_ray, prepare
+    from raytune_ft.cluster import init_ray
+    from raytune_ft.runner import prepare
 
     with tempfile.TemporaryDirectory() as storage:
         prepared = prepare(experiment(storage, args.train_samples, args.task), overwrite=True)

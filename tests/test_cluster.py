@@ -121,7 +121,7 @@ def test_cluster_yaml_opens_only_ssh_and_turns_token_auth_on_everywhere():
 
 
 def test_addresses_come_from_the_flag_then_ray_address(monkeypatch):
-    from raytune_ft.runner import cluster_address, is_ray_client
+    from raytune_ft.cluster import cluster_address, is_ray_client
 
     assert cluster_address("auto") == "auto"
     assert cluster_address("10.0.0.5:6379") == "10.0.0.5:6379"
@@ -150,8 +150,9 @@ def test_fractional_gpus_and_custom_resources_reach_the_trial_unrounded(tiny_ber
                                                                         tmp_path, monkeypatch):
     from ray import tune
 
+    from raytune_ft.cluster import trial_resources
     from raytune_ft.config import load_config
-    from raytune_ft.runner import Prepared, trainable_for, trial_resources
+    from raytune_ft.runner import Prepared, trainable_for
 
     path = experiment_yaml(tmp_path / "exp.yaml", tiny_bert, glue_dir, tmp_path / "results",
                            resources={"cpus_per_trial": 1.5, "gpus_per_trial": 0.25,
@@ -170,7 +171,7 @@ def test_fractional_gpus_and_custom_resources_reach_the_trial_unrounded(tiny_ber
 HEAD = """
 import sys, ray
 from raytune_ft.config import validate_config
-from raytune_ft.runner import init_ray
+from raytune_ft.cluster import init_ray
 init_ray(None, validate_config({"name": "x", "model": {"name": "m"}, "data": {"task": "sst2"}}))
 print(ray.get_runtime_context().gcs_address, flush=True)
 sys.stdin.read()  # hold the instance until the test closes stdin
@@ -179,7 +180,7 @@ DRIVER = """
 import sys, ray
 from raytune_ft.config import validate_config
 from raytune_ft.errors import ResourceError
-from raytune_ft.runner import init_ray
+from raytune_ft.cluster import init_ray
 try:
     init_ray(sys.argv[1], validate_config({"name": "x", "model": {"name": "m"},
                                            "data": {"task": "sst2"}}))
@@ -190,7 +191,7 @@ except ResourceError as error:
 
 
 def test_a_driver_without_the_token_is_refused_by_a_local_instance(tmp_path):
-    """A local instance started as `raytune-ft tune` starts it (runner.init_ray, no address).
+    """A local instance started as `raytune-ft tune` starts it (cluster.init_ray, no address).
 
     Its GCS listens on the machine's network address, so the token is what keeps other
     users and hosts out. The token lives in ~/.ray/auth_token (Ray generates it there at

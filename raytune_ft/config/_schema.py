@@ -1,18 +1,10 @@
-"""The experiment schema: one validated, immutable model loaded once from YAML.
-
-Every error names the dotted field path, the value received and what is allowed. This module
-imports neither torch nor ray, so `raytune-ft validate` is fast and can run before Ray starts.
-"""
+"""The experiment schema: pydantic models for every section and the checks across them."""
 
 from __future__ import annotations
 
-import difflib
 import math
-import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,14 +14,13 @@ from pydantic import (
     model_validator,
 )
 
-from raytune_ft.errors import ConfigError
+from raytune_ft.config._space import Domain, did_you_mean, parse_domain
 
 SCHEDULES = ("linear", "constant", "cosine", "step", "exponential", "plateau")
 # GLUE tasks the data module reads (data.GLUE_TASKS holds how); aliases map to these names.
 GLUE_TASK_NAMES = ("cola", "sst2", "mrpc", "rte", "qnli", "qqp", "mnli")
 TASK_ALIASES = {"sst-2": "sst2", "sst_2": "sst2"}
 SCHEDULER_TYPES = ("fifo", "asha", "hyperband", "pbt", "pb2")
-DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "qloguniform", "randint", "choice", "grid")
 # Metrics every trial reports (DESIGN.md); a scheduler may only watch one of these.
 REPORTED_METRICS = (
     "eval_accuracy", "eval_f1", "eval_mcc", "eval_loss", "train_loss", "lr", "lr_min_group",
@@ -62,7 +53,7 @@ class DataConfig(_Strict):
     def _known_task(cls, value: str | None) -> str | None:
         if value is None or TASK_ALIASES.get(value.lower(), value.lower()) in GLUE_TASK_NAMES:
             return value
-        hint = _did_you_mean(value.lower(), GLUE_TASK_NAMES)
+        hint = did_you_mean(value.lower(), GLUE_TASK_NAMES)
         regression = " (a regression task, not supported yet)" if value.lower() in (
             "stsb", "sts-b") else ""
         raise ValueError(f"{value!r} is not a supported GLUE task{regression}{hint}; allowed: "
@@ -272,52 +263,11 @@ class ExperimentConfig(_Strict):
         return {key: parse_domain(f"search.{key}", spec) for key, spec in self.search.items()}
 
 
-class Domain(BaseModel):
-    """One search dimension parsed from the YAML syntax."""
-
-    model_config = ConfigDict(frozen=True)
-    kind: str  # one of DISTRIBUTIONS, or "constant"
-    args: tuple[Any, ...]
-
-    @property
-    def values(self) -> list[Any]:
-        """Every value this dimension can take, for checks (ranges give their endpoints)."""
-        return list(self.args)
-
-
-def parse_domain(where: str, spec: Any) -> Domain:
-    """Parse `{loguniform: [a, b]}`, `{choice: [...]}`, ... or a plain constant."""
-    if not (isinstance(spec, dict) and len(spec) == 1):
-        return Domain(kind="constant", args=(spec,))
-    (kind, args), = spec.items()
-    if kind not in DISTRIBUTIONS:
-        hint = _did_you_mean(kind, DISTRIBUTIONS)
-        raise ValueError(f"{where}: unknown distribution {kind!r}{hint}; allowed: "
-                         f"{', '.join(DISTRIBUTIONS)}")
-    if kind in ("choice", "grid"):
-        if not isinstance(args, list) or not args:
-            raise ValueError(f"{where}: {kind} needs a non-empty list, got {args!r}")
-        return Domain(kind=kind, args=tuple(args))
-    size = 3 if kind.startswith("q") else 2
-    if not isinstance(args, list) or len(args) != size or not all(
-        isinstance(a, (int, float)) and not isinstance(a, bool) for a in args
-    ):
-        shape = "[low, high, q]" if size == 3 else "[low, high]"
-        raise ValueError(f"{where}: {kind} needs {shape} numbers, got {args!r}")
-    low, high = args[0], args[1]
-    if low >= high:
-        raise ValueError(f"{where}: {kind} low {low} >= high {high}")
-    if "log" in kind and low <= 0:
-        raise ValueError(f"{where}: {kind} low {low} must be > 0")
-    if kind == "randint" and not all(isinstance(a, int) for a in args):
-        raise ValueError(f"{where}: randint needs integers, got {args!r}")
-    return Domain(kind=kind, args=tuple(args))
-
 
 def _check_domain_values(config: ExperimentConfig, key: str, domain: Domain) -> None:
     """Every value a search dimension can produce must be a valid train setting."""
     if key not in TrainConfig.model_fields:
-        hint = _did_you_mean(key, TrainConfig.model_fields)
+        hint = did_you_mean(key, TrainConfig.model_fields)
         raise ValueError(f"search.{key}: not a train setting{hint}")
     if key in PER_EXPERIMENT and domain.kind != "constant":
         raise ValueError(f"search.{key}: cannot be searched; it sets the budget and the "
@@ -366,141 +316,3 @@ def _check_scheduler(config: ExperimentConfig, space: dict[str, Domain]) -> None
                 if not all(isinstance(v, (int, float)) for v in domain.args):
                     raise ValueError(f"scheduler.mutations: PB2 needs numeric bounds for "
                                      f"search.{key}, got {list(domain.args)!r}")
-
-
-def _did_you_mean(word: str, options: Any) -> str:
-    match = difflib.get_close_matches(str(word), list(options), n=1)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
-# ---------------------------------------------------------------------------- loading
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read an experiment YAML, apply `a.b=c` overrides and validate it."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: experiment file not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got "
-                          f"{type(raw).__name__}")
-    for override in overrides:
-        apply_override(raw, override)
-    try:
-        return validate_config(raw, source=str(path))
-    except ConfigError as error:
-        # Name the override when the bad value came from the command line, not the file.
-        message = str(error)[len(str(path)) + 2:]
-        for override in overrides:
-            key = override.partition("=")[0].strip()
-            if message.startswith((f"{key}:", f"{key}.")):
-                raise ConfigError(f"{error} (from --set {override})") from None
-        raise
-
-
-def apply_override(raw: dict, override: str) -> None:
-    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (no eval)."""
-    key, sep, text = override.partition("=")
-    if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
-        raise ConfigError(f"--set {override!r}: expected dotted.key=value")
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {override!r}: value is not valid YAML") from None
-    node = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {key}: {part} is not a mapping")
-        node = child
-    node[parts[-1]] = value
-
-
-def validate_config(raw: dict, source: str = "config") -> ExperimentConfig:
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as error:
-        raise ConfigError(f"{source}: {_first_error(error)}") from None
-
-
-def _first_error(error: ValidationError) -> str:
-    detail = error.errors()[0]
-    loc = [str(p) for p in detail["loc"] if not str(p).startswith(("function-", "tagged-"))]
-    # Discriminated unions add the tag as a path element: scheduler.asha.grace_period.
-    tag = None
-    if len(loc) >= 2 and loc[0] == "scheduler" and loc[1] in SCHEDULER_TYPES:
-        tag = loc.pop(1)
-    path = ".".join(loc)
-    kind, message, value = detail["type"], detail["msg"], detail.get("input")
-    if kind == "extra_forbidden":
-        parent = _model_at(loc[:-1], tag)
-        hint = _did_you_mean(loc[-1], parent.model_fields) if parent else ""
-        allowed = f"; allowed: {', '.join(parent.model_fields)}" if parent else ""
-        return f"{path}: unknown key{hint}{allowed}"
-    if kind == "missing":
-        return f"{path}: required field is missing"
-    if kind == "union_tag_invalid":
-        given = value.get("type")
-        return f"{path}.type: {given!r} is not a scheduler" \
-               f"{_did_you_mean(given, SCHEDULER_TYPES)}; allowed: {', '.join(SCHEDULER_TYPES)}"
-    if kind == "union_tag_not_found":
-        return f"{path}.type: required; allowed: {', '.join(SCHEDULER_TYPES)}"
-    if kind == "literal_error" and isinstance(value, str):
-        allowed = re.findall(r"'([^']*)'", str(detail.get("ctx", {}).get("expected", "")))
-        return f"{path}: {message} (got {value!r}){_did_you_mean(value, allowed)}"
-    if message.startswith("Value error, "):
-        message = message[len("Value error, "):]
-        first = message.split()[0]
-        names_its_field = "." in first or first.endswith(":")
-        return message if names_its_field or not path else f"{path}: {message}"
-    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
-    return f"{path}: {message}{shown}" if path else f"{message}{shown}"
-
-
-def _model_at(loc: list[str], scheduler_type: str | None = None) -> type[BaseModel] | None:
-    model: type[BaseModel] = ExperimentConfig
-    for part in loc:
-        if part == "scheduler":
-            by_type = {"fifo": FifoConfig, "asha": AshaConfig, "hyperband": HyperbandConfig,
-                       "pbt": PbtConfig, "pb2": PbtConfig}
-            return by_type.get(scheduler_type) if part == loc[-1] else None
-        field = model.model_fields.get(part)
-        annotation = getattr(field, "annotation", None)
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return None
-        model = annotation
-    return model
-
-
-# ---------------------------------------------------------------------------- per trial
-
-
-def trial_hyperparameters(config: ExperimentConfig, sampled: dict[str, Any]) -> TrainConfig:
-    """The train settings of one trial: fixed settings with the sampled values on top.
-
-    PB2 proposes floats for integer settings; they are rounded, not rejected.
-    """
-    values = config.train.model_dump()
-    for key, value in sampled.items():
-        if key not in TrainConfig.model_fields:
-            continue
-        if TrainConfig.model_fields[key].annotation is int and isinstance(value, float):
-            value = int(round(value))
-        values[key] = value
-    schedule = values.get("batch_schedule")
-    if schedule == "none":
-        values["batch_schedule"] = None
-    elif isinstance(schedule, str):
-        values["batch_schedule"] = config.batch_schedules[schedule]
-    try:
-        return TrainConfig.model_validate(values)
-    except ValidationError as error:
-        raise ConfigError(f"trial config {sampled}: {_first_error(error)}") from None

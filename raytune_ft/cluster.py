@@ -1,0 +1,173 @@
+"""Where trials run: a new local Ray instance or a cluster joined by address, and whether
+one trial fits there.
+
+Local runs are checked against this machine before Ray starts; a cluster's nodes (and the
+node types its autoscaler can add) are only known after joining it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from raytune_ft.config import ExperimentConfig
+from raytune_ft.errors import ConfigError, ResourceError
+from raytune_ft.storage import is_uri
+
+log = logging.getLogger(__name__)
+
+
+def local_cpus() -> int:
+    """The CPUs a local Ray instance gets (`init_ray` starts it with this many)."""
+    return os.cpu_count() or 1
+
+
+def check_local_resources(config: ExperimentConfig) -> None:
+    """A local run: one trial must fit on this machine, checked before Ray starts."""
+    import torch
+
+    cpus, gpus = local_cpus(), torch.cuda.device_count()
+    need = config.resources
+    if need.cpus_per_trial > cpus:
+        raise ResourceError(f"resources.cpus_per_trial: {need.cpus_per_trial:g} is more than "
+                            f"this machine's {cpus} CPUs; allowed: at most {cpus}, or join a "
+                            "cluster with --address")
+    if need.gpus_per_trial > gpus:
+        raise ResourceError(f"resources.gpus_per_trial: {need.gpus_per_trial:g} is more than "
+                            f"this machine's {gpus} GPUs; allowed: at most {gpus}, or join a "
+                            "cluster with --address")
+
+
+
+def cluster_address(address: str | None) -> str | None:
+    """The cluster to join: --address, else RAY_ADDRESS (set for `ray job submit` drivers)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def is_ray_client(address: str | None) -> bool:
+    """Ray Client (`ray://HOST:PORT`): this process stays a client and Tune's driver loop
+    runs on the head, so Ray's files are written there, not on this machine."""
+    address = cluster_address(address)
+    return bool(address) and address.startswith("ray://")
+
+
+def check_client_storage(config: ExperimentConfig, address: str | None) -> None:
+    if is_ray_client(address) and not is_uri(config.run.storage_path):
+        raise ConfigError(f"run.storage_path: {config.run.storage_path} is a local path, but "
+                          f"with --address {cluster_address(address)} (Ray Client) the head "
+                          "writes the experiment; allowed: a URI this machine and the "
+                          "cluster both reach (s3://..., gs://...)")
+
+
+def init_ray(address: str | None, config: ExperimentConfig) -> None:
+    """Join a cluster at `address`, or start a local instance bound to 127.0.0.1."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    kwargs = dict(log_to_driver=True, configure_logging=False)
+    address = cluster_address(address)
+    if is_ray_client(address):
+        _join_cluster(ray, address, {})  # a client: the server's own ray.init settings hold
+    elif address:
+        _join_cluster(ray, address, kwargs)
+    else:
+        # "local": a new instance sized as checked in `prepare`, never a stray `ray start`.
+        # Ray 2.60 turns token authentication on for a new local instance unless
+        # RAY_AUTH_MODE says otherwise. Setting the variable here would not do: Ray reads
+        # its config when imported, and the driver would then connect without the token.
+        if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+            log.warning("RAY_AUTH_MODE=%s: the local Ray instance runs without token "
+                        "authentication", os.environ["RAY_AUTH_MODE"])
+        ray.init(address="local", num_cpus=local_cpus(), _node_ip_address="127.0.0.1",
+                 include_dashboard=False, dashboard_host="127.0.0.1", **kwargs)
+
+
+def _join_cluster(ray, address: str, kwargs: dict) -> None:
+    """`ray.init(address)`, with one line that says how to pass the token when refused."""
+    from ray.exceptions import AuthenticationError
+
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    try:
+        ray.init(address=address, **kwargs)
+    except (AuthenticationError, ConnectionError) as error:
+        if is_ray_client(address) and not isinstance(error, AuthenticationError):
+            # The client retries for ~30 s; an unreachable port and a refused token look
+            # the same from here.
+            raise ResourceError(
+                f"--address {address}: no Ray Client server accepted this driver; check that "
+                "the head's client port is reachable (an SSH tunnel: docs/cluster.md) and "
+                f"that the driver has the cluster's token (RAY_AUTH_MODE=token, now {mode}, "
+                "and RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); the head's "
+                "logs/ray_client_server.err says which") from None
+        # A refused token surfaces as "Failed to connect" with the gRPC status underneath.
+        if not isinstance(error, AuthenticationError) and "InvalidAuthToken" not in str(
+                error.__cause__):
+            raise
+        raise ResourceError(
+            f"--address {address}: the cluster refused this driver's authentication token; "
+            f"it uses token authentication: set RAY_AUTH_MODE=token (now {mode}) and give "
+            "the cluster's token in RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token"
+        ) from None
+
+
+def trial_resources(config: ExperimentConfig) -> dict[str, float]:
+    """What one trial asks Ray for, in Ray's resource names; fractions stay fractions."""
+    res = config.resources
+    return {"CPU": res.cpus_per_trial, "GPU": res.gpus_per_trial, **res.custom}
+
+
+def check_resources(config: ExperimentConfig) -> None:
+    """One trial must fit on some node, or the trial would wait forever.
+
+    A cluster that autoscales (cluster.yaml: GPU workers from 0) may have no such node yet;
+    then a node type the autoscaler can start must fit it.
+    """
+    import ray
+
+    need = {k: v for k, v in trial_resources(config).items() if v}
+    if ray.util.client.ray.is_connected():  # the cluster's state is read on the cluster
+        nodes, node_types = ray.get(ray.remote(num_cpus=0)(_cluster_view).remote())
+    else:
+        nodes, node_types = _cluster_view()
+    if any(_fits(need, node) for node in nodes):
+        return
+    if node_types is not None and (not node_types or any(_fits(need, t) for t in node_types)):
+        log.warning("no node of the cluster fits a trial (%s) yet; trials wait for the "
+                    "autoscaler to add one", need)
+        return
+    largest = {k: max((n.get(k, 0) for n in nodes), default=0) for k in need}
+    raise ResourceError(f"resources: one trial needs {_describe(need)}, but none of the "
+                        f"cluster's {len(nodes)} nodes has that (largest per resource: "
+                        f"{_describe(largest)}) and no autoscaler can add such a node")
+
+
+def _cluster_view() -> tuple[list[dict[str, float]], list[dict[str, float]] | None]:
+    """The resources of the live nodes, and of the node types an autoscaler can add."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    return nodes, _autoscaler_node_types()
+
+
+def _fits(need: dict[str, float], node: dict[str, float]) -> bool:
+    return all(node.get(k, 0) >= v for k, v in need.items())
+
+
+def _describe(amounts: dict[str, float]) -> str:
+    return ", ".join(f"{v:g} {k}" for k, v in amounts.items())
+
+
+def _autoscaler_node_types() -> list[dict[str, float]] | None:
+    """Resources of the node types an autoscaler can start; [] if it runs but does not say
+    (the cluster launcher's autoscaler); None when the cluster does not autoscale."""
+    import ray
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    config = ray._private.state.state.get_cluster_config()
+    if config is not None and config.node_group_configs:
+        return [dict(group.resources) for group in config.node_group_configs
+                if group.max_count != 0]
+    return [] if _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS) else None

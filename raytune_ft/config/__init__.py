@@ -1,0 +1,46 @@
+"""The experiment schema: one validated, immutable model loaded once from YAML.
+
+Every error names the dotted field path, the value received and what is allowed. This module
+imports neither torch nor ray, so `raytune-ft validate` is fast and can run before Ray starts.
+"""
+
+from raytune_ft.config._schema import (
+    FIXED_IN_A_TRIAL,
+    GLUE_TASK_NAMES,
+    PER_EXPERIMENT,
+    REPORTED_METRICS,
+    SCHEDULER_TYPES,
+    SCHEDULES,
+    TASK_ALIASES,
+    AshaConfig,
+    BatchPhases,
+    DataConfig,
+    ExperimentConfig,
+    FifoConfig,
+    HyperbandConfig,
+    ModelConfig,
+    PbtConfig,
+    ResourcesConfig,
+    RunConfig,
+    SchedulerConfig,
+    SearchAlgConfig,
+    TrainConfig,
+    check_batch_phases,
+    evaluation_count,
+)
+from raytune_ft.config._space import DISTRIBUTIONS, Domain, parse_domain
+from raytune_ft.config._validate import (
+    apply_override,
+    load_config,
+    trial_hyperparameters,
+    validate_config,
+)
+
+__all__ = [
+    "DISTRIBUTIONS", "FIXED_IN_A_TRIAL", "GLUE_TASK_NAMES", "PER_EXPERIMENT", "REPORTED_METRICS",
+    "SCHEDULER_TYPES", "SCHEDULES", "TASK_ALIASES", "AshaConfig", "BatchPhases", "DataConfig",
+    "Domain", "ExperimentConfig", "FifoConfig", "HyperbandConfig", "ModelConfig", "PbtConfig",
+    "ResourcesConfig", "RunConfig", "SchedulerConfig", "SearchAlgConfig", "TrainConfig",
+    "apply_override", "check_batch_phases", "evaluation_count", "load_config", "parse_domain",
+    "trial_hyperparameters", "validate_config",
+]

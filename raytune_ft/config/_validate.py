@@ -1,0 +1,152 @@
+"""Load an experiment: YAML, `--set a.b=c` overrides, validation with one-line errors
+naming the dotted path, and the validated train settings of one trial."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from raytune_ft.config._schema import (
+    SCHEDULER_TYPES,
+    AshaConfig,
+    ExperimentConfig,
+    FifoConfig,
+    HyperbandConfig,
+    PbtConfig,
+    TrainConfig,
+)
+from raytune_ft.config._space import did_you_mean
+from raytune_ft.errors import ConfigError
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read an experiment YAML, apply `a.b=c` overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: experiment file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ConfigError(f"{path}:{where}: YAML syntax error: {problem}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got "
+                          f"{type(raw).__name__}")
+    for override in overrides:
+        apply_override(raw, override)
+    try:
+        return validate_config(raw, source=str(path))
+    except ConfigError as error:
+        # Name the override when the bad value came from the command line, not the file.
+        message = str(error)[len(str(path)) + 2:]
+        for override in overrides:
+            key = override.partition("=")[0].strip()
+            if message.startswith((f"{key}:", f"{key}.")):
+                raise ConfigError(f"{error} (from --set {override})") from None
+        raise
+
+
+def apply_override(raw: dict, override: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (no eval)."""
+    key, sep, text = override.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", key.strip()):
+        raise ConfigError(f"--set {override!r}: expected dotted.key=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {override!r}: value is not valid YAML") from None
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def validate_config(raw: dict, source: str = "config") -> ExperimentConfig:
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(f"{source}: {_first_error(error)}") from None
+
+
+def _first_error(error: ValidationError) -> str:
+    detail = error.errors()[0]
+    loc = [str(p) for p in detail["loc"] if not str(p).startswith(("function-", "tagged-"))]
+    # Discriminated unions add the tag as a path element: scheduler.asha.grace_period.
+    tag = None
+    if len(loc) >= 2 and loc[0] == "scheduler" and loc[1] in SCHEDULER_TYPES:
+        tag = loc.pop(1)
+    path = ".".join(loc)
+    kind, message, value = detail["type"], detail["msg"], detail.get("input")
+    if kind == "extra_forbidden":
+        parent = _model_at(loc[:-1], tag)
+        hint = did_you_mean(loc[-1], parent.model_fields) if parent else ""
+        allowed = f"; allowed: {', '.join(parent.model_fields)}" if parent else ""
+        return f"{path}: unknown key{hint}{allowed}"
+    if kind == "missing":
+        return f"{path}: required field is missing"
+    if kind == "union_tag_invalid":
+        given = value.get("type")
+        return f"{path}.type: {given!r} is not a scheduler" \
+               f"{did_you_mean(given, SCHEDULER_TYPES)}; allowed: {', '.join(SCHEDULER_TYPES)}"
+    if kind == "union_tag_not_found":
+        return f"{path}.type: required; allowed: {', '.join(SCHEDULER_TYPES)}"
+    if kind == "literal_error" and isinstance(value, str):
+        allowed = re.findall(r"'([^']*)'", str(detail.get("ctx", {}).get("expected", "")))
+        return f"{path}: {message} (got {value!r}){did_you_mean(value, allowed)}"
+    if message.startswith("Value error, "):
+        message = message[len("Value error, "):]
+        first = message.split()[0]
+        names_its_field = "." in first or first.endswith(":")
+        return message if names_its_field or not path else f"{path}: {message}"
+    shown = "" if isinstance(value, (dict, list)) else f" (got {value!r})"
+    return f"{path}: {message}{shown}" if path else f"{message}{shown}"
+
+
+def _model_at(loc: list[str], scheduler_type: str | None = None) -> type[BaseModel] | None:
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        if part == "scheduler":
+            by_type = {"fifo": FifoConfig, "asha": AshaConfig, "hyperband": HyperbandConfig,
+                       "pbt": PbtConfig, "pb2": PbtConfig}
+            return by_type.get(scheduler_type) if part == loc[-1] else None
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+
+
+def trial_hyperparameters(config: ExperimentConfig, sampled: dict[str, Any]) -> TrainConfig:
+    """The train settings of one trial: fixed settings with the sampled values on top.
+
+    PB2 proposes floats for integer settings; they are rounded, not rejected.
+    """
+    values = config.train.model_dump()
+    for key, value in sampled.items():
+        if key not in TrainConfig.model_fields:
+            continue
+        if TrainConfig.model_fields[key].annotation is int and isinstance(value, float):
+            value = int(round(value))
+        values[key] = value
+    schedule = values.get("batch_schedule")
+    if schedule == "none":
+        values["batch_schedule"] = None
+    elif isinstance(schedule, str):
+        values["batch_schedule"] = config.batch_schedules[schedule]
+    try:
+        return TrainConfig.model_validate(values)
+    except ValidationError as error:
+        raise ConfigError(f"trial config {sampled}: {_first_error(error)}") from None
