@@ -68,6 +68,7 @@ class FineTuneLoop:
         self.evaluations = evaluation_count(hp.max_epochs, hp.eval_every_epochs)
         self.optimizer = torch.optim.AdamW(parameter_groups(model, hp), lr=hp.learning_rate,
                                            eps=hp.adam_epsilon)
+        self._eval_cache: tuple[int | None, list] = (None, [])
         self.state = TrainerState(seed=hp.seed,
                                   reference_batch_size=hp.reference_batch_size
                                   or batch_size_at(hp, 0.0))
@@ -208,9 +209,8 @@ class FineTuneLoop:
         self.model.eval()
         split = self.data.eval
         predictions, loss_sum = np.empty(len(split), dtype=np.int64), 0.0
-        for indices in eval_batches(split, self.hp.eval_batch_size):
-            batch = {k: v.to(self.device) for k, v in
-                     collate(split, indices, self.data.pad_token_id).items()}
+        for indices, collated in self._eval_batches():
+            batch = {k: v.to(self.device) for k, v in collated.items()}
             labels = batch.pop("labels")
             with self._autocast():
                 logits = self.model(**batch).logits.float()
@@ -218,6 +218,15 @@ class FineTuneLoop:
             predictions[indices] = logits.argmax(-1).cpu().numpy()
         return {"eval_loss": loss_sum / len(split),
                 **classification_metrics(predictions, split.labels, len(self.data.label_names))}
+
+    def _eval_batches(self) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+        """The evaluation set, sorted by length and collated once per eval batch size."""
+        size = self.hp.eval_batch_size
+        if self._eval_cache[0] != size:
+            split = self.data.eval
+            self._eval_cache = (size, [(i, collate(split, i, self.data.pad_token_id))
+                                       for i in eval_batches(split, size)])
+        return self._eval_cache[1]
 
     # ------------------------------------------------------------------ checkpoints
 
