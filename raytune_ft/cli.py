@@ -247,13 +247,12 @@ def _finish(outcome) -> int:
 
 def _export_analysis(experiment_dir: str) -> None:
     """Parquet tables and report.html for what exists; a failure here loses no results."""
-    from raytune_ft.analysis import export_experiment, write_report
+    from raytune_ft.analysis import export_with_report
     from raytune_ft.storage import local_experiment
 
     try:
         with local_experiment(experiment_dir) as local:
-            export_experiment(local)
-            report = write_report(local)
+            report = export_with_report(local)
         where = report if local == experiment_dir else f"{experiment_dir}/analysis/report.html"
         print(f"report       {where}")
     except Exception as error:  # noqa: BLE001 - the experiment itself is complete

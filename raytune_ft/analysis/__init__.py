@@ -13,7 +13,7 @@ from raytune_ft.analysis._export import (
     trials_table,
 )
 from raytune_ft.analysis._importance import hyperparameter_importance
-from raytune_ft.analysis._report import SECTION_IDS, write_report
+from raytune_ft.analysis._report import SECTION_IDS, export_with_report, write_report
 from raytune_ft.analysis._tables import SCHEMA_VERSION
 from raytune_ft.analysis._trials import STATUSES
 
@@ -24,6 +24,7 @@ __all__ = [
     "AnalysisArgumentError",
     "compare_experiments",
     "export_experiment",
+    "export_with_report",
     "hyperparameter_importance",
     "iterations_table",
     "pbt_events_table",

@@ -58,21 +58,32 @@ def export_experiment(
     Returns table name -> written path. Reads only files; no Ray needed.
     """
     exp = load_experiment(experiment_dir)
-    out = Path(out_dir) if out_dir is not None else exp.path / ANALYSIS_DIR
+    return write_tables(build_tables(exp), Path(out_dir) if out_dir else exp.path / ANALYSIS_DIR)
+
+
+def write_tables(tables: dict[str, pa.Table], out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = {}
-    for name, table in build_tables(exp).items():
+    for name, table in tables.items():
         paths[name] = out / f"{name}.parquet"
         write_atomic(table, paths[name])
-    logger.info("exported %d trials of %s to %s", len(exp.trials), exp.path, out)
+    logger.info("exported %d trials to %s", tables["trials"].num_rows, out)
     return paths
 
 
+def frames(tables: dict[str, pa.Table]) -> dict[str, pd.DataFrame]:
+    """Arrow tables as DataFrames, with the schema metadata in `df.attrs`."""
+    out = {}
+    for name, table in tables.items():
+        df = to_pandas(table)
+        df.attrs.update({k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()})
+        out[name] = df
+    return out
+
+
 def _table(experiment_dir: str | os.PathLike, name: str) -> pd.DataFrame:
-    table = build_tables(load_experiment(experiment_dir))[name]
-    df = to_pandas(table)
-    df.attrs.update({k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()})
-    return df
+    tables = build_tables(load_experiment(experiment_dir))
+    return frames({name: tables[name]})[name]
 
 
 def trials_table(experiment_dir: str | os.PathLike) -> pd.DataFrame:
@@ -92,9 +103,4 @@ def pbt_events_table(experiment_dir: str | os.PathLike) -> pd.DataFrame:
 
 def read_tables(experiment_dir: str | os.PathLike) -> dict[str, pd.DataFrame]:
     """All three tables in one pass (the report and comparison need several)."""
-    out = {}
-    for name, table in build_tables(load_experiment(experiment_dir)).items():
-        df = to_pandas(table)
-        df.attrs.update({k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()})
-        out[name] = df
-    return out
+    return frames(build_tables(load_experiment(experiment_dir)))

@@ -16,9 +16,15 @@ import pandas as pd
 
 from raytune_ft.analysis import _plots
 from raytune_ft.analysis._compare import compute_to_reach, device_factor
-from raytune_ft.analysis._export import ANALYSIS_DIR, read_tables
+from raytune_ft.analysis._export import (
+    ANALYSIS_DIR,
+    build_tables,
+    frames,
+    read_tables,
+    write_tables,
+)
 from raytune_ft.analysis._importance import hyperparameter_importance
-from raytune_ft.analysis._tables import HP
+from raytune_ft.analysis._tables import HP, load_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -175,12 +181,25 @@ def _sections(exp_dir: Path, tables: dict[str, pd.DataFrame]) -> list[str]:
     return out
 
 
-def write_report(experiment_dir: str | os.PathLike, out: str | os.PathLike | None = None) -> Path:
-    """Render `<experiment_dir>/analysis/report.html` (or `out`) and return its path."""
+def export_with_report(experiment_dir: str | os.PathLike) -> Path:
+    """`export_experiment`, then `write_report` from the same tables: the experiment's
+    result files are parsed once. Returns the report's path."""
+    exp = load_experiment(experiment_dir)
+    tables = build_tables(exp)
+    write_tables(tables, exp.path / ANALYSIS_DIR)
+    return write_report(experiment_dir, tables=frames(tables))
+
+
+def write_report(experiment_dir: str | os.PathLike, out: str | os.PathLike | None = None,
+                 tables: dict[str, pd.DataFrame] | None = None) -> Path:
+    """Render `<experiment_dir>/analysis/report.html` (or `out`) and return its path.
+
+    `tables` are `read_tables(experiment_dir)`, when the caller has them already.
+    """
     from plotly.offline import get_plotlyjs
 
     exp_dir = Path(experiment_dir)
-    tables = read_tables(exp_dir)
+    tables = tables if tables is not None else read_tables(exp_dir)
     title = html.escape(f"raytune_ft report: {exp_dir.name}")
     doc = "".join(
         [

@@ -113,3 +113,21 @@ def test_cli(experiments, tmp_path, capsys):
         timeout=60,
     )
     assert proc.returncode == 0 and proc.stdout.startswith("[")
+
+
+def test_export_with_report_parses_the_experiment_once(copy_experiment, tmp_path, monkeypatch):
+    from raytune_ft.analysis import _report, export_experiment, export_with_report
+
+    exp = copy_experiment("pbt")
+    parsed = []
+    load = _report.load_experiment
+    monkeypatch.setattr(_report, "load_experiment", lambda d: parsed.append(d) or load(d))
+    monkeypatch.setattr(_report, "read_tables", lambda d: pytest.fail("parsed a second time"))
+    path = export_with_report(exp)
+    assert len(parsed) == 1
+    text = path.read_text()
+    assert all(f'<section id="{sid}">' in text for sid in SECTION_IDS)
+    separate = export_experiment(exp, tmp_path / "separate")
+    for name, written in separate.items():
+        pd.testing.assert_frame_equal(pd.read_parquet(exp / "analysis" / f"{name}.parquet"),
+                                      pd.read_parquet(written))
