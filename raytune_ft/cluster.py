@@ -69,7 +69,7 @@ def init_ray(address: str | None, config: ExperimentConfig) -> None:
     kwargs = dict(log_to_driver=True, configure_logging=False)
     address = cluster_address(address)
     if is_ray_client(address):
-        _join_cluster(ray, address, {})  # a client: the server's own ray.init settings hold
+        _join_through_client(ray, address)
     elif address:
         _join_cluster(ray, address, kwargs)
     else:
@@ -84,27 +84,49 @@ def init_ray(address: str | None, config: ExperimentConfig) -> None:
                  include_dashboard=False, dashboard_host="127.0.0.1", **kwargs)
 
 
+CLIENT_ATTEMPTS = 2
+
+
+def _join_through_client(ray, address: str) -> None:
+    """`ray.init("ray://...")`, tried twice.
+
+    Ray 2.60's client proxy now and then fails to start the per-driver server it forks
+    ("SpecificServer startup failed" in the head's ray_client_server.err; 3 of 11
+    connections on this machine), and the next connection works. An unreachable
+    port and a refused token fail both times, after about 30 s each.
+    """
+    mode = os.environ.get("RAY_AUTH_MODE", "unset")
+    for attempt in range(1, CLIENT_ATTEMPTS + 1):
+        try:
+            ray.init(address=address)  # a client: the server's own ray.init settings hold
+            return
+        except (ConnectionError, RuntimeError) as error:
+            if isinstance(error, RuntimeError) and "client server" not in str(error):
+                raise
+            ray.shutdown()
+            if attempt < CLIENT_ATTEMPTS:
+                log.warning("Ray Client connection to %s failed (%s); trying once more",
+                            address, str(error).strip().splitlines()[-1])
+    raise ResourceError(
+        f"--address {address}: no Ray Client server accepted this driver; check that the "
+        "head's client port is reachable (an SSH tunnel: docs/cluster.md) and that the "
+        f"driver has the cluster's token (RAY_AUTH_MODE=token, now {mode}, and "
+        "RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); the head's "
+        "logs/ray_client_server.err says which")
+
+
 def _join_cluster(ray, address: str, kwargs: dict) -> None:
     """`ray.init(address)`, with one line that says how to pass the token when refused."""
     from ray.exceptions import AuthenticationError
 
-    mode = os.environ.get("RAY_AUTH_MODE", "unset")
     try:
         ray.init(address=address, **kwargs)
     except (AuthenticationError, ConnectionError) as error:
-        if is_ray_client(address) and not isinstance(error, AuthenticationError):
-            # The client retries for ~30 s; an unreachable port and a refused token look
-            # the same from here.
-            raise ResourceError(
-                f"--address {address}: no Ray Client server accepted this driver; check that "
-                "the head's client port is reachable (an SSH tunnel: docs/cluster.md) and "
-                f"that the driver has the cluster's token (RAY_AUTH_MODE=token, now {mode}, "
-                "and RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token); the head's "
-                "logs/ray_client_server.err says which") from None
         # A refused token surfaces as "Failed to connect" with the gRPC status underneath.
         if not isinstance(error, AuthenticationError) and "InvalidAuthToken" not in str(
                 error.__cause__):
             raise
+        mode = os.environ.get("RAY_AUTH_MODE", "unset")
         raise ResourceError(
             f"--address {address}: the cluster refused this driver's authentication token; "
             f"it uses token authentication: set RAY_AUTH_MODE=token (now {mode}) and give "

@@ -131,6 +131,39 @@ def test_addresses_come_from_the_flag_then_ray_address(monkeypatch):
     assert cluster_address("auto") == "auto"  # the flag wins
 
 
+class FlakyRay:
+    """Stands in for `ray` in `_join_through_client`: `init` raises the queued errors."""
+
+    def __init__(self, *errors: Exception):
+        self.errors, self.calls = list(errors), []
+
+    def init(self, address):
+        self.calls.append(address)
+        if self.errors:
+            raise self.errors.pop(0)
+
+    def shutdown(self):
+        self.calls.append("shutdown")
+
+
+def test_a_failed_ray_client_connection_is_tried_once_more():
+    from raytune_ft.cluster import _join_through_client
+    from raytune_ft.errors import ResourceError
+
+    # Ray's proxy failed to start this driver's server once: the second try joins.
+    ray = FlakyRay(RuntimeError("Starting Ray client server failed. See ..."))
+    _join_through_client(ray, "ray://head:10001")
+    assert ray.calls == ["ray://head:10001", "shutdown", "ray://head:10001"]
+    # Unreachable (or refused) twice: one line naming the address, the tunnel and the token.
+    ray = FlakyRay(*[ConnectionError("ray client connection timeout")] * 2)
+    with pytest.raises(ResourceError, match=r"--address ray://head:10001: no Ray Client .*"
+                                            r"tunnel.*RAY_AUTH_TOKEN"):
+        _join_through_client(ray, "ray://head:10001")
+    assert ray.calls.count("ray://head:10001") == 2
+    with pytest.raises(RuntimeError, match="something else"):  # not a connection failure
+        _join_through_client(FlakyRay(RuntimeError("something else")), "ray://head:10001")
+
+
 def test_ray_client_with_a_local_storage_path_is_refused_before_any_work(
         tmp_path, tiny_bert, glue_dir, capsys):
     """Through Ray Client the head writes the experiment: a path on this machine's disk
