@@ -12,7 +12,7 @@ import os
 import sys
 import traceback
 
-from raytune_ft.errors import RaytuneFtError
+from raytune_ft.errors import RaytuneFtError, last_line
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -224,12 +224,12 @@ def _finish(outcome) -> int:
     diverged = sum(1 for r in results if r.error is None and (r.metrics or {}).get("diverged"))
     print(f"trials       {len(results)} run, {len(failed)} failed, {diverged} diverged")
     for result in failed:
-        print(f"  failed     {result.path}: {_last_line(result.error)}")
+        print(f"  failed     {result.path}: {last_line(result.error)}")
     _export_analysis(prepared.experiment_dir)
     if outcome.interrupted:
         return _interrupted(prepared.experiment_dir)
     if len(failed) == len(results):
-        first = _last_line(failed[0].error) if failed else "no trial ran"
+        first = last_line(failed[0].error) if failed else "no trial ran"
         print(f"error: every trial failed; first error: {first}", file=sys.stderr)
         return EXIT_FAILED
     try:
@@ -256,14 +256,8 @@ def _export_analysis(experiment_dir: str) -> None:
         where = report if local == experiment_dir else f"{experiment_dir}/analysis/report.html"
         print(f"report       {where}")
     except Exception as error:  # noqa: BLE001 - the experiment itself is complete
-        print(f"warning: analysis export failed ({_last_line(error)}); retry with "
+        print(f"warning: analysis export failed ({last_line(error)}); retry with "
               f"`raytune-ft analyze {experiment_dir}`", file=sys.stderr)
-
-
-def _last_line(error: BaseException) -> str:
-    """A trial's error arrives with the worker's traceback; its last line is the message."""
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1] if lines else type(error).__name__
 
 
 def run() -> None:

@@ -11,7 +11,7 @@ import logging
 import os
 
 from raytune_ft.config import ExperimentConfig
-from raytune_ft.errors import ConfigError, ResourceError
+from raytune_ft.errors import ConfigError, ResourceError, last_line
 from raytune_ft.storage import is_uri
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ def check_local_resources(config: ExperimentConfig) -> None:
         raise ResourceError(f"resources.gpus_per_trial: {need.gpus_per_trial:g} is more than "
                             f"this machine's {gpus} GPUs; allowed: at most {gpus}, or join a "
                             "cluster with --address")
-
 
 
 def cluster_address(address: str | None) -> str | None:
@@ -106,7 +105,7 @@ def _join_through_client(ray, address: str) -> None:
             ray.shutdown()
             if attempt < CLIENT_ATTEMPTS:
                 log.warning("Ray Client connection to %s failed (%s); trying once more",
-                            address, str(error).strip().splitlines()[-1])
+                            address, last_line(error))
     raise ResourceError(
         f"--address {address}: no Ray Client server accepted this driver; check that the "
         "head's client port is reachable (an SSH tunnel: docs/cluster.md) and that the "

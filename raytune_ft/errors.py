@@ -29,3 +29,10 @@ class ResourceError(RaytuneFtError):
 
 class ExperimentError(RaytuneFtError):
     """An experiment directory is missing, incomplete or already exists."""
+
+
+def last_line(error: BaseException) -> str:
+    """The message of an error that arrives with a traceback (a trial's, Ray's): its last
+    non-blank line."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__

@@ -241,7 +241,7 @@ class ExperimentConfig(_Strict):
     def _cross_checks(self) -> ExperimentConfig:
         for name, phases in self.batch_schedules.items():
             check_batch_phases(phases, f"batch_schedules.{name}")
-        space = {key: parse_domain(f"search.{key}", spec) for key, spec in self.search.items()}
+        space = self.space()
         for key, domain in space.items():
             _check_domain_values(self, key, domain)
         schedule = self.train.batch_schedule
@@ -261,7 +261,6 @@ class ExperimentConfig(_Strict):
 
     def space(self) -> dict[str, Domain]:
         return {key: parse_domain(f"search.{key}", spec) for key, spec in self.search.items()}
-
 
 
 def _check_domain_values(config: ExperimentConfig, key: str, domain: Domain) -> None:
