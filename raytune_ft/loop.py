@@ -1,12 +1,23 @@
 """One fine-tuning run, one evaluation interval at a time. No Ray in here.
 
 Progress is counted in training samples. Each optimizer step takes the next `batch_size`
-samples of the length-grouped stream (fewer at an evaluation point, so evaluation k happens at
-exactly round(k x eval_every_epochs x len(train)) samples, the last at the whole budget),
-split into micro-batches of at most
-`max_micro_batch`; the loss of each micro-batch is weighted by its share of the batch, so the
-gradient equals the one of the whole batch. Learning rate and weight decay are set on every step
-from the hyperparameters in force: changing them (PBT) or the batch size needs no rebuild.
+samples of the length-grouped stream, split into micro-batches of at most `max_micro_batch`;
+the loss of each micro-batch is weighted by its share of the batch, so the gradient equals the
+one of the whole batch. Learning rate and weight decay are set on every step from the
+hyperparameters in force: changing them (PBT) or the batch size needs no rebuild.
+
+Evaluation k happens at exactly round(k x eval_every_epochs x len(train)) samples (the last at
+the whole budget). A step that would cross an evaluation point is cut at it: that short step of
+c < batch_size samples takes the mean gradient of its c samples at lr x c / batch_size, so each
+sample moves the weights by the same share as in a full step. `train_loss` is the summed loss of
+the interval's samples over their count.
+
+Divergence: a non-finite training loss, `NONFINITE_STEPS_TO_DIVERGE` non-finite gradient norms
+in a row (each such step is skipped: no update) or a non-finite eval loss marks the trial
+diverged; it reports the worst finite value of every metric and its weights are never
+checkpointed. With `keep_diverged` (population-based schedulers) a diverged trial keeps
+reporting those worst values at every evaluation point without training, so the scheduler can
+replace it with a clone of a healthy trial; otherwise it ends.
 """
 
 from __future__ import annotations
@@ -33,6 +44,9 @@ from raytune_ft.schedules import PlateauState, batch_size_at, learning_rate, lr_
 log = logging.getLogger(__name__)
 WORST = {"eval_accuracy": 0.0, "eval_f1": 0.0, "eval_mcc": -1.0}  # bounded metrics
 WORST_LOSS = 1e9  # the worst finite value reported for an unbounded loss
+# Skipped steps with a non-finite gradient norm in a row before a trial counts as diverged:
+# one can be a bad batch; several in a row mean the weights or the learning rate are broken.
+NONFINITE_STEPS_TO_DIVERGE = 3
 
 
 class CheckpointError(RaytuneFtError):
@@ -49,6 +63,8 @@ class TrainerState:
     reference_batch_size: int = 32
     plateau: PlateauState = field(default_factory=PlateauState)
     diverged: bool = False
+    skipped_steps: int = 0  # steps skipped for a non-finite gradient norm, over the run
+    nonfinite_streak: int = 0  # of which in a row, up to now
     hyperparameters: dict = field(default_factory=dict)
 
 
@@ -57,11 +73,18 @@ def worst_value(metric: str) -> float:
 
 
 class FineTuneLoop:
-    """Train a sequence-classification model on a `DataBundle` with hyperparameters `hp`."""
+    """Train a sequence-classification model on a `DataBundle` with hyperparameters `hp`.
+
+    `dropout_seed` (default `hp.seed`) seeds dropout; the data order follows the seed saved in
+    the trainer state, which a PBT clone takes from its donor. `keep_diverged`: see above.
+    """
 
     def __init__(self, model: torch.nn.Module, data: DataBundle, hp: TrainConfig,
-                 metric: str = "eval_accuracy", mode: str = "max", device: str = "cpu") -> None:
+                 metric: str = "eval_accuracy", mode: str = "max", device: str = "cpu",
+                 dropout_seed: int | None = None, keep_diverged: bool = False) -> None:
         self.model, self.data, self.metric, self.mode = model.to(device), data, metric, mode
+        self.dropout_seed = hp.seed if dropout_seed is None else dropout_seed
+        self.keep_diverged = keep_diverged
         self.device = torch.device(device)
         self.n_train = len(data.train)
         self.total_samples = round(hp.max_epochs * self.n_train)
@@ -87,6 +110,8 @@ class FineTuneLoop:
         if hasattr(self, "hp") and round(hp.max_epochs * self.n_train) != self.total_samples:
             raise RaytuneFtError("train.max_epochs cannot change inside a running trial")
         self.hp = hp
+        for group in self.optimizer.param_groups:  # lr and weight decay are set every step
+            group["eps"] = hp.adam_epsilon
         self.stream = SampleStream(self.data.train.lengths, self.state.seed,
                                    hp.length_group_window)
         if hp.reference_batch_size:
@@ -104,18 +129,21 @@ class FineTuneLoop:
         return learning_rate(self.hp, self.hp.learning_rate * scale, self.state.samples_seen,
                              self.total_samples, self.n_train, self.state.plateau.reductions)
 
-    def _set_group_hyperparameters(self) -> tuple[float, float]:
+    def _set_group_hyperparameters(self, share: float = 1.0) -> tuple[float, float]:
+        """Set every group's lr (x `share` for a short step) and weight decay; return the
+        head's scheduled lr and the smallest group lr (both without `share`)."""
         lr = self.current_lr()
         for group in self.optimizer.param_groups:
-            group["lr"] = lr * group["lr_scale"]
+            group["lr"] = lr * group["lr_scale"] * share
             group["weight_decay"] = self.hp.weight_decay if group["decays"] else 0.0
-        return lr, min(g["lr"] for g in self.optimizer.param_groups)
+        return lr, lr * min(g["lr_scale"] for g in self.optimizer.param_groups)
 
     # ------------------------------------------------------------------ training
 
     @property
     def finished(self) -> bool:
-        return self.state.diverged or self.state.samples_seen >= self.total_samples
+        diverged_out = self.state.diverged and not self.keep_diverged
+        return diverged_out or self.state.samples_seen >= self.total_samples
 
     def evaluation_point(self, k: int) -> int:
         """Samples seen at evaluation k (1-based): the budget split evenly, the rest last."""
@@ -135,37 +163,42 @@ class FineTuneLoop:
         target = next(point for k in range(1, self.evaluations + 1)
                       if (point := self.evaluation_point(k)) > start_samples)
         self.model.train()
-        losses, lr, lr_min, batch_size = [], 0.0, 0.0, self.batch_size
-        while self.state.samples_seen < target:
+        loss_sum, lr, lr_min, batch_size = 0.0, 0.0, 0.0, self.batch_size
+        while self.state.samples_seen < target and not self.state.diverged:
             batch_size = self.batch_size
-            lr, lr_min = self._set_group_hyperparameters()
             count = min(batch_size, target - self.state.samples_seen)
-            loss = self._step(self.stream.take(self.state.samples_seen, count))
-            if not math.isfinite(loss):
-                self.state.diverged = True
-                log.warning("non-finite loss at step %d: trial diverged", self.state.step)
-                break
-            losses.append(loss)
+            lr, lr_min = self._set_group_hyperparameters(share=count / batch_size)
+            loss_sum += self._step(self.stream.take(self.state.samples_seen, count))
+        if self.state.diverged:  # a diverged trial idles to the evaluation point
+            self.state.samples_seen = max(self.state.samples_seen, target)
         train_seconds = time.perf_counter() - started
         trained = self.state.samples_seen - start_samples
-        if self.state.diverged:  # no evaluation: report the worst finite values
+        metrics = {} if self.state.diverged else {**self.evaluate(),
+                                                   "train_loss": loss_sum / trained}
+        if not math.isfinite(metrics.get("eval_loss", math.nan)):
+            if not self.state.diverged:
+                log.warning("non-finite eval loss at step %d: trial diverged", self.state.step)
+            self.state.diverged = True  # no usable evaluation: report the worst finite values
             metrics = {name: worst_value(name) for name in [*self.data.metrics, "train_loss"]}
-        else:
-            metrics = {**self.evaluate(), "train_loss": float(np.mean(losses))}
         metrics.update(
             lr=lr, lr_min_group=lr_min, batch_size=batch_size,
             epoch=self.state.samples_seen / self.n_train,
             samples_seen=self.state.samples_seen, step=self.state.step,
             samples_per_s=trained / train_seconds if train_seconds > 0 else 0.0,
-            diverged=self.state.diverged,
+            diverged=self.state.diverged, skipped_steps=self.state.skipped_steps,
         )
         self._update_plateau(metrics)
         return metrics
 
     def _step(self, indices: np.ndarray) -> float:
-        """One optimizer step over `indices`; returns the batch's mean loss."""
-        # Dropout draws from a generator seeded per step: a restore continues bit for bit.
-        torch.manual_seed(self.state.seed * 1_000_003 + self.state.step)
+        """One optimizer step over `indices`; returns the batch's summed loss.
+
+        A non-finite loss diverges the trial at once; a non-finite gradient norm (without an
+        fp16 loss scaler, which skips such steps itself) skips the update, and
+        `NONFINITE_STEPS_TO_DIVERGE` of them in a row diverge it.
+        """
+        # Dropout draws from a generator seeded by position: a restore continues bit for bit.
+        torch.manual_seed(self.dropout_seed * 1_000_003 + self.state.samples_seen)
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)  # summed on the device: one sync per step
         for part in micro_batches(indices, self.hp.max_micro_batch):
@@ -177,18 +210,33 @@ class FineTuneLoop:
             loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
             self.scaler.scale(loss / len(indices)).backward()
             total += loss.detach()
-        mean_loss = total.item() / len(indices)
-        if not math.isfinite(mean_loss):
-            return mean_loss
         self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
+        loss_sum, norm = torch.stack([total, grad_norm.to(total.device)]).tolist()
+        if not math.isfinite(loss_sum):
+            self.state.diverged = True
+            log.warning("non-finite loss at step %d: trial diverged", self.state.step)
+            return loss_sum
+        self.state.samples_seen += len(indices)
+        if not math.isfinite(norm) and not self.scaler.is_enabled():
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.skipped_steps += 1
+            self.state.nonfinite_streak += 1
+            log.warning("non-finite gradient norm at step %d: update skipped (%d in a row)",
+                        self.state.step, self.state.nonfinite_streak)
+            if self.state.nonfinite_streak >= NONFINITE_STEPS_TO_DIVERGE:
+                self.state.diverged = True
+                log.warning("%d non-finite gradient norms in a row: trial diverged",
+                            self.state.nonfinite_streak)
+            return loss_sum
+        self.state.nonfinite_streak = 0
         if self.hp.max_grad_norm:
-            params = [p for g in self.optimizer.param_groups for p in g["params"]]
-            torch.nn.utils.clip_grad_norm_(params, self.hp.max_grad_norm)
+            torch.nn.utils.clip_grads_with_norm_(params, self.hp.max_grad_norm, grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.state.step += 1
-        self.state.samples_seen += len(indices)
-        return mean_loss
+        return loss_sum
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -233,6 +281,9 @@ class FineTuneLoop:
     def save(self, directory: str | Path) -> None:
         """Write model.safetensors, optimizer.pt and trainer_state.json (DESIGN.md)."""
         directory = Path(directory)
+        if self.state.diverged or not all(torch.isfinite(p).all() for p in
+                                           self.model.parameters()):
+            raise CheckpointError("refusing to checkpoint non-finite weights (trial diverged)")
         directory.mkdir(parents=True, exist_ok=True)
         save_model(self.model, str(directory / "model.safetensors"))
         torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
@@ -251,13 +302,17 @@ class FineTuneLoop:
             plateau = PlateauState(**state.pop("plateau"))
             missing, unexpected = load_model(self.model, str(directory / "model.safetensors"),
                                              strict=False)
+            # On the CPU: load_state_dict moves the moments to the parameters' device and
+            # keeps AdamW's step counters on the host (on the GPU they cost a sync each).
             optimizer_state = torch.load(directory / "optimizer.pt", weights_only=True,
-                                         map_location=self.device)
-            # Group settings (layer-decay scale, decay flag) are this trial's own, not saved.
-            own = [(g["lr_scale"], g["decays"]) for g in self.optimizer.param_groups]
+                                         map_location="cpu")
+            # Every group setting (lr, eps, betas, weight decay, layer-decay scale, decay
+            # flag) is this trial's own; the checkpoint gives only the moments.
+            own = [{k: v for k, v in g.items() if k != "params"}
+                   for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(optimizer_state)
-            for group, (scale, decays) in zip(self.optimizer.param_groups, own):
-                group["lr_scale"], group["decays"] = scale, decays
+            for group, settings in zip(self.optimizer.param_groups, own):
+                group.update(settings)
         except Exception as error:  # noqa: BLE001 - any unreadable part makes it unusable
             raise CheckpointError(f"checkpoint {directory} cannot be read: "
                                   f"{type(error).__name__}: {error}") from None

@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
+import numpy as np
 import torch
 from ray import tune
 
@@ -29,6 +31,16 @@ def node_model_path(model_path: str, name: str) -> str:
     return model_path if Path(model_path).is_dir() else resolve_model_path(name)
 
 
+def trial_dropout_seed(seed: int, population: bool) -> int:
+    """Under PBT a clone takes its donor's config and checkpoint, seed included: mixing in the
+    trial's own id gives it its own dropout masks (its data order stays the donor's).
+    Other schedulers keep `seed`, so a trial depends on its config alone."""
+    if not population:
+        return seed
+    trial = zlib.crc32(tune.get_context().get_trial_id().encode())
+    return int(np.random.SeedSequence([seed, trial]).generate_state(1)[0])
+
+
 def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfig,
                 model_path: str) -> None:
     started = time.perf_counter()
@@ -38,14 +50,16 @@ def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfi
     torch.set_num_threads(max(1, int(experiment.resources.cpus_per_trial)))
     model = load_model(node_model_path(model_path, experiment.model.name), bundle.label_names,
                        hp.seed)
-    loop = FineTuneLoop(model, bundle, hp,
-                        experiment.metric, experiment.mode, device)
+    population = isinstance(experiment.scheduler, PbtConfig)
+    loop = FineTuneLoop(model, bundle, hp, experiment.metric, experiment.mode, device,
+                        dropout_seed=trial_dropout_seed(hp.seed, population),
+                        keep_diverged=population)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             loop.load(directory)
     startup_s = time.perf_counter() - started  # trial start to the first training step
-    every = 1 if isinstance(experiment.scheduler, PbtConfig) else experiment.run.checkpoint_every
+    every = 1 if population else experiment.run.checkpoint_every
     while not loop.finished:
         if os.environ.get(FAULT_HOOK) == str(hp.seed):
             raise RuntimeError(f"fault hook {FAULT_HOOK}={hp.seed}: this trial raises")
@@ -57,7 +71,8 @@ def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfi
                 f"(batch_size {loop.batch_size}); lower train.max_micro_batch, gradient "
                 "accumulation keeps the effective batch") from None
         metrics["startup_s"] = startup_s
-        if loop.finished or loop.evaluations_done % every == 0:
+        due = loop.finished or loop.evaluations_done % every == 0
+        if due and not loop.state.diverged:  # non-finite weights are never checkpointed
             with tempfile.TemporaryDirectory() as directory:
                 loop.save(directory)
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
