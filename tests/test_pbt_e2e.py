@@ -9,7 +9,8 @@ import pytest
 from support import experiment_yaml
 
 TRAIN = {"max_epochs": 1, "eval_every_epochs": 0.125, "max_micro_batch": 16,
-         "schedule": "linear", "warmup_ratio": 0.0}
+         "schedule": "linear", "warmup_ratio": 0.0, "lr_scaling": "linear",
+         "reference_batch_size": 16}
 SEARCH = {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "batch_size": {"choice": [8, 16, 32]},
           "weight_decay": {"uniform": [0.0, 0.1]}}
 
@@ -64,14 +65,18 @@ def test_samples_seen_continue_and_batch_size_changes(pbt_run):
 
 
 def test_reported_lr_and_batch_size_are_the_ones_in_force(pbt_run):
-    # Linear decay, no warmup: the last step of an interval starts at samples_seen - batch.
+    # Linear decay, no warmup: the last step of an interval starts at samples_seen - batch;
+    # lr_scaling linear from the reference batch 16, also after an exploit moved the batch.
+    moved = 0
     for trial in trial_rows(pbt_run).values():
-        for row in trial:
+        for before, row in zip([None, *trial], trial):
             config = row["config"]
             assert row["batch_size"] == config["batch_size"]
             start = row["samples_seen"] - config["batch_size"]
-            expected = config["learning_rate"] * (1 - start / 256)
+            expected = config["learning_rate"] * config["batch_size"] / 16 * (1 - start / 256)
             assert row["lr"] == pytest.approx(expected, rel=1e-9)
+            moved += before is not None and before["batch_size"] != row["batch_size"]
+    assert moved, "no exploit changed a trial's batch size"
 
 
 def test_replay_reruns_the_best_schedule(pbt_run):
@@ -89,3 +94,28 @@ def test_pb2_run_of_the_same_shape_completes(tmp_path_factory, tiny_bert, glue_d
     rows = trial_rows(experiment)
     assert len(rows) == 4
     assert all(trial[-1]["samples_seen"] == 256 for trial in rows.values())
+
+
+def test_a_diverged_member_is_replaced_by_a_healthy_clone(tmp_path_factory, tiny_bert,
+                                                          glue_dir):
+    # lr 1e30 diverges in its first interval; weight_decay is the only mutation, so the clone
+    # of a healthy donor takes the donor's learning rate and trains on to the budget.
+    root = tmp_path_factory.mktemp("rescue")
+    scheduler = {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,
+                 "synch": True, "mutations": ["weight_decay"]}
+    path = experiment_yaml(
+        root / "exp.yaml", tiny_bert, glue_dir, root / "results", name="rescue",
+        metric="eval_loss", mode="min", train={**TRAIN, "max_epochs": 0.5},
+        search={"learning_rate": {"grid": [1e30, 1e-3]},
+                "weight_decay": {"uniform": [0.0, 0.1]}},
+        scheduler=scheduler, search_alg={"type": "grid", "seed": 0},
+        run={"num_samples": 1, "storage_path": str(root / "results")})
+    done = run_cli("tune", str(path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "2 run, 0 failed, 0 diverged" in done.stdout
+    rows = trial_rows(root / "results" / "rescue")
+    (sick,) = [t for t in rows.values() if t[0]["config"]["learning_rate"] == 1e30]
+    assert sick[0]["diverged"] is True and sick[0]["eval_loss"] == 1e9
+    assert sick[-1]["diverged"] is False and sick[-1]["samples_seen"] == 128
+    assert sick[-1]["config"]["learning_rate"] == 1e-3 and sick[-1]["eval_loss"] < 1.0
+    assert [r["samples_seen"] for r in sick] == [32 * (i + 1) for i in range(len(sick))]

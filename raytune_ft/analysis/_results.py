@@ -46,6 +46,7 @@ METRIC_COLUMNS: dict[str, pa.DataType] = {
     "step": pa.int64(),
     "samples_per_s": pa.float64(),
     "diverged": pa.bool_(),
+    "skipped_steps": pa.int64(),
 }
 
 

@@ -27,7 +27,7 @@ from raytune_ft.analysis._results import (
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 HP = "hp_"  # prefix of hyperparameter columns
 
 

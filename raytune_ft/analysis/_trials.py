@@ -4,7 +4,8 @@ Status rule (first match wins; documented in docs/analysis_schema.md):
 
 1. `errored`    Ray's state says ERROR, or there is no state and error.txt exists and the
                 trial did not reach its budget.
-2. `diverged`   any reported iteration has `diverged` true.
+2. `diverged`   the last reported iteration has `diverged` true (under PBT a diverged
+                member that a healthy clone replaced ends healthy).
 3. `terminated` Ray's state says TERMINATED (or, with no state, the last report says done)
                 and the trial reached its budget: samples_seen >= budget_samples, else
                 epoch >= train.max_epochs, else the experiment's largest iteration count.
@@ -101,7 +102,7 @@ def _per_trial(it: pd.DataFrame, exp: Experiment) -> dict[str, dict]:
     df["compute_samples"] = grouped["compute_samples"].sum()
     df["epochs"] = last["epoch"].astype("float64")
     df["wall_s"] = grouped["compute_s"].sum()
-    df["_diverged"] = grouped["diverged"].any()
+    df["_diverged"] = last["diverged"].fillna(False).astype(bool)
     df = df.astype(object).where(df.notna(), None)
     return df.to_dict("index")
 
