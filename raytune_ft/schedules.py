@@ -11,6 +11,10 @@ are exactly the closed forms in DESIGN.md:
     linear       lr0 * (1 - t / T)
     constant     lr0
     plateau      lr0 * factor ** reductions   (reductions counted by `PlateauState`)
+
+These are the head group's rates; every other group runs at the head's rate times its
+layer-decay scale, so the cosine floor `lr_min` is the head's floor and a group of scale s
+floors at s * lr_min.
 """
 
 from __future__ import annotations
