@@ -83,6 +83,15 @@ def _model_without_config(c: Case) -> list[str]:
     return ["validate", c.write(model={"name": str(c.tmp / "empty_model")})]
 
 
+def _model_without_tokenizer(c: Case) -> list[str]:
+    """config.json and weights, no vocabulary: AutoTokenizer would make every word [UNK]."""
+    folder = c.tmp / "no_tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(c.model / name, folder / name)
+    return ["validate", c.write(model={"name": str(folder)})]
+
+
 def _yaml_syntax(c: Case) -> list[str]:
     c.yaml.write_text("name: tiny\nmodel: {name: [unclosed\ntrain:\n  max_epochs: 1\n")
     return ["validate", str(c.yaml)]
@@ -164,6 +173,10 @@ CASES = {
     "model-missing": (lambda c: ["validate", c.write(model={"name": str(c.tmp / "nope")})],
                       ["model.name", "nope", "does not exist"]),
     "model-without-config": (_model_without_config, ["model.name", "config.json"]),
+    "model-without-tokenizer": (
+        _model_without_tokenizer,
+        ["model.name", "no_tokenizer cannot be", "5 tokens against vocab_size 30522",
+         "100% of the word tokens in the first 256 training examples are unknown"]),
     "model-hub-id-offline": (_hub_id, ["model.name", "'no-such-org-7/no-such-model'"]),
     "max-length-above-positions": (
         lambda c: ["validate", c.write(model={"max_length": 1024})],
@@ -257,7 +270,8 @@ def _cli(argv: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
                           timeout=120, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("name", ["yaml-syntax", "too-many-cpus", "set-bad-value"])
+@pytest.mark.parametrize("name", ["yaml-syntax", "too-many-cpus", "set-bad-value",
+                                  "model-without-tokenizer"])
 def test_real_cli(name, tmp_path, tiny_bert, glue_dir):
     build, fragments = CASES[name]
     proc = _cli(build(Case(tmp_path, tiny_bert, glue_dir)), tmp_path)
