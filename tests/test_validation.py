@@ -289,3 +289,75 @@ def test_set_override_reaches_the_message(tmp_path, tiny_bert, glue_dir, no_ray,
     assert "search.batch_size: value -1" in capsys.readouterr().err
     raw = yaml.safe_load(Path(path).read_text())
     assert raw["search"]["batch_size"] == {"choice": [16, 32]}  # the file is not touched
+
+
+LR = {"learning_rate": {"loguniform": [1e-4, 1e-3]}}
+GROW = {"grow": [[0.0, 8], [0.5, 32]]}
+SCHEDULE_TEXT = ("schedule grow: 8 (accumulation 1 x <= 8) from progress 0, "
+                 "32 (accumulation 4 x <= 8) from progress 0.5")
+# id -> (experiment sections, the text after "batch        effective ")
+BATCHES = {
+    "fixed": ({"search": LR, "train": {"batch_size": 16}}, "16 (accumulation 2 x <= 8)"),
+    "search-constant": ({"search": {**LR, "batch_size": 16}}, "16 (accumulation 2 x <= 8)"),
+    "choice": ({"search": {**LR, "batch_size": {"choice": [32, 16]}}},
+               "16 (accumulation 2 x <= 8), 32 (accumulation 4 x <= 8)"),
+    "randint": ({"search": {**LR, "batch_size": {"randint": [8, 40]}}},
+                "8..40 (accumulation 1..5 x <= 8)"),
+    "other-int-choice": ({"search": {**LR, "batch_size": {"choice": [16]},
+                                     "freeze_layers": {"choice": [0, 1]}}},
+                         "16 (accumulation 2 x <= 8)"),  # 0 and 1 are not batch sizes
+    "schedule": ({"search": LR, "batch_schedules": GROW, "train": {"batch_schedule": "grow"}},
+                 SCHEDULE_TEXT),
+    "schedule-searched": ({"search": {**LR, "batch_schedule": {"choice": ["none", "grow"]}},
+                           "batch_schedules": GROW, "train": {"batch_size": 16}},
+                          f"no schedule: 16 (accumulation 2 x <= 8); {SCHEDULE_TEXT}"),
+    "inline-phases": ({"search": LR, "train": {"batch_schedule": [[0.0, 16], [0.25, 24]]}},
+                      "schedule: 16 (accumulation 2 x <= 8) from progress 0, "
+                      "24 (accumulation 3 x <= 8) from progress 0.25"),
+    "micro-searched": ({"search": {**LR, "max_micro_batch": {"choice": [8, 16]}}},
+                       "32 (accumulation 2..4 x <= 8..16)"),
+}
+
+
+def _header_lines(out: str) -> dict[str, str]:
+    """The header's lines by their first word (warnings in order under 'warning:')."""
+    lines = {}
+    for line in out.splitlines():
+        key, _, rest = line.partition(" ")
+        lines.setdefault(key, []).append(rest.strip())
+    return lines
+
+
+@pytest.mark.parametrize("name", list(BATCHES))
+def test_header_prints_every_effective_batch(name, tmp_path, tiny_bert, glue_dir, no_ray,
+                                             capsys):
+    sections, expected = BATCHES[name]
+    sections = {**sections, "train": {"max_micro_batch": 8, **sections.get("train", {})}}
+    path = Case(tmp_path, tiny_bert, glue_dir).write(replace=("search",), **sections)
+    assert cli.main(["validate", path]) == cli.EXIT_OK
+    header = _header_lines(capsys.readouterr().out)
+    assert header["batch"] == [f"effective {expected}"]
+    assert "warning:" not in header  # 256 training examples, both SST-2 labels among them
+    assert header["labels"] == ["0 -> '0', 1 -> '1'"]  # SST-2: no F1, so no positive class
+
+
+def test_header_warns_and_names_labels_through_the_real_cli(tmp_path, tiny_bert, glue_dir):
+    case = Case(tmp_path, tiny_bert, glue_dir)
+    rows = [(f"film {i}", 10 if i < 4 else 2) for i in range(8)]  # rows 5 and 7 are kept
+    path = case.files(rows, rows, {"train": {"batch_size": 4, "max_micro_batch": 4},
+                                   "search": {**LR, "batch_size": {"choice": [2, 4]}}},
+                      max_train_samples=2, subset_seed=0)
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray_tmp"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "raytune_ft", "validate", path],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    header = _header_lines(proc.stdout)
+    assert header["data"] == ["train: 2 train, 8 eval, 2 labels"]
+    assert header["labels"] == ["0 -> '2', 1 -> '10'; eval_f1 counts 1 -> '10' as the positive "
+                                "class"]
+    assert header["batch"] == ["effective 2 (accumulation 1 x <= 4), 4 (accumulation 1 x <= 4)"]
+    assert header["warning:"] == [
+        "the training split has 2 examples, fewer than one batch of 4: a step then repeats "
+        "examples",
+        "no training example has label(s) 1 -> '10' (data.max_train_samples 2 left none)"]
+    assert not (tmp_path / "ray_tmp").exists(), "a Ray session folder was created"
