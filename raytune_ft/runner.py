@@ -73,8 +73,9 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     bundle = build_bundle(config.data, tokenizer, config.model.max_length)
     check_tokenizer(tokenizer, model_path, bundle.train)
     if config.metric.startswith("eval_") and config.metric not in bundle.metrics:
+        glue = "; GLUE reports F1 for MRPC and QQP only" if config.data.task else ""
         raise ConfigError(f"metric: {config.metric!r} is not reported for {bundle.task} "
-                          f"({len(bundle.label_names)} labels); reported: "
+                          f"({len(bundle.label_names)} labels{glue}); reported: "
                           f"{', '.join(bundle.metrics)}")
     return Prepared(config, model_path, bundle, experiment_dir)
 

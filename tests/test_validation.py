@@ -163,6 +163,9 @@ CASES = {
     "metric-not-for-task": (lambda c: ["validate", c.files(ROWS3, ROWS3,
                                                            {"metric": "eval_f1"})],
                             ["metric", "'eval_f1'", "3 labels"]),
+    "f1-not-for-sst2": (lambda c: ["validate", c.write(metric="eval_f1")],
+                        ["metric", "'eval_f1'", "sst2 (2 labels; GLUE reports F1 for MRPC and "
+                         "QQP only); reported: eval_accuracy, eval_loss, eval_mcc"]),
     "mode": (lambda c: ["validate", c.write(mode="maximize")], ["mode", "'maximize'"]),
     "eval-every-above-budget": (
         lambda c: ["validate", c.write(train={"max_epochs": 1, "eval_every_epochs": 2})],
