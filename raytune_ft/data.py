@@ -279,7 +279,7 @@ def _is_missing(value) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
-def label_text(value) -> str | None:
+def _label_text(value) -> str | None:
     """A label value as its name; None when missing. 1, 1.0 and "1" are all the label "1"."""
     if _is_missing(value):
         return None
@@ -299,7 +299,7 @@ def _refuse_missing(table: _Table, column: str, missing: list[int], what: str) -
 
 
 def _labels(table: _Table, column: str) -> list[str]:
-    raw = [label_text(v) for v in table.frame[column]]
+    raw = [_label_text(v) for v in table.frame[column]]
     _refuse_missing(table, column, [i for i, v in enumerate(raw) if v is None], "label")
     return raw
 
