@@ -7,8 +7,11 @@ Ray's object store shares it with every trial without copying and no trial token
 from __future__ import annotations
 
 import csv
+import json
 import logging
+import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +51,11 @@ GLUE_TASKS: dict[str, GlueTask] = {
                      ("entailment", "neutral", "contradiction"), dev_file="dev_matched.tsv",
                      hub_name="mnli"),
 }
+# GLUE reports F1 (of label 1, "equivalent"/"duplicate") only for these; RTE and QNLI would make
+# `not_entailment` the positive class, SST-2 and CoLA are scored by accuracy and MCC.
+GLUE_F1_TASKS = ("mrpc", "qqp")
+
+
 @dataclass
 class TextSplit:
     """Raw examples: one or two text columns and integer labels."""
@@ -97,34 +105,41 @@ def canonical_task(name: str) -> str:
 def read_splits(cfg: DataConfig) -> tuple[TextSplit, TextSplit, list[str]]:
     """Read train and eval text with integer labels, and the label names."""
     if cfg.train_file is not None:
-        train = _read_table(cfg.train_file, "data.train_file")
-        dev = _read_table(cfg.eval_file, "data.eval_file")
+        tables = (_read_table(cfg.train_file, "data.train_file"),
+                  _read_table(cfg.eval_file, "data.eval_file"))
         columns, label_column = list(cfg.text_columns), cfg.label_column
-        for frame, where in ((train, "data.train_file"), (dev, "data.eval_file")):
-            _check_columns(frame, columns, label_column, where)
-        label_names = sorted({str(v) for v in train[label_column]})
-        where = ("data.train_file", "data.eval_file")
+        for table in tables:
+            _check_columns(table.frame, columns, label_column, table.where)
+        labels = [_labels(table, label_column) for table in tables]
+        label_names = sort_labels(set(labels[0]))
     else:
         task = GLUE_TASKS[canonical_task(cfg.task)]
         folder = glue_folder(cfg, task)
         if folder is None:
             return _read_hub(task)
-        train = _read_glue_tsv(folder / "train.tsv", task)
-        dev = _read_glue_tsv(folder / task.dev_file, task)
+        source = "data.path" if cfg.path else "RAYTUNE_FT_DATA_DIR"
+        tables = tuple(_read_glue_tsv(folder / name, task, source)
+                       for name in ("train.tsv", task.dev_file))
         label_names, columns, label_column = list(task.labels), list(task.text_columns), \
             task.label_column
-        source = "data.path" if cfg.path else "RAYTUNE_FT_DATA_DIR"
-        where = (f"{source} ({folder / 'train.tsv'})", f"{source} ({folder / task.dev_file})")
-        for frame, name in zip((train, dev), where):
-            missing = [c for c in [*columns, label_column] if c not in frame.columns]
+        for table in tables:
+            missing = [c for c in [*columns, label_column] if c not in table.frame.columns]
             if missing:
-                raise DataError(f"{name}: not a GLUE {task.folder} file: column(s) "
-                                f"{', '.join(missing)} missing; columns present: "
-                                f"{', '.join(map(str, frame.columns))}")
-    splits = []
-    for frame, name in zip((train, dev), where):
-        splits.append(_to_split(frame, columns, label_column, label_names, name))
-    return splits[0], splits[1], label_names
+                raise DataError(f"{table.where}: {table.path} is not a GLUE {task.folder} file: "
+                                f"column(s) {', '.join(missing)} missing; columns present: "
+                                f"{', '.join(map(str, table.frame.columns))}")
+        labels = [_labels(table, label_column) for table in tables]
+    train, dev = (_to_split(table, columns, raw, label_column, label_names)
+                  for table, raw in zip(tables, labels))
+    return train, dev, label_names
+
+
+def sort_labels(names: set[str]) -> list[str]:
+    """Label names in id order: by value when every name is an integer ("2" before "10"),
+    else alphabetically."""
+    if all(re.fullmatch(r"[+-]?\d+", name) for name in names):
+        return sorted(names, key=lambda name: (int(name), name))
+    return sorted(names)
 
 
 def glue_folder(cfg: DataConfig, task: GlueTask) -> Path | None:
@@ -142,34 +157,106 @@ def glue_folder(cfg: DataConfig, task: GlueTask) -> Path | None:
     raise DataError(f"{where}: no {task.folder}/train.tsv under {root}")
 
 
-def _read_glue_tsv(path: Path, task: GlueTask) -> pd.DataFrame:
+@dataclass
+class _Table:
+    """A file's rows, and where each row sits in the file, so errors can point at it."""
+
+    frame: pd.DataFrame
+    where: str  # the config field that named the file: data.train_file, data.path, ...
+    path: Path
+    lines: list[int] | None  # the line each row starts on; None: rows are counted (Parquet)
+
+    def at(self, row: int) -> str:
+        place = f"line {self.lines[row]}" if self.lines is not None else f"row {row + 1}"
+        return f"{self.where}: {self.path} {place}"
+
+
+def _read_glue_tsv(path: Path, task: GlueTask, where: str) -> _Table:
     # GLUE TSVs: UTF-8 with a BOM (MRPC), quotes are literal text (QUOTE_NONE).
-    try:
-        return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, encoding="utf-8-sig",
-                           dtype=str, keep_default_na=False, on_bad_lines="error",
-                           header=0 if task.header else None,
-                           names=list(task.columns) if task.columns else None)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read as a GLUE TSV: {error}") from None
+    return _read_delimited(path, where, "\t", task.columns if not task.header else None)
 
 
-def _read_table(path_text: str, where: str) -> pd.DataFrame:
+def _read_table(path_text: str, where: str) -> _Table:
     path = Path(path_text).expanduser()
     if not path.is_file():
         raise DataError(f"{where}: {path} does not exist")
     suffix = path.suffix.lower()
+    if suffix in (".tsv", ".csv"):
+        return _read_delimited(path, where, "\t" if suffix == ".tsv" else ",")
+    if suffix == ".jsonl":
+        return _read_jsonl(path, where)
     try:
-        if suffix in (".tsv", ".csv"):
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",", dtype=str,
-                               keep_default_na=False, encoding="utf-8-sig")
-        if suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=suffix == ".jsonl", dtype=False)
+        if suffix == ".json":
+            return _Table(pd.read_json(path, dtype=False), where, path, None)
         if suffix == ".parquet":
-            return pd.read_parquet(path)
+            return _Table(pd.read_parquet(path), where, path, None)
     except Exception as error:  # noqa: BLE001 - any reader failure is the user's file
         raise DataError(f"{where}: cannot read {path}: {error}") from None
     raise DataError(f"{where}: {path} has suffix {suffix!r}; allowed: .csv, .tsv, .jsonl, "
                     ".json, .parquet")
+
+
+def _read_delimited(path: Path, where: str, sep: str, names: tuple[str, ...] | None = None
+                    ) -> _Table:
+    """Read a CSV (quotes are syntax) or a TSV (quotes are text, as in GLUE: QUOTE_NONE).
+
+    Every row must have as many fields as the header: a stray tab or quote would otherwise
+    shift or merge examples silently. Blank lines are skipped; cells stay strings.
+    """
+    quoting = csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL
+    header, rows, lines, start = list(names) if names else None, [], [], 1
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle, delimiter=sep, quoting=quoting)
+            for row in reader:
+                if row and header is None:
+                    header = row
+                elif row:
+                    if len(row) != len(header):
+                        raise DataError(f"{where}: {path} line {start}: {len(row)} fields, the "
+                                        f"header has {len(header)}{_field_hint(sep)}")
+                    rows.append(row)
+                    lines.append(start)
+                start = reader.line_num + 1
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"{where}: cannot read {path} (near line {start}): {error}") from None
+    if header is None:
+        raise DataError(f"{where}: {path} is empty")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{where}: {path} header names column(s) {', '.join(map(repr, repeated))}"
+                        " more than once")
+    return _Table(pd.DataFrame(rows, columns=header, dtype=object), where, path, lines)
+
+
+def _field_hint(sep: str) -> str:
+    if sep == "\t":
+        return " (TSV is read without quoting: a tab inside a text splits it)"
+    return " (a comma inside a text needs the text in double quotes)"
+
+
+def _read_jsonl(path: Path, where: str) -> _Table:
+    """One JSON object per line; values keep their JSON types (null stays missing)."""
+    records, lines = [], []
+    try:
+        with path.open(encoding="utf-8-sig") as handle:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{where}: {path} line {number}: not JSON ({error})"
+                                    ) from None
+                if not isinstance(record, dict):
+                    raise DataError(f"{where}: {path} line {number}: a JSON "
+                                    f"{type(record).__name__}, expected an object "
+                                    "({\"column\": value, ...})")
+                records.append(record)
+                lines.append(number)
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{where}: cannot read {path}: {error}") from None
+    return _Table(pd.DataFrame.from_records(records).astype(object), where, path, lines)
 
 
 def _check_columns(frame: pd.DataFrame, text_columns: list[str], label_column: str,
@@ -183,15 +270,54 @@ def _check_columns(frame: pd.DataFrame, text_columns: list[str], label_column: s
         raise DataError(f"data.label_column: {label_column!r} not found; {present}")
 
 
-def _to_split(frame: pd.DataFrame, columns: list[str], label_column: str,
-              label_names: list[str], where: str) -> TextSplit:
+def _is_missing(value) -> bool:
+    """None, NaN or pd.NA (null in JSONL, Parquet), or an empty cell (CSV, TSV)."""
+    if value is None or value is pd.NA:
+        return True
+    if isinstance(value, (float, np.floating)):
+        return math.isnan(value)
+    return isinstance(value, str) and not value.strip()
+
+
+def _label_text(value) -> str | None:
+    """A label value as its name; None when missing. 1, 1.0 and "1" are all the label "1"."""
+    if _is_missing(value):
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)):
+        return str(int(value)) if float(value).is_integer() else str(float(value))
+    return str(value).strip()
+
+
+def _refuse_missing(table: _Table, column: str, missing: list[int], what: str) -> None:
+    if missing:
+        raise DataError(f"{table.at(missing[0])}: column {column!r} is empty or null "
+                        f"({len(missing)} row(s) in all); every example needs a {what}")
+
+
+def _labels(table: _Table, column: str) -> list[str]:
+    raw = [_label_text(v) for v in table.frame[column]]
+    _refuse_missing(table, column, [i for i, v in enumerate(raw) if v is None], "label")
+    return raw
+
+
+def _to_split(table: _Table, columns: list[str], raw: list[str], label_column: str,
+              label_names: list[str]) -> TextSplit:
     index = {name: i for i, name in enumerate(label_names)}
-    raw = [str(v) for v in frame[label_column]]
-    unknown = sorted(set(raw) - set(index))
-    if unknown:
-        raise DataError(f"{where}: label(s) {', '.join(map(repr, unknown[:5]))} in column "
-                        f"{label_column!r} are not in the label set {label_names}")
-    texts = [[str(v) for v in frame[c]] for c in columns]
+    outside = [i for i, v in enumerate(raw) if v not in index]
+    if outside:
+        unknown = sorted({raw[i] for i in outside})
+        raise DataError(f"{table.at(outside[0])}: label(s) {', '.join(map(repr, unknown[:5]))} "
+                        f"in column {label_column!r} are not in the label set {label_names}")
+    texts = []
+    for column in columns:
+        values = list(table.frame[column])
+        _refuse_missing(table, column, [i for i, v in enumerate(values) if _is_missing(v)],
+                        "text")
+        texts.append([v if isinstance(v, str) else str(v) for v in values])
     return TextSplit(texts, np.fromiter((index[v] for v in raw), dtype=np.int64, count=len(raw)))
 
 
@@ -243,9 +369,17 @@ def build_bundle(cfg: DataConfig, tokenizer, max_length: int) -> DataBundle:
     train = subset(train, cfg.max_train_samples, cfg.subset_seed)
     dev = subset(dev, cfg.max_eval_samples, cfg.subset_seed)
     log.info("tokenizing %d train and %d eval examples", len(train.labels), len(dev.labels))
-    task = canonical_task(cfg.task) if cfg.task else Path(cfg.train_file).stem
-    metrics = ["eval_accuracy", "eval_loss", "eval_mcc"]
-    if len(label_names) == 2:
-        metrics.append("eval_f1")
+    glue_task = canonical_task(cfg.task) if cfg.task else None
     return DataBundle(tokenize(train, tokenizer, max_length), tokenize(dev, tokenizer, max_length),
-                      label_names, int(tokenizer.pad_token_id or 0), task, metrics)
+                      label_names, int(tokenizer.pad_token_id or 0),
+                      glue_task or Path(cfg.train_file).stem,
+                      task_metrics(glue_task, len(label_names)))
+
+
+def task_metrics(glue_task: str | None, num_labels: int) -> list[str]:
+    """The metrics a trial reports: F1 (of label id 1) where GLUE reports it, and for any
+    binary file of the user's (whose label 1 the run header names)."""
+    metrics = ["eval_accuracy", "eval_loss", "eval_mcc"]
+    if num_labels == 2 and (not glue_task or glue_task in GLUE_F1_TASKS):
+        metrics.append("eval_f1")
+    return metrics

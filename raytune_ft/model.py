@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from raytune_ft.config import TrainConfig
@@ -83,6 +84,52 @@ def load_tokenizer(path: str):
     except (OSError, ValueError) as error:
         raise ModelError(f"model.name: cannot load a tokenizer from {path!r}: "
                          f"{_why(path, error)}") from None
+
+
+# A tokenizer this much smaller than the embedding table, or producing this share of unknown
+# tokens, is not the one the model was trained with (a folder without its vocabulary files
+# makes AutoTokenizer build a 5-token one that maps every word to [UNK]).
+MIN_VOCAB_SHARE = 0.5  # len(tokenizer) / vocab_size in config.json
+MAX_UNKNOWN_SHARE = 0.5  # unknown tokens / non-special tokens in the sample
+TOKENIZER_SAMPLE = 1000  # training examples the unknown share is measured on
+
+
+def unknown_share(ids: np.ndarray, special_ids: set[int], unk_id: int | None) -> float:
+    """Share of `unk_id` among the non-special tokens of `ids` (0.0 when there are none)."""
+    if unk_id is None:
+        return 0.0
+    words = ids[~np.isin(ids, sorted(special_ids - {unk_id}))]
+    return float(np.mean(words == unk_id)) if len(words) else 0.0
+
+
+def model_vocab_size(path: str) -> int | None:
+    """`vocab_size` of the model's config (local folder or cached hub id); None if unknown."""
+    from transformers import AutoConfig
+
+    try:
+        return getattr(AutoConfig.from_pretrained(path), "vocab_size", None)
+    except (OSError, ValueError):
+        return None
+
+
+def check_tokenizer(tokenizer, path: str, train) -> None:
+    """Refuse a tokenizer that cannot be the model's: far fewer tokens than the embedding
+    table, or mostly unknown tokens in the first examples of `train` (the tokenized training
+    split, so the check costs no tokenization). Training on [UNK] would end quietly at the
+    majority-class accuracy."""
+    examples = min(len(train), TOKENIZER_SAMPLE)
+    sample = train.ids[: train.offsets[examples]]
+    size, vocab = len(tokenizer), model_vocab_size(path)
+    share = unknown_share(sample, set(tokenizer.all_special_ids), tokenizer.unk_token_id)
+    too_small = vocab is not None and size < MIN_VOCAB_SHARE * vocab
+    if not too_small and share <= MAX_UNKNOWN_SHARE:
+        return
+    against = f" against vocab_size {vocab} in the model's config" if vocab else ""
+    raise ModelError(f"model.name: the tokenizer of {path} cannot be the one the model was "
+                     f"trained with: {size} tokens{against}, and {share:.0%} of the word tokens "
+                     f"in the first {examples} training examples are unknown "
+                     f"({tokenizer.unk_token}); put the model's tokenizer files (tokenizer.json "
+                     "or vocab.txt, tokenizer_config.json) in the folder")
 
 
 def load_model(path: str, label_names: list[str], seed: int) -> torch.nn.Module:

@@ -29,7 +29,7 @@ from raytune_ft.cluster import (
 from raytune_ft.config import ExperimentConfig, PbtConfig, validate_config
 from raytune_ft.data import DataBundle, build_bundle
 from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
-from raytune_ft.model import load_tokenizer, max_positions, resolve_model_path
+from raytune_ft.model import check_tokenizer, load_tokenizer, max_positions, resolve_model_path
 from raytune_ft.storage import is_uri, read_text, write_text
 
 log = logging.getLogger(__name__)
@@ -71,9 +71,11 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
         check_local_resources(config)
     tokenizer = load_tokenizer(model_path)
     bundle = build_bundle(config.data, tokenizer, config.model.max_length)
+    check_tokenizer(tokenizer, model_path, bundle.train)
     if config.metric.startswith("eval_") and config.metric not in bundle.metrics:
+        glue = "; GLUE reports F1 for MRPC and QQP only" if config.data.task else ""
         raise ConfigError(f"metric: {config.metric!r} is not reported for {bundle.task} "
-                          f"({len(bundle.label_names)} labels); reported: "
+                          f"({len(bundle.label_names)} labels{glue}); reported: "
                           f"{', '.join(bundle.metrics)}")
     return Prepared(config, model_path, bundle, experiment_dir)
 

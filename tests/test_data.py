@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from raytune_ft.config import DataConfig
-from raytune_ft.data import build_bundle, read_splits, subset
+from raytune_ft.data import build_bundle, read_splits, sort_labels, subset, task_metrics
 from raytune_ft.errors import DataError
 
 
@@ -92,3 +92,143 @@ def test_the_schema_and_the_readers_know_the_same_tasks():
     assert canonical_task("SST-2") == "sst2"
     with pytest.raises(DataError, match="'stsb' is not a supported GLUE task"):
         canonical_task("stsb")
+
+
+def _files(tmp_path, train: str, dev: str | None = None, suffix=".tsv", text=("text",),
+           label="label") -> DataConfig:
+    """Write train (and a distinct eval) file from raw text and configure them."""
+    (tmp_path / f"train{suffix}").write_text(train)
+    (tmp_path / f"eval{suffix}").write_text(train if dev is None else dev)
+    return DataConfig(train_file=str(tmp_path / f"train{suffix}"),
+                      eval_file=str(tmp_path / f"eval{suffix}"), text_columns=list(text),
+                      label_column=label)
+
+
+def test_tsv_quotes_are_text_not_syntax(tmp_path):
+    rows = ['"Wow, what a film', "dull\"", '"ok" said nobody', "fine", '"', "meh"]
+    body = "text\tlabel\n" + "".join(f"{t}\t{i % 2}\n" for i, t in enumerate(rows))
+    train, _, labels = read_splits(_files(tmp_path, body))
+    assert train.texts == [rows] and train.labels.tolist() == [0, 1, 0, 1, 0, 1]
+    assert labels == ["0", "1"]
+
+
+def test_csv_quotes_are_syntax(tmp_path):
+    body = 'text,label\n"Wow, a film",1\n"He said ""no""",0\n"two\nlines",1\n'
+    train, _, _ = read_splits(_files(tmp_path, body, suffix=".csv"))
+    assert train.texts == [["Wow, a film", 'He said "no"', "two\nlines"]]
+    assert train.labels.tolist() == [1, 0, 1]
+
+
+def test_mrpc_train_tsv_as_a_custom_file(glue_dir):
+    cfg = DataConfig(train_file=str(glue_dir / "MRPC" / "train.tsv"),
+                     eval_file=str(glue_dir / "MRPC" / "dev.tsv"),
+                     text_columns=["#1 String", "#2 String"], label_column="Quality")
+    train, dev, labels = read_splits(cfg)
+    assert (len(train.labels), len(dev.labels)) == (3668, 408) and labels == ["0", "1"]
+    assert int(train.labels.sum()) == 2474 and int(dev.labels.sum()) == 279
+    glue, _, _ = read_splits(DataConfig(task="mrpc", path=str(glue_dir)))
+    assert train.texts == glue.texts
+
+
+@pytest.mark.parametrize(("body", "line", "fields"), [
+    ("text\tlabel\ngood\t1\nsplit\ttext\t0\nbad\t0\n", 3, 3),  # a tab inside a text
+    ("text\tlabel\ngood\t1\nbad\t0\nno label here\n", 4, 1),  # a short row
+])
+def test_tsv_row_with_wrong_field_count_names_file_and_line(tmp_path, body, line, fields):
+    with pytest.raises(DataError, match=rf"data.train_file: \S+train.tsv line {line}: "
+                                        rf"{fields} fields?, the header has 2"):
+        read_splits(_files(tmp_path, body, "text\tlabel\nok\t1\n"))
+
+
+def _write(path, frame: pd.DataFrame) -> None:
+    if path.suffix == ".csv":
+        frame.to_csv(path, index=False)
+    elif path.suffix == ".tsv":
+        frame.to_csv(path, sep="\t", index=False)
+    elif path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps({k: v for k, v in r.items() if v is not MISSING})
+                                + "\n" for r in frame.to_dict("records")))
+    else:
+        frame.to_parquet(path)
+
+
+MISSING = object()  # a JSONL key left out of the object
+
+
+@pytest.mark.parametrize(("suffix", "text", "label", "column", "place"), [
+    (".csv", "", 1, "text", "line 3"),  # an empty cell
+    (".csv", "b", None, "label", "line 3"),
+    (".tsv", "b", None, "label", "line 3"),
+    (".tsv", "   ", 0, "text", "line 3"),
+    (".jsonl", None, 0, "text", "line 2"),  # null
+    (".jsonl", "b", None, "label", "line 2"),
+    (".jsonl", "b", MISSING, "label", "line 2"),  # no such key
+    (".parquet", None, 0, "text", "row 2"),
+    (".parquet", "b", float("nan"), "label", "row 2"),
+])
+def test_missing_text_or_label_is_refused(tmp_path, suffix, text, label, column, place):
+    frame = pd.DataFrame({"text": ["a", text, "c"], "label": [1, label, 0]}, dtype=object)
+    _write(tmp_path / f"train{suffix}", frame)
+    _write(tmp_path / f"eval{suffix}", frame.iloc[[0, 2]])
+    cfg = DataConfig(train_file=str(tmp_path / f"train{suffix}"),
+                     eval_file=str(tmp_path / f"eval{suffix}"), text_columns=["text"],
+                     label_column="label")
+    with pytest.raises(DataError, match=rf"data.train_file: \S+train{suffix} {place}: column "
+                                        rf"'{column}' is empty or null \(1 row\(s\) in all\)"):
+        read_splits(cfg)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_integer_valued_float_labels_are_the_integer_label(tmp_path, suffix):
+    frame = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [1.0, 0.0, 1.0, 0.0]})
+    _write(tmp_path / f"train{suffix}", frame)
+    (tmp_path / "eval.csv").write_text("text,label\nx,1\ny,0\n")
+    cfg = DataConfig(train_file=str(tmp_path / f"train{suffix}"),
+                     eval_file=str(tmp_path / "eval.csv"), text_columns=["text"],
+                     label_column="label")
+    train, dev, labels = read_splits(cfg)
+    assert labels == ["0", "1"]
+    assert train.labels.tolist() == [1, 0, 1, 0] and dev.labels.tolist() == [1, 0]
+
+
+def test_integer_labels_sort_as_integers(tmp_path):
+    body = "text,label\na,2\nb,10\nc,1\nd,-3\n"
+    train, _, labels = read_splits(_files(tmp_path, body, suffix=".csv"))
+    assert labels == ["-3", "1", "2", "10"] and train.labels.tolist() == [2, 3, 1, 0]
+    assert sort_labels({"b", "10", "a"}) == ["10", "a", "b"]  # not all integers: as text
+
+
+def test_distinct_eval_file_uses_the_train_label_ids(tmp_path):
+    train_body = "text,label\na,pos\nb,neg\nc,mid\n"
+    cfg = _files(tmp_path, train_body, "text,label\nx,pos\ny,pos\n", suffix=".csv")
+    train, dev, labels = read_splits(cfg)
+    assert labels == ["mid", "neg", "pos"]
+    assert train.labels.tolist() == [2, 1, 0] and dev.labels.tolist() == [2, 2]
+    assert dev.texts == [["x", "y"]]
+
+
+def test_eval_label_train_never_had_is_named(tmp_path):
+    cfg = _files(tmp_path, "text,label\na,pos\nb,neg\n", "text,label\nx,pos\ny,odd\nz,odd\n",
+                 suffix=".csv")
+    with pytest.raises(DataError, match=r"data.eval_file: \S+eval.csv line 3: label\(s\) 'odd' "
+                                        r"in column 'label' are not in the label set "
+                                        r"\['neg', 'pos'\]"):
+        read_splits(cfg)
+
+
+@pytest.mark.parametrize(("task", "labels", "f1"), [
+    ("mrpc", 2, True), ("qqp", 2, True), ("rte", 2, False), ("qnli", 2, False),
+    ("sst2", 2, False), ("cola", 2, False), ("mnli", 3, False), (None, 2, True),
+    (None, 3, False),
+])
+def test_f1_only_where_glue_reports_it_and_for_binary_files(task, labels, f1):
+    expected = ["eval_accuracy", "eval_loss", "eval_mcc"] + (["eval_f1"] if f1 else [])
+    assert task_metrics(task, labels) == expected
+
+
+def test_sst2_bundle_reports_no_f1(glue_dir, tiny_bert):
+    from transformers import AutoTokenizer
+
+    cfg = DataConfig(task="sst2", path=str(glue_dir), max_train_samples=20, max_eval_samples=20)
+    bundle = build_bundle(cfg, AutoTokenizer.from_pretrained(tiny_bert), max_length=32)
+    assert bundle.metrics == ["eval_accuracy", "eval_loss", "eval_mcc"]

@@ -83,6 +83,15 @@ def _model_without_config(c: Case) -> list[str]:
     return ["validate", c.write(model={"name": str(c.tmp / "empty_model")})]
 
 
+def _model_without_tokenizer(c: Case) -> list[str]:
+    """config.json and weights, no vocabulary: AutoTokenizer would make every word [UNK]."""
+    folder = c.tmp / "no_tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(c.model / name, folder / name)
+    return ["validate", c.write(model={"name": str(folder)})]
+
+
 def _yaml_syntax(c: Case) -> list[str]:
     c.yaml.write_text("name: tiny\nmodel: {name: [unclosed\ntrain:\n  max_epochs: 1\n")
     return ["validate", str(c.yaml)]
@@ -154,6 +163,9 @@ CASES = {
     "metric-not-for-task": (lambda c: ["validate", c.files(ROWS3, ROWS3,
                                                            {"metric": "eval_f1"})],
                             ["metric", "'eval_f1'", "3 labels"]),
+    "f1-not-for-sst2": (lambda c: ["validate", c.write(metric="eval_f1")],
+                        ["metric", "'eval_f1'", "sst2 (2 labels; GLUE reports F1 for MRPC and "
+                         "QQP only); reported: eval_accuracy, eval_loss, eval_mcc"]),
     "mode": (lambda c: ["validate", c.write(mode="maximize")], ["mode", "'maximize'"]),
     "eval-every-above-budget": (
         lambda c: ["validate", c.write(train={"max_epochs": 1, "eval_every_epochs": 2})],
@@ -164,6 +176,10 @@ CASES = {
     "model-missing": (lambda c: ["validate", c.write(model={"name": str(c.tmp / "nope")})],
                       ["model.name", "nope", "does not exist"]),
     "model-without-config": (_model_without_config, ["model.name", "config.json"]),
+    "model-without-tokenizer": (
+        _model_without_tokenizer,
+        ["model.name", "no_tokenizer cannot be", "5 tokens against vocab_size 30522",
+         "100% of the word tokens in the first 256 training examples are unknown"]),
     "model-hub-id-offline": (_hub_id, ["model.name", "'no-such-org-7/no-such-model'"]),
     "max-length-above-positions": (
         lambda c: ["validate", c.write(model={"max_length": 1024})],
@@ -257,7 +273,8 @@ def _cli(argv: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
                           timeout=120, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("name", ["yaml-syntax", "too-many-cpus", "set-bad-value"])
+@pytest.mark.parametrize("name", ["yaml-syntax", "too-many-cpus", "set-bad-value",
+                                  "model-without-tokenizer"])
 def test_real_cli(name, tmp_path, tiny_bert, glue_dir):
     build, fragments = CASES[name]
     proc = _cli(build(Case(tmp_path, tiny_bert, glue_dir)), tmp_path)
@@ -275,3 +292,75 @@ def test_set_override_reaches_the_message(tmp_path, tiny_bert, glue_dir, no_ray,
     assert "search.batch_size: value -1" in capsys.readouterr().err
     raw = yaml.safe_load(Path(path).read_text())
     assert raw["search"]["batch_size"] == {"choice": [16, 32]}  # the file is not touched
+
+
+LR = {"learning_rate": {"loguniform": [1e-4, 1e-3]}}
+GROW = {"grow": [[0.0, 8], [0.5, 32]]}
+SCHEDULE_TEXT = ("schedule grow: 8 (accumulation 1 x <= 8) from progress 0, "
+                 "32 (accumulation 4 x <= 8) from progress 0.5")
+# id -> (experiment sections, the text after "batch        effective ")
+BATCHES = {
+    "fixed": ({"search": LR, "train": {"batch_size": 16}}, "16 (accumulation 2 x <= 8)"),
+    "search-constant": ({"search": {**LR, "batch_size": 16}}, "16 (accumulation 2 x <= 8)"),
+    "choice": ({"search": {**LR, "batch_size": {"choice": [32, 16]}}},
+               "16 (accumulation 2 x <= 8), 32 (accumulation 4 x <= 8)"),
+    "randint": ({"search": {**LR, "batch_size": {"randint": [8, 40]}}},
+                "8..40 (accumulation 1..5 x <= 8)"),
+    "other-int-choice": ({"search": {**LR, "batch_size": {"choice": [16]},
+                                     "freeze_layers": {"choice": [0, 1]}}},
+                         "16 (accumulation 2 x <= 8)"),  # 0 and 1 are not batch sizes
+    "schedule": ({"search": LR, "batch_schedules": GROW, "train": {"batch_schedule": "grow"}},
+                 SCHEDULE_TEXT),
+    "schedule-searched": ({"search": {**LR, "batch_schedule": {"choice": ["none", "grow"]}},
+                           "batch_schedules": GROW, "train": {"batch_size": 16}},
+                          f"no schedule: 16 (accumulation 2 x <= 8); {SCHEDULE_TEXT}"),
+    "inline-phases": ({"search": LR, "train": {"batch_schedule": [[0.0, 16], [0.25, 24]]}},
+                      "schedule: 16 (accumulation 2 x <= 8) from progress 0, "
+                      "24 (accumulation 3 x <= 8) from progress 0.25"),
+    "micro-searched": ({"search": {**LR, "max_micro_batch": {"choice": [8, 16]}}},
+                       "32 (accumulation 2..4 x <= 8..16)"),
+}
+
+
+def _header_lines(out: str) -> dict[str, str]:
+    """The header's lines by their first word (warnings in order under 'warning:')."""
+    lines = {}
+    for line in out.splitlines():
+        key, _, rest = line.partition(" ")
+        lines.setdefault(key, []).append(rest.strip())
+    return lines
+
+
+@pytest.mark.parametrize("name", list(BATCHES))
+def test_header_prints_every_effective_batch(name, tmp_path, tiny_bert, glue_dir, no_ray,
+                                             capsys):
+    sections, expected = BATCHES[name]
+    sections = {**sections, "train": {"max_micro_batch": 8, **sections.get("train", {})}}
+    path = Case(tmp_path, tiny_bert, glue_dir).write(replace=("search",), **sections)
+    assert cli.main(["validate", path]) == cli.EXIT_OK
+    header = _header_lines(capsys.readouterr().out)
+    assert header["batch"] == [f"effective {expected}"]
+    assert "warning:" not in header  # 256 training examples, both SST-2 labels among them
+    assert header["labels"] == ["0 -> '0', 1 -> '1'"]  # SST-2: no F1, so no positive class
+
+
+def test_header_warns_and_names_labels_through_the_real_cli(tmp_path, tiny_bert, glue_dir):
+    case = Case(tmp_path, tiny_bert, glue_dir)
+    rows = [(f"film {i}", 10 if i < 4 else 2) for i in range(8)]  # rows 5 and 7 are kept
+    path = case.files(rows, rows, {"train": {"batch_size": 4, "max_micro_batch": 4},
+                                   "search": {**LR, "batch_size": {"choice": [2, 4]}}},
+                      max_train_samples=2, subset_seed=0)
+    env = {**os.environ, "RAY_TMPDIR": str(tmp_path / "ray_tmp"), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "raytune_ft", "validate", path],
+                          capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    header = _header_lines(proc.stdout)
+    assert header["data"] == ["train: 2 train, 8 eval, 2 labels"]
+    assert header["labels"] == ["0 -> '2', 1 -> '10'; eval_f1 counts 1 -> '10' as the positive "
+                                "class"]
+    assert header["batch"] == ["effective 2 (accumulation 1 x <= 4), 4 (accumulation 1 x <= 4)"]
+    assert header["warning:"] == [
+        "the training split has 2 examples, fewer than one batch of 4: a step then repeats "
+        "examples",
+        "no training example has label(s) 1 -> '10' (data.max_train_samples 2 left none)"]
+    assert not (tmp_path / "ray_tmp").exists(), "a Ray session folder was created"

@@ -229,6 +229,18 @@ class ExperimentConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     run: RunConfig = RunConfig()
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_default_metric(cls, values: Any) -> Any:
+        """GLUE scores CoLA by Matthews correlation: without `metric:` CoLA tunes eval_mcc."""
+        if not isinstance(values, dict) or "metric" in values:
+            return values
+        data = values.get("data")
+        task = data.get("task") if isinstance(data, dict) else getattr(data, "task", None)
+        if isinstance(task, str) and task.lower() == "cola":
+            return {**values, "metric": "eval_mcc"}
+        return values
+
     @field_validator("metric")
     @classmethod
     def _known_metric(cls, value: str) -> str:
