@@ -264,8 +264,10 @@ class FineTuneLoop:
                 logits = self.model(**batch).logits.float()
             loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
             predictions[indices] = logits.argmax(-1).cpu().numpy()
+        scores = classification_metrics(predictions, split.labels, len(self.data.label_names))
+        # only what the task reports (no F1 where GLUE reports none, e.g. RTE's not_entailment)
         return {"eval_loss": loss_sum / len(split),
-                **classification_metrics(predictions, split.labels, len(self.data.label_names))}
+                **{k: v for k, v in scores.items() if k in self.data.metrics}}
 
     def _eval_batches(self) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """The evaluation set, sorted by length and collated once per eval batch size."""

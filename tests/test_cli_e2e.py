@@ -8,7 +8,7 @@ import sys
 import pytest
 from support import experiment_yaml
 
-METRICS = ("eval_accuracy", "eval_f1", "eval_mcc", "eval_loss", "train_loss", "lr",
+METRICS = ("eval_accuracy", "eval_mcc", "eval_loss", "train_loss", "lr",
            "lr_min_group", "batch_size", "epoch", "samples_seen", "step", "samples_per_s",
            "diverged")
 

@@ -333,3 +333,9 @@ def test_dropout_follows_the_dropout_seed_and_the_data_order_the_state_seed(tiny
     assert all(torch.equal(v, weights(b)[k]) for k, v in weights(a).items())
     assert not all(torch.equal(v, weights(c)[k]) for k, v in weights(a).items())
     assert (a.stream.take(0, 160) == c.stream.take(0, 160)).all()  # same seed, same order
+
+
+def test_evaluation_reports_the_metrics_of_the_task_only(tiny_bert, bundle):
+    # SST-2 is binary, but GLUE reports no F1 for it: neither does a trial
+    metrics = make_loop(tiny_bert, bundle).evaluate()
+    assert set(metrics) == {"eval_loss", *bundle.metrics} and "eval_f1" not in metrics
