@@ -1,10 +1,14 @@
 """The experiment schema: YAML round trips, overrides, the search-space syntax."""
 
+import re
+
+import numpy as np
 import pytest
 import yaml
 from pydantic import ValidationError
 
 from raytune_ft.config import (
+    INTEGER_FIELDS,
     ExperimentConfig,
     apply_override,
     load_config,
@@ -94,8 +98,98 @@ def test_budget_in_iterations():
     ({"search": {"freeze_layers": {"choice": [0, 1]}},
       "scheduler": {"type": "pbt", "mutations": ["freeze_layers"]}},
      "scheduler.mutations: 'freeze_layers' cannot change inside a running trial"),
+    ({"search": {"length_group_window": {"choice": [512, 2048]}},
+      "scheduler": {"type": "pbt", "mutations": ["length_group_window"]}},
+     "scheduler.mutations: 'length_group_window' cannot change inside a running trial "
+     r"\(it orders the samples of the current epoch\)"),
 ])
 def test_settings_that_must_stay_fixed(extra, message):
     base = {"name": "x", "model": {"name": "m"}, "data": {"task": "sst2"}}
     with pytest.raises(ConfigError, match=message):
         validate_config({**base, **extra})
+
+
+BASE = {"name": "x", "model": {"name": "m"}, "data": {"task": "sst2"}}
+
+
+def test_integer_settings_are_the_int_annotated_ones():
+    assert INTEGER_FIELDS == ("batch_size", "plateau_patience", "freeze_layers",
+                              "max_micro_batch", "reference_batch_size", "seed",
+                              "eval_batch_size", "length_group_window")
+
+
+@pytest.mark.parametrize("key,spec,message", [
+    ("batch_size", {"uniform": [8, 32]}, "search.batch_size: uniform [8, 32] draws fractional "
+     "values, but batch_size is an integer; allowed: randint, choice or grid of integers"),
+    ("batch_size", {"quniform": [8, 32, 8]}, "search.batch_size: quniform [8, 32, 8] draws"),
+    ("max_micro_batch", {"loguniform": [4, 64]}, "search.max_micro_batch: loguniform"),
+    ("reference_batch_size", {"uniform": [16, 64]}, "search.reference_batch_size: uniform"),
+    ("seed", {"qloguniform": [1, 100, 1]}, "search.seed: qloguniform"),
+    ("batch_size", {"choice": [16, 24.5]}, "search.batch_size: value 24.5 is not an integer"),
+    ("batch_size", {"grid": [16.0, 32]}, "search.batch_size: value 16.0 is not an integer"),
+    ("plateau_patience", 2.0, "search.plateau_patience: value 2.0 is not an integer"),
+    ("freeze_layers", {"choice": [True, 2]}, "search.freeze_layers: value True is not an"),
+])
+def test_integer_settings_refuse_fractional_domains(key, spec, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config({**BASE, "search": {key: spec}, "search_alg": {"type": "random"}})
+
+
+def test_integer_settings_accept_integer_domains():
+    search = {"batch_size": {"randint": [8, 32]}, "seed": {"choice": [0, 1]},
+              "reference_batch_size": {"choice": [None, 32]}, "eval_batch_size": 64,
+              "plateau_patience": {"grid": [1, 2]}}
+    config = validate_config({**BASE, "search": search, "search_alg": {"type": "random"}})
+    hp = trial_hyperparameters(config, {"batch_size": 12, "reference_batch_size": 31.6})
+    assert (hp.batch_size, hp.reference_batch_size) == (12, 32)  # int | None rounds too
+
+
+@pytest.mark.parametrize("section,value,message", [
+    ("train", {"seed": -1}, "train.seed: Input should be greater than or equal to 0 (got -1)"),
+    ("train", {"seed": 2**32}, "train.seed: Input should be less than 4294967296"),
+    ("search", {"seed": {"choice": [0, -3]}}, "search.seed: value -3 is invalid"),
+    ("search", {"seed": {"randint": [-5, 5]}}, "search.seed: value -5 is invalid"),
+    ("search_alg", {"seed": -1}, "search_alg.seed: Input should be greater than or equal to 0"),
+    ("data", {"task": "sst2", "subset_seed": -2}, "data.subset_seed: Input should be greater"),
+])
+def test_negative_seeds_are_config_errors(section, value, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config({**BASE, section: value})
+
+
+def test_the_seeds_validation_allows_work_where_they_are_used():
+    from ray.tune.search import BasicVariantGenerator
+
+    from raytune_ft.batching import epoch_order
+
+    lengths = np.array([5, 3, 9, 1])
+    with pytest.raises(ValueError):  # what a negative seed did inside the trial
+        epoch_order(lengths, 0, -1, 2)
+    with pytest.raises(ValueError):
+        BasicVariantGenerator(random_state=-1)
+    top = 2**32 - 1
+    validate_config({**BASE, "train": {"seed": top}, "search_alg": {"seed": top}})
+    assert sorted(epoch_order(lengths, 0, top, 2)) == [0, 1, 2, 3]
+    BasicVariantGenerator(random_state=top)
+
+
+def test_grid_search_refuses_choice_and_says_to_write_grid():
+    search = {"learning_rate": {"grid": [1e-4, 3e-4]}, "batch_size": {"choice": [16, 32]}}
+    with pytest.raises(ConfigError, match=re.escape(
+            "search.batch_size: choice [16, 32] draws one value per trial, not a grid axis, "
+            "under search_alg.type: grid; write {grid: [16, 32]} to try every value")):
+        validate_config({**BASE, "search": search, "search_alg": {"type": "grid"}})
+    for alg in ("random", "tpe"):  # choice is a sampled dimension there, as meant
+        validate_config({**BASE, "search": {"batch_size": {"choice": [16, 32]}},
+                         "search_alg": {"type": alg}})
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({"quniform": [0.01, 0.1, 0.02]}, "search.weight_decay: quniform low 0.01 is not a "
+     "multiple of q 0.02"),
+    ({"quniform": [0.0, 0.15, 0.1]}, "quniform high 0.15 is not a multiple of q 0.1"),
+    ({"qloguniform": [1e-4, 1e-2, 0]}, "qloguniform q 0 must be > 0"),
+])
+def test_quantized_ranges_end_on_multiples_of_q(spec, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config({**BASE, "search": {"weight_decay": spec}})

@@ -136,6 +136,22 @@ CASES = {
     "bad-choice-value": (
         lambda c: ["validate", c.write(search={"batch_size": {"choice": [16, 0]}})],
         ["search.batch_size", "value 0"]),
+    "integer-setting-continuous": (
+        lambda c: ["validate", c.write(search={"batch_size": {"uniform": [8, 32]}})],
+        ["search.batch_size", "uniform [8, 32]", "integer", "randint, choice or grid"]),
+    "integer-setting-fraction": (
+        lambda c: ["validate", c.write(search={"batch_size": {"choice": [16, 24.5]}})],
+        ["search.batch_size", "value 24.5", "not an integer"]),
+    "negative-seed": (lambda c: ["validate", c.write(train={"seed": -1})],
+                      ["train.seed", "-1", "greater than or equal to 0"]),
+    "grid-search-with-choice": (
+        lambda c: ["validate", c.write(search_alg={"type": "grid"})],
+        ["search.batch_size", "choice [16, 32]", "{grid: [16, 32]}"]),
+    "pbt-mutates-length-window": (
+        lambda c: ["validate", c.write(search={"length_group_window": {"choice": [512, 2048]}},
+                                       scheduler={**PBT, "mutations": ["length_group_window"]},
+                                       search_alg={"type": "random"}, replace=("scheduler",))],
+        ["scheduler.mutations", "'length_group_window'", "current epoch"]),
     "unknown-distribution": (
         lambda c: ["validate", c.write(search={"learning_rate": {"logunifrom": [1e-5, 1e-3]}})],
         ["search.learning_rate", "did you mean 'loguniform'"]),

@@ -6,7 +6,10 @@ imports neither torch nor ray, so `raytune-ft validate` is fast and can run befo
 
 from raytune_ft.config._schema import (
     FIXED_IN_A_TRIAL,
+    FIXED_IN_AN_EPOCH,
     GLUE_TASK_NAMES,
+    INTEGER_DOMAINS,
+    INTEGER_FIELDS,
     PER_EXPERIMENT,
     REPORTED_METRICS,
     SCHEDULER_TYPES,
@@ -37,7 +40,8 @@ from raytune_ft.config._validate import (
 )
 
 __all__ = [
-    "DISTRIBUTIONS", "FIXED_IN_A_TRIAL", "GLUE_TASK_NAMES", "PER_EXPERIMENT", "REPORTED_METRICS",
+    "DISTRIBUTIONS", "FIXED_IN_AN_EPOCH", "FIXED_IN_A_TRIAL", "GLUE_TASK_NAMES",
+    "INTEGER_DOMAINS", "INTEGER_FIELDS", "PER_EXPERIMENT", "REPORTED_METRICS",
     "SCHEDULER_TYPES", "SCHEDULES", "TASK_ALIASES", "AshaConfig", "BatchPhases", "DataConfig",
     "Domain", "ExperimentConfig", "FifoConfig", "HyperbandConfig", "ModelConfig", "PbtConfig",
     "ResourcesConfig", "RunConfig", "SchedulerConfig", "SearchAlgConfig", "TrainConfig",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -46,7 +46,7 @@ class DataConfig(_Strict):
     label_column: str | None = None
     max_train_samples: int | None = Field(None, gt=0)  # fixed random subset, seeded below
     max_eval_samples: int | None = Field(None, gt=0)
-    subset_seed: int = 0  # the subset is the same for every trial and every run
+    subset_seed: int = Field(0, ge=0)  # the subset is the same for every trial and every run
 
     @field_validator("task")
     @classmethod
@@ -104,7 +104,7 @@ class TrainConfig(_Strict):
     reference_batch_size: int | None = Field(None, gt=0)  # default: the trial's first batch
     max_grad_norm: float | None = Field(1.0, gt=0)  # None disables clipping
     adam_epsilon: float = Field(1e-8, gt=0)
-    seed: int = 0  # model head init, data order and dropout
+    seed: int = Field(0, ge=0, lt=2**32)  # head init, data order, dropout (numpy: 0..2^32-1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 CPU
     eval_batch_size: int = Field(128, gt=0)
     length_group_window: int = Field(2048, gt=0)  # samples sorted by length together
@@ -123,6 +123,20 @@ class TrainConfig(_Strict):
 PER_EXPERIMENT = ("max_epochs", "eval_every_epochs")
 # Changing these restructures the optimizer: a PBT clone could not load its donor's state.
 FIXED_IN_A_TRIAL = ("freeze_embeddings", "freeze_layers")
+# The current epoch's sample order is built from this; a change mid-epoch would reorder it.
+FIXED_IN_AN_EPOCH = ("length_group_window",)
+# Domains an integer setting may be searched with (choice and grid of integer values).
+INTEGER_DOMAINS = ("randint", "choice", "grid")
+
+
+def _is_integer(annotation: Any) -> bool:
+    """`int` or `int | None`; `bool` is its own annotation, and batch phases are lists."""
+    return annotation is int or int in get_args(annotation)
+
+
+# Settings counted in whole units: a searched one must be an integer in every trial.
+INTEGER_FIELDS = tuple(name for name, field in TrainConfig.model_fields.items()
+                       if _is_integer(field.annotation))
 
 
 def evaluation_count(max_epochs: float, eval_every_epochs: float) -> int:
@@ -184,7 +198,7 @@ SchedulerConfig = Annotated[
 class SearchAlgConfig(_Strict):
     type: Literal["tpe", "random", "grid"] = "random"
     n_initial_points: int = Field(4, gt=0)  # TPE: random trials before the model takes over
-    seed: int | None = 0
+    seed: int | None = Field(0, ge=0, lt=2**32)  # numpy RandomState seeds; None: not seeded
 
 
 class ResourcesConfig(_Strict):
@@ -264,6 +278,7 @@ class ExperimentConfig(_Strict):
         if self.search_alg.type == "tpe" and any(d.kind == "grid" for d in space.values()):
             raise ValueError("search_alg.type: 'tpe' cannot take grid dimensions; use "
                              "search_alg.type: grid, or choice instead of grid")
+        _check_grid_search(self.search_alg.type, space)
         return self
 
     @property
@@ -284,6 +299,8 @@ def _check_domain_values(config: ExperimentConfig, key: str, domain: Domain) -> 
         raise ValueError(f"search.{key}: cannot be searched; it sets the budget and the "
                          "evaluation points every trial and scheduler share (set train."
                          f"{key})")
+    if key in INTEGER_FIELDS:
+        _check_integer_domain(key, domain)
     for value in domain.values:
         if key == "batch_schedule" and isinstance(value, str) and value != "none":
             if value not in config.batch_schedules:
@@ -294,6 +311,29 @@ def _check_domain_values(config: ExperimentConfig, key: str, domain: Domain) -> 
         except ValidationError as error:
             detail = error.errors()[0]["msg"]
             raise ValueError(f"search.{key}: value {value!r} is invalid: {detail}") from None
+
+
+def _check_integer_domain(key: str, domain: Domain) -> None:
+    """An integer setting searched with a continuous domain would train with a fractional
+    value (or one rounded behind the user's back): refuse it, and any non-integer value."""
+    if domain.kind not in ("constant", *INTEGER_DOMAINS):
+        raise ValueError(f"search.{key}: {domain.kind} {list(domain.args)} draws fractional "
+                         f"values, but {key} is an integer; allowed: randint, choice or grid "
+                         "of integers, or an integer constant")
+    for value in domain.values:
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"search.{key}: value {value!r} is not an integer; {key} takes "
+                             "whole numbers (write it without a decimal point)")
+
+
+def _check_grid_search(search_alg: str, space: dict[str, Domain]) -> None:
+    """Under grid search a `choice` still draws one value per trial; the user meant a grid."""
+    choices = [key for key, domain in space.items() if domain.kind == "choice"]
+    if search_alg == "grid" and choices:
+        key = choices[0]
+        raise ValueError(f"search.{key}: choice {list(space[key].args)} draws one value per "
+                         f"trial, not a grid axis, under search_alg.type: grid; write "
+                         f"{{grid: {list(space[key].args)}}} to try every value")
 
 
 def _check_scheduler(config: ExperimentConfig, space: dict[str, Domain]) -> None:
@@ -313,6 +353,9 @@ def _check_scheduler(config: ExperimentConfig, space: dict[str, Domain]) -> None
             if key in FIXED_IN_A_TRIAL:
                 raise ValueError(f"scheduler.mutations: {key!r} cannot change inside a running "
                                  "trial (it decides which parameters the optimizer holds)")
+            if key in FIXED_IN_AN_EPOCH:
+                raise ValueError(f"scheduler.mutations: {key!r} cannot change inside a running "
+                                 "trial (it orders the samples of the current epoch)")
             domain = space.get(key)
             if domain is None:
                 raise ValueError(f"scheduler.mutations: {key!r} is not in search (searched: "

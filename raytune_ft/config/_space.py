@@ -8,6 +8,7 @@ into Ray Tune's sampler.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -54,7 +55,18 @@ def parse_domain(where: str, spec: Any) -> Domain:
         raise ValueError(f"{where}: {kind} low {low} must be > 0")
     if kind == "randint" and not all(isinstance(a, int) for a in args):
         raise ValueError(f"{where}: randint needs integers, got {args!r}")
+    if size == 3:
+        _check_quantized(where, kind, low, high, args[2])
     return Domain(kind=kind, args=tuple(args))
+
+
+def _check_quantized(where: str, kind: str, low: float, high: float, q: float) -> None:
+    """Ray refuses (at Tuner start) a quantized range whose ends are not multiples of q."""
+    if q <= 0:
+        raise ValueError(f"{where}: {kind} q {q} must be > 0")
+    for name, bound in (("low", low), ("high", high)):
+        if not math.isclose(bound / q, round(bound / q)):
+            raise ValueError(f"{where}: {kind} {name} {bound} is not a multiple of q {q}")
 
 
 def did_you_mean(word: str, options: Any) -> str:

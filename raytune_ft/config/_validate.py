@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from raytune_ft.config._schema import (
+    INTEGER_FIELDS,
     SCHEDULER_TYPES,
     AshaConfig,
     ExperimentConfig,
@@ -127,18 +128,17 @@ def _model_at(loc: list[str], scheduler_type: str | None = None) -> type[BaseMod
     return model
 
 
-
-
 def trial_hyperparameters(config: ExperimentConfig, sampled: dict[str, Any]) -> TrainConfig:
     """The train settings of one trial: fixed settings with the sampled values on top.
 
-    PB2 proposes floats for integer settings; they are rounded, not rejected.
+    An integer setting that arrives as a float (a PB2 proposal recorded before the explore
+    step rounded them) is rounded, not rejected; `int | None` settings included.
     """
     values = config.train.model_dump()
     for key, value in sampled.items():
         if key not in TrainConfig.model_fields:
             continue
-        if TrainConfig.model_fields[key].annotation is int and isinstance(value, float):
+        if key in INTEGER_FIELDS and isinstance(value, float):
             value = int(round(value))
         values[key] = value
     schedule = values.get("batch_schedule")
