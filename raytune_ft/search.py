@@ -93,15 +93,19 @@ def _bounds(domain: Domain) -> list[float]:
 
 @dataclass(frozen=True)
 class Range:
-    """Where an explored value must land: [low, high], on integers or on multiples of q."""
+    """Where an explored value must land: [low, high], on integers, on multiples of q, or
+    on the values of a numeric choice list."""
 
     low: float
     high: float
     integer: bool = False
     q: float | None = None
+    values: tuple[float, ...] = ()
 
     def clip(self, value: float) -> float | int:
         """The nearest allowed value (unchanged when it is already allowed)."""
+        if self.values:  # ties go to the smaller value
+            return min(sorted(self.values), key=lambda v: abs(v - value))
         if self.integer:
             return min(max(int(round(value)), math.ceil(self.low)), math.floor(self.high))
         if self.q is not None:  # the ends are multiples of q (parse_domain checks)
@@ -112,19 +116,22 @@ class Range:
 def mutation_ranges(space: dict[str, Domain], keys: list[str]) -> dict[str, Range]:
     """The range each numeric mutated key must stay in; integer settings stay integers.
 
-    A numeric choice list gets [min, max] (PBT moves within the list anyway; PB2 searches
-    that range). A list of names has no range: PBT only ever picks from it.
+    A numeric choice list keeps its values: PBT moves within the list anyway, and PB2's
+    proposal in [min, max] goes to the nearest listed value (batch sizes [8, 16, 32] never
+    give 23). A list of names has no range: PBT only ever picks from it.
     """
     ranges = {}
     for key in keys:
         domain = space[key]
+        values = ()
         if domain.kind in ("choice", "grid"):
             if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
                        for v in domain.args):
                 continue
+            values = tuple(domain.args)
         q = domain.args[2] if domain.kind in ("quniform", "qloguniform") else None
         low, high = _bounds(domain)
-        ranges[key] = Range(low, high, integer=key in INTEGER_FIELDS, q=q)
+        ranges[key] = Range(low, high, integer=key in INTEGER_FIELDS, q=q, values=values)
     return ranges
 
 

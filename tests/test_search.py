@@ -107,12 +107,14 @@ def test_range_clip_exact_numbers():
     assert all(type(batch.clip(v)) is int for v in (0.8, 23.0, 2))
     grid = Range(0.02, 0.1, q=0.02)
     assert [grid.clip(v) for v in (0.0, 0.066, 0.12)] == pytest.approx([0.02, 0.06, 0.1])
+    listed = Range(8, 32, integer=True, values=(8, 16, 32))  # PB2 proposes in [8, 32]
+    assert [listed.clip(v) for v in (9.7, 23.0, 24, 31.2, 40)] == [8, 16, 16, 32, 32]
 
 
 def test_mutation_ranges_cover_numeric_domains_only():
     ranges = mutation_ranges(experiment().space(), list(SEARCH))
     assert ranges["batch_size"] == Range(1, 4, integer=True)
-    assert ranges["max_micro_batch"] == Range(8, 32, integer=True)
+    assert ranges["max_micro_batch"] == Range(8, 32, integer=True, values=(8, 16, 32))
     assert ranges["weight_decay"] == Range(0.02, 0.1, q=0.02)
     assert ranges["learning_rate"] == Range(1e-5, 1e-3)
     assert "schedule" not in ranges  # names: PBT only ever picks from the list

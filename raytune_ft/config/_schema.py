@@ -89,7 +89,7 @@ class TrainConfig(_Strict):
     warmup_ratio: float = Field(0.0, ge=0, lt=1)  # fraction of the budget spent warming up
     weight_decay: float = Field(0.01, ge=0)  # AdamW; never on biases or LayerNorm weights
     schedule: Literal[SCHEDULES] = "linear"  # the classic BERT recipe: warmup, decay to 0
-    lr_min: float = Field(0.0, ge=0)  # cosine floor (absolute learning rate)
+    lr_min: float = Field(0.0, ge=0)  # cosine floor of the head lr; a group floors at x scale
     gamma: float = Field(0.5, gt=0)  # step: factor per step_epochs; exponential: per epoch
     step_epochs: float = Field(1.0, gt=0)  # step schedule period, in epochs
     plateau_factor: float = Field(0.5, gt=0, lt=1)  # lr multiplier after a plateau
