@@ -56,7 +56,7 @@ def final(name: str, figure: str, target: str, met: bool | None) -> None:
 
 
 def model_path() -> str:
-    from raytune_ft.model import resolve_model_path
+    from raytune_ft.training.model import resolve_model_path
 
     return resolve_model_path(MODEL)
 
@@ -66,7 +66,7 @@ def bundle(task: str, max_train: int | None = None, max_eval: int | None = None,
     """A tokenized DataBundle of a GLUE task from ../shared/data/glue."""
     from raytune_ft.config import DataConfig
     from raytune_ft.data import build_bundle
-    from raytune_ft.model import load_tokenizer
+    from raytune_ft.training.model import load_tokenizer
 
     cfg = DataConfig(task=task, path=str(GLUE_DIR), max_train_samples=max_train,
                      max_eval_samples=max_eval)

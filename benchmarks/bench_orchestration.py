@@ -49,7 +49,7 @@ def experiment(storage: str, name: str, trials: int, **train):
 def makespan(storage: str, trials: int, seconds: float, style: str) -> float:
     from ray import tune
 
-    from raytune_ft.runner import tune_settings
+    from raytune_ft.tuning.runner import tune_settings
 
     space = {"seconds": seconds}
     started = time.perf_counter()
@@ -72,7 +72,7 @@ def makespan(storage: str, trials: int, seconds: float, style: str) -> float:
 
 def startup_times(storage: str, trials: int) -> list[dict]:
     """startup_s of each trial of the real trainable; `pid` tells which actor ran it."""
-    from raytune_ft.runner import build_tuner, prepare
+    from raytune_ft.tuning.runner import build_tuner, prepare
 
     prepared = prepare(experiment(storage, "startup", trials), overwrite=True)
     results = build_tuner(prepared).fit()
@@ -109,8 +109,8 @@ def profile_startup() -> dict:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from raytune_ft.config import TrainConfig
-    from raytune_ft.loop import FineTuneLoop
-    from raytune_ft.model import load_model
+    from raytune_ft.training.loop import FineTuneLoop
+    from raytune_ft.training.model import load_model
 
     path = _common.model_path()
     bundle = _common.bundle("sst2", max_train=64, max_eval=32)
@@ -140,7 +140,7 @@ def main() -> None:
     _common.header("bench_orchestration")
     import ray
 
-    from raytune_ft.cluster import init_ray
+    from raytune_ft.tuning.cluster import init_ray
 
     with tempfile.TemporaryDirectory() as storage:
         started = time.perf_counter()

@@ -58,8 +58,8 @@ def _bare_loop(prepared) -> float:
     import torch
 
     from raytune_ft.config import trial_hyperparameters
-    from raytune_ft.loop import FineTuneLoop
-    from raytune_ft.model import load_model
+    from raytune_ft.training.loop import FineTuneLoop
+    from raytune_ft.training.model import load_model
 
     config = prepared.config
     torch.set_num_threads(1)  # what train_trial sets for cpus_per_trial = 1
@@ -75,7 +75,7 @@ def _bare_loop(prepared) -> float:
 
 
 def ray_run(prepared) -> float:
-    from raytune_ft.runner import build_tuner
+    from raytune_ft.tuning.runner import build_tuner
 
     results = build_tuner(prepared).fit()
     frame = results[0].metrics_dataframe
@@ -99,8 +99,8 @@ def main() -> None:
 
     import ray
 
-    from raytune_ft.cluster import init_ray
-    from raytune_ft.runner import prepare
+    from raytune_ft.tuning.cluster import init_ray
+    from raytune_ft.tuning.runner import prepare
 
     with tempfile.TemporaryDirectory() as storage:
         prepared = prepare(experiment(storage, args.train_samples, args.task), overwrite=True)

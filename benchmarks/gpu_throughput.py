@@ -42,7 +42,7 @@ def build(size: str, vocab: int, seq: int, batch: int, device: str, seed: int = 
 
     from raytune_ft.config import TrainConfig
     from raytune_ft.data import DataBundle, TokenizedSplit
-    from raytune_ft.loop import FineTuneLoop
+    from raytune_ft.training.loop import FineTuneLoop
 
     hidden, layers, heads, intermediate = SIZES[size]
     torch.manual_seed(seed)

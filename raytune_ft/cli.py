@@ -105,7 +105,7 @@ def _experiment_args(parser: argparse.ArgumentParser) -> None:
 def _prepare(args):
     """Load, validate and prepare the experiment file: every check that needs no Ray."""
     from raytune_ft.config import load_config
-    from raytune_ft.runner import prepare
+    from raytune_ft.tuning.runner import prepare
 
     config = load_config(args.experiment, args.overrides)  # errors start with the file
     try:
@@ -122,7 +122,7 @@ def _validate(args) -> int:
 
 
 def _tune(args) -> int:
-    from raytune_ft.runner import run_experiment
+    from raytune_ft.tuning.runner import run_experiment
 
     prepared = _prepare(args)
     _print_header(prepared)
@@ -134,7 +134,7 @@ def _tune(args) -> int:
 
 
 def _resume(args) -> int:
-    from raytune_ft.runner import resume_experiment
+    from raytune_ft.tuning.runner import resume_experiment
 
     try:
         outcome = resume_experiment(args.experiment_dir, address=args.address)
@@ -144,7 +144,7 @@ def _resume(args) -> int:
 
 
 def _replay(args) -> int:
-    from raytune_ft.replay import replay_trial
+    from raytune_ft.tuning.replay import replay_trial
 
     outcome, trial_id = replay_trial(args.experiment_dir, args.trial, address=args.address)
     print(f"replayed     trial {trial_id} of {args.experiment_dir}")
@@ -152,7 +152,7 @@ def _replay(args) -> int:
 
 
 def _confirm(args) -> int:
-    from raytune_ft.confirm import confirm_experiment
+    from raytune_ft.tuning.confirm import confirm_experiment
 
     try:
         done = confirm_experiment(args.experiment_dir, args.top, args.seeds, args.address)
@@ -175,7 +175,7 @@ def _confirm(args) -> int:
 
 
 def _export(args) -> int:
-    from raytune_ft.export import export_model, summary_line
+    from raytune_ft.model_export import export_model, summary_line
 
     out, choice = export_model(args.experiment_dir, args.out, trial=args.trial,
                                confirmed=args.confirmed, overwrite=args.overwrite)
@@ -258,7 +258,7 @@ def _batch_options(config) -> list[tuple[str, list[Span]]]:
 
 def _batch_text(config) -> str:
     """Every effective batch a trial can train with, with its gradient accumulation."""
-    from raytune_ft.runner import accumulation_steps
+    from raytune_ft.tuning.runner import accumulation_steps
 
     micro = [v for span in _int_spans(config.space().get("max_micro_batch"),
                                       config.train.max_micro_batch) for v in span]

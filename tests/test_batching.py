@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from raytune_ft.batching import (
+from raytune_ft.data import TokenizedSplit
+from raytune_ft.training.batching import (
     SampleStream,
     collate,
     epoch_order,
@@ -10,7 +11,6 @@ from raytune_ft.batching import (
     micro_batches,
     padding_fraction,
 )
-from raytune_ft.data import TokenizedSplit
 
 
 def make_split(lengths):

@@ -121,7 +121,7 @@ def test_cluster_yaml_opens_only_ssh_and_turns_token_auth_on_everywhere():
 
 
 def test_addresses_come_from_the_flag_then_ray_address(monkeypatch):
-    from raytune_ft.cluster import cluster_address, is_ray_client
+    from raytune_ft.tuning.cluster import cluster_address, is_ray_client
 
     assert cluster_address("auto") == "auto"
     assert cluster_address("10.0.0.5:6379") == "10.0.0.5:6379"
@@ -147,8 +147,8 @@ class FlakyRay:
 
 
 def test_a_failed_ray_client_connection_is_tried_once_more():
-    from raytune_ft.cluster import _join_through_client
     from raytune_ft.errors import ResourceError
+    from raytune_ft.tuning.cluster import _join_through_client
 
     # Ray's proxy failed to start this driver's server once: the second try joins.
     ray = FlakyRay(RuntimeError("Starting Ray client server failed. See ..."))
@@ -183,9 +183,9 @@ def test_fractional_gpus_and_custom_resources_reach_the_trial_unrounded(tiny_ber
                                                                         tmp_path, monkeypatch):
     from ray import tune
 
-    from raytune_ft.cluster import trial_resources
     from raytune_ft.config import load_config
-    from raytune_ft.runner import Prepared, trainable_for
+    from raytune_ft.tuning.cluster import trial_resources
+    from raytune_ft.tuning.runner import Prepared, trainable_for
 
     path = experiment_yaml(tmp_path / "exp.yaml", tiny_bert, glue_dir, tmp_path / "results",
                            resources={"cpus_per_trial": 1.5, "gpus_per_trial": 0.25,
@@ -204,7 +204,7 @@ def test_fractional_gpus_and_custom_resources_reach_the_trial_unrounded(tiny_ber
 HEAD = """
 import sys, ray
 from raytune_ft.config import validate_config
-from raytune_ft.cluster import init_ray
+from raytune_ft.tuning.cluster import init_ray
 init_ray(None, validate_config({"name": "x", "model": {"name": "m"}, "data": {"task": "sst2"}}))
 print(ray.get_runtime_context().gcs_address, flush=True)
 sys.stdin.read()  # hold the instance until the test closes stdin
@@ -213,7 +213,7 @@ DRIVER = """
 import sys, ray
 from raytune_ft.config import validate_config
 from raytune_ft.errors import ResourceError
-from raytune_ft.cluster import init_ray
+from raytune_ft.tuning.cluster import init_ray
 try:
     init_ray(sys.argv[1], validate_config({"name": "x", "model": {"name": "m"},
                                            "data": {"task": "sst2"}}))

@@ -65,7 +65,7 @@ def test_search_space_syntax(spec, kind, args):
 def test_search_domains_become_tune_domains():
     from ray import tune
 
-    from raytune_ft.search import param_space
+    from raytune_ft.tuning.search import param_space
 
     config = load_config("experiments/sst2_knobs.yaml")
     space = param_space(config)
@@ -160,7 +160,7 @@ def test_negative_seeds_are_config_errors(section, value, message):
 def test_the_seeds_validation_allows_work_where_they_are_used():
     from ray.tune.search import BasicVariantGenerator
 
-    from raytune_ft.batching import epoch_order
+    from raytune_ft.training.batching import epoch_order
 
     lengths = np.array([5, 3, 9, 1])
     with pytest.raises(ValueError):  # what a negative seed did inside the trial

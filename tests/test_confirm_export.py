@@ -102,8 +102,8 @@ def evaluate_export(out, search):
 
     from raytune_ft.config import TrainConfig
     from raytune_ft.data import build_bundle
-    from raytune_ft.loop import FineTuneLoop
-    from raytune_ft.runner import read_experiment_record
+    from raytune_ft.training.loop import FineTuneLoop
+    from raytune_ft.tuning.runner import read_experiment_record
 
     config = read_experiment_record(str(search))
     model = AutoModelForSequenceClassification.from_pretrained(out)
@@ -178,7 +178,7 @@ def test_export_refuses_a_non_empty_out_unless_overwrite(search, tmp_path):
 
 def test_a_failed_export_leaves_nothing(search, tmp_path):
     from raytune_ft.errors import ExperimentError
-    from raytune_ft.export import export_model
+    from raytune_ft.model_export import export_model
 
     broken = tmp_path / "broken"
     shutil.copytree(search, broken / "search")
@@ -223,7 +223,7 @@ def test_refusals_name_the_problem(search, tmp_path):
 def test_policy_files_load_as_ray_replays_them(tmp_path):
     from ray.tune.schedulers import PopulationBasedTrainingReplay
 
-    from raytune_ft.schedule_replay import load_policy
+    from raytune_ft.tuning.pbt_replay import load_policy
 
     lines = [  # [old_tag, new_tag, old_step, new_step, old_config, new_config]
         ["5_x", "5_x", 1, 1, {"lr": 9.0}, {"lr": 8.0}],  # not in the chain: overwritten
@@ -240,7 +240,7 @@ def test_policy_files_load_as_ray_replays_them(tmp_path):
 
 
 def test_new_seeds_skip_the_ones_the_search_used():
-    from raytune_ft.confirm import new_seeds
+    from raytune_ft.tuning.confirm import new_seeds
 
     assert new_seeds({0, 2, 5}, 4) == [1, 3, 4, 6]
 

@@ -21,7 +21,7 @@ import yaml
 from support import experiment_yaml
 
 from raytune_ft import cli
-from raytune_ft.trainable import FAULT_HOOK
+from raytune_ft.tuning.trainable import FAULT_HOOK
 
 FAIL_SEED = 13  # the trial whose train.seed is this raises at its first iteration
 SMALL = {"data": {"max_train_samples": 64, "max_eval_samples": 32},
@@ -156,9 +156,9 @@ UNREADABLE = {
 @pytest.fixture(scope="module")
 def saved_loop(tmp_path_factory, tiny_bert, glue_dir):
     from raytune_ft.config import load_config, trial_hyperparameters
-    from raytune_ft.loop import FineTuneLoop
-    from raytune_ft.model import load_model
-    from raytune_ft.runner import prepare
+    from raytune_ft.training.loop import FineTuneLoop
+    from raytune_ft.training.model import load_model
+    from raytune_ft.tuning.runner import prepare
 
     tmp = tmp_path_factory.mktemp("checkpoint")
     path = write_experiment(tmp, tiny_bert, glue_dir, "ckpt", {})

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from raytune_ft.batching import collate
 from raytune_ft.config import DataConfig, TrainConfig
 from raytune_ft.data import build_bundle
-from raytune_ft.loop import FineTuneLoop
-from raytune_ft.model import load_model
+from raytune_ft.training.batching import collate
+from raytune_ft.training.loop import FineTuneLoop
+from raytune_ft.training.model import load_model
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +270,7 @@ def test_a_non_finite_gradient_norm_skips_the_step(tiny_bert, bundle, tmp_path):
 
 
 def test_non_finite_gradient_norms_in_a_row_diverge_the_trial(tiny_bert, bundle, tmp_path):
-    from raytune_ft.loop import NONFINITE_STEPS_TO_DIVERGE, CheckpointError
+    from raytune_ft.training.loop import NONFINITE_STEPS_TO_DIVERGE, CheckpointError
 
     loop = make_loop(tiny_bert, bundle, batch_size=8)
     poison_gradients(loop, steps={2})  # step 2 is never taken: every later step is skipped
@@ -284,7 +284,7 @@ def test_non_finite_gradient_norms_in_a_row_diverge_the_trial(tiny_bert, bundle,
 
 
 def test_a_non_finite_eval_loss_is_divergence(tiny_bert, bundle, tmp_path):
-    from raytune_ft.loop import CheckpointError
+    from raytune_ft.training.loop import CheckpointError
 
     loop = make_loop(tiny_bert, bundle)
     real = loop.evaluate

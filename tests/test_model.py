@@ -7,7 +7,7 @@ import torch
 
 from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ModelError
-from raytune_ft.model import load_model, parameter_groups
+from raytune_ft.training.model import load_model, parameter_groups
 
 
 def groups_by_parameter(model, groups):
@@ -80,7 +80,7 @@ def test_unknown_layout_is_an_error_naming_the_class():
 
 
 def test_a_node_without_the_drivers_model_folder_resolves_the_name_itself(tiny_bert, tmp_path):
-    from raytune_ft.trainable import node_model_path
+    from raytune_ft.tuning.trainable import node_model_path
 
     assert node_model_path(str(tiny_bert), str(tiny_bert)) == str(tiny_bert)
     assert node_model_path("bert-base-uncased", "bert-base-uncased") == "bert-base-uncased"

@@ -5,7 +5,12 @@ import math
 import pytest
 
 from raytune_ft.config import TrainConfig
-from raytune_ft.schedules import PlateauState, batch_size_at, learning_rate, lr_scale_for_batch
+from raytune_ft.training.lr_schedules import (
+    PlateauState,
+    batch_size_at,
+    learning_rate,
+    lr_scale_for_batch,
+)
 
 N = 1000  # samples per epoch
 LR = 1e-4

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from raytune_ft.config import parse_domain, trial_hyperparameters, validate_config
-from raytune_ft.search import (
+from raytune_ft.tuning.search import (
     LogScalePB2,
     Range,
     StayInDomain,

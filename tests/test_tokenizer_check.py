@@ -16,7 +16,7 @@ import pytest
 from raytune_ft.config import DataConfig
 from raytune_ft.data import TokenizedSplit, build_bundle
 from raytune_ft.errors import ModelError
-from raytune_ft.model import check_tokenizer, load_tokenizer, unknown_share
+from raytune_ft.training.model import check_tokenizer, load_tokenizer, unknown_share
 
 
 def without_tokenizer(model: Path, folder: Path, vocab_size: int | None = None) -> Path:

@@ -19,18 +19,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.cluster import (
+from raytune_ft.config import ExperimentConfig, PbtConfig, validate_config
+from raytune_ft.data import DataBundle, build_bundle
+from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
+from raytune_ft.storage import is_uri, read_text, write_text
+from raytune_ft.training.model import (
+    check_tokenizer,
+    load_tokenizer,
+    max_positions,
+    resolve_model_path,
+)
+from raytune_ft.tuning.cluster import (
     check_client_storage,
     check_local_resources,
     check_resources,
     cluster_address,
     init_ray,
 )
-from raytune_ft.config import ExperimentConfig, PbtConfig, validate_config
-from raytune_ft.data import DataBundle, build_bundle
-from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
-from raytune_ft.model import check_tokenizer, load_tokenizer, max_positions, resolve_model_path
-from raytune_ft.storage import is_uri, read_text, write_text
 
 log = logging.getLogger(__name__)
 CONFIG_FILE = "raytune_ft.json"  # the validated experiment, beside Ray's own files
@@ -102,8 +107,8 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str):
     """
     from ray import tune
 
-    from raytune_ft.search import build_scheduler, build_search_alg
-    from raytune_ft.tune_logs import result_loggers
+    from raytune_ft.tuning.search import build_scheduler, build_search_alg
+    from raytune_ft.tuning.tune_logs import result_loggers
 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # ours replace Ray's defaults
 
@@ -142,7 +147,7 @@ def trainable_for(prepared: Prepared):
     """The trial function with the tokenized data in the object store and its resources."""
     from ray import tune
 
-    from raytune_ft.trainable import train_trial
+    from raytune_ft.tuning.trainable import train_trial
 
     config = prepared.config
     return tune.with_resources(
@@ -156,7 +161,7 @@ def trainable_for(prepared: Prepared):
 def build_tuner(prepared: Prepared, restore: bool = False):
     from ray import tune
 
-    from raytune_ft.search import param_space
+    from raytune_ft.tuning.search import param_space
 
     config = prepared.config
     trainable = trainable_for(prepared)
@@ -220,7 +225,7 @@ def _sigint_watch():
         # Pickled by value into the experiment (tuner.pkl); a resumed run uses that copy,
         # so the method looks up this module when it runs rather than closing over it.
         def setup(self, **info):
-            from raytune_ft import runner
+            from raytune_ft.tuning import runner
 
             runner.watch_sigint()
 

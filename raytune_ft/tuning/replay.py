@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from raytune_ft.errors import ExperimentError
-from raytune_ft.runner import (
+from raytune_ft.tuning.runner import (
     Outcome,
     begin_run,
     fit_tuner,
@@ -43,7 +43,12 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
     from ray.tune.search import BasicVariantGenerator
 
     from raytune_ft.analysis import trials_table
-    from raytune_ft.schedule_replay import SCHEDULE_KEY, MultiScheduleReplay, Schedule, load_policy
+    from raytune_ft.tuning.pbt_replay import (
+        SCHEDULE_KEY,
+        MultiScheduleReplay,
+        Schedule,
+        load_policy,
+    )
 
     directory = Path(experiment_dir).expanduser().resolve()
     config = read_experiment_record(str(directory))

@@ -43,7 +43,7 @@ FIXED_KEYS = ("confirm_rank", "confirm_source", "seed")  # a confirm trial's own
 
 def open_experiment(experiment_dir: str | Path) -> tuple[Path, ExperimentConfig, dict]:
     """The resolved directory, its validated config and the raw record (model_path, ...)."""
-    from raytune_ft.runner import CONFIG_FILE, read_experiment_record
+    from raytune_ft.tuning.runner import CONFIG_FILE, read_experiment_record
 
     directory = Path(experiment_dir).expanduser().resolve()
     if not directory.is_dir():
@@ -78,7 +78,7 @@ def hp_columns(frame: pd.DataFrame) -> list[str]:
 
 def source_schedule(directory: Path, trial: pd.Series, pbt: bool):
     """What a source trial trained with: its config, or under PBT its replayable schedule."""
-    from raytune_ft.schedule_replay import Schedule, load_policy
+    from raytune_ft.tuning.pbt_replay import Schedule, load_policy
 
     policy = directory / f"pbt_policy_{trial['trial_id']}.txt"
     if pbt and policy.is_file():  # changed by exploits: replay the schedule
@@ -166,8 +166,14 @@ def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from raytune_ft.runner import begin_run, fit_tuner, prepare, trainable_for, tune_settings
-    from raytune_ft.schedule_replay import MultiScheduleReplay
+    from raytune_ft.tuning.pbt_replay import MultiScheduleReplay
+    from raytune_ft.tuning.runner import (
+        begin_run,
+        fit_tuner,
+        prepare,
+        trainable_for,
+        tune_settings,
+    )
 
     run = config.run.model_copy(update={"num_samples": len(plan), "time_budget_s": None,
                                         "storage_path": str(directory.parent)})
@@ -211,7 +217,7 @@ def confirm_rows(confirm_dir: Path, plan: list[dict], chosen: pd.DataFrame, metr
     `hp_*` are the source trial's columns of the analysis trials table (under PBT: the config
     in force at its end; the replayed schedule is in the confirm folder's PLAN_FILE).
     """
-    from raytune_ft.results import trial_results
+    from raytune_ft.experiment import trial_results
 
     runs = {}
     for trial_id, (folder, reports) in trial_results(confirm_dir).items():

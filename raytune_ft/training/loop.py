@@ -34,12 +34,17 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from raytune_ft.batching import SampleStream, collate, eval_batches, micro_batches
 from raytune_ft.config import TrainConfig, evaluation_count
 from raytune_ft.data import DataBundle
 from raytune_ft.errors import RaytuneFtError
-from raytune_ft.model import parameter_groups
-from raytune_ft.schedules import PlateauState, batch_size_at, learning_rate, lr_scale_for_batch
+from raytune_ft.training.batching import SampleStream, collate, eval_batches, micro_batches
+from raytune_ft.training.lr_schedules import (
+    PlateauState,
+    batch_size_at,
+    learning_rate,
+    lr_scale_for_batch,
+)
+from raytune_ft.training.model import parameter_groups
 
 log = logging.getLogger(__name__)
 WORST = {"eval_accuracy": 0.0, "eval_f1": 0.0, "eval_mcc": -1.0}  # bounded metrics

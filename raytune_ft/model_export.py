@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raytune_ft.config import ExperimentConfig
-from raytune_ft.confirm import (
+from raytune_ft.errors import ConfigError, ExperimentError
+from raytune_ft.tuning.confirm import (
     CONFIRM_SUFFIX,
     finished_trials,
     open_experiment,
     read_rows,
     summarize,
 )
-from raytune_ft.errors import ConfigError, ExperimentError
 
 EXPORT_RECORD = "raytune_ft_export.json"
 CARD_METRICS = ("eval_accuracy", "eval_f1", "eval_mcc", "eval_loss")
@@ -52,7 +52,7 @@ def kept_checkpoints(trial_folder: Path, reports: list[dict]) -> list[tuple[Path
 
 def choose_checkpoint(directory: Path, config: ExperimentConfig, trial: str | None = None,
                       confirmed: bool = False) -> Choice:
-    from raytune_ft.results import trial_results
+    from raytune_ft.experiment import trial_results
 
     ranked = finished_trials(directory, config)  # refuses an experiment with none
     if confirmed:
@@ -80,7 +80,7 @@ def choose_checkpoint(directory: Path, config: ExperimentConfig, trial: str | No
 
 
 def _confirmed_choice(directory: Path, config: ExperimentConfig) -> Choice:
-    from raytune_ft.results import trial_results
+    from raytune_ft.experiment import trial_results
 
     rows = read_rows(directory)
     summary = summarize(rows, config.mode)
@@ -157,7 +157,7 @@ def _replace(staging: Path, out: Path) -> None:
 def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record: dict) -> None:
     from safetensors.torch import load_model as load_weights
 
-    from raytune_ft.model import load_model, load_tokenizer, resolve_model_path
+    from raytune_ft.training.model import load_model, load_tokenizer, resolve_model_path
 
     label_names = record.get("label_names")
     if not label_names:

@@ -18,8 +18,8 @@ from ray import tune
 
 from raytune_ft.config import ExperimentConfig, PbtConfig, trial_hyperparameters
 from raytune_ft.data import DataBundle
-from raytune_ft.loop import FineTuneLoop
-from raytune_ft.model import load_model, resolve_model_path
+from raytune_ft.training.loop import FineTuneLoop
+from raytune_ft.training.model import load_model, resolve_model_path
 
 FAULT_HOOK = "RAYTUNE_FT_TEST_FAIL_SEED"  # tests only: the trial with this seed raises
 

@@ -1,0 +1,2 @@
+"""Ray Tune around the loop: search spaces and schedulers, the trainable, the runner that
+starts or joins Ray, resume, and preset runs (replay, confirm)."""
