@@ -32,8 +32,9 @@ def epoch_order(lengths: np.ndarray, epoch: int, seed: int, window: int) -> np.n
 
     `window` 1 means no sorting (a plain seeded shuffle). A larger window is rounded up to a
     whole number of blocks (blocks are `window` samples when it is below `BLOCK`). The last
-    `len(lengths) % block` shuffled samples form one short block at the end of the epoch, so
-    every other block is full and starts at a multiple of the block size.
+    `len(lengths) % block` shuffled samples end the epoch unsorted (a random sample, so the
+    epoch's end has no length bias), and every block before them is full and starts at a
+    multiple of the block size.
     """
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths))
@@ -46,7 +47,6 @@ def epoch_order(lengths: np.ndarray, epoch: int, seed: int, window: int) -> np.n
     body = body[np.lexsort((lengths[body], np.arange(full) // window))]
     blocks = body.reshape(-1, block)
     sequence = balanced_block_order(lengths[blocks].sum(axis=1), rng)
-    rest = rest[np.argsort(lengths[rest], kind="stable")]
     return np.concatenate([blocks[sequence].ravel(), rest])
 
 

@@ -64,6 +64,9 @@ def test_epoch_order_is_a_seeded_permutation_of_length_sorted_blocks():
     assert (order == epoch_order(lengths, 0, 7, 256)).all()
     assert not (order == epoch_order(lengths, 1, 7, 256)).all()
     assert not (order == epoch_order(lengths, 0, 8, 256)).all()
+    # fewer samples than a block: no sorting (a sorted short block would be a curriculum)
+    short = epoch_order(lengths[:BLOCK - 1], 0, 7, 256)
+    assert (short == np.random.default_rng([7, 0]).permutation(BLOCK - 1)).all()
     # window 1 is no sorting at all: the plain seeded shuffle (the benchmark's random baseline)
     assert (epoch_order(lengths, 3, 7, 1) == np.random.default_rng([7, 3]).permutation(1000)).all()
 
