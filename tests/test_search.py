@@ -194,3 +194,33 @@ def test_pb2_without_data_for_the_donor_keeps_its_linear_values():
                                 {"training_iteration": 1, "eval_accuracy": 0.5}, donor)
     new, _ = scheduler._get_new_config(FakeTrial("other", {}), donor)  # one row: no proposal
     assert new == {"learning_rate": 3e-4, "batch_size": 8}
+
+
+def test_pb2_learns_from_the_values_a_trial_runs_not_its_raw_proposal():
+    # PB2 proposes in [8, 32] for batch sizes [8, 16, 32]; the trial runs the nearest listed
+    # size, and PB2's data row and pending point must say so (else the GP learns a reward
+    # change for a batch size nobody trained with).
+    search = {"learning_rate": {"loguniform": [1e-5, 1e-2]},
+              "batch_size": {"choice": [8, 16, 32]}}
+    config = experiment("pb2", search)
+    scheduler = build_scheduler(config)
+    scheduler.set_search_properties("eval_accuracy", "max")
+    np.random.seed(1)
+    random.seed(1)
+    trials = [FakeTrial(f"t{i}", {"learning_rate": float(10 ** np.random.uniform(-5, -2)),
+                                  "batch_size": int(np.random.choice([8, 16, 32]))})
+              for i in range(8)]
+    for time in range(1, 4):
+        for trial in trials:
+            reward = time * (1 - (math.log10(trial.config["learning_rate"]) + 4) ** 2 / 4)
+            scheduler._save_trial_state(SimpleNamespace(), time,
+                                        {"training_iteration": time, "eval_accuracy": reward},
+                                        trial)
+    for donor in trials[:3]:
+        new, _ = scheduler._get_new_config(trials[-1], donor)
+        assert new["batch_size"] in (8, 16, 32)
+        row = scheduler.data.iloc[-1]
+        assert row["batch_size"] == new["batch_size"]
+        assert row["learning_rate"] == pytest.approx(math.log10(new["learning_rate"]))
+        assert list(scheduler.current[-1]) == pytest.approx(
+            [math.log10(new["learning_rate"]), new["batch_size"]])

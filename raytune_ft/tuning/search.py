@@ -177,10 +177,16 @@ class LogScalePB2(PB2):
     def _get_new_config(self, trial, trial_to_clone):
         rows = len(self.data)
         config, operations = super()._get_new_config(trial, trial_to_clone)
-        if len(self.data) > rows:  # PB2 proposed (log10 values); else it copied the donor
+        proposed = len(self.data) > rows  # PB2 proposed (log10 values); else it copied
+        if proposed:
             config = {**config, **{key: 10.0 ** float(config[key]) for key in self._log_keys}}
         if self._after_explore is not None:
             config = self._after_explore(config)
+        if proposed:  # the model learns from what the trial runs: the clipped values
+            final = [math.log10(config[k]) if k in self._log_keys else config[k]
+                     for k in self._hyperparam_bounds_flat]
+            self.data.loc[self.data.index[-1], list(self._hyperparam_bounds_flat)] = final
+            self.current[-1] = final
         return config, operations
 
 
