@@ -277,6 +277,8 @@ def test_non_finite_gradient_norms_in_a_row_diverge_the_trial(tiny_bert, bundle,
     metrics = loop.run_interval()
     assert metrics["diverged"] is True and loop.finished
     assert metrics["skipped_steps"] == NONFINITE_STEPS_TO_DIVERGE and metrics["step"] == 2
+    # outside a population it ends where it stopped: 2 steps and 3 skipped ones of 8 samples
+    assert metrics["samples_seen"] == 40 and 0 < metrics["samples_per_s"] < 1e5
     assert metrics["eval_accuracy"] == 0.0 and metrics["eval_loss"] == 1e9
     assert all(torch.isfinite(v).all() for v in weights(loop).values())
     with pytest.raises(CheckpointError, match="non-finite"):
@@ -297,7 +299,7 @@ def test_a_non_finite_eval_loss_is_divergence(tiny_bert, bundle, tmp_path):
 
 
 def test_a_diverged_population_member_idles_to_the_budget_until_replaced(tiny_bert, bundle,
-                                                                         tmp_path):
+                                                                         tmp_path, monkeypatch):
     healthy = make_loop(tiny_bert, bundle, eval_every_epochs=0.25)
     healthy.run_interval()
     healthy.save(tmp_path / "donor")
@@ -306,9 +308,15 @@ def test_a_diverged_population_member_idles_to_the_budget_until_replaced(tiny_be
     first = loop.run_interval()
     assert first["diverged"] is True and not loop.finished  # stays in the population
     assert first["samples_seen"] == 40 and first["eval_accuracy"] == 0.0
-    second = loop.run_interval()  # no training: straight to the next point, worst values
+    naps = []
+    monkeypatch.setattr("raytune_ft.training.loop.time.sleep", naps.append)
+    second = loop.run_interval()  # no training: to the next point, worst values
     assert second["samples_seen"] == 80 and second["diverged"] is True
     assert second["eval_loss"] == 1e9 and second["step"] == first["step"]
+    assert second["samples_per_s"] == 0.0
+    # at the pace it trained: an asynchronous PBT must see it among the others
+    samples, seconds = loop._trained
+    assert samples > 0 and naps == [pytest.approx(40 * seconds / samples)]
     loop.load(tmp_path / "donor")  # the scheduler clones a healthy donor into it
     assert loop.state.diverged is False and loop.state.samples_seen == 40
     loop.apply_hyperparameters(TrainConfig(**{**loop.hp.model_dump(), "learning_rate": 1e-3}))
@@ -339,3 +347,14 @@ def test_evaluation_reports_the_metrics_of_the_task_only(tiny_bert, bundle):
     # SST-2 is binary, but GLUE reports no F1 for it: neither does a trial
     metrics = make_loop(tiny_bert, bundle).evaluate()
     assert set(metrics) == {"eval_loss", *bundle.metrics} and "eval_f1" not in metrics
+
+
+def test_a_restore_starts_a_new_streak_of_non_finite_gradients(tiny_bert, bundle, tmp_path):
+    loop = make_loop(tiny_bert, bundle, batch_size=16)
+    poison_gradients(loop, steps={3})  # steps 4 and 5 of the interval are skipped
+    metrics = loop.run_interval()
+    assert metrics["skipped_steps"] == 2 and loop.state.nonfinite_streak == 2
+    loop.save(tmp_path / "ckpt")
+    clone = make_loop(tiny_bert, bundle, batch_size=16)
+    clone.load(tmp_path / "ckpt")
+    assert clone.state.nonfinite_streak == 0 and clone.state.skipped_steps == 2

@@ -90,3 +90,13 @@ def test_a_node_without_the_drivers_model_folder_resolves_the_name_itself(tiny_b
     assert (Path(packaged) / "config.json").is_file()
     with pytest.raises(ModelError, match="model.name: .*does not exist"):
         node_model_path(str(tmp_path / "only-on-the-driver"), str(tmp_path / "only-on-the-driver"))
+
+
+def test_pbt_trials_get_their_own_dropout_seed_the_same_in_every_run():
+    from raytune_ft.tuning.trainable import trial_dropout_seed
+
+    assert trial_dropout_seed(7, False, "a1b2c_00003") == 7  # not PBT: the config's seed
+    first = trial_dropout_seed(7, True, "a1b2c_00003")
+    assert first == trial_dropout_seed(7, True, "ffff0_00003")  # another run's id prefix
+    assert first != trial_dropout_seed(7, True, "a1b2c_00004") != 7
+    assert trial_dropout_seed(7, True, "3f2a9c1d") == trial_dropout_seed(7, True, "3f2a9c1d")

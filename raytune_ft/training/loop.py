@@ -90,6 +90,7 @@ class FineTuneLoop:
         self.model, self.data, self.metric, self.mode = model.to(device), data, metric, mode
         self.dropout_seed = hp.seed if dropout_seed is None else dropout_seed
         self.keep_diverged = keep_diverged
+        self._trained = [0, 0.0]  # samples trained and seconds spent, for idle pacing
         self.device = torch.device(device)
         self.n_train = len(data.train)
         self.total_samples = round(hp.max_epochs * self.n_train)
@@ -168,16 +169,20 @@ class FineTuneLoop:
         target = next(point for k in range(1, self.evaluations + 1)
                       if (point := self.evaluation_point(k)) > start_samples)
         self.model.train()
-        loss_sum, lr, lr_min, batch_size = 0.0, 0.0, 0.0, self.batch_size
+        batch_size = self.batch_size
+        lr, lr_min = self._set_group_hyperparameters()
+        loss_sum = 0.0
         while self.state.samples_seen < target and not self.state.diverged:
             batch_size = self.batch_size
             count = min(batch_size, target - self.state.samples_seen)
             lr, lr_min = self._set_group_hyperparameters(share=count / batch_size)
             loss_sum += self._step(self.stream.take(self.state.samples_seen, count))
-        if self.state.diverged:  # a diverged trial idles to the evaluation point
-            self.state.samples_seen = max(self.state.samples_seen, target)
         train_seconds = time.perf_counter() - started
         trained = self.state.samples_seen - start_samples
+        self._trained[0] += trained
+        self._trained[1] += train_seconds
+        if self.state.diverged and self.keep_diverged:
+            self._idle_to(target)
         metrics = {} if self.state.diverged else {**self.evaluate(),
                                                    "train_loss": loss_sum / trained}
         if not math.isfinite(metrics.get("eval_loss", math.nan)):
@@ -189,11 +194,23 @@ class FineTuneLoop:
             lr=lr, lr_min_group=lr_min, batch_size=batch_size,
             epoch=self.state.samples_seen / self.n_train,
             samples_seen=self.state.samples_seen, step=self.state.step,
-            samples_per_s=trained / train_seconds if train_seconds > 0 else 0.0,
+            samples_per_s=trained / train_seconds if trained and train_seconds > 0 else 0.0,
             diverged=self.state.diverged, skipped_steps=self.state.skipped_steps,
         )
         self._update_plateau(metrics)
         return metrics
+
+    def _idle_to(self, target: int) -> None:
+        """A diverged population member moves to the evaluation point without training, but
+        takes as long as a trained interval: the training time at this loop's own rate, and
+        one evaluation (its result unused). An asynchronous PBT ranks it only against trials
+        that have reported; one that raced through its budget would end before any healthy
+        donor could replace it."""
+        samples, seconds = self._trained
+        if samples:
+            time.sleep((target - self.state.samples_seen) * seconds / samples)
+        self.evaluate()
+        self.state.samples_seen = target
 
     def _step(self, indices: np.ndarray) -> float:
         """One optimizer step over `indices`; returns the batch's summed loss.
@@ -203,7 +220,8 @@ class FineTuneLoop:
         `NONFINITE_STEPS_TO_DIVERGE` of them in a row diverge it.
         """
         # Dropout draws from a generator seeded by position: a restore continues bit for bit.
-        torch.manual_seed(self.dropout_seed * 1_000_003 + self.state.samples_seen)
+        position = np.random.SeedSequence([self.dropout_seed, self.state.samples_seen])
+        torch.manual_seed(int(position.generate_state(1)[0]))
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)  # summed on the device: one sync per step
         for part in micro_batches(indices, self.hp.max_micro_batch):
@@ -329,7 +347,8 @@ class FineTuneLoop:
         if self.scaler.is_enabled() and "grad_scaler" in state:
             self.scaler.load_state_dict(state["grad_scaler"])
         known = {k: v for k, v in state.items() if k in TrainerState.__dataclass_fields__}
-        self.state = TrainerState(**{**known, "plateau": plateau})
+        # A streak of non-finite gradients is the donor's, not this trial's next step's.
+        self.state = TrainerState(**{**known, "plateau": plateau, "nonfinite_streak": 0})
         self.apply_hyperparameters(self.hp)
 
 

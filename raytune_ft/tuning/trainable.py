@@ -31,14 +31,16 @@ def node_model_path(model_path: str, name: str) -> str:
     return model_path if Path(model_path).is_dir() else resolve_model_path(name)
 
 
-def trial_dropout_seed(seed: int, population: bool) -> int:
+def trial_dropout_seed(seed: int, population: bool, trial_id: str) -> int:
     """Under PBT a clone takes its donor's config and checkpoint, seed included: mixing in the
-    trial's own id gives it its own dropout masks (its data order stays the donor's).
-    Other schedulers keep `seed`, so a trial depends on its config alone."""
+    trial's own index (the `_00003` of its id, the same in every run of the experiment; a
+    hash of ids without one) gives it its own dropout masks; its data order stays the
+    donor's. Other schedulers keep `seed`, so a trial depends on its config alone."""
     if not population:
         return seed
-    trial = zlib.crc32(tune.get_context().get_trial_id().encode())
-    return int(np.random.SeedSequence([seed, trial]).generate_state(1)[0])
+    suffix = trial_id.rsplit("_", 1)[-1]
+    index = int(suffix) if suffix.isdigit() else zlib.crc32(trial_id.encode())
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
 def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfig,
@@ -52,7 +54,8 @@ def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfi
                        hp.seed)
     population = isinstance(experiment.scheduler, PbtConfig)
     loop = FineTuneLoop(model, bundle, hp, experiment.metric, experiment.mode, device,
-                        dropout_seed=trial_dropout_seed(hp.seed, population),
+                        dropout_seed=trial_dropout_seed(hp.seed, population,
+                                                        tune.get_context().get_trial_id()),
                         keep_diverged=population)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
