@@ -3,8 +3,8 @@
 Training samples/s of the real `FineTuneLoop` on MRPC pairs and SST-2 sentences (batch 32,
 packaged MiniLM, one thread like a 1-CPU trial), for three batchings of the same stream:
 
-  grouped   raytune_ft.batching: shuffle, sort by length inside windows of 50 batches, pad each
-            batch to its longest example (train.length_group_window = 1600);
+  grouped   raytune_ft.training.batching: shuffle, sort by length inside windows of 50
+            batches, pad each batch to its longest example (train.length_group_window = 1600);
   random    per-batch padding of randomly ordered batches (window 1 = no sorting), which is what
             transformers' DataCollatorWithPadding gives behind a shuffling sampler;
   pad128    random order, every batch padded to 128 tokens (padding="max_length").
@@ -31,7 +31,7 @@ VARIANTS = ("grouped", "random", "pad128")
 
 def slots_per_token(lengths: np.ndarray, window: int, pad_to: int | None, seed: int = 0) -> float:
     """Token slots per real token over epoch 0's batches of this batching."""
-    from raytune_ft.batching import epoch_order
+    from raytune_ft.training.batching import epoch_order
 
     order = epoch_order(lengths, 0, seed, window)
     batches = [order[i:i + BATCH] for i in range(0, len(order), BATCH)]
@@ -40,7 +40,7 @@ def slots_per_token(lengths: np.ndarray, window: int, pad_to: int | None, seed: 
 
 
 def pad_to_max_length(collate, width: int):
-    """Wrap `batching.collate` so every training batch is padded to `width` tokens."""
+    """Wrap the task's `collate` so every training batch is padded to `width` tokens."""
     import torch
 
     def padded(split, indices, pad_token_id):
@@ -58,8 +58,8 @@ def pad_to_max_length(collate, width: int):
 
 def build_loops(bundle, path: str, steps_per_round: int):
     from raytune_ft.config import TrainConfig
-    from raytune_ft.loop import FineTuneLoop
-    from raytune_ft.model import load_model
+    from raytune_ft.tasks.sequence_classification import load_model
+    from raytune_ft.training.loop import FineTuneLoop
 
     n = len(bundle.train)
     loops = {}
@@ -77,7 +77,7 @@ def build_loops(bundle, path: str, steps_per_round: int):
 
 
 def run_task(task: str, steps: int, rounds: int) -> dict:
-    import raytune_ft.loop as loop_module
+    import raytune_ft.tasks.sequence_classification as task_module
 
     bundle = _common.bundle(task, max_eval=8)
     lengths = bundle.train.lengths
@@ -85,19 +85,19 @@ def run_task(task: str, steps: int, rounds: int) -> dict:
                  "random": slots_per_token(lengths, 1, None),
                  "pad128": slots_per_token(lengths, 1, PAD_TO)}
     loops = build_loops(bundle, _common.model_path(), steps // rounds)
-    plain = loop_module.collate
+    plain = task_module.collate
     samples = dict.fromkeys(VARIANTS, 0)
     seconds = dict.fromkeys(VARIANTS, 0.0)
     for round_index in range(rounds):
         order = VARIANTS if round_index % 2 == 0 else VARIANTS[::-1]
         for variant in order:
-            loop_module.collate = pad_to_max_length(plain, PAD_TO) if variant == "pad128" \
+            task_module.collate = pad_to_max_length(plain, PAD_TO) if variant == "pad128" \
                 else plain
             try:
                 before = loops[variant].state.samples_seen
                 metrics = loops[variant].run_interval()
             finally:
-                loop_module.collate = plain
+                task_module.collate = plain
             trained = metrics["samples_seen"] - before
             samples[variant] += trained
             seconds[variant] += trained / metrics["samples_per_s"]

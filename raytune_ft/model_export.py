@@ -20,6 +20,7 @@ from pathlib import Path
 
 from raytune_ft.config import ExperimentConfig
 from raytune_ft.errors import ConfigError, ExperimentError
+from raytune_ft.tasks import task_for
 from raytune_ft.tuning.confirm import (
     CONFIRM_SUFFIX,
     finished_trials,
@@ -157,13 +158,14 @@ def _replace(staging: Path, out: Path) -> None:
 def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record: dict) -> None:
     from safetensors.torch import load_model as load_weights
 
-    from raytune_ft.training.model import load_model, load_tokenizer, resolve_model_path
+    from raytune_ft.training.model import resolve_model_path
 
     label_names = record.get("label_names")
     if not label_names:
         raise ExperimentError("raytune_ft.json holds no label_names; cannot name the labels")
     model_path = record.get("model_path") or resolve_model_path(config.model.name)
-    model = load_model(model_path, label_names, seed=0)  # the head is overwritten next
+    task = task_for(config.data)
+    model = task.load_model(model_path, label_names, seed=0)  # the head is overwritten next
     try:
         missing, unexpected = load_weights(model, str(choice.checkpoint / "model.safetensors"),
                                            strict=False)
@@ -175,9 +177,7 @@ def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record
                               f"missing {sorted(missing)[:5]}, "
                               f"unexpected {sorted(unexpected)[:5]}")
     model.save_pretrained(staging)
-    tokenizer = load_tokenizer(model_path)
-    tokenizer.model_max_length = config.model.max_length  # truncation=True cuts as in training
-    tokenizer.save_pretrained(staging)
+    task.save_processor(model_path, str(staging), config.model.max_length)
 
 
 def _hyperparameters(choice: Choice) -> dict:

@@ -1,11 +1,11 @@
-"""Length-grouped order, per-batch padding, micro-batches: no sample lost, little padding."""
+"""Length-grouped order, micro-batches, eval batches: no sample lost, little padding.
+(Per-batch padding is the task's: tests/tasks/test_sequence_classification.py.)"""
 
 import numpy as np
 
-from raytune_ft.data import TokenizedSplit
+from raytune_ft.tasks.sequence_classification import TokenizedSplit
 from raytune_ft.training.batching import (
     SampleStream,
-    collate,
     epoch_order,
     eval_batches,
     micro_batches,
@@ -41,15 +41,6 @@ def test_stream_positions_do_not_depend_on_batch_size():
     # every epoch visits every sample exactly once, across the epoch boundary
     assert sorted(stream.take(0, 100)) == list(range(100))
     assert sorted(stream.take(100, 100)) == list(range(100))
-
-
-def test_collate_pads_to_the_longest_in_the_batch_only():
-    split = make_split([3, 5, 2, 9])
-    batch = collate(split, np.array([0, 2]), pad_token_id=0)
-    assert batch["input_ids"].shape == (2, 3)
-    assert batch["input_ids"].tolist() == [[1, 2, 3], [9, 10, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    assert batch["labels"].tolist() == [0, 0]
 
 
 def test_micro_batches_cover_the_batch_once():
