@@ -59,7 +59,7 @@ class DataBundle:
     train: Split
     eval: Split
     label_names: list[str]
-    pad_token_id: int
+    pad_token_id: int  # what text tasks pad token ids with (unused by others)
     task: str  # the data's name: GLUE task or the train file's name
     metrics: list[str]  # what a trial reports for this data (eval_loss included), in order
     kind: str  # the TASKS key of the task that encoded it and trains on it
