@@ -65,7 +65,7 @@ def bundle(task: str, max_train: int | None = None, max_eval: int | None = None,
            max_length: int = 128):
     """A tokenized DataBundle of a GLUE task from ../shared/data/glue."""
     from raytune_ft.config import DataConfig
-    from raytune_ft.data import build_bundle
+    from raytune_ft.tasks.sequence_classification import build_bundle
     from raytune_ft.training.model import load_tokenizer
 
     cfg = DataConfig(task=task, path=str(GLUE_DIR), max_train_samples=max_train,

@@ -109,8 +109,8 @@ def profile_startup() -> dict:
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from raytune_ft.config import TrainConfig
+    from raytune_ft.tasks.sequence_classification import load_model
     from raytune_ft.training.loop import FineTuneLoop
-    from raytune_ft.training.model import load_model
 
     path = _common.model_path()
     bundle = _common.bundle("sst2", max_train=64, max_eval=32)

@@ -52,7 +52,7 @@ def slots_per_token(lengths: np.ndarray, batches: list[np.ndarray], pad_to: int 
 
 
 def pad_to_max_length(collate, width: int):
-    """Wrap `batching.collate` so every training batch is padded to `width` tokens."""
+    """Wrap the task's `collate` so every training batch is padded to `width` tokens."""
     import torch
 
     def padded(split, indices, pad_token_id):
@@ -70,8 +70,8 @@ def pad_to_max_length(collate, width: int):
 
 def build_loops(bundle, path: str) -> dict:
     from raytune_ft.config import TrainConfig
+    from raytune_ft.tasks.sequence_classification import load_model
     from raytune_ft.training.loop import FineTuneLoop
-    from raytune_ft.training.model import load_model
 
     loops = {}
     for variant in VARIANTS:
@@ -103,10 +103,10 @@ def padding_figures(loops: dict, lengths: np.ndarray, positions: np.ndarray) -> 
 
 def timed_steps(loop, positions, pad128: bool) -> float:
     """Seconds of `loop._step` over the batches at `positions` (the collate swap untimed)."""
-    import raytune_ft.training.loop as loop_module
+    import raytune_ft.tasks.sequence_classification as task_module
 
-    plain = loop_module.collate
-    loop_module.collate = pad_to_max_length(plain, PAD_TO) if pad128 else plain
+    plain = task_module.collate
+    task_module.collate = pad_to_max_length(plain, PAD_TO) if pad128 else plain
     seconds = 0.0
     try:
         for position in positions:
@@ -116,7 +116,7 @@ def timed_steps(loop, positions, pad128: bool) -> float:
             loop._step(indices)
             seconds += time.perf_counter() - started
     finally:
-        loop_module.collate = plain
+        task_module.collate = plain
     return seconds
 
 

@@ -58,8 +58,8 @@ def _bare_loop(prepared) -> float:
     import torch
 
     from raytune_ft.config import trial_hyperparameters
+    from raytune_ft.tasks.sequence_classification import load_model
     from raytune_ft.training.loop import FineTuneLoop
-    from raytune_ft.training.model import load_model
 
     config = prepared.config
     torch.set_num_threads(1)  # what train_trial sets for cpus_per_trial = 1

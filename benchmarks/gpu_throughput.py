@@ -41,7 +41,8 @@ def build(size: str, vocab: int, seq: int, batch: int, device: str, seed: int = 
     from transformers import BertConfig, BertForSequenceClassification
 
     from raytune_ft.config import TrainConfig
-    from raytune_ft.data import DataBundle, TokenizedSplit
+    from raytune_ft.tasks import DataBundle
+    from raytune_ft.tasks.sequence_classification import TokenizedSplit
     from raytune_ft.training.loop import FineTuneLoop
 
     hidden, layers, heads, intermediate = SIZES[size]
@@ -56,7 +57,7 @@ def build(size: str, vocab: int, seq: int, batch: int, device: str, seed: int = 
                            type_ids=np.zeros(n * seq, dtype=np.int8),
                            offsets=np.arange(0, (n + 1) * seq, seq, dtype=np.int64),
                            labels=rng.integers(0, 2, n).astype(np.int64))
-    bundle = DataBundle(split, split, ["0", "1"], 0, "synthetic")
+    bundle = DataBundle(split, split, ["0", "1"], 0, "synthetic", [], "sequence_classification")
     hp = TrainConfig(batch_size=batch, max_micro_batch=batch, max_epochs=100,
                      eval_every_epochs=100, precision="bf16")
     loop = FineTuneLoop(model, bundle, hp, device=device)

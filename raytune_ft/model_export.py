@@ -20,6 +20,7 @@ from pathlib import Path
 
 from raytune_ft.config import ExperimentConfig
 from raytune_ft.errors import ConfigError, ExperimentError
+from raytune_ft.tasks import Task, task_for
 from raytune_ft.tuning.confirm import (
     CONFIRM_SUFFIX,
     finished_trials,
@@ -29,7 +30,8 @@ from raytune_ft.tuning.confirm import (
 )
 
 EXPORT_RECORD = "raytune_ft_export.json"
-CARD_METRICS = ("eval_accuracy", "eval_f1", "eval_mcc", "eval_loss")
+# The card's front matter in this order (ModelCardData's own puts base_model first).
+CARD_FRONT_ORDER = ("library_name", "pipeline_tag", "tags", "base_model")
 
 
 @dataclass
@@ -157,13 +159,14 @@ def _replace(staging: Path, out: Path) -> None:
 def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record: dict) -> None:
     from safetensors.torch import load_model as load_weights
 
-    from raytune_ft.training.model import load_model, load_tokenizer, resolve_model_path
+    from raytune_ft.training.model import resolve_model_path
 
     label_names = record.get("label_names")
     if not label_names:
         raise ExperimentError("raytune_ft.json holds no label_names; cannot name the labels")
     model_path = record.get("model_path") or resolve_model_path(config.model.name)
-    model = load_model(model_path, label_names, seed=0)  # the head is overwritten next
+    task = task_for(config.data)
+    model = task.load_model(model_path, label_names, seed=0)  # the head is overwritten next
     try:
         missing, unexpected = load_weights(model, str(choice.checkpoint / "model.safetensors"),
                                            strict=False)
@@ -175,9 +178,7 @@ def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record
                               f"missing {sorted(missing)[:5]}, "
                               f"unexpected {sorted(unexpected)[:5]}")
     model.save_pretrained(staging)
-    tokenizer = load_tokenizer(model_path)
-    tokenizer.model_max_length = config.model.max_length  # truncation=True cuts as in training
-    tokenizer.save_pretrained(staging)
+    task.save_processor(model_path, str(staging), config.model.max_length)
 
 
 def _hyperparameters(choice: Choice) -> dict:
@@ -194,7 +195,8 @@ def _write_card(staging: Path, choice: Choice, config: ExperimentConfig, record:
     hp = _hyperparameters(choice)
     n_train, n_eval = record.get("train_samples"), record.get("eval_samples")
     report = choice.report
-    metrics = {k: report[k] for k in (config.metric, *CARD_METRICS) if report.get(k) is not None}
+    metrics = {k: report[k] for k in (config.metric, *card_metrics(task_for(config.data)))
+               if report.get(k) is not None}
     info = {"experiment": str(directory), "trial_id": choice.trial_id,
             "checkpoint": str(choice.checkpoint), "iteration": report.get("training_iteration"),
             "samples_seen": report.get("samples_seen"), "epoch": report.get("epoch"),
@@ -207,14 +209,21 @@ def _write_card(staging: Path, choice: Choice, config: ExperimentConfig, record:
     (staging / "README.md").write_text(model_card(info, config, record))
 
 
+def card_metrics(task: Task) -> tuple[str, ...]:
+    """The metrics a model card lists besides the experiment's: the task's, then eval_loss."""
+    return (*(metric.name for metric in task.metrics), "eval_loss")
+
+
 def model_card(info: dict, config: ExperimentConfig, record: dict) -> str:
     """A Hugging Face model card: what was trained on what, with which result."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    task = task_for(config.data)
     base = config.model.name
-    front = ["---", "library_name: transformers", "pipeline_tag: text-classification",
-             "tags:", "- raytune_ft", "- text-classification"]
-    if not Path(base).expanduser().exists() and not base.startswith((".", "/", "~")):
-        front.append(f"base_model: {base}")
-    front.append("---")
+    hub_id = not Path(base).expanduser().exists() and not base.startswith((".", "/", "~"))
+    card_data = ModelCardData(library_name="transformers", pipeline_tag=task.pipeline_tag,
+                              tags=["raytune_ft", task.pipeline_tag],
+                              base_model=base if hub_id else None)
     data = info["data"]
     sizes = ", ".join(f"{n if n is not None else 'unknown'} {what}" for n, what in
                       ((data["train_samples"], "train"), (data["eval_samples"], "dev/eval")))
@@ -226,7 +235,7 @@ def model_card(info: dict, config: ExperimentConfig, record: dict) -> str:
         source = (f"the confirm run `{Path(confirmed['confirm_dir']).name}` (seed "
                   f"{confirmed['seed']}; search trial `{confirmed['source_trial']}` of "
                   f"`{config.name}` re-trained)")
-    lines = [*front, "", f"# {config.name}: {base} fine-tuned on {data['task']}", "",
+    lines = ["", f"# {config.name}: {base} fine-tuned on {data['task']}", "",
              f"Fine-tuned by raytune_ft (a Ray Tune hyperparameter search) from `{base}`, "
              f"exported from trial `{info['trial_id']}` of {source} "
              f"(checkpoint `{Path(info['checkpoint']).name}`, iteration {info['iteration']}, "
@@ -247,11 +256,9 @@ def model_card(info: dict, config: ExperimentConfig, record: dict) -> str:
     searched = set(info["searched"])
     for key, val in sorted(info["hyperparameters"].items(), key=lambda kv: kv[0] not in searched):
         lines.append(f"| {key}{' *' if key in searched else ''} | {val} |")
-    lines += ["", "## Use", "", "```python",
-              "from transformers import AutoModelForSequenceClassification, AutoTokenizer", "",
-              'model = AutoModelForSequenceClassification.from_pretrained("<this folder>")',
-              'tokenizer = AutoTokenizer.from_pretrained("<this folder>")', "```", ""]
-    return "\n".join(lines)
+    lines += ["", "## Use", "", "```python", *task.usage(), "```", ""]
+    front = card_data.to_yaml(original_order=list(CARD_FRONT_ORDER))
+    return str(ModelCard(f"---\n{front}\n---\n" + "\n".join(lines)))
 
 
 def summary_line(choice: Choice) -> str:

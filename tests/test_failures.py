@@ -156,8 +156,8 @@ UNREADABLE = {
 @pytest.fixture(scope="module")
 def saved_loop(tmp_path_factory, tiny_bert, glue_dir):
     from raytune_ft.config import load_config, trial_hyperparameters
+    from raytune_ft.tasks.sequence_classification import load_model
     from raytune_ft.training.loop import FineTuneLoop
-    from raytune_ft.training.model import load_model
     from raytune_ft.tuning.runner import prepare
 
     tmp = tmp_path_factory.mktemp("checkpoint")

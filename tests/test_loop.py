@@ -8,10 +8,8 @@ import pytest
 import torch
 
 from raytune_ft.config import DataConfig, TrainConfig
-from raytune_ft.data import build_bundle
-from raytune_ft.training.batching import collate
+from raytune_ft.tasks.sequence_classification import build_bundle, collate, load_model
 from raytune_ft.training.loop import FineTuneLoop
-from raytune_ft.training.model import load_model
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,8 @@ import torch
 
 from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ModelError
-from raytune_ft.training.model import load_model, parameter_groups
+from raytune_ft.tasks.sequence_classification import load_model
+from raytune_ft.training.model import parameter_groups
 
 
 def groups_by_parameter(model, groups):

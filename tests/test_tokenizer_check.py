@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from raytune_ft.config import DataConfig
-from raytune_ft.data import TokenizedSplit, build_bundle
 from raytune_ft.errors import ModelError
+from raytune_ft.tasks.sequence_classification import TokenizedSplit, build_bundle
 from raytune_ft.training.model import check_tokenizer, load_tokenizer, unknown_share
 
 

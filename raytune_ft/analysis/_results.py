@@ -21,6 +21,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.json as pj
 
+from raytune_ft.tasks import task_metrics
+from raytune_ft.training.metrics import LOOP_FLAGS, LOOP_METRICS
+
 logger = logging.getLogger(__name__)
 
 CHUNK_FILES = 512  # files parsed per pyarrow call: bounds memory to one chunk's bytes
@@ -32,21 +35,11 @@ RAY_COLUMNS: dict[str, pa.DataType] = {
     "time_total_s": pa.float64(),
     "done": pa.bool_(),
 }
+_ARROW = {float: pa.float64(), int: pa.int64(), bool: pa.bool_()}
+# What a trial reports: every registered task's metrics, then the loop's own.
 METRIC_COLUMNS: dict[str, pa.DataType] = {
-    "eval_accuracy": pa.float64(),
-    "eval_f1": pa.float64(),
-    "eval_mcc": pa.float64(),
-    "eval_loss": pa.float64(),
-    "train_loss": pa.float64(),
-    "lr": pa.float64(),
-    "lr_min_group": pa.float64(),
-    "batch_size": pa.int64(),
-    "epoch": pa.float64(),
-    "samples_seen": pa.int64(),
-    "step": pa.int64(),
-    "samples_per_s": pa.float64(),
-    "diverged": pa.bool_(),
-    "skipped_steps": pa.int64(),
+    **{metric.name: pa.float64() for metric in task_metrics()},
+    **{name: _ARROW[kind] for name, kind in {**LOOP_METRICS, **LOOP_FLAGS}.items()},
 }
 
 

@@ -15,17 +15,18 @@ from pydantic import (
 )
 
 from raytune_ft.config._space import Domain, did_you_mean, parse_domain
+from raytune_ft.tasks import dataset_aliases, dataset_names, default_metrics, task_metrics
+from raytune_ft.training.metrics import LOOP_METRICS
 
 SCHEDULES = ("linear", "constant", "cosine", "step", "exponential", "plateau")
-# GLUE tasks the data module reads (data.GLUE_TASKS holds how); aliases map to these names.
-GLUE_TASK_NAMES = ("cola", "sst2", "mrpc", "rte", "qnli", "qqp", "mnli")
-TASK_ALIASES = {"sst-2": "sst2", "sst_2": "sst2"}
+# Datasets the registered tasks read by name (GLUE's); aliases map to these names.
+GLUE_TASK_NAMES = dataset_names()
+TASK_ALIASES = dataset_aliases()
+DEFAULT_METRICS = default_metrics()  # dataset -> metric tuned without `metric:`
 SCHEDULER_TYPES = ("fifo", "asha", "hyperband", "pbt", "pb2")
-# Metrics every trial reports (DESIGN.md); a scheduler may only watch one of these.
-REPORTED_METRICS = (
-    "eval_accuracy", "eval_f1", "eval_mcc", "eval_loss", "train_loss", "lr", "lr_min_group",
-    "batch_size", "epoch", "samples_seen", "step", "samples_per_s",
-)
+# Metrics a trial can report (DESIGN.md): its task's, then the loop's own; a scheduler may
+# only watch one of these.
+REPORTED_METRICS = (*(metric.name for metric in task_metrics()), *LOOP_METRICS)
 
 
 class _Strict(BaseModel):
@@ -246,13 +247,14 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="before")
     @classmethod
     def _task_default_metric(cls, values: Any) -> Any:
-        """GLUE scores CoLA by Matthews correlation: without `metric:` CoLA tunes eval_mcc."""
+        """A dataset's own default metric, where its task names one: GLUE scores CoLA by
+        Matthews correlation, so without `metric:` CoLA tunes eval_mcc."""
         if not isinstance(values, dict) or "metric" in values:
             return values
         data = values.get("data")
         task = data.get("task") if isinstance(data, dict) else getattr(data, "task", None)
-        if isinstance(task, str) and task.lower() == "cola":
-            return {**values, "metric": "eval_mcc"}
+        if isinstance(task, str) and task.lower() in DEFAULT_METRICS:
+            return {**values, "metric": DEFAULT_METRICS[task.lower()]}
         return values
 
     @field_validator("metric")

@@ -1,4 +1,4 @@
-"""Length-grouped sample order and per-batch dynamic padding (pure functions).
+"""Length-grouped sample order, micro-batches and evaluation batches (pure functions).
 
 The training stream is a sequence of epochs; epoch `e` visits every sample once in an order
 that depends only on (seed, e), never on the batch size. A batch is the next `batch_size`
@@ -16,10 +16,12 @@ its shortest sample to its longest: with one window per epoch, a length curricul
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from raytune_ft.data import TokenizedSplit
+import numpy as np
+
+if TYPE_CHECKING:
+    from raytune_ft.tasks import Split
 
 # Samples per block of similar length. A power of two so that batches of 8-64 taken from a
 # block boundary stay in one block; small enough that a tenth of a 2,000-sample epoch still
@@ -103,32 +105,13 @@ def micro_batches(indices: np.ndarray, max_micro_batch: int) -> list[np.ndarray]
     return [part for part in np.array_split(indices, pieces) if len(part)]
 
 
-def collate(split: TokenizedSplit, indices: np.ndarray, pad_token_id: int) -> dict:
-    """Pad the examples at `indices` to the longest of them (not to max_length)."""
-    starts, ends = split.offsets[indices], split.offsets[indices + 1]
-    width = int((ends - starts).max())
-    ids = np.full((len(indices), width), pad_token_id, dtype=np.int64)
-    mask = np.zeros((len(indices), width), dtype=np.int64)
-    types = np.zeros((len(indices), width), dtype=np.int64) if split.type_ids is not None else None
-    for row, (start, end) in enumerate(zip(starts, ends)):
-        ids[row, :end - start] = split.ids[start:end]
-        mask[row, :end - start] = 1
-        if types is not None:
-            types[row, :end - start] = split.type_ids[start:end]
-    batch = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-             "labels": torch.from_numpy(split.labels[indices])}
-    if types is not None:
-        batch["token_type_ids"] = torch.from_numpy(types)
-    return batch
-
-
-def eval_batches(split: TokenizedSplit, batch_size: int) -> list[np.ndarray]:
+def eval_batches(split: Split, batch_size: int) -> list[np.ndarray]:
     """Evaluation batches sorted by length, so padding is nearly zero."""
     order = np.argsort(split.lengths, kind="stable")
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def padding_fraction(split: TokenizedSplit, batches: list[np.ndarray]) -> float:
+def padding_fraction(split: Split, batches: list[np.ndarray]) -> float:
     """Share of token slots that are padding, for a list of batches."""
     lengths = split.lengths
     slots = sum(len(b) * int(lengths[b].max()) for b in batches)

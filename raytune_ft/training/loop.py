@@ -35,9 +35,9 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from raytune_ft.config import TrainConfig, evaluation_count
-from raytune_ft.data import DataBundle
 from raytune_ft.errors import RaytuneFtError
-from raytune_ft.training.batching import SampleStream, collate, eval_batches, micro_batches
+from raytune_ft.tasks import DataBundle, Task, get_task
+from raytune_ft.training.batching import SampleStream, eval_batches, micro_batches
 from raytune_ft.training.lr_schedules import (
     PlateauState,
     batch_size_at,
@@ -47,8 +47,6 @@ from raytune_ft.training.lr_schedules import (
 from raytune_ft.training.model import parameter_groups
 
 log = logging.getLogger(__name__)
-WORST = {"eval_accuracy": 0.0, "eval_f1": 0.0, "eval_mcc": -1.0}  # bounded metrics
-WORST_LOSS = 1e9  # the worst finite value reported for an unbounded loss
 # Skipped steps with a non-finite gradient norm in a row before a trial counts as diverged:
 # one can be a bad batch; several in a row mean the weights or the learning rate are broken.
 NONFINITE_STEPS_TO_DIVERGE = 3
@@ -73,12 +71,8 @@ class TrainerState:
     hyperparameters: dict = field(default_factory=dict)
 
 
-def worst_value(metric: str) -> float:
-    return WORST.get(metric, WORST_LOSS)
-
-
 class FineTuneLoop:
-    """Train a sequence-classification model on a `DataBundle` with hyperparameters `hp`.
+    """Train a model of the bundle's task on a `DataBundle` with hyperparameters `hp`.
 
     `dropout_seed` (default `hp.seed`) seeds dropout; the data order follows the seed saved in
     the trainer state, which a PBT clone takes from its donor. `keep_diverged`: see above.
@@ -189,7 +183,8 @@ class FineTuneLoop:
             if not self.state.diverged:
                 log.warning("non-finite eval loss at step %d: trial diverged", self.state.step)
             self.state.diverged = True  # no usable evaluation: report the worst finite values
-            metrics = {name: worst_value(name) for name in [*self.data.metrics, "train_loss"]}
+            metrics = {name: self.task.worst(name)
+                       for name in [*self.data.metrics, "train_loss"]}
         metrics.update(
             lr=lr, lr_min_group=lr_min, batch_size=batch_size,
             epoch=self.state.samples_seen / self.n_train,
@@ -224,13 +219,13 @@ class FineTuneLoop:
         torch.manual_seed(int(position.generate_state(1)[0]))
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)  # summed on the device: one sync per step
+        task = self.task
         for part in micro_batches(indices, self.hp.max_micro_batch):
             batch = {k: v.to(self.device) for k, v in
-                     collate(self.data.train, part, self.data.pad_token_id).items()}
-            labels = batch.pop("labels")
+                     task.collate(self.data, self.data.train, part).items()}
             with self._autocast():
-                logits = self.model(**batch).logits
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
+                outputs = task.forward(self.model, batch)
+            loss = task.loss(outputs, batch)  # summed: weighted by the micro-batch's share
             self.scaler.scale(loss / len(indices)).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
@@ -275,20 +270,24 @@ class FineTuneLoop:
 
     # ------------------------------------------------------------------ evaluation
 
+    @property
+    def task(self) -> Task:
+        """The task that encoded the data: it collates, computes the loss and the metrics."""
+        return get_task(self.data.kind)
+
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.model.eval()
-        split = self.data.eval
-        predictions, loss_sum = np.empty(len(split), dtype=np.int64), 0.0
+        task, split = self.task, self.data.eval
+        predictions, loss_sum = [], 0.0
         for indices, collated in self._eval_batches():
             batch = {k: v.to(self.device) for k, v in collated.items()}
-            labels = batch.pop("labels")
             with self._autocast():
-                logits = self.model(**batch).logits.float()
-            loss_sum += torch.nn.functional.cross_entropy(logits, labels, reduction="sum").item()
-            predictions[indices] = logits.argmax(-1).cpu().numpy()
-        scores = classification_metrics(predictions, split.labels, len(self.data.label_names))
-        # only what the task reports (no F1 where GLUE reports none, e.g. RTE's not_entailment)
+                outputs = task.forward(self.model, batch)
+            loss_sum += task.loss(outputs, batch).item()
+            predictions.append((indices, task.predict(outputs, batch)))
+        scores = task.compute_metrics(self.data, predictions)
+        # only what the task reports for this data (its bundle lists it)
         return {"eval_loss": loss_sum / len(split),
                 **{k: v for k, v in scores.items() if k in self.data.metrics}}
 
@@ -297,7 +296,7 @@ class FineTuneLoop:
         size = self.hp.eval_batch_size
         if self._eval_cache[0] != size:
             split = self.data.eval
-            self._eval_cache = (size, [(i, collate(split, i, self.data.pad_token_id))
+            self._eval_cache = (size, [(i, self.task.collate(self.data, split, i))
                                        for i in eval_batches(split, size)])
         return self._eval_cache[1]
 
@@ -350,27 +349,6 @@ class FineTuneLoop:
         # A streak of non-finite gradients is the donor's, not this trial's next step's.
         self.state = TrainerState(**{**known, "plateau": plateau, "nonfinite_streak": 0})
         self.apply_hyperparameters(self.hp)
-
-
-def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labels: int) -> dict:
-    """Accuracy, Matthews correlation, and F1 of the positive class for binary tasks."""
-    accuracy = float((predictions == labels).mean())
-    metrics = {"eval_accuracy": accuracy, "eval_mcc": _mcc(predictions, labels, num_labels)}
-    if num_labels == 2:
-        tp = int(((predictions == 1) & (labels == 1)).sum())
-        fp = int(((predictions == 1) & (labels == 0)).sum())
-        fn = int(((predictions == 0) & (labels == 1)).sum())
-        metrics["eval_f1"] = 2 * tp / (2 * tp + fp + fn) if tp else 0.0
-    return metrics
-
-
-def _mcc(predictions: np.ndarray, labels: np.ndarray, k: int) -> float:
-    """Multi-class Matthews correlation (Gorodkin), equal to the binary formula for k = 2."""
-    confusion = np.zeros((k, k), dtype=np.float64)
-    np.add.at(confusion, (labels, predictions), 1)
-    t, p, c, s = confusion.sum(1), confusion.sum(0), np.trace(confusion), confusion.sum()
-    denominator = math.sqrt(s * s - p @ p) * math.sqrt(s * s - t @ t)
-    return float((c * s - t @ p) / denominator) if denominator else 0.0
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

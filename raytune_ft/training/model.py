@@ -132,20 +132,18 @@ def check_tokenizer(tokenizer, path: str, train) -> None:
                      "or vocab.txt, tokenizer_config.json) in the folder")
 
 
-def load_model(path: str, label_names: list[str], seed: int) -> torch.nn.Module:
-    """The pretrained encoder with a fresh classification head initialised from `seed`."""
-    from transformers import AutoModelForSequenceClassification
+def load_pretrained(auto_class: str, path: str, seed: int, **head) -> torch.nn.Module:
+    """The pretrained body with a fresh task head initialised from `seed`: `auto_class` names
+    the transformers Auto class (the task's), `head` its arguments (num_labels, id2label)."""
+    import transformers
     from transformers.utils import logging as hf_logging
 
+    model_class = getattr(transformers, auto_class)
     hf_logging.set_verbosity_error()  # "newly initialized weights" is expected here
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
-        )
+        return model_class.from_pretrained(path, **head)
     except (OSError, ValueError) as error:
         raise ModelError(f"model.name: cannot load {path!r}: {_why(path, error)}") from None
 

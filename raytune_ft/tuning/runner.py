@@ -20,15 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from raytune_ft.config import ExperimentConfig, PbtConfig, validate_config
-from raytune_ft.data import DataBundle, build_bundle
 from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
 from raytune_ft.storage import is_uri, read_text, write_text
-from raytune_ft.training.model import (
-    check_tokenizer,
-    load_tokenizer,
-    max_positions,
-    resolve_model_path,
-)
+from raytune_ft.tasks import DataBundle, task_for
+from raytune_ft.training.model import max_positions, resolve_model_path
 from raytune_ft.tuning.cluster import (
     check_client_storage,
     check_local_resources,
@@ -74,14 +69,9 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
         _check_local_storage(Path(root), Path(experiment_dir), overwrite, resume)
     if cluster_address(address) is None:
         check_local_resources(config)
-    tokenizer = load_tokenizer(model_path)
-    bundle = build_bundle(config.data, tokenizer, config.model.max_length)
-    check_tokenizer(tokenizer, model_path, bundle.train)
-    if config.metric.startswith("eval_") and config.metric not in bundle.metrics:
-        glue = "; GLUE reports F1 for MRPC and QQP only" if config.data.task else ""
-        raise ConfigError(f"metric: {config.metric!r} is not reported for {bundle.task} "
-                          f"({len(bundle.label_names)} labels{glue}); reported: "
-                          f"{', '.join(bundle.metrics)}")
+    task = task_for(config.data)
+    bundle = task.load_data(config.data, model_path, config.model.max_length)
+    task.check_metric(config.metric, bundle, config.data)
     return Prepared(config, model_path, bundle, experiment_dir)
 
 

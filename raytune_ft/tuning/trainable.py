@@ -17,9 +17,9 @@ import torch
 from ray import tune
 
 from raytune_ft.config import ExperimentConfig, PbtConfig, trial_hyperparameters
-from raytune_ft.data import DataBundle
+from raytune_ft.tasks import DataBundle, get_task
 from raytune_ft.training.loop import FineTuneLoop
-from raytune_ft.training.model import load_model, resolve_model_path
+from raytune_ft.training.model import resolve_model_path
 
 FAULT_HOOK = "RAYTUNE_FT_TEST_FAIL_SEED"  # tests only: the trial with this seed raises
 
@@ -50,8 +50,8 @@ def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfi
     gpus = experiment.resources.gpus_per_trial
     device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
     torch.set_num_threads(max(1, int(experiment.resources.cpus_per_trial)))
-    model = load_model(node_model_path(model_path, experiment.model.name), bundle.label_names,
-                       hp.seed)
+    model = get_task(bundle.kind).load_model(node_model_path(model_path, experiment.model.name),
+                                             bundle.label_names, hp.seed)
     population = isinstance(experiment.scheduler, PbtConfig)
     loop = FineTuneLoop(model, bundle, hp, experiment.metric, experiment.mode, device,
                         dropout_seed=trial_dropout_seed(hp.seed, population,

@@ -1,14 +1,13 @@
-"""GLUE readers on the real files, tabular files, tokenization once with no padding."""
+"""GLUE readers on the real files, and tabular files: every row read, every mistake named."""
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from raytune_ft.config import DataConfig
-from raytune_ft.data import build_bundle, read_splits, sort_labels, subset, task_metrics
 from raytune_ft.errors import DataError
+from raytune_ft.tasks._tables import read_splits, sort_labels, subset
 
 
 def test_mrpc_rows_bom_and_quotes(glue_dir):
@@ -67,31 +66,6 @@ def test_missing_column_lists_the_columns_present(tmp_path):
     with pytest.raises(DataError, match="data.text_columns: 'text' not found; columns present "
                                         "in data.train_file: sentence, label"):
         read_splits(cfg)
-
-
-def test_tokenized_once_without_padding(glue_dir, tiny_bert):
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    cfg = DataConfig(task="mrpc", path=str(glue_dir), max_train_samples=50)
-    bundle = build_bundle(cfg, tokenizer, max_length=64)
-    lengths = bundle.train.lengths
-    assert len(bundle.train) == 50 and len(bundle.eval) == 408
-    assert lengths.max() <= 64 and lengths.min() < 64  # truncated, never padded
-    first = bundle.train.ids[: lengths[0]]
-    assert first[0] == tokenizer.cls_token_id and first[-1] == tokenizer.sep_token_id
-    assert set(np.unique(bundle.train.type_ids)) == {0, 1}  # sentence pairs
-    assert bundle.metrics == ["eval_accuracy", "eval_loss", "eval_mcc", "eval_f1"]
-
-
-def test_the_schema_and_the_readers_know_the_same_tasks():
-    from raytune_ft.config import GLUE_TASK_NAMES
-    from raytune_ft.data import GLUE_TASKS, canonical_task
-
-    assert set(GLUE_TASK_NAMES) == set(GLUE_TASKS)
-    assert canonical_task("SST-2") == "sst2"
-    with pytest.raises(DataError, match="'stsb' is not a supported GLUE task"):
-        canonical_task("stsb")
 
 
 def _files(tmp_path, train: str, dev: str | None = None, suffix=".tsv", text=("text",),
@@ -216,19 +190,3 @@ def test_eval_label_train_never_had_is_named(tmp_path):
         read_splits(cfg)
 
 
-@pytest.mark.parametrize(("task", "labels", "f1"), [
-    ("mrpc", 2, True), ("qqp", 2, True), ("rte", 2, False), ("qnli", 2, False),
-    ("sst2", 2, False), ("cola", 2, False), ("mnli", 3, False), (None, 2, True),
-    (None, 3, False),
-])
-def test_f1_only_where_glue_reports_it_and_for_binary_files(task, labels, f1):
-    expected = ["eval_accuracy", "eval_loss", "eval_mcc"] + (["eval_f1"] if f1 else [])
-    assert task_metrics(task, labels) == expected
-
-
-def test_sst2_bundle_reports_no_f1(glue_dir, tiny_bert):
-    from transformers import AutoTokenizer
-
-    cfg = DataConfig(task="sst2", path=str(glue_dir), max_train_samples=20, max_eval_samples=20)
-    bundle = build_bundle(cfg, AutoTokenizer.from_pretrained(tiny_bert), max_length=32)
-    assert bundle.metrics == ["eval_accuracy", "eval_loss", "eval_mcc"]

@@ -1,59 +1,27 @@
-"""Read GLUE folders and tabular files, and tokenize each split once in the driver.
+"""Read sequence-classification data: GLUE folders (or the hub) and tabular files.
 
-A tokenized split is four flat numpy arrays (token ids, token type ids, offsets, labels), so
-Ray's object store shares it with every trial without copying and no trial tokenizes.
+Every reader checks what a user can get wrong (missing columns, empty cells, unknown labels,
+stray tabs) and names the file, the line and the config field.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import logging
 import math
-import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from raytune_ft.config import TASK_ALIASES, DataConfig
 from raytune_ft.errors import DataError
+from raytune_ft.tasks._glue import GLUE_TASKS, GlueTask, canonical_task, glue_folder
 
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GlueTask:
-    folder: str  # directory name in a GLUE download
-    text_columns: tuple[str, ...]
-    label_column: str
-    labels: tuple[str, ...]  # label names in id order
-    dev_file: str = "dev.tsv"
-    header: bool = True
-    columns: tuple[str, ...] = ()  # names for header-less files (CoLA)
-    hub_name: str = ""
-
-
-GLUE_TASKS: dict[str, GlueTask] = {
-    "cola": GlueTask("CoLA", ("sentence",), "label", ("0", "1"), header=False,
-                     columns=("source", "label", "original_label", "sentence"), hub_name="cola"),
-    "sst2": GlueTask("SST-2", ("sentence",), "label", ("0", "1"), hub_name="sst2"),
-    "mrpc": GlueTask("MRPC", ("#1 String", "#2 String"), "Quality", ("0", "1"), hub_name="mrpc"),
-    "rte": GlueTask("RTE", ("sentence1", "sentence2"), "label",
-                    ("entailment", "not_entailment"), hub_name="rte"),
-    "qnli": GlueTask("QNLI", ("question", "sentence"), "label",
-                     ("entailment", "not_entailment"), hub_name="qnli"),
-    "qqp": GlueTask("QQP", ("question1", "question2"), "is_duplicate", ("0", "1"),
-                    hub_name="qqp"),
-    "mnli": GlueTask("MNLI", ("sentence1", "sentence2"), "gold_label",
-                     ("entailment", "neutral", "contradiction"), dev_file="dev_matched.tsv",
-                     hub_name="mnli"),
-}
-# GLUE reports F1 (of label 1, "equivalent"/"duplicate") only for these; RTE and QNLI would make
-# `not_entailment` the positive class, SST-2 and CoLA are scored by accuracy and MCC.
-GLUE_F1_TASKS = ("mrpc", "qqp")
+if TYPE_CHECKING:
+    from raytune_ft.config import DataConfig
 
 
 @dataclass
@@ -62,44 +30,6 @@ class TextSplit:
 
     texts: list[list[str]]  # one list per text column
     labels: np.ndarray
-
-
-@dataclass
-class TokenizedSplit:
-    """A split as flat arrays: example i is ids[offsets[i]:offsets[i+1]]."""
-
-    ids: np.ndarray  # int32
-    type_ids: np.ndarray | None  # int8, None for models without token types
-    offsets: np.ndarray  # int64, n + 1
-    labels: np.ndarray  # int64
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
-
-
-@dataclass
-class DataBundle:
-    """What the driver hands every trial through the object store."""
-
-    train: TokenizedSplit
-    eval: TokenizedSplit
-    label_names: list[str]
-    pad_token_id: int
-    task: str  # GLUE task name or the train file's name
-    metrics: list[str] = field(default_factory=list)
-
-
-def canonical_task(name: str) -> str:
-    """The GLUE_TASKS key of a task name (the schema has already refused unknown ones)."""
-    key = TASK_ALIASES.get(name.lower(), name.lower())
-    if key not in GLUE_TASKS:
-        raise DataError(f"data.task: {name!r} is not a supported GLUE task; allowed: "
-                        f"{', '.join(GLUE_TASKS)}")
-    return key
 
 
 def read_splits(cfg: DataConfig) -> tuple[TextSplit, TextSplit, list[str]]:
@@ -140,21 +70,6 @@ def sort_labels(names: set[str]) -> list[str]:
     if all(re.fullmatch(r"[+-]?\d+", name) for name in names):
         return sorted(names, key=lambda name: (int(name), name))
     return sorted(names)
-
-
-def glue_folder(cfg: DataConfig, task: GlueTask) -> Path | None:
-    """The folder holding the task's TSVs, or None to read from the hub."""
-    root = cfg.path or os.environ.get("RAYTUNE_FT_DATA_DIR")
-    if root is None:
-        return None
-    root = Path(root).expanduser()
-    where = "data.path" if cfg.path else "RAYTUNE_FT_DATA_DIR"
-    for candidate in (root / task.folder, root):
-        if (candidate / "train.tsv").is_file():
-            if not (candidate / task.dev_file).is_file():
-                raise DataError(f"{where}: {candidate / task.dev_file} not found")
-            return candidate
-    raise DataError(f"{where}: no {task.folder}/train.tsv under {root}")
 
 
 @dataclass
@@ -346,40 +261,3 @@ def subset(split: TextSplit, size: int | None, seed: int) -> TextSplit:
         return split
     keep = np.sort(np.random.default_rng(seed).choice(len(split.labels), size, replace=False))
     return TextSplit([[col[i] for i in keep] for col in split.texts], split.labels[keep])
-
-
-def tokenize(split: TextSplit, tokenizer, max_length: int) -> TokenizedSplit:
-    """Tokenize once, with truncation and no padding; lengths stay per example."""
-    encoded = tokenizer(*split.texts, truncation=True, max_length=max_length, padding=False,
-                        return_attention_mask=False)
-    ids = encoded["input_ids"]
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
-    type_ids = None
-    if "token_type_ids" in encoded:
-        type_ids = np.fromiter((t for row in encoded["token_type_ids"] for t in row),
-                               dtype=np.int8, count=int(offsets[-1]))
-    return TokenizedSplit(flat, type_ids, offsets, split.labels.astype(np.int64))
-
-
-def build_bundle(cfg: DataConfig, tokenizer, max_length: int) -> DataBundle:
-    """Read, subset and tokenize both splits: the driver's one-time data work."""
-    train, dev, label_names = read_splits(cfg)
-    train = subset(train, cfg.max_train_samples, cfg.subset_seed)
-    dev = subset(dev, cfg.max_eval_samples, cfg.subset_seed)
-    log.info("tokenizing %d train and %d eval examples", len(train.labels), len(dev.labels))
-    glue_task = canonical_task(cfg.task) if cfg.task else None
-    return DataBundle(tokenize(train, tokenizer, max_length), tokenize(dev, tokenizer, max_length),
-                      label_names, int(tokenizer.pad_token_id or 0),
-                      glue_task or Path(cfg.train_file).stem,
-                      task_metrics(glue_task, len(label_names)))
-
-
-def task_metrics(glue_task: str | None, num_labels: int) -> list[str]:
-    """The metrics a trial reports: F1 (of label id 1) where GLUE reports it, and for any
-    binary file of the user's (whose label 1 the run header names)."""
-    metrics = ["eval_accuracy", "eval_loss", "eval_mcc"]
-    if num_labels == 2 and (not glue_task or glue_task in GLUE_F1_TASKS):
-        metrics.append("eval_f1")
-    return metrics

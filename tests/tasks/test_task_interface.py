@@ -1,0 +1,174 @@
+"""The task interface: a toy task defined here (this module is its registry entry) trains,
+evaluates, accumulates exactly and diverges through the loop, which names no task; the
+registry is importable without torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raytune_ft.config import DataConfig, TrainConfig
+from raytune_ft.errors import ConfigError
+from raytune_ft.tasks import TASKS, DataBundle, Metric, Task, get_task, task_for
+from raytune_ft.training.loop import FineTuneLoop
+
+PACKAGE = Path(__file__).resolve().parents[2] / "raytune_ft"
+
+
+@dataclass
+class VectorSplit:
+    """Fixed-size examples: no lengths to group by, so every length is 1."""
+
+    x: np.ndarray  # (n, 4) float32
+    y: np.ndarray  # (n,) float32
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.ones(len(self.y), dtype=np.int64)
+
+
+class Linear(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = torch.nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x).squeeze(-1)
+
+
+class ToyRegression(Task):
+    """y = x @ w + noise; scored by mean absolute error (lower is better)."""
+
+    name = "toy_regression"
+    metrics = (Metric("eval_mae", "min", 1e6),)
+    pipeline_tag = "tabular-regression"
+    auto_class = "AutoModel"
+
+    def load_data(self, data, model_path, max_length) -> DataBundle:
+        rng = np.random.default_rng(0)
+        w = np.array([1.0, -2.0, 0.5, 3.0], dtype=np.float32)
+
+        def split(n):
+            x = rng.normal(size=(n, 4)).astype(np.float32)
+            return VectorSplit(x, (x @ w + 0.01 * rng.normal(size=n)).astype(np.float32))
+
+        return DataBundle(split(96), split(40), [], 0, "toy", ["eval_loss", "eval_mae"],
+                          self.name)
+
+    def load_model(self, path, label_names, seed) -> torch.nn.Module:
+        torch.manual_seed(seed)
+        return Linear()
+
+    def collate(self, data, split, indices) -> dict:
+        return {"x": torch.from_numpy(split.x[indices]), "y": torch.from_numpy(split.y[indices])}
+
+    def forward(self, model, batch):
+        return model(batch["x"])
+
+    def loss(self, outputs, batch):
+        return ((outputs.float() - batch["y"]) ** 2).sum()
+
+    def predict(self, outputs, batch):
+        return outputs.float().cpu().numpy()
+
+    def compute_metrics(self, data, predictions) -> dict:
+        errors = [np.abs(values - data.eval.y[indices]) for indices, values in predictions]
+        return {"eval_mae": float(np.concatenate(errors).mean()), "eval_unreported": 1.0}
+
+    def save_processor(self, model_path, out, max_length) -> None:
+        pass
+
+    def usage(self) -> list[str]:
+        return []
+
+
+TASK = ToyRegression()
+
+
+@pytest.fixture
+def toy(monkeypatch):
+    monkeypatch.setitem(TASKS, TASK.name, __name__)  # the one registry line
+    task = get_task(TASK.name)
+    return task, task.load_data(None, "", 0)
+
+
+def toy_loop(task, bundle, keep_diverged=False, **settings) -> FineTuneLoop:
+    hp = TrainConfig(**{"max_epochs": 3, "eval_every_epochs": 1, "learning_rate": 0.05,
+                        "batch_size": 16, "max_micro_batch": 16, "weight_decay": 0.0,
+                        "schedule": "constant", "max_grad_norm": None, **settings})
+    return FineTuneLoop(task.load_model("", [], 0), bundle, hp, "eval_mae", "min",
+                        keep_diverged=keep_diverged)
+
+
+def test_a_toy_task_trains_and_evaluates_through_the_interface(toy):
+    task, bundle = toy
+    loop = toy_loop(task, bundle)
+    assert loop.task is TASK
+    reports = [loop.run_interval() for _ in range(3)]
+    assert loop.finished and reports[-1]["samples_seen"] == 3 * 96
+    maes = [r["eval_mae"] for r in reports]
+    assert maes[0] > maes[1] > maes[2]
+    assert "eval_unreported" not in reports[0]  # only what the bundle says it reports
+    assert not any(name in reports[0] for name in ("eval_accuracy", "eval_f1", "eval_mcc"))
+    with torch.no_grad():
+        errors = loop.model(torch.from_numpy(bundle.eval.x)) - torch.from_numpy(bundle.eval.y)
+    assert reports[-1]["eval_loss"] == pytest.approx(float((errors ** 2).mean()), rel=1e-5)
+
+
+def test_summed_task_loss_keeps_accumulation_exact(toy):
+    task, bundle = toy
+    whole, parts = toy_loop(task, bundle), toy_loop(task, bundle, max_micro_batch=5)
+    whole.run_interval()
+    parts.run_interval()
+    for (name, a), b in zip(whole.model.state_dict().items(), parts.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_diverged_toy_trial_reports_the_worst_values_its_task_declares(toy):
+    task, bundle = toy
+    loop = toy_loop(task, bundle, keep_diverged=True)
+    with torch.no_grad():
+        loop.model.head.weight.fill_(float("nan"))
+    metrics = loop.run_interval()
+    assert metrics["diverged"]
+    assert {k: metrics[k] for k in ("eval_mae", "eval_loss", "train_loss")} == {
+        "eval_mae": 1e6, "eval_loss": 1e9, "train_loss": 1e9}
+
+
+def test_the_loop_and_batching_name_no_task():
+    for module in ("training/loop.py", "training/batching.py"):
+        text = (PACKAGE / module).read_text().lower()
+        for word in ("sequence_classification", "sequence-classification", "logits",
+                     "cross_entropy", "glue", "tokeniz", "label"):
+            assert word not in text, f"{module} names {word!r}"
+
+
+def test_the_registry_and_the_config_import_without_torch_or_ray():
+    code = ("import sys, raytune_ft.config, raytune_ft.tasks; raytune_ft.tasks.all_tasks(); "
+            "print(sorted(m for m in ('torch', 'ray', 'pandas', 'sklearn', 'transformers') "
+            "if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_data_chooses_the_task():
+    assert task_for(DataConfig(task="SST-2")).name == "sequence_classification"
+    files = DataConfig(train_file="t.csv", eval_file="e.csv", text_columns=["text"],
+                       label_column="label")
+    assert task_for(files).name == "sequence_classification"
+    with pytest.raises(ConfigError, match="task 'nope' is not registered; registered: "
+                                          "sequence_classification"):
+        get_task("nope")
