@@ -1,7 +1,7 @@
-"""`raytune-ft`: argument parsing and exit codes only.
+"""`raytune-ft`: argument parsing, printing what the runner returns, exit codes.
 
-Exit codes: 0 success, 1 every trial failed (or a command failed at run time), 2 bad input
-(one line, no traceback; `--debug` shows it), 130 interrupted.
+Exit codes (raytune_ft.errors): 0 success, 1 every trial failed (or a command failed at run
+time), 2 bad input (one line, no traceback; `--debug` shows it), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,9 +13,16 @@ import os
 import sys
 import traceback
 
-from raytune_ft.errors import RaytuneFtError, last_line
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+from raytune_ft.errors import (
+    EXIT_BAD_INPUT,  # noqa: F401 - tests and callers read the codes here
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    RaytuneFtError,
+    error_line,
+    exit_code,
+    last_line,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,19 +31,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except RaytuneFtError as error:
-        if args.debug:
+    except (RaytuneFtError, KeyboardInterrupt) as error:
+        if args.debug and isinstance(error, RaytuneFtError):
             traceback.print_exc()
-        print(f"error: {_one_line(str(error))}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-def _one_line(text: str) -> str:
-    """Messages from libraries (transformers, pandas) can span lines; the CLI prints one."""
-    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+        print(error_line(error), file=sys.stderr)
+        return exit_code(error)
 
 
 def _parser() -> argparse.ArgumentParser:
