@@ -102,8 +102,8 @@ def evaluate_export(out, search):
 
     from raytune_ft.config import TrainConfig
     from raytune_ft.data import build_bundle
+    from raytune_ft.experiment import read_experiment_record
     from raytune_ft.training.loop import FineTuneLoop
-    from raytune_ft.tuning.runner import read_experiment_record
 
     config = read_experiment_record(str(search))
     model = AutoModelForSequenceClassification.from_pretrained(out)
