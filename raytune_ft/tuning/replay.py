@@ -20,7 +20,8 @@ from raytune_ft.experiment import (
     rank_trials,
     read_experiment_record,
 )
-from raytune_ft.tuning.runner import Outcome, prepare, run_presets
+from raytune_ft.tuning.runner import prepare, run_presets
+from raytune_ft.tuning.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,8 @@ def best_trial(trials, config: ExperimentConfig) -> str:
 
 
 def replay_trial(experiment_dir: str, trial_id: str | None = None,
-                 address: str | None = None) -> tuple[Outcome, str]:
-    """Replay `trial_id` (default: the best) of a PBT experiment; returns (outcome, trial)."""
+                 address: str | None = None) -> tuple[RunSummary, str]:
+    """Replay `trial_id` (default: the best) of a PBT experiment; returns (summary, trial)."""
     from raytune_ft.analysis import trials_table
     from raytune_ft.tuning.pbt_replay import (
         SCHEDULE_KEY,
@@ -72,4 +73,4 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
     point = {**schedule.initial, SCHEDULE_KEY: 1}
     scheduler = MultiScheduleReplay({1: schedule}, (SCHEDULE_KEY,))
     outcome = run_presets(prepared, [point], scheduler, address)  # an earlier replay goes
-    return outcome, trial_id
+    return outcome.summary(), trial_id

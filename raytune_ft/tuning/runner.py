@@ -1,8 +1,8 @@
 """Prepare an experiment (model, data, storage), run the `Tuner` on Ray, resume it, and run
 preset configurations (replay, confirm).
 
-`cluster` decides where Ray runs and whether one trial fits there; the experiment folder's
-files are `raytune_ft.experiment`'s.
+`cluster` decides where Ray runs and whether one trial fits there; `summary` says what a run
+came to; the experiment folder's files are `raytune_ft.experiment`'s.
 
 Everything a user can get wrong is checked before Ray starts (`prepare`), so a typo costs
 seconds, not a cluster start.
@@ -39,6 +39,7 @@ from raytune_ft.tuning.cluster import (
     cluster_address,
     init_ray,
 )
+from raytune_ft.tuning.summary import RunSummary, summarize_run
 
 log = logging.getLogger(__name__)
 _interrupted = threading.Event()  # set by the first Ctrl-C during `Tuner.fit`
@@ -178,11 +179,16 @@ def build_tuner(prepared: Prepared, restore: bool = False):
 
 @dataclass
 class Outcome:
-    """What `tune` and `resume` hand the CLI."""
+    """A finished (or interrupted) `Tuner.fit`."""
 
     results: Any  # Tune's ResultGrid
     prepared: Prepared
     interrupted: bool  # Ctrl-C stopped the run; `raytune-ft resume` continues it
+
+    def summary(self) -> RunSummary:
+        """What the run came to (the CLI prints it), once the analysis export is written."""
+        return summarize_run(self.results, self.prepared.experiment_dir, self.prepared.config,
+                             self.interrupted)
 
 
 def fit_tuner(tuner) -> tuple[Any, bool]:
@@ -257,14 +263,14 @@ def begin_run(prepared: Prepared, address: str | None, replace: bool) -> None:
 
 
 def run_experiment(prepared: Prepared, address: str | None = None,
-                   overwrite: bool = False) -> Outcome:
-    """Start Ray and run every trial of a prepared experiment."""
+                   overwrite: bool = False) -> RunSummary:
+    """Start Ray, run every trial of a prepared experiment, export its analysis."""
     begin_run(prepared, address, replace=overwrite)
     results, interrupted = fit_tuner(build_tuner(prepared))
-    return Outcome(results, prepared, interrupted)
+    return Outcome(results, prepared, interrupted).summary()
 
 
-def resume_experiment(experiment_dir: str, address: str | None = None) -> Outcome:
+def resume_experiment(experiment_dir: str, address: str | None = None) -> RunSummary:
     """Continue an interrupted experiment (a local path or a storage URI).
 
     Unfinished and errored trials restart from their last checkpoint in storage, so any
@@ -279,7 +285,7 @@ def resume_experiment(experiment_dir: str, address: str | None = None) -> Outcom
     init_ray(address, config)
     check_resources(config)
     results, interrupted = fit_tuner(build_tuner(prepared, restore=True))
-    return Outcome(results, prepared, interrupted)
+    return Outcome(results, prepared, interrupted).summary()
 
 
 def run_presets(prepared: Prepared, points: list[dict], scheduler, address: str | None,
