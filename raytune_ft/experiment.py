@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -190,19 +192,39 @@ def rank_trials(trials: pd.DataFrame, config: ExperimentConfig,
     """THE ranking rule: the trials that can win, best first, with `rank` (1, 2, ...) and
     `search_metric` (the value they are ranked by).
 
-    `trials` has the analysis trials table's `trial_id`, `status`, `best_metric` and
-    `last_metric`. Errored and diverged trials never win, nor a trial without the metric;
-    `finished_only` keeps the FINISHED ones (confirm and export need a complete trial).
-    Ties go to the smaller trial id (Tune numbers trials in the order it created them).
+    `trials` has the analysis trials table's `trial_id`, `status`, `best_metric`,
+    `last_metric` and `trial_dir` (or `created`, Tune's creation order). Errored and diverged
+    trials never win, nor a trial without the metric; `finished_only` keeps the FINISHED ones
+    (confirm and export need a complete trial). A tie goes to the trial Tune created first,
+    as Ray's `get_best_result` has it (small models tie often; so does accuracy on a small
+    dev set), then to the smaller trial id.
     """
     column = ranking_column(config)
     eligible = ~trials["status"].isin(NEVER_BEST) & trials[column].notna()
     if finished_only:
         eligible &= trials["status"].isin(FINISHED)
-    ranked = trials[eligible].sort_values([column, "trial_id"],
-                                          ascending=[config.mode == "min", True])
+    ranked = trials[eligible].assign(_created=creation_order(trials[eligible]))
+    ranked = ranked.sort_values([column, "_created", "trial_id"],
+                                ascending=[config.mode == "min", True, True],
+                                na_position="last").drop(columns="_created")
     ranked = ranked.assign(rank=range(1, len(ranked) + 1), search_metric=ranked[column])
     return ranked.reset_index(drop=True)
+
+
+def creation_order(trials: pd.DataFrame) -> pd.Series:
+    """The order Tune created the trials in: `created` where given, else the trial number in
+    the folder name Tune gives a trial (`<trainable>_<trial_id>_<number>_<params>_<date>`);
+    NaN where neither is known."""
+    import pandas as pd
+
+    if "created" in trials:
+        return trials["created"].astype("float64")
+    folders = trials["trial_dir"] if "trial_dir" in trials else [None] * len(trials)
+    numbers = []
+    for trial_id, folder in zip(trials["trial_id"], folders, strict=True):
+        found = re.search(rf"_{re.escape(str(trial_id))}_(\d+)(?:_|$)", f"_{folder}")
+        numbers.append(int(found.group(1)) if found else math.nan)
+    return pd.Series(numbers, index=trials.index, dtype="float64")
 
 
 # ---------------------------------------------------------------------------- confirm runs

@@ -66,10 +66,16 @@ def test_population_based_schedulers_rank_by_the_last_metric():
         assert ranked["search_metric"].tolist() == [0.80, 0.70]
 
 
-def test_ties_go_to_the_smaller_trial_id_and_a_trial_without_the_metric_is_out():
-    table = trials(("a_00002", "terminated", 0.5, 0.5), ("a_00001", "terminated", 0.5, 0.5),
-                   ("a_00000", "running", None, None))
-    assert rank_trials(table, config())["trial_id"].tolist() == ["a_00001", "a_00002"]
+def test_ties_go_to_the_trial_created_first_and_a_trial_without_the_metric_is_out():
+    # a searcher's trial ids are random hex: the number in the trial's folder is the order
+    table = trials(("f9182c57", "terminated", 0.5, 0.5), ("37b2269b", "terminated", 0.5, 0.5),
+                   ("42b51917", "running", None, None))
+    table["trial_dir"] = ["train_trial_f9182c57_1_batch_size=16_2026-11-29_16-34-10",
+                          "train_trial_37b2269b_6_batch_size=16_2026-11-29_16-34-10",
+                          "train_trial_42b51917_4_batch_size=16_2026-11-29_16-34-10"]
+    assert rank_trials(table, config())["trial_id"].tolist() == ["f9182c57", "37b2269b"]
+    table["trial_dir"] = ["elsewhere", "unknown", "x"]  # no number: the smaller id
+    assert rank_trials(table, config())["trial_id"].tolist() == ["37b2269b", "f9182c57"]
 
 
 def test_finished_only_keeps_terminated_and_stopped_trials():

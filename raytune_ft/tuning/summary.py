@@ -65,7 +65,7 @@ def best_trial(results, config: ExperimentConfig) -> tuple[BestTrial | None, str
 
     metric = config.metric
     by_id, rows = {}, []
-    for result in results:
+    for created, result in enumerate(results):  # Tune's creation order
         last = result.metrics or {}
         trial_id = str(last.get("trial_id") or Path(result.path).name)
         frame = result.metrics_dataframe
@@ -73,12 +73,13 @@ def best_trial(results, config: ExperimentConfig) -> tuple[BestTrial | None, str
                   else pd.Series(dtype="float64"))
         status = ("errored" if result.error is not None
                   else "diverged" if last.get("diverged") else "ok")
-        rows.append({"trial_id": trial_id, "status": status,
+        rows.append({"trial_id": trial_id, "status": status, "created": created,
                      "best_metric": (values.max() if config.mode == "max" else values.min())
                      if len(values) else None,
                      "last_metric": last.get(metric)})
         by_id[trial_id] = result
-    trials = pd.DataFrame(rows, columns=["trial_id", "status", "best_metric", "last_metric"])
+    trials = pd.DataFrame(rows, columns=["trial_id", "status", "created", "best_metric",
+                                         "last_metric"])
     ranked = rank_trials(trials.astype({"best_metric": "float64", "last_metric": "float64"}),
                          config)
     if ranked.empty:

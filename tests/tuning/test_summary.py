@@ -59,6 +59,13 @@ def test_the_best_trial_is_ranked_by_the_one_rule():
     assert (best.trial_id, best.value) == ("00003", 0.45)
 
 
+def test_a_tie_goes_to_the_trial_tune_created_first():
+    # as ResultGrid.get_best_result: the first of equal values in Tune's order
+    tied = [Result("/x/train_00005", [0.3], {"learning_rate": 5e-4}),
+            Result("/x/train_00001", [0.3], {"learning_rate": 1e-4})]
+    assert best_trial(tied, config())[0].trial_id == "00005"
+
+
 def test_no_best_trial_says_why():
     best, why = best_trial([Result("/x/train_00000")], config())
     assert best is None and why == "no trial reported eval_loss"
