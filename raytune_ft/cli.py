@@ -1,7 +1,7 @@
-"""`raytune-ft`: argument parsing and exit codes only.
+"""`raytune-ft`: argument parsing, printing what the runner returns, exit codes.
 
-Exit codes: 0 success, 1 every trial failed (or a command failed at run time), 2 bad input
-(one line, no traceback; `--debug` shows it), 130 interrupted.
+Exit codes (raytune_ft.errors): 0 success, 1 every trial failed (or a command failed at run
+time), 2 bad input (one line, no traceback; `--debug` shows it), 130 interrupted.
 """
 
 from __future__ import annotations
@@ -13,9 +13,15 @@ import os
 import sys
 import traceback
 
-from raytune_ft.errors import RaytuneFtError, last_line
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+from raytune_ft.errors import (
+    EXIT_BAD_INPUT,  # noqa: F401 - tests and callers read the codes here
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    RaytuneFtError,
+    error_line,
+    exit_code,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,19 +30,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except RaytuneFtError as error:
-        if args.debug:
+    except (RaytuneFtError, KeyboardInterrupt) as error:
+        if args.debug and isinstance(error, RaytuneFtError):
             traceback.print_exc()
-        print(f"error: {_one_line(str(error))}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-
-
-def _one_line(text: str) -> str:
-    """Messages from libraries (transformers, pandas) can span lines; the CLI prints one."""
-    return " ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+        print(error_line(error), file=sys.stderr)
+        return exit_code(error)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -127,28 +125,28 @@ def _tune(args) -> int:
     prepared = _prepare(args)
     _print_header(prepared)
     try:
-        outcome = run_experiment(prepared, address=args.address, overwrite=args.overwrite)
+        summary = run_experiment(prepared, address=args.address, overwrite=args.overwrite)
     except KeyboardInterrupt:
         return _interrupted(prepared.experiment_dir)
-    return _finish(outcome)
+    return _finish(summary)
 
 
 def _resume(args) -> int:
     from raytune_ft.tuning.runner import resume_experiment
 
     try:
-        outcome = resume_experiment(args.experiment_dir, address=args.address)
+        summary = resume_experiment(args.experiment_dir, address=args.address)
     except KeyboardInterrupt:
         return _interrupted(args.experiment_dir)
-    return _finish(outcome)
+    return _finish(summary)
 
 
 def _replay(args) -> int:
     from raytune_ft.tuning.replay import replay_trial
 
-    outcome, trial_id = replay_trial(args.experiment_dir, args.trial, address=args.address)
+    summary, trial_id = replay_trial(args.experiment_dir, args.trial, address=args.address)
     print(f"replayed     trial {trial_id} of {args.experiment_dir}")
-    return _finish(outcome)
+    return _finish(summary)
 
 
 def _confirm(args) -> int:
@@ -298,47 +296,30 @@ def _header_warnings(config, bundle) -> list[str]:
     return warnings
 
 
-def _finish(outcome) -> int:
-    """Summarise a finished (or interrupted) run; the exit code says whether any trial worked."""
-    results, prepared, config = outcome.results, outcome.prepared, outcome.prepared.config
-    failed = [r for r in results if r.error is not None]
-    diverged = sum(1 for r in results if r.error is None and (r.metrics or {}).get("diverged"))
-    print(f"trials       {len(results)} run, {len(failed)} failed, {diverged} diverged")
-    for result in failed:
-        print(f"  failed     {result.path}: {last_line(result.error)}")
-    _export_analysis(prepared.experiment_dir)
-    if outcome.interrupted:
-        return _interrupted(prepared.experiment_dir)
-    if len(failed) == len(results):
-        first = last_line(failed[0].error) if failed else "no trial ran"
-        print(f"error: every trial failed; first error: {first}", file=sys.stderr)
+def _finish(summary) -> int:
+    """Print what a run came to (`tuning.summary.RunSummary`); the exit code says whether any
+    trial worked."""
+    print(f"trials       {summary.trials} run, {len(summary.failed)} failed, "
+          f"{summary.diverged} diverged")
+    for path, error in summary.failed:
+        print(f"  failed     {path}: {error}")
+    if summary.report is not None:
+        print(f"report       {summary.report}")
+    else:
+        print(f"warning: {summary.export_warning}", file=sys.stderr)
+    if summary.interrupted:
+        return _interrupted(summary.experiment_dir)
+    if summary.every_trial_failed:
+        print(f"error: every trial failed; first error: {summary.first_error}",
+              file=sys.stderr)
         return EXIT_FAILED
-    try:
-        best = results.get_best_result(config.metric, config.mode, scope="all")
-    except RuntimeError:  # no trial reported the metric (e.g. the time budget ran out first)
-        print(f"best         no trial reported {config.metric}")
+    best = summary.best
+    if best is None:
+        print(f"best         {summary.no_best}")
         return EXIT_OK
-    value = best.metrics_dataframe[config.metric]
-    best_value = value.max() if config.mode == "max" else value.min()
-    searched = {k: best.config.get(k) for k in config.search}
-    print(f"best         {config.metric}={best_value:.4f} {searched}")
-    print(f"results      {prepared.experiment_dir}")
+    print(f"best         {best.metric}={best.value:.4f} {best.searched}")
+    print(f"results      {summary.experiment_dir}")
     return EXIT_OK
-
-
-def _export_analysis(experiment_dir: str) -> None:
-    """Parquet tables and report.html for what exists; a failure here loses no results."""
-    from raytune_ft.analysis import export_with_report
-    from raytune_ft.storage import local_experiment
-
-    try:
-        with local_experiment(experiment_dir) as local:
-            report = export_with_report(local)
-        where = report if local == experiment_dir else f"{experiment_dir}/analysis/report.html"
-        print(f"report       {where}")
-    except Exception as error:  # noqa: BLE001 - the experiment itself is complete
-        print(f"warning: analysis export failed ({last_line(error)}); retry with "
-              f"`raytune-ft analyze {experiment_dir}`", file=sys.stderr)
 
 
 def run() -> None:

@@ -5,31 +5,32 @@ The folder gets `config.json` (with id2label/label2id), the weights, the tokeniz
 `README.md` and `raytune_ft_export.json` (where it came from, its metrics). It is written to a
 temporary folder beside `--out` and renamed into place, so a failed export leaves nothing.
 
-Which checkpoint: by default the best recorded metric among the checkpoints kept by finished
-trials; `--trial ID` the best kept one of that trial; `--confirmed` the end-of-budget
+Which checkpoint: by default the best recorded metric among the checkpoints kept by the trials
+the ranking rule admits (finished, neither errored nor diverged; ties go to the better-ranked
+trial); `--trial ID` the best kept one of that trial; `--confirmed` the end-of-budget
 checkpoint of the best seed of the configuration with the best mean in confirm.parquet.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from raytune_ft.config import ExperimentConfig
 from raytune_ft.errors import ConfigError, ExperimentError
-from raytune_ft.tasks import Task, task_for
-from raytune_ft.tuning.confirm import (
-    CONFIRM_SUFFIX,
-    finished_trials,
+from raytune_ft.experiment import (
+    EXPORT_RECORD,
+    atomic_write,
+    confirm_folder,
+    confirm_summary,
     open_experiment,
-    read_rows,
-    summarize,
+    read_confirm_rows,
+    trial_results,
 )
+from raytune_ft.tasks import Task, task_for
+from raytune_ft.tuning.confirm import finished_trials
 
-EXPORT_RECORD = "raytune_ft_export.json"
 # The card's front matter in this order (ModelCardData's own puts base_model first).
 CARD_FRONT_ORDER = ("library_name", "pipeline_tag", "tags", "base_model")
 
@@ -54,8 +55,6 @@ def kept_checkpoints(trial_folder: Path, reports: list[dict]) -> list[tuple[Path
 
 def choose_checkpoint(directory: Path, config: ExperimentConfig, trial: str | None = None,
                       confirmed: bool = False) -> Choice:
-    from raytune_ft.experiment import trial_results
-
     ranked = finished_trials(directory, config)  # refuses an experiment with none
     if confirmed:
         return _confirmed_choice(directory, config)
@@ -82,16 +81,14 @@ def choose_checkpoint(directory: Path, config: ExperimentConfig, trial: str | No
 
 
 def _confirmed_choice(directory: Path, config: ExperimentConfig) -> Choice:
-    from raytune_ft.experiment import trial_results
-
-    rows = read_rows(directory)
-    summary = summarize(rows, config.mode)
+    rows = read_confirm_rows(directory)
+    summary = confirm_summary(rows, config.mode)
     best = summary.iloc[0]
     if not best["n"]:
         raise ExperimentError(f"{directory}: no confirm run reached the end of its budget")
     runs = rows[(rows["config_rank"] == best["config_rank"]) & rows["metric"].notna()]
     runs = runs.sort_values("metric", ascending=config.mode == "min")
-    confirm_dir = directory.parent / f"{config.name}{CONFIRM_SUFFIX}"
+    confirm_dir = confirm_folder(directory, config.name)
     results = trial_results(confirm_dir) if confirm_dir.is_dir() else {}
     stats = {k: float(best[k]) for k in ("mean", "sd", "min", "max")}
     stats.update(n=int(best["n"]), config_rank=int(best["config_rank"]),
@@ -121,14 +118,9 @@ def export_model(experiment_dir: str | Path, out: str | Path, trial: str | None 
     _check_out(out, overwrite)
     choice = choose_checkpoint(directory, config, trial, confirmed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.export-{uuid.uuid4().hex[:8]}"
-    try:
+    with atomic_write(out) as staging:  # an existing `out` goes once the new one is in place
         _write_model(staging, choice, config, record)
         _write_card(staging, choice, config, record, directory)
-        _replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out, choice
 
 
@@ -138,22 +130,6 @@ def _check_out(out: Path, overwrite: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise ExperimentError(f"--out: {out} exists and is not empty; use --overwrite to "
                               "replace it")
-
-
-def _replace(staging: Path, out: Path) -> None:
-    """Move `staging` to `out`; an existing `out` goes only once the new one is in place."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        out.rename(old)
-    try:
-        staging.rename(out)
-    except BaseException:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record: dict) -> None:

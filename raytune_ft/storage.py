@@ -13,7 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-ANALYSIS_DIR = "analysis"
+from raytune_ft.experiment import ANALYSIS_DIR, atomic_write
 
 
 def is_uri(path: str) -> bool:
@@ -27,10 +27,12 @@ def _resolve(uri: str):
 
 
 def write_text(path: str, text: str) -> None:
-    """Write a file, creating its folder: a local path or a URI."""
+    """Write a file, creating its folder: a local path or a URI. A local file is written
+    atomically; an object store replaces an object whole anyway."""
     if not is_uri(path):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(text)
+        with atomic_write(path) as staging:
+            staging.write_text(text)
         return
     fs, inner = _resolve(path)
     fs.create_dir(inner.rsplit("/", 1)[0], recursive=True)

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
+# tests/fault_hook/sitecustomize.py: the trial whose train.seed is this variable raises
+FAULT_HOOK = "RAYTUNE_FT_TEST_FAIL_SEED"
+FAULT_HOOK_DIR = REPO / "tests" / "fault_hook"
+
+
+def fault_hook_env(seed: int, environ=os.environ) -> dict[str, str]:
+    """The variables that make the trial with `seed` raise in processes started with them
+    (a CLI subprocess, the workers of a Ray started afterwards): the seed, and PYTHONPATH with
+    the hook's folder first."""
+    path = [str(FAULT_HOOK_DIR), *filter(None, environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {FAULT_HOOK: str(seed), "PYTHONPATH": os.pathsep.join(path)}
 
 
 def build_tiny_model(directory: Path, *, layers: int = 2, kind: str = "bert") -> Path:

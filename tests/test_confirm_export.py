@@ -101,9 +101,9 @@ def evaluate_export(out, search):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from raytune_ft.config import TrainConfig
+    from raytune_ft.experiment import read_experiment_record
     from raytune_ft.tasks.sequence_classification import build_bundle
     from raytune_ft.training.loop import FineTuneLoop
-    from raytune_ft.tuning.runner import read_experiment_record
 
     config = read_experiment_record(str(search))
     model = AutoModelForSequenceClassification.from_pretrained(out)

@@ -1,8 +1,9 @@
 """Failing trials during a run: a diverged or crashing trial ends alone, the others go on.
 
 The tiny random BERT on a real SST-2 subset; one local Ray for the module. The fault hook
-(RAYTUNE_FT_TEST_FAIL_SEED) is read inside the trial, so it is set before Ray starts: the
-workers of a local instance inherit the environment of the process that started Ray.
+(tests/fault_hook/sitecustomize.py, RAYTUNE_FT_TEST_FAIL_SEED) acts inside the trial, so it is
+set before Ray starts: the workers of a local instance inherit the environment of the process
+that started Ray.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import experiment_yaml
+from support import FAULT_HOOK, REPO, experiment_yaml, fault_hook_env
 
 from raytune_ft import cli
-from raytune_ft.tuning.trainable import FAULT_HOOK
 
 FAIL_SEED = 13  # the trial whose train.seed is this raises at its first iteration
 SMALL = {"data": {"max_train_samples": 64, "max_eval_samples": 32},
@@ -32,13 +32,20 @@ ITERATIONS = 2  # max_epochs / eval_every_epochs
 @pytest.fixture(scope="module", autouse=True)
 def fault_hook():
     """Set before the module's Ray starts (autouse fixtures come first)."""
-    previous = os.environ.get(FAULT_HOOK)
-    os.environ[FAULT_HOOK] = str(FAIL_SEED)
+    hook = fault_hook_env(FAIL_SEED)
+    previous = {name: os.environ.get(name) for name in hook}
+    os.environ.update(hook)
     yield
-    if previous is None:
-        os.environ.pop(FAULT_HOOK, None)
-    else:
-        os.environ[FAULT_HOOK] = previous
+    for name, value in previous.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def test_the_product_code_carries_no_fault_hook():
+    files = [p for p in (REPO / "raytune_ft").rglob("*.py") if FAULT_HOOK in p.read_text()]
+    assert files == []
 
 
 def write_experiment(tmp_path, tiny_bert, glue_dir, name: str, search: dict, **sections) -> str:

@@ -1,6 +1,7 @@
 """`python -m raytune_ft.analysis compare|analyze|report ...` (also `raytune-ft analyze ...`).
 
-Exit codes: 0 success, 2 a user error (bad directory or argument), reported as one line.
+Exit codes as `raytune-ft` (raytune_ft.errors): 0 success, 2 a user error (bad directory or
+argument), reported as one line, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import contextlib
 import logging
 import sys
 
-from raytune_ft.errors import RaytuneFtError
+from raytune_ft.errors import RaytuneFtError, error_line, exit_code
 from raytune_ft.storage import local_experiment
 
 
@@ -78,9 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.handler(args)
-    except RaytuneFtError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (RaytuneFtError, KeyboardInterrupt) as error:
+        print(error_line(error), file=sys.stderr)
+        return exit_code(error)
 
 
 if __name__ == "__main__":

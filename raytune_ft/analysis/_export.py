@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import uuid
 from pathlib import Path
 
 import pandas as pd
@@ -21,10 +20,10 @@ from raytune_ft.analysis._tables import (
     to_pandas,
 )
 from raytune_ft.analysis._trials import trials_frame, trials_schema
+from raytune_ft.experiment import ANALYSIS_DIR, atomic_write
 
 logger = logging.getLogger(__name__)
 
-ANALYSIS_DIR = "analysis"
 TABLES = ("trials", "iterations", "pbt_events")
 
 
@@ -39,15 +38,9 @@ def build_tables(exp: Experiment) -> dict[str, pa.Table]:
 
 
 def write_atomic(table: pa.Table, path: Path) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    # a unique name (not mkstemp, which would leave the file mode 0600)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write a Parquet file that readers never see half-written (see `atomic_write`)."""
+    with atomic_write(path) as staging:
+        pq.write_table(table, staging, compression="zstd")
 
 
 def export_experiment(

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from raytune_ft.errors import ExperimentError
+from raytune_ft.experiment import CONFIG_FILE
 
 logger = logging.getLogger(__name__)
 
-CONFIG_FILE = "raytune_ft.json"  # written by raytune_ft's runner beside Ray's files
 DEFAULT_METRIC = "eval_accuracy"
 DEFAULT_MODE = "max"
 ERROR_LINES = 20  # lines of error.txt kept in trials.parquet: enough for the exception

@@ -17,7 +17,6 @@ import pandas as pd
 from raytune_ft.analysis import _plots
 from raytune_ft.analysis._compare import compute_to_reach, device_factor
 from raytune_ft.analysis._export import (
-    ANALYSIS_DIR,
     build_tables,
     frames,
     read_tables,
@@ -25,10 +24,17 @@ from raytune_ft.analysis._export import (
 )
 from raytune_ft.analysis._importance import hyperparameter_importance
 from raytune_ft.analysis._tables import HP, load_experiment
+from raytune_ft.experiment import (
+    ANALYSIS_DIR,
+    CONFIRM_FILE,
+    REPORT_FILE,
+    atomic_write,
+    confirm_summary,
+    read_confirm_rows,
+)
 
 logger = logging.getLogger(__name__)
 
-CONFIRM_FILE = "confirm.parquet"  # from `raytune-ft confirm`: config_rank, trial_id, seed, metric
 SECTION_IDS = (
     "summary",
     "learning-curves",
@@ -85,25 +91,13 @@ def _summary(trials: pd.DataFrame, metric: str, mode: str, reach: dict) -> str:
     return _note(facts) + _table(top[cols])
 
 
-def _confirmation(exp_dir: Path, metric: str) -> str:
-    path = exp_dir / ANALYSIS_DIR / CONFIRM_FILE
-    if not path.is_file():
+def _confirmation(exp_dir: Path, metric: str, mode: str) -> str:
+    if not (exp_dir / ANALYSIS_DIR / CONFIRM_FILE).is_file():
         return _note(
             f"No {ANALYSIS_DIR}/{CONFIRM_FILE}: run `raytune-ft confirm` to re-train "
             "the best configurations with several seeds."
         )
-    df = pd.read_parquet(path)
-    summary = (
-        df.groupby("config_rank")
-        .agg(
-            trial_id=("trial_id", "first"),
-            n=("seed", "size"),
-            mean=("metric", "mean"),
-            sd=("metric", "std"),
-        )
-        .reset_index()
-        .sort_values("config_rank")
-    )
+    summary = confirm_summary(read_confirm_rows(exp_dir), mode)  # as `raytune-ft confirm`
     return _table(summary) + _fig(_plots.confirmation_bars(summary, metric), "confirmation")
 
 
@@ -140,7 +134,8 @@ _TEXT = {  # section id -> (title, one-line explanation); {metric} is filled in
     ),
     "confirmation": (
         "Confirmation runs",
-        "Top configurations re-trained with several seeds: mean ± sd.",
+        "Top configurations re-trained with several seeds: mean ± sample sd over the n "
+        "seeds that reached the end of their budget, best mean first.",
     ),
 }
 
@@ -164,7 +159,7 @@ def _sections(exp_dir: Path, tables: dict[str, pd.DataFrame]) -> list[str]:
         "best-so-far": lambda: _plots.best_so_far(its, metric, mode, factor),
         "pbt-schedules": lambda: _plots.pbt_schedules(its, events, log_scale),
         "importance": lambda: _importance(trials),
-        "confirmation": lambda: _confirmation(exp_dir, metric),
+        "confirmation": lambda: _confirmation(exp_dir, metric, mode),
     }
     needs = {
         "learning-curves": (len(its), no_its),
@@ -210,10 +205,9 @@ def write_report(experiment_dir: str | os.PathLike, out: str | os.PathLike | Non
             "</body></html>",
         ]
     )
-    path = Path(out) if out is not None else exp_dir / ANALYSIS_DIR / "report.html"
+    path = Path(out) if out is not None else exp_dir / ANALYSIS_DIR / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(doc, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_write(path) as staging:
+        staging.write_text(doc, encoding="utf-8")
     logger.info("wrote %s", path)
     return path

@@ -24,11 +24,11 @@ from raytune_ft.analysis._results import (
     line_schema,
     read_results,
 )
+from raytune_ft.experiment import HP
 
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "2"
-HP = "hp_"  # prefix of hyperparameter columns
 
 
 @dataclass

@@ -6,9 +6,11 @@ again for the full budget with N seeds none of the search used, as one Ray Tune 
 `<name>-confirm` beside the experiment; `analysis/confirm.parquet` gets one row per
 configuration and seed, and the summary gives mean, sample sd, min and max per configuration.
 
-Which trials count: those Ray ended without error (`terminated`, or `stopped` early by a
-scheduler; the analysis status rule). Ranking: by the best metric over a trial's iterations,
-as `raytune-ft tune` prints its best; under PBT/PB2 by the last one (the final population).
+Which trials count and their order: the experiment folder's ranking rule
+(`experiment.rank_trials`) over the trials Ray ended without error (`terminated`, or `stopped`
+early by a scheduler; the analysis status rule): by the best metric over a trial's
+iterations, as `raytune-ft tune` prints its best; under PBT/PB2 by the last one (the final
+population).
 """
 
 from __future__ import annotations
@@ -17,8 +19,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,49 +27,43 @@ import pandas as pd
 
 from raytune_ft.config import ExperimentConfig, FifoConfig, PbtConfig, SearchAlgConfig
 from raytune_ft.errors import ConfigError, ExperimentError
+from raytune_ft.experiment import (
+    ANALYSIS_DIR,
+    CONFIRM_FILE,
+    CONFIRM_SUFFIX,
+    HP,
+    PARAMS_FILE,
+    PLAN_FILE,
+    RESULT_FILE,
+    atomic_write,
+    confirm_summary,
+    open_experiment,
+    pbt_policy_file,
+    rank_trials,
+    trial_results,
+)
 
 log = logging.getLogger(__name__)
-ANALYSIS_DIR = "analysis"
-CONFIRM_FILE = "confirm.parquet"
-CONFIRM_SUFFIX = "-confirm"
-PLAN_FILE = "raytune_ft_confirm.json"  # in the confirm folder: source, seeds, plan
-FINISHED = ("terminated", "stopped")  # Ray ended the trial without an error
-HP = "hp_"
 FIXED_KEYS = ("confirm_rank", "confirm_source", "seed")  # a confirm trial's own config keys
 
 
 # ---------------------------------------------------------------------------- the experiment
 
 
-def open_experiment(experiment_dir: str | Path) -> tuple[Path, ExperimentConfig, dict]:
-    """The resolved directory, its validated config and the raw record (model_path, ...)."""
-    from raytune_ft.tuning.runner import CONFIG_FILE, read_experiment_record
-
-    directory = Path(experiment_dir).expanduser().resolve()
-    if not directory.is_dir():
-        raise ExperimentError(f"{experiment_dir}: no such experiment directory")
-    config = read_experiment_record(str(directory))
-    record = json.loads((directory / CONFIG_FILE).read_text())
-    return directory, config, record
-
-
 def finished_trials(directory: Path, config: ExperimentConfig) -> pd.DataFrame:
     """The analysis trials table, finished trials only, ranked best first (column `rank`)."""
     from raytune_ft.analysis import trials_table
 
-    if not any((p / "result.json").is_file() for p in directory.iterdir() if p.is_dir()):
+    if not any((p / RESULT_FILE).is_file() for p in directory.iterdir() if p.is_dir()):
         raise ExperimentError(f"{directory}: no finished trial (no trial has reported)")
     trials = trials_table(directory)
-    done = trials[trials["status"].isin(FINISHED) & trials["best_metric"].notna()]
-    if done.empty:
+    ranked = rank_trials(trials, config, finished_only=True)
+    if ranked.empty:
         counts = trials["status"].value_counts().to_dict()
         seen = ", ".join(f"{n} {status}" for status, n in counts.items()) or "none"
         raise ExperimentError(f"{directory}: no finished trial (trials: {seen}); a trial must "
                               "end without error to be confirmed or exported")
-    column = "last_metric" if isinstance(config.scheduler, PbtConfig) else "best_metric"
-    ranked = done.sort_values([column, "trial_id"], ascending=[config.mode == "min", True])
-    ranked = ranked.assign(rank=range(1, len(ranked) + 1), search_metric=ranked[column])
-    return ranked.reset_index(drop=True)
+    return ranked
 
 
 def hp_columns(frame: pd.DataFrame) -> list[str]:
@@ -80,10 +74,10 @@ def source_schedule(directory: Path, trial: pd.Series, pbt: bool):
     """What a source trial trained with: its config, or under PBT its replayable schedule."""
     from raytune_ft.tuning.pbt_replay import Schedule, load_policy
 
-    policy = directory / f"pbt_policy_{trial['trial_id']}.txt"
+    policy = pbt_policy_file(directory, str(trial["trial_id"]))
     if pbt and policy.is_file():  # changed by exploits: replay the schedule
         return load_policy(policy)
-    params = directory / str(trial["trial_dir"]) / "params.json"
+    params = directory / str(trial["trial_dir"]) / PARAMS_FILE
     try:
         return Schedule(json.loads(params.read_text()))
     except (OSError, json.JSONDecodeError) as error:
@@ -150,7 +144,7 @@ def confirm_experiment(experiment_dir: str | Path, top: int = 3, seeds: int = 3,
     results, prepared, interrupted = _run(directory, config, schedules, plan, pbt, address)
     budget = round(config.train.max_epochs * len(prepared.bundle.train))
     rows = confirm_rows(Path(prepared.experiment_dir), plan, chosen, config.metric, budget)
-    summary = summarize(rows, config.mode)
+    summary = confirm_summary(rows, config.mode)
     parquet = None
     if not interrupted:
         parquet = directory / ANALYSIS_DIR / CONFIRM_FILE
@@ -162,18 +156,10 @@ def confirm_experiment(experiment_dir: str | Path, top: int = 3, seeds: int = 3,
 def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[dict],
          pbt: bool, address: str | None):
     """One Tune run of every (configuration, seed) in `plan`, in `<name>-confirm`."""
-    from ray import tune
     from ray.tune.schedulers import FIFOScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     from raytune_ft.tuning.pbt_replay import MultiScheduleReplay
-    from raytune_ft.tuning.runner import (
-        begin_run,
-        fit_tuner,
-        prepare,
-        trainable_for,
-        tune_settings,
-    )
+    from raytune_ft.tuning.runner import prepare, run_presets
 
     run = config.run.model_copy(update={"num_samples": len(plan), "time_budget_s": None,
                                         "storage_path": str(directory.parent)})
@@ -186,23 +172,14 @@ def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[
     # A previous confirm run goes, and its table, which would name deleted trials if this
     # run is interrupted.
     (directory / ANALYSIS_DIR / CONFIRM_FILE).unlink(missing_ok=True)
-    begin_run(prepared, address, replace=True)
-    (Path(prepared.experiment_dir) / PLAN_FILE).write_text(json.dumps(
+    plan_file = json.dumps(
         {"source": str(directory), "plan": plan,
          "schedules": {rank: dataclasses.asdict(s) for rank, s in schedules.items()}},
-        indent=1, default=str))
+        indent=1, default=str)
     scheduler = MultiScheduleReplay(schedules, FIXED_KEYS) if pbt else FIFOScheduler()
     points = [{**schedules[p["confirm_rank"]].initial, **p} for p in plan]
-    tune_config, run_config = tune_settings(confirm_config, prepared.experiment_dir)
-    tune_config = dataclasses.replace(
-        tune_config, scheduler=scheduler, num_samples=len(points), time_budget_s=None,
-        search_alg=BasicVariantGenerator(points_to_evaluate=points))
-    # Every key of a preset must be in the space; None marks "set by the preset".
-    space = {key: None for point in points for key in point}
-    tuner = tune.Tuner(trainable_for(prepared), param_space=space, tune_config=tune_config,
-                       run_config=run_config)
-    results, interrupted = fit_tuner(tuner)
-    return results, prepared, interrupted
+    outcome = run_presets(prepared, points, scheduler, address, files={PLAN_FILE: plan_file})
+    return outcome.results, prepared, outcome.interrupted
 
 
 # ---------------------------------------------------------------------------- the rows
@@ -217,8 +194,6 @@ def confirm_rows(confirm_dir: Path, plan: list[dict], chosen: pd.DataFrame, metr
     `hp_*` are the source trial's columns of the analysis trials table (under PBT: the config
     in force at its end; the replayed schedule is in the confirm folder's PLAN_FILE).
     """
-    from raytune_ft.experiment import trial_results
-
     runs = {}
     for trial_id, (folder, reports) in trial_results(confirm_dir).items():
         config = reports[-1].get("config", {})
@@ -250,20 +225,8 @@ def confirm_rows(confirm_dir: Path, plan: list[dict], chosen: pd.DataFrame, metr
     return rows.astype(dtypes)
 
 
-def summarize(rows: pd.DataFrame, mode: str) -> pd.DataFrame:
-    """Mean, sample sd (ddof=1), min and max of the metric per configuration, best mean first."""
-    summary = rows.groupby("config_rank").agg(
-        trial_id=("trial_id", "first"), n=("metric", "count"), mean=("metric", "mean"),
-        sd=("metric", lambda v: v.std(ddof=1)), min=("metric", "min"), max=("metric", "max"),
-        search_metric=("search_metric", "first"),
-    ).reset_index()
-    summary = summary.sort_values(["mean", "config_rank"], ascending=[mode == "min", True],
-                                  na_position="last")
-    return summary.assign(rank=range(1, len(summary) + 1)).reset_index(drop=True)
-
-
 def write_rows(rows: pd.DataFrame, path: Path, config: ExperimentConfig) -> None:
-    """confirm.parquet, written to a temp file in the same folder and renamed into place."""
+    """confirm.parquet, written atomically (`atomic_write`)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -276,18 +239,5 @@ def write_rows(rows: pd.DataFrame, path: Path, config: ExperimentConfig) -> None
                 b"raytune_ft.mode": config.mode.encode()}
     table = table.replace_schema_metadata(metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def read_rows(experiment_dir: Path) -> pd.DataFrame:
-    path = experiment_dir / ANALYSIS_DIR / CONFIRM_FILE
-    if not path.is_file():
-        raise ExperimentError(f"{experiment_dir}: no {ANALYSIS_DIR}/{CONFIRM_FILE}; run "
-                              f"`raytune-ft confirm {experiment_dir}` first")
-    return pd.read_parquet(path)
+    with atomic_write(path) as staging:
+        pq.write_table(table, staging)

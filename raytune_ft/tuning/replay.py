@@ -8,40 +8,37 @@ reproduce the winner without the population.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from pathlib import Path
 
+from raytune_ft.config import ExperimentConfig
 from raytune_ft.errors import ExperimentError
-from raytune_ft.tuning.runner import (
-    Outcome,
-    begin_run,
-    fit_tuner,
-    prepare,
+from raytune_ft.experiment import (
+    PARAMS_FILE,
+    pbt_policy_file,
+    rank_trials,
     read_experiment_record,
-    trainable_for,
-    tune_settings,
 )
+from raytune_ft.tuning.runner import prepare, run_presets
+from raytune_ft.tuning.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
 
-def best_trial(trials, metric: str, mode: str) -> str:
-    """The trial whose last reported metric is best: PBT's final population ranks so."""
-    reported = trials.dropna(subset=["last_metric"])
-    if reported.empty:
-        raise ExperimentError(f"no trial has reported {metric}")
-    order = reported.sort_values("last_metric", ascending=mode == "min")
-    return str(order.iloc[0]["trial_id"])
+def best_trial(trials, config: ExperimentConfig) -> str:
+    """The best trial by the experiment folder's ranking rule (PBT: by the last metric, the
+    final population); errored and diverged trials never win."""
+    ranked = rank_trials(trials, config)
+    if ranked.empty:
+        raise ExperimentError(f"no trial has reported {config.metric} without failing or "
+                              "diverging")
+    return str(ranked.iloc[0]["trial_id"])
 
 
 def replay_trial(experiment_dir: str, trial_id: str | None = None,
-                 address: str | None = None) -> tuple[Outcome, str]:
-    """Replay `trial_id` (default: the best) of a PBT experiment; returns (outcome, trial)."""
-    from ray import tune
-    from ray.tune.search import BasicVariantGenerator
-
+                 address: str | None = None) -> tuple[RunSummary, str]:
+    """Replay `trial_id` (default: the best) of a PBT experiment; returns (summary, trial)."""
     from raytune_ft.analysis import trials_table
     from raytune_ft.tuning.pbt_replay import (
         SCHEDULE_KEY,
@@ -55,30 +52,25 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
     if config.scheduler.type not in ("pbt", "pb2"):
         raise ExperimentError(f"{directory}: scheduler.type is {config.scheduler.type!r}; "
                               "replay needs a PBT or PB2 experiment")
-    trials = trials_table(directory).set_index("trial_id", drop=False)
-    trial_id = trial_id or best_trial(trials, config.metric, config.mode)
+    table = trials_table(directory)
+    trial_id = trial_id or best_trial(table, config)
+    trials = table.set_index("trial_id", drop=False)
     if trial_id not in trials.index:
         raise ExperimentError(f"--trial: {trial_id!r} is not a trial of {directory} (trials: "
                               f"{', '.join(sorted(trials.index))})")
-    policy = directory / f"pbt_policy_{trial_id}.txt"
+    policy = pbt_policy_file(directory, trial_id)
     if policy.is_file():  # the trial was changed by exploits: replay its schedule
         schedule = load_policy(policy)
     else:  # never exploited: its schedule is its initial config
-        params = directory / trials.loc[trial_id, "trial_dir"] / "params.json"
+        params = directory / trials.loc[trial_id, "trial_dir"] / PARAMS_FILE
         schedule = Schedule(json.loads(params.read_text()))
     name = f"{config.name}-replay-{trial_id}"
     config = config.model_copy(update={"name": name, "run": config.run.model_copy(
         update={"num_samples": 1})})
     prepared = prepare(config, overwrite=True, address=address)
-    begin_run(prepared, address, replace=True)  # an earlier replay of this trial goes
-    tune_config, run_config = tune_settings(config, prepared.experiment_dir)
     # Ray's PopulationBasedTrainingReplay pauses while its own checkpoint save is in flight,
     # which ends the resumed trial early (Ray 2.60); MultiScheduleReplay pauses through Tune.
     point = {**schedule.initial, SCHEDULE_KEY: 1}
-    tune_config = dataclasses.replace(
-        tune_config, scheduler=MultiScheduleReplay({1: schedule}, (SCHEDULE_KEY,)),
-        num_samples=1, search_alg=BasicVariantGenerator(points_to_evaluate=[point]))
-    tuner = tune.Tuner(trainable_for(prepared), param_space={key: None for key in point},
-                       tune_config=tune_config, run_config=run_config)
-    results, interrupted = fit_tuner(tuner)
-    return Outcome(results, prepared, interrupted), trial_id
+    scheduler = MultiScheduleReplay({1: schedule}, (SCHEDULE_KEY,))
+    outcome = run_presets(prepared, [point], scheduler, address)  # an earlier replay goes
+    return outcome.summary(), trial_id

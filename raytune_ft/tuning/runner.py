@@ -1,6 +1,8 @@
-"""Prepare an experiment (model, data, storage), run the `Tuner` on Ray, resume it.
+"""Prepare an experiment (model, data, storage), run the `Tuner` on Ray, resume it, and run
+preset configurations (replay, confirm).
 
-`cluster` decides where Ray runs and whether one trial fits there.
+`cluster` decides where Ray runs and whether one trial fits there; `summary` says what a run
+came to; the experiment folder's files are `raytune_ft.experiment`'s.
 
 Everything a user can get wrong is checked before Ray starts (`prepare`), so a typo costs
 seconds, not a cluster start.
@@ -8,7 +10,7 @@ seconds, not a cluster start.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
 import math
 import os
@@ -19,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import ExperimentConfig, PbtConfig, validate_config
+from raytune_ft.config import ExperimentConfig, PbtConfig
 from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
-from raytune_ft.storage import is_uri, read_text, write_text
+from raytune_ft.experiment import read_experiment_record, write_record
+from raytune_ft.storage import is_uri, write_text
 from raytune_ft.tasks import DataBundle, task_for
 from raytune_ft.training.model import max_positions, resolve_model_path
 from raytune_ft.tuning.cluster import (
@@ -31,9 +34,9 @@ from raytune_ft.tuning.cluster import (
     cluster_address,
     init_ray,
 )
+from raytune_ft.tuning.summary import RunSummary, summarize_run
 
 log = logging.getLogger(__name__)
-CONFIG_FILE = "raytune_ft.json"  # the validated experiment, beside Ray's own files
 _interrupted = threading.Event()  # set by the first Ctrl-C during `Tuner.fit`
 
 
@@ -166,11 +169,16 @@ def build_tuner(prepared: Prepared, restore: bool = False):
 
 @dataclass
 class Outcome:
-    """What `tune` and `resume` hand the CLI."""
+    """A finished (or interrupted) `Tuner.fit`."""
 
     results: Any  # Tune's ResultGrid
     prepared: Prepared
     interrupted: bool  # Ctrl-C stopped the run; `raytune-ft resume` continues it
+
+    def summary(self) -> RunSummary:
+        """What the run came to (the CLI prints it), once the analysis export is written."""
+        return summarize_run(self.results, self.prepared.experiment_dir, self.prepared.config,
+                             self.interrupted)
 
 
 def fit_tuner(tuner) -> tuple[Any, bool]:
@@ -223,30 +231,15 @@ def _sigint_watch():
 
 
 def write_experiment_record(prepared: Prepared) -> None:
-    """Save the validated config beside Ray's files: analysis and resume read it."""
-    record = prepared.config.model_dump(mode="json")
-    record["budget_samples"] = round(prepared.config.train.max_epochs * len(prepared.bundle.train))
-    record["model_path"] = prepared.model_path
-    record["label_names"] = prepared.bundle.label_names
-    record["train_samples"] = len(prepared.bundle.train)
-    record["eval_samples"] = len(prepared.bundle.eval)
-    write_text(f"{prepared.experiment_dir}/{CONFIG_FILE}", json.dumps(record, indent=1))
-
-
-def read_experiment_record(experiment_dir: str) -> ExperimentConfig:
-    path = f"{experiment_dir.rstrip('/')}/{CONFIG_FILE}"
-    try:
-        text = read_text(path)
-    except (OSError, ValueError):  # pyarrow: FileNotFoundError; a bad URI: ArrowInvalid
-        raise ExperimentError(f"{experiment_dir}: not a raytune_ft experiment ({CONFIG_FILE} "
-                              "not found)") from None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ExperimentError(f"{path}: not valid JSON ({error})") from None
-    for key in ("budget_samples", "model_path", "label_names", "train_samples", "eval_samples"):
-        record.pop(key, None)
-    return validate_config(record, source=str(path))
+    """Save the validated config beside Ray's files, with what `prepare` derived: analysis,
+    resume, confirm and export read it."""
+    write_record(prepared.experiment_dir, prepared.config, {
+        "budget_samples": round(prepared.config.train.max_epochs * len(prepared.bundle.train)),
+        "model_path": prepared.model_path,
+        "label_names": prepared.bundle.label_names,
+        "train_samples": len(prepared.bundle.train),
+        "eval_samples": len(prepared.bundle.eval),
+    })
 
 
 def begin_run(prepared: Prepared, address: str | None, replace: bool) -> None:
@@ -260,14 +253,14 @@ def begin_run(prepared: Prepared, address: str | None, replace: bool) -> None:
 
 
 def run_experiment(prepared: Prepared, address: str | None = None,
-                   overwrite: bool = False) -> Outcome:
-    """Start Ray and run every trial of a prepared experiment."""
+                   overwrite: bool = False) -> RunSummary:
+    """Start Ray, run every trial of a prepared experiment, export its analysis."""
     begin_run(prepared, address, replace=overwrite)
     results, interrupted = fit_tuner(build_tuner(prepared))
-    return Outcome(results, prepared, interrupted)
+    return Outcome(results, prepared, interrupted).summary()
 
 
-def resume_experiment(experiment_dir: str, address: str | None = None) -> Outcome:
+def resume_experiment(experiment_dir: str, address: str | None = None) -> RunSummary:
     """Continue an interrupted experiment (a local path or a storage URI).
 
     Unfinished and errored trials restart from their last checkpoint in storage, so any
@@ -282,6 +275,31 @@ def resume_experiment(experiment_dir: str, address: str | None = None) -> Outcom
     init_ray(address, config)
     check_resources(config)
     results, interrupted = fit_tuner(build_tuner(prepared, restore=True))
+    return Outcome(results, prepared, interrupted).summary()
+
+
+def run_presets(prepared: Prepared, points: list[dict], scheduler, address: str | None,
+                files: dict[str, str] | None = None) -> Outcome:
+    """Run each of `points` (a config each) as one trial under `scheduler`, in a fresh
+    `prepared.experiment_dir` (an earlier run of that name goes): replay and confirm.
+
+    `files`: name -> text, written into the folder once it is laid out.
+    """
+    from ray import tune
+    from ray.tune.search import BasicVariantGenerator
+
+    begin_run(prepared, address, replace=True)
+    for name, text in (files or {}).items():
+        write_text(f"{prepared.experiment_dir}/{name}", text)
+    tune_config, run_config = tune_settings(prepared.config, prepared.experiment_dir)
+    tune_config = dataclasses.replace(
+        tune_config, scheduler=scheduler, num_samples=len(points),
+        search_alg=BasicVariantGenerator(points_to_evaluate=points))
+    # Every key of a preset must be in the space; None marks "set by the preset".
+    space = {key: None for point in points for key in point}
+    tuner = tune.Tuner(trainable_for(prepared), param_space=space, tune_config=tune_config,
+                       run_config=run_config)
+    results, interrupted = fit_tuner(tuner)
     return Outcome(results, prepared, interrupted)
 
 

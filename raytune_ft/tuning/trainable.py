@@ -6,22 +6,19 @@ hyperparameters in force, and reports one evaluation interval per Tune iteration
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 import zlib
 from pathlib import Path
 
 import numpy as np
-import torch
 from ray import tune
 
 from raytune_ft.config import ExperimentConfig, PbtConfig, trial_hyperparameters
 from raytune_ft.tasks import DataBundle, get_task
+from raytune_ft.training.device import choose_device, limit_cpu_threads, out_of_memory_advice
 from raytune_ft.training.loop import FineTuneLoop
 from raytune_ft.training.model import resolve_model_path
-
-FAULT_HOOK = "RAYTUNE_FT_TEST_FAIL_SEED"  # tests only: the trial with this seed raises
 
 
 def node_model_path(model_path: str, name: str) -> str:
@@ -47,9 +44,8 @@ def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfi
                 model_path: str) -> None:
     started = time.perf_counter()
     hp = trial_hyperparameters(experiment, config)
-    gpus = experiment.resources.gpus_per_trial
-    device = "cuda" if gpus > 0 and torch.cuda.is_available() else "cpu"
-    torch.set_num_threads(max(1, int(experiment.resources.cpus_per_trial)))
+    device = choose_device(experiment.resources.gpus_per_trial)
+    limit_cpu_threads(experiment.resources.cpus_per_trial)
     model = get_task(bundle.kind).load_model(node_model_path(model_path, experiment.model.name),
                                              bundle.label_names, hp.seed)
     population = isinstance(experiment.scheduler, PbtConfig)
@@ -64,15 +60,8 @@ def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfi
     startup_s = time.perf_counter() - started  # trial start to the first training step
     every = 1 if population else experiment.run.checkpoint_every
     while not loop.finished:
-        if os.environ.get(FAULT_HOOK) == str(hp.seed):
-            raise RuntimeError(f"fault hook {FAULT_HOOK}={hp.seed}: this trial raises")
-        try:
+        with out_of_memory_advice(loop):
             metrics = loop.run_interval()
-        except torch.OutOfMemoryError:
-            raise RuntimeError(
-                f"device out of memory with train.max_micro_batch={hp.max_micro_batch} "
-                f"(batch_size {loop.batch_size}); lower train.max_micro_batch, gradient "
-                "accumulation keeps the effective batch") from None
         metrics["startup_s"] = startup_s
         due = loop.finished or loop.evaluations_done % every == 0
         if due and not loop.state.diverged:  # non-finite weights are never checkpointed
