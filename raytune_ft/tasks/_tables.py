@@ -194,6 +194,9 @@ def _is_missing(value) -> bool:
     return isinstance(value, str) and not value.strip()
 
 
+_WHOLE_NUMBER = re.compile(r"([+-]?\d+)\.0+")
+
+
 def _label_text(value) -> str | None:
     """A label value as its name; None when missing. 1, 1.0 and "1" are all the label "1"."""
     if _is_missing(value):
@@ -204,7 +207,9 @@ def _label_text(value) -> str | None:
         return str(int(value))
     if isinstance(value, (float, np.floating)):
         return str(int(value)) if float(value).is_integer() else str(float(value))
-    return str(value).strip()
+    text = str(value).strip()
+    # A float column written to CSV/TSV ("1.0", "2.00"): the integer label, as from JSONL.
+    return whole.group(1) if (whole := _WHOLE_NUMBER.fullmatch(text)) else text
 
 
 def _refuse_missing(table: _Table, column: str, missing: list[int], what: str) -> None:

@@ -190,3 +190,21 @@ def test_eval_label_train_never_had_is_named(tmp_path):
         read_splits(cfg)
 
 
+
+
+def test_float_formatted_integer_labels_in_csv_and_tsv_are_the_integer_label(tmp_path):
+    # a float column written to CSV: "1.0" and "1" are one class, "10.0" sorts after "2.0"
+    body = "text,label\na,1.0\nb,0\nc,10.00\nd,2.0\ne,1\n"
+    train, dev, labels = read_splits(_files(tmp_path, body, "text,label\nx,1\ny,2.0\n",
+                                            suffix=".csv"))
+    assert labels == ["0", "1", "2", "10"]
+    assert train.labels.tolist() == [1, 0, 3, 2, 1] and dev.labels.tolist() == [1, 2]
+    tsv = tmp_path / "tsv"
+    tsv.mkdir()
+    train, _, labels = read_splits(_files(tsv, "text\tlabel\na\t1.0\nb\t0.0\n", suffix=".tsv"))
+    assert labels == ["0", "1"] and train.labels.tolist() == [1, 0]
+    # text that only looks numeric in part stays text
+    (tmp_path / "x").mkdir()
+    _, _, labels = read_splits(_files(tmp_path / "x", "text,label\na,1.5\nb,v1.0\n",
+                                      suffix=".csv"))
+    assert labels == ["1.5", "v1.0"]
