@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from raytune_ft.data import TokenizedSplit
+from raytune_ft.plan import accumulation_steps
 
 
 def epoch_order(lengths: np.ndarray, epoch: int, seed: int, window: int) -> np.ndarray:
@@ -53,7 +54,7 @@ class SampleStream:
 
 def micro_batches(indices: np.ndarray, max_micro_batch: int) -> list[np.ndarray]:
     """Split one optimizer batch into ceil(B / max_micro_batch) near-equal micro-batches."""
-    pieces = -(-len(indices) // max_micro_batch)
+    pieces = accumulation_steps(len(indices), max_micro_batch)
     return [part for part in np.array_split(indices, pieces) if len(part)]
 
 
