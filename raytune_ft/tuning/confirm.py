@@ -25,8 +25,9 @@ from typing import Any
 
 import pandas as pd
 
-from raytune_ft.config import ExperimentConfig, FifoConfig, PbtConfig, SearchAlgConfig
+from raytune_ft.config import ExperimentConfig, FifoConfig, SearchAlgConfig
 from raytune_ft.errors import ConfigError, ExperimentError
+from raytune_ft.tuning.schedulers import scheduler_spec
 
 log = logging.getLogger(__name__)
 ANALYSIS_DIR = "analysis"
@@ -66,7 +67,7 @@ def finished_trials(directory: Path, config: ExperimentConfig) -> pd.DataFrame:
         seen = ", ".join(f"{n} {status}" for status, n in counts.items()) or "none"
         raise ExperimentError(f"{directory}: no finished trial (trials: {seen}); a trial must "
                               "end without error to be confirmed or exported")
-    column = "last_metric" if isinstance(config.scheduler, PbtConfig) else "best_metric"
+    column = "last_metric" if scheduler_spec(config.scheduler).population else "best_metric"
     ranked = done.sort_values([column, "trial_id"], ascending=[config.mode == "min", True])
     ranked = ranked.assign(rank=range(1, len(ranked) + 1), search_metric=ranked[column])
     return ranked.reset_index(drop=True)
@@ -141,14 +142,14 @@ def confirm_experiment(experiment_dir: str | Path, top: int = 3, seeds: int = 3,
     if len(chosen) < top:
         log.warning("only %d finished trials; confirming %d configurations, not %d",
                     len(chosen), len(chosen), top)
-    pbt = isinstance(config.scheduler, PbtConfig)
+    pbt = scheduler_spec(config.scheduler).population
     schedules = {int(t["rank"]): source_schedule(directory, t, pbt) for _, t in chosen.iterrows()}
     seed_list = iter(new_seeds(used_seeds(config, list(schedules.values())),
                                len(chosen) * seeds))
     plan = [{"confirm_rank": int(t["rank"]), "confirm_source": str(t["trial_id"]),
              "seed": next(seed_list)} for _, t in chosen.iterrows() for _ in range(seeds)]
     results, prepared, interrupted = _run(directory, config, schedules, plan, pbt, address)
-    budget = round(config.train.max_epochs * len(prepared.bundle.train))
+    budget = prepared.plan.budget.total_samples
     rows = confirm_rows(Path(prepared.experiment_dir), plan, chosen, config.metric, budget)
     summary = summarize(rows, config.mode)
     parquet = None

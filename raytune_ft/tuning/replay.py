@@ -23,6 +23,7 @@ from raytune_ft.tuning.runner import (
     trainable_for,
     tune_settings,
 )
+from raytune_ft.tuning.schedulers import scheduler_spec
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
 
     directory = Path(experiment_dir).expanduser().resolve()
     config = read_experiment_record(str(directory))
-    if config.scheduler.type not in ("pbt", "pb2"):
+    if not scheduler_spec(config.scheduler).population:
         raise ExperimentError(f"{directory}: scheduler.type is {config.scheduler.type!r}; "
                               "replay needs a PBT or PB2 experiment")
     trials = trials_table(directory).set_index("trial_id", drop=False)

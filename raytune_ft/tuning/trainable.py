@@ -16,10 +16,12 @@ import numpy as np
 import torch
 from ray import tune
 
-from raytune_ft.config import ExperimentConfig, PbtConfig, trial_hyperparameters
+from raytune_ft.config import ExperimentConfig, trial_hyperparameters
 from raytune_ft.data import DataBundle
+from raytune_ft.plan import TrialPlan
 from raytune_ft.training.loop import FineTuneLoop
 from raytune_ft.training.model import load_model, resolve_model_path
+from raytune_ft.tuning.schedulers import scheduler_spec
 
 FAULT_HOOK = "RAYTUNE_FT_TEST_FAIL_SEED"  # tests only: the trial with this seed raises
 
@@ -42,7 +44,7 @@ def trial_dropout_seed(seed: int, population: bool) -> int:
 
 
 def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfig,
-                model_path: str) -> None:
+                model_path: str, plan: TrialPlan | None = None) -> None:
     started = time.perf_counter()
     hp = trial_hyperparameters(experiment, config)
     gpus = experiment.resources.gpus_per_trial
@@ -50,16 +52,17 @@ def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfi
     torch.set_num_threads(max(1, int(experiment.resources.cpus_per_trial)))
     model = load_model(node_model_path(model_path, experiment.model.name), bundle.label_names,
                        hp.seed)
-    population = isinstance(experiment.scheduler, PbtConfig)
+    scheduler = scheduler_spec(experiment.scheduler)
     loop = FineTuneLoop(model, bundle, hp, experiment.metric, experiment.mode, device,
-                        dropout_seed=trial_dropout_seed(hp.seed, population),
-                        keep_diverged=population)
+                        dropout_seed=trial_dropout_seed(hp.seed, scheduler.population),
+                        keep_diverged=scheduler.keeps_diverged,
+                        budget=plan.budget if plan is not None else None)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             loop.load(directory)
     startup_s = time.perf_counter() - started  # trial start to the first training step
-    every = 1 if population else experiment.run.checkpoint_every
+    every = 1 if scheduler.checkpoint_every_iteration else experiment.run.checkpoint_every
     while not loop.finished:
         if os.environ.get(FAULT_HOOK) == str(hp.seed):
             raise RuntimeError(f"fault hook {FAULT_HOOK}={hp.seed}: this trial raises")
