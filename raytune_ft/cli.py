@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import traceback
@@ -190,24 +189,23 @@ def _interrupted(experiment_dir: str) -> int:
 
 
 def _print_header(prepared) -> None:
-    config, bundle = prepared.config, prepared.bundle
-    train = config.train
-    budget = round(train.max_epochs * len(bundle.train))
+    config, bundle, plan = prepared.config, prepared.bundle, prepared.plan
     print(f"experiment   {config.name} -> {prepared.experiment_dir}")
     print(f"model        {config.model.name} ({prepared.model_path})")
     print(f"data         {bundle.task}: {len(bundle.train)} train, {len(bundle.eval)} eval, "
           f"{len(bundle.label_names)} labels")
     print(f"labels       {_label_map(bundle)}")
-    print(f"budget       {budget} samples per trial ({train.max_epochs:g} epochs), "
-          f"{config.iterations} evaluations of {train.eval_every_epochs:g} epoch")
-    print(f"batch        effective {_batch_text(config)}")
+    print(f"budget       {plan.budget.total_samples} samples per trial "
+          f"({plan.max_epochs:g} epochs), {plan.iterations} evaluations of "
+          f"{plan.eval_every_epochs:g} epoch")
+    print(f"batch        effective {_batch_text(plan)}")
     print(f"resources    {config.resources.cpus_per_trial:g} CPU, "
           f"{config.resources.gpus_per_trial:g} GPU per trial; {config.run.num_samples} trials")
     print(f"scheduler    {config.scheduler.type}; search {config.search_alg.type}; "
           f"{config.metric} ({config.mode})")
     for key, spec in (config.search or {}).items():
         print(f"  search     {key}: {spec}")
-    for warning in _header_warnings(config, bundle):
+    for warning in prepared.warnings:
         print(f"warning: {warning}")
 
 
@@ -222,78 +220,26 @@ def _label_map(bundle, shown: int = 20) -> str:
     return text
 
 
-# A batch option: the effective batch sizes low..high (equal for one size), and the progress
-# from which they apply (None: the whole trial, no batch schedule).
-Span = tuple[int, int, float | None]
-
-
-def _int_spans(domain, fixed: int) -> list[tuple[int, int]]:
-    """The integers a train setting can take: each value of a choice, or a range's ends."""
-    if domain is None:
-        return [(fixed, fixed)]
-    if domain.kind in ("constant", "choice", "grid"):
-        return [(v, v) for v in sorted({int(v) for v in domain.args})]
-    return [(math.ceil(domain.args[0]), math.floor(domain.args[1]))]  # randint is inclusive
-
-
-def _batch_options(config) -> list[tuple[str, list[Span]]]:
-    """Each way a trial's effective batch is set: plain sizes, or a batch schedule's phases."""
-    space, train = config.space(), config.train
-    schedules = (space["batch_schedule"].args if "batch_schedule" in space
-                 else [train.batch_schedule])
-    options = []
-    for schedule in schedules:
-        if schedule in (None, "none"):
-            sizes = _int_spans(space.get("batch_size"), train.batch_size)
-            options.append(("" if len(schedules) == 1 else "no schedule: ",
-                            [(low, high, None) for low, high in sizes]))
-        else:
-            phases = config.batch_schedules[schedule] if isinstance(schedule, str) else schedule
-            name = f"schedule {schedule}: " if isinstance(schedule, str) else "schedule: "
-            options.append((name, [(size, size, start) for start, size in phases]))
-    return options
-
-
-def _batch_text(config) -> str:
+def _batch_text(plan) -> str:
     """Every effective batch a trial can train with, with its gradient accumulation."""
-    from raytune_ft.tuning.runner import accumulation_steps
-
-    micro = [v for span in _int_spans(config.space().get("max_micro_batch"),
-                                      config.train.max_micro_batch) for v in span]
+    smallest, largest = plan.micro_batch
     parts = []
-    for name, spans in _batch_options(config):
+    for option in plan.batches:
+        if not option.phased:
+            name = "" if len(plan.batches) == 1 else "no schedule: "
+        else:
+            name = f"schedule {option.schedule}: " if option.schedule else "schedule: "
         texts = []
-        for low, high, start in spans:
-            accumulation = _range(accumulation_steps(low, max(micro)),
-                                  accumulation_steps(high, min(micro)))
-            text = (f"{_range(low, high)} (accumulation {accumulation} x "
-                    f"<= {_range(min(micro), max(micro))})")
-            texts.append(text if start is None else f"{text} from progress {start:g}")
+        for span in option.spans:
+            text = (f"{_range(span.low, span.high)} (accumulation {_range(*span.accumulation)} x "
+                    f"<= {_range(smallest, largest)})")
+            texts.append(text if span.start is None else f"{text} from progress {span.start:g}")
         parts.append(name + ", ".join(texts))
     return "; ".join(parts)
 
 
 def _range(low: int, high: int) -> str:
     return str(low) if low == high else f"{low}..{high}"
-
-
-def _header_warnings(config, bundle) -> list[str]:
-    """What makes the run unlike what its settings suggest: a training split smaller than
-    one batch, a label that no training example has."""
-    import numpy as np
-
-    warnings = []
-    largest = max(high for _, spans in _batch_options(config) for _, high, _ in spans)
-    if len(bundle.train) < largest:
-        warnings.append(f"the training split has {len(bundle.train)} examples, fewer than one "
-                        f"batch of {largest}: a step then repeats examples")
-    counts = np.bincount(bundle.train.labels, minlength=len(bundle.label_names))
-    empty = [f"{i} -> {name!r}" for i, name in enumerate(bundle.label_names) if not counts[i]]
-    if empty:
-        subset = config.data.max_train_samples
-        why = f" (data.max_train_samples {subset} left none)" if subset else ""
-        warnings.append(f"no training example has label(s) {', '.join(empty)}{why}")
-    return warnings
 
 
 def _finish(summary) -> int:

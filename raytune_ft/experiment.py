@@ -57,12 +57,13 @@ def confirm_folder(experiment_dir: Path, name: str) -> Path:
 # ---------------------------------------------------------------------------- the record
 
 # Keys the runner adds to the validated config; the rest of the record is the config itself.
-DERIVED_KEYS = ("budget_samples", "model_path", "label_names", "train_samples", "eval_samples")
+DERIVED_KEYS = ("budget_samples", "model_path", "label_names", "train_samples", "eval_samples",
+                "plan")
 
 
 def write_record(experiment_dir: str, config: ExperimentConfig, derived: dict) -> None:
     """CONFIG_FILE beside Ray's files (a path or a URI): the validated config, then `derived`
-    (DERIVED_KEYS: the budget, the model path, the labels and split sizes)."""
+    (DERIVED_KEYS: the budget, the model path, the labels, split sizes and the trial plan)."""
     from raytune_ft.storage import write_text
 
     record = {**config.model_dump(mode="json"), **derived}
@@ -182,9 +183,9 @@ def ranking_column(config: ExperimentConfig) -> str:
     weights an exploit may since have replaced. Other trials keep one configuration, so
     their best evaluation is what that configuration reached.
     """
-    from raytune_ft.config import PbtConfig
+    from raytune_ft.tuning.schedulers import scheduler_spec
 
-    return "last_metric" if isinstance(config.scheduler, PbtConfig) else "best_metric"
+    return "last_metric" if scheduler_spec(config.scheduler).population else "best_metric"
 
 
 def rank_trials(trials: pd.DataFrame, config: ExperimentConfig,

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from raytune_ft.config import DataConfig, TrainConfig
+from raytune_ft.plan import trial_budget
 from raytune_ft.tasks.sequence_classification import build_bundle, collate, load_model
 from raytune_ft.training.loop import FineTuneLoop
 
@@ -163,8 +164,9 @@ def test_evaluation_points_split_the_budget_evenly():
     # SST-2's 67,349 sentences, 3 epochs, 4 evaluations per epoch: 12 points, none tiny.
     from types import SimpleNamespace
 
-    fake = SimpleNamespace(hp=TrainConfig(max_epochs=3, eval_every_epochs=0.25),
-                           n_train=67349, total_samples=3 * 67349, evaluations=12)
+    hp = TrainConfig(max_epochs=3, eval_every_epochs=0.25)
+    fake = SimpleNamespace(budget=trial_budget(hp.max_epochs, hp.eval_every_epochs, 67349))
+    assert fake.budget.total_samples == 3 * 67349 and fake.budget.iterations == 12
     points = [FineTuneLoop.evaluation_point(fake, k) for k in range(1, 13)]
     assert points[:3] == [16837, 33674, 50512] and points[-1] == 202047
     assert min(b - a for a, b in zip([0, *points], points)) >= 16837

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from raytune_ft.config import parse_domain, trial_hyperparameters, validate_config
+from raytune_ft.tuning.schedulers import build_scheduler
 from raytune_ft.tuning.search import (
     LogScalePB2,
     Range,
     StayInDomain,
-    build_scheduler,
     log_bounds,
     mutation_ranges,
     to_tune,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raytune_ft.config import LOG_SCALED, parse_domain
 from raytune_ft.errors import ExperimentError
 from raytune_ft.experiment import CONFIG_FILE
 
@@ -85,26 +86,42 @@ def read_meta(exp_dir: Path, params_keys: list[str]) -> ExperimentMeta:
         raise ExperimentError(f"{path}: mode is {mode!r}, but must be 'max' or 'min'")
     search = cfg.get("search") or {}
     hps = tuple(search.keys())
-    log_scale = frozenset(
-        k
-        for k, v in search.items()
-        if isinstance(v, dict) and any(s in v for s in ("loguniform", "qloguniform", "lograndint"))
-    )
     res = cfg.get("resources") or {}
     train = cfg.get("train") or {}
+    plan = cfg.get("plan")  # the trial plan; records written before it existed have none
+    if isinstance(plan, dict):
+        log_scale = frozenset(plan.get("log_scaled") or ())
+        budget = (plan.get("budget") or {}).get("total_samples", cfg.get("budget_samples"))
+        max_epochs = plan.get("max_epochs", train.get("max_epochs"))
+    else:
+        log_scale = _log_scaled(search)
+        budget, max_epochs = cfg.get("budget_samples"), train.get("max_epochs")
     return ExperimentMeta(
         name=str(cfg.get("name", exp_dir.name)),
         metric=str(cfg.get("metric", DEFAULT_METRIC)),
         mode=mode,
         hyperparameters=hps or tuple(params_keys),
         log_scale=log_scale,
-        budget_samples=cfg.get("budget_samples"),
-        max_epochs=train.get("max_epochs"),
+        budget_samples=budget,
+        max_epochs=max_epochs,
         cpus_per_trial=float(res.get("cpus_per_trial", 1.0)),
         gpus_per_trial=float(res.get("gpus_per_trial", 0.0)),
         scheduler=(cfg.get("scheduler") or {}).get("type"),
         has_config=True,
     )
+
+
+def _log_scaled(search: dict[str, Any]) -> frozenset[str]:
+    """Keys of a record without a plan searched on a log scale, read with the config's own
+    parser; an entry it rejects counts as linear."""
+    keys = set()
+    for key, spec in search.items():
+        try:
+            if parse_domain(f"search.{key}", spec).kind in LOG_SCALED:
+                keys.add(key)
+        except ValueError:
+            pass
+    return frozenset(keys)
 
 
 def read_state(exp_dir: Path) -> dict[str, dict[str, Any]]:

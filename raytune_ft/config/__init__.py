@@ -12,6 +12,8 @@ from raytune_ft.config._schema import (
     INTEGER_FIELDS,
     PER_EXPERIMENT,
     REPORTED_METRICS,
+    SCHEDULER_CLASSES,
+    SCHEDULER_CONFIGS,
     SCHEDULER_TYPES,
     SCHEDULES,
     TASK_ALIASES,
@@ -30,8 +32,9 @@ from raytune_ft.config._schema import (
     TrainConfig,
     check_batch_phases,
     evaluation_count,
+    per_experiment_settings,
 )
-from raytune_ft.config._space import DISTRIBUTIONS, Domain, parse_domain
+from raytune_ft.config._space import DISTRIBUTIONS, LOG_SCALED, Domain, parse_domain
 from raytune_ft.config._validate import (
     apply_override,
     load_config,
@@ -41,10 +44,11 @@ from raytune_ft.config._validate import (
 
 __all__ = [
     "DISTRIBUTIONS", "FIXED_IN_AN_EPOCH", "FIXED_IN_A_TRIAL", "GLUE_TASK_NAMES",
-    "INTEGER_DOMAINS", "INTEGER_FIELDS", "PER_EXPERIMENT", "REPORTED_METRICS",
-    "SCHEDULER_TYPES", "SCHEDULES", "TASK_ALIASES", "AshaConfig", "BatchPhases", "DataConfig",
+    "INTEGER_DOMAINS", "INTEGER_FIELDS", "LOG_SCALED", "PER_EXPERIMENT", "REPORTED_METRICS",
+    "SCHEDULER_CLASSES", "SCHEDULER_CONFIGS", "SCHEDULER_TYPES", "SCHEDULES", "TASK_ALIASES",
+    "AshaConfig", "BatchPhases", "DataConfig",
     "Domain", "ExperimentConfig", "FifoConfig", "HyperbandConfig", "ModelConfig", "PbtConfig",
     "ResourcesConfig", "RunConfig", "SchedulerConfig", "SearchAlgConfig", "TrainConfig",
     "apply_override", "check_batch_phases", "evaluation_count", "load_config", "parse_domain",
-    "trial_hyperparameters", "validate_config",
+    "per_experiment_settings", "trial_hyperparameters", "validate_config",
 ]

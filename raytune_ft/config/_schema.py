@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal, Union, get_args
 
 from pydantic import (
     BaseModel,
@@ -23,7 +23,6 @@ SCHEDULES = ("linear", "constant", "cosine", "step", "exponential", "plateau")
 GLUE_TASK_NAMES = dataset_names()
 TASK_ALIASES = dataset_aliases()
 DEFAULT_METRICS = default_metrics()  # dataset -> metric tuned without `metric:`
-SCHEDULER_TYPES = ("fifo", "asha", "hyperband", "pbt", "pb2")
 # Metrics a trial can report (DESIGN.md): its task's, then the loop's own; a scheduler may
 # only watch one of these.
 REPORTED_METRICS = (*(metric.name for metric in task_metrics()), *LOOP_METRICS)
@@ -145,6 +144,14 @@ def evaluation_count(max_epochs: float, eval_every_epochs: float) -> int:
     return math.ceil(round(max_epochs / eval_every_epochs, 9))
 
 
+def per_experiment_settings(train: TrainConfig, space: dict[str, Domain]) -> tuple[float, float]:
+    """(max_epochs, eval_every_epochs) as every trial trains with them: train's, or a constant
+    under `search:` (trial_hyperparameters puts it in force; a distribution is refused)."""
+    max_epochs, every = (float(space[key].args[0]) if key in space else getattr(train, key)
+                         for key in PER_EXPERIMENT)
+    return max_epochs, every
+
+
 def check_batch_phases(phases: BatchPhases, where: str) -> None:
     if not phases:
         raise ValueError(f"{where}: empty; give [[progress, batch_size], ...] starting at 0.0")
@@ -157,23 +164,38 @@ def check_batch_phases(phases: BatchPhases, where: str) -> None:
         raise ValueError(f"{where}: batch sizes must be > 0")
 
 
-class FifoConfig(_Strict):
+class _SchedulerSettings(_Strict):
+    """A scheduler's settings. What the scheduler can do (population-based, pauses trials,
+    ...) and how it is built are in the registry, `raytune_ft.tuning.schedulers`."""
+
+    def check_against(self, iterations: int, space: dict[str, Domain]) -> None:
+        """Checks against the rest of the experiment: the iterations of a full-budget trial
+        and the parsed search space. Raise ValueError naming the field."""
+
+
+class FifoConfig(_SchedulerSettings):
     type: Literal["fifo"]
 
 
-class AshaConfig(_Strict):
+class AshaConfig(_SchedulerSettings):
     type: Literal["asha"]
     grace_period: int = Field(1, gt=0)  # iterations before the first rung
     reduction_factor: float = Field(2, gt=1)
     brackets: int = Field(1, gt=0)
 
+    def check_against(self, iterations: int, space: dict[str, Domain]) -> None:
+        if self.grace_period > iterations:
+            raise ValueError(f"scheduler.grace_period: {self.grace_period} iterations is above "
+                             f"the budget of {iterations} (train.max_epochs / "
+                             "train.eval_every_epochs)")
 
-class HyperbandConfig(_Strict):
+
+class HyperbandConfig(_SchedulerSettings):
     type: Literal["hyperband"]
     reduction_factor: float = Field(3, gt=1)
 
 
-class PbtConfig(_Strict):
+class PbtConfig(_SchedulerSettings):
     type: Literal["pbt", "pb2"]
     perturbation_interval: int = Field(1, gt=0)  # iterations between exploit decisions
     burn_in_period: int = Field(0, ge=0)
@@ -190,10 +212,49 @@ class PbtConfig(_Strict):
             raise ValueError("PBT needs at least one key in scheduler.mutations")
         return value
 
+    def check_against(self, iterations: int, space: dict[str, Domain]) -> None:
+        if self.type == "pb2" and self.burn_in_period:
+            raise ValueError("scheduler.burn_in_period: PB2 has no burn-in; allowed only with "
+                             "type: pbt")
+        if self.perturbation_interval >= iterations:
+            raise ValueError(f"scheduler.perturbation_interval: {self.perturbation_interval}"
+                             f" iterations is not below the budget of {iterations}; no exploit "
+                             "could happen")
+        for key in self.mutations:
+            _check_mutation(self.type, key, space.get(key), space)
 
-SchedulerConfig = Annotated[
-    FifoConfig | AshaConfig | HyperbandConfig | PbtConfig, Field(discriminator="type")
-]
+
+def _check_mutation(kind: str, key: str, domain: Domain | None, space: dict) -> None:
+    """A key PBT/PB2 may change inside a running trial."""
+    if key in FIXED_IN_A_TRIAL:
+        raise ValueError(f"scheduler.mutations: {key!r} cannot change inside a running "
+                         "trial (it decides which parameters the optimizer holds)")
+    if key in FIXED_IN_AN_EPOCH:
+        raise ValueError(f"scheduler.mutations: {key!r} cannot change inside a running "
+                         "trial (it orders the samples of the current epoch)")
+    if domain is None:
+        raise ValueError(f"scheduler.mutations: {key!r} is not in search (searched: "
+                         f"{', '.join(space) or 'nothing'})")
+    if domain.kind == "constant":
+        raise ValueError(f"scheduler.mutations: search.{key} is a constant; give it a "
+                         "distribution or a choice list")
+    if domain.kind in ("choice", "grid") and len(domain.args) < 2:
+        raise ValueError(f"scheduler.mutations: search.{key} has one value; PBT needs "
+                         "at least two to move between")
+    if kind == "pb2" and domain.kind in ("choice", "grid"):
+        if not all(isinstance(v, (int, float)) for v in domain.args):
+            raise ValueError(f"scheduler.mutations: PB2 needs numeric bounds for "
+                             f"search.{key}, got {list(domain.args)!r}")
+
+
+# Every scheduler's settings class; a new scheduler adds its class here and its entry to
+# the registry (`raytune_ft.tuning.schedulers.SCHEDULERS`).
+SCHEDULER_CONFIGS = (FifoConfig, AshaConfig, HyperbandConfig, PbtConfig)
+# scheduler.type -> its settings class (pbt and pb2 share one)
+SCHEDULER_CLASSES = {kind: cls for cls in SCHEDULER_CONFIGS
+                     for kind in get_args(cls.model_fields["type"].annotation)}
+SCHEDULER_TYPES = tuple(SCHEDULER_CLASSES)
+SchedulerConfig = Annotated[Union[SCHEDULER_CONFIGS], Field(discriminator="type")]  # noqa: UP007
 
 
 class SearchAlgConfig(_Strict):
@@ -285,10 +346,12 @@ class ExperimentConfig(_Strict):
 
     @property
     def iterations(self) -> int:
-        """Tune iterations of a full-budget trial (one per evaluation interval)."""
-        return evaluation_count(self.train.max_epochs, self.train.eval_every_epochs)
+        """Tune iterations of a full-budget trial (one per evaluation interval), without data:
+        the schedulers' time axis. With the data sizes, `raytune_ft.plan` holds it."""
+        return evaluation_count(*per_experiment_settings(self.train, self.space()))
 
     def space(self) -> dict[str, Domain]:
+        """The parsed `search:` section; `raytune_ft.plan` parses it once per experiment."""
         return {key: parse_domain(f"search.{key}", spec) for key, spec in self.search.items()}
 
 
@@ -339,36 +402,5 @@ def _check_grid_search(search_alg: str, space: dict[str, Domain]) -> None:
 
 
 def _check_scheduler(config: ExperimentConfig, space: dict[str, Domain]) -> None:
-    scheduler, budget = config.scheduler, config.iterations
-    if isinstance(scheduler, AshaConfig) and scheduler.grace_period > budget:
-        raise ValueError(f"scheduler.grace_period: {scheduler.grace_period} iterations is above "
-                         f"the budget of {budget} (train.max_epochs / train.eval_every_epochs)")
-    if isinstance(scheduler, PbtConfig):
-        if scheduler.type == "pb2" and scheduler.burn_in_period:
-            raise ValueError("scheduler.burn_in_period: PB2 has no burn-in; allowed only with "
-                             "type: pbt")
-        if scheduler.perturbation_interval >= budget:
-            raise ValueError(f"scheduler.perturbation_interval: {scheduler.perturbation_interval}"
-                             f" iterations is not below the budget of {budget}; no exploit "
-                             "could happen")
-        for key in scheduler.mutations:
-            if key in FIXED_IN_A_TRIAL:
-                raise ValueError(f"scheduler.mutations: {key!r} cannot change inside a running "
-                                 "trial (it decides which parameters the optimizer holds)")
-            if key in FIXED_IN_AN_EPOCH:
-                raise ValueError(f"scheduler.mutations: {key!r} cannot change inside a running "
-                                 "trial (it orders the samples of the current epoch)")
-            domain = space.get(key)
-            if domain is None:
-                raise ValueError(f"scheduler.mutations: {key!r} is not in search (searched: "
-                                 f"{', '.join(space) or 'nothing'})")
-            if domain.kind == "constant":
-                raise ValueError(f"scheduler.mutations: search.{key} is a constant; give it a "
-                                 "distribution or a choice list")
-            if domain.kind in ("choice", "grid") and len(domain.args) < 2:
-                raise ValueError(f"scheduler.mutations: search.{key} has one value; PBT needs "
-                                 "at least two to move between")
-            if scheduler.type == "pb2" and domain.kind in ("choice", "grid"):
-                if not all(isinstance(v, (int, float)) for v in domain.args):
-                    raise ValueError(f"scheduler.mutations: PB2 needs numeric bounds for "
-                                     f"search.{key}, got {list(domain.args)!r}")
+    iterations = evaluation_count(*per_experiment_settings(config.train, space))
+    config.scheduler.check_against(iterations, space)

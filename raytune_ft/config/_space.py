@@ -14,6 +14,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 DISTRIBUTIONS = ("loguniform", "uniform", "quniform", "qloguniform", "randint", "choice", "grid")
+# Distributions drawn on a log scale: PB2 models them in log10, plots use log axes.
+LOG_SCALED = ("loguniform", "qloguniform")
 
 
 class Domain(BaseModel):

@@ -12,12 +12,9 @@ from pydantic import BaseModel, ValidationError
 
 from raytune_ft.config._schema import (
     INTEGER_FIELDS,
+    SCHEDULER_CLASSES,
     SCHEDULER_TYPES,
-    AshaConfig,
     ExperimentConfig,
-    FifoConfig,
-    HyperbandConfig,
-    PbtConfig,
     TrainConfig,
 )
 from raytune_ft.config._space import did_you_mean
@@ -117,9 +114,7 @@ def _model_at(loc: list[str], scheduler_type: str | None = None) -> type[BaseMod
     model: type[BaseModel] = ExperimentConfig
     for part in loc:
         if part == "scheduler":
-            by_type = {"fifo": FifoConfig, "asha": AshaConfig, "hyperband": HyperbandConfig,
-                       "pbt": PbtConfig, "pb2": PbtConfig}
-            return by_type.get(scheduler_type) if part == loc[-1] else None
+            return SCHEDULER_CLASSES.get(scheduler_type) if part == loc[-1] else None
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from raytune_ft.plan import accumulation_steps
+
 if TYPE_CHECKING:
     from raytune_ft.tasks import Split
 
@@ -101,7 +103,7 @@ class SampleStream:
 
 def micro_batches(indices: np.ndarray, max_micro_batch: int) -> list[np.ndarray]:
     """Split one optimizer batch into ceil(B / max_micro_batch) near-equal micro-batches."""
-    pieces = -(-len(indices) // max_micro_batch)
+    pieces = accumulation_steps(len(indices), max_micro_batch)
     return [part for part in np.array_split(indices, pieces) if len(part)]
 
 

@@ -34,8 +34,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
-from raytune_ft.config import TrainConfig, evaluation_count
+from raytune_ft.config import TrainConfig
 from raytune_ft.errors import RaytuneFtError
+from raytune_ft.plan import Budget, trial_budget
 from raytune_ft.tasks import DataBundle, Task, get_task
 from raytune_ft.training.batching import SampleStream, eval_batches, micro_batches
 from raytune_ft.training.lr_schedules import (
@@ -76,19 +77,27 @@ class FineTuneLoop:
 
     `dropout_seed` (default `hp.seed`) seeds dropout; the data order follows the seed saved in
     the trainer state, which a PBT clone takes from its donor. `keep_diverged`: see above.
+    `budget`: the experiment plan's (`raytune_ft.plan`); a loop built without one (tests,
+    benchmarks) computes it from `hp` and the data with the same function.
     """
 
     def __init__(self, model: torch.nn.Module, data: DataBundle, hp: TrainConfig,
                  metric: str = "eval_accuracy", mode: str = "max", device: str = "cpu",
-                 dropout_seed: int | None = None, keep_diverged: bool = False) -> None:
+                 dropout_seed: int | None = None, keep_diverged: bool = False,
+                 budget: Budget | None = None) -> None:
         self.model, self.data, self.metric, self.mode = model.to(device), data, metric, mode
         self.dropout_seed = hp.seed if dropout_seed is None else dropout_seed
         self.keep_diverged = keep_diverged
         self._trained = [0, 0.0]  # samples trained and seconds spent, for idle pacing
         self.device = torch.device(device)
         self.n_train = len(data.train)
-        self.total_samples = round(hp.max_epochs * self.n_train)
-        self.evaluations = evaluation_count(hp.max_epochs, hp.eval_every_epochs)
+        if budget is None:
+            budget = trial_budget(hp.max_epochs, hp.eval_every_epochs, self.n_train)
+        self.budget = budget
+        if self.budget.n_train != self.n_train:
+            raise RaytuneFtError(f"the plan's budget is for {self.budget.n_train} training "
+                                 f"samples, but the data has {self.n_train}")
+        self.total_samples = self.budget.total_samples
         self.optimizer = torch.optim.AdamW(parameter_groups(model, hp), lr=hp.learning_rate,
                                            eps=hp.adam_epsilon)
         self._eval_cache: tuple[int | None, list] = (None, [])
@@ -107,8 +116,11 @@ class FineTuneLoop:
         The optimizer keeps its moments; lr, weight decay and batch size are read from `hp`
         on every step, and batches are cut from the same stream position.
         """
-        if hasattr(self, "hp") and round(hp.max_epochs * self.n_train) != self.total_samples:
+        budget = trial_budget(hp.max_epochs, hp.eval_every_epochs, self.n_train)
+        if budget.total_samples != self.total_samples:
             raise RaytuneFtError("train.max_epochs cannot change inside a running trial")
+        if budget != self.budget:
+            raise RaytuneFtError("train.eval_every_epochs cannot change inside a running trial")
         self.hp = hp
         for group in self.optimizer.param_groups:  # lr and weight decay are set every step
             group["eps"] = hp.adam_epsilon
@@ -147,21 +159,17 @@ class FineTuneLoop:
 
     def evaluation_point(self, k: int) -> int:
         """Samples seen at evaluation k (1-based): the budget split evenly, the rest last."""
-        if k >= self.evaluations:
-            return self.total_samples
-        return min(self.total_samples, round(k * self.hp.eval_every_epochs * self.n_train))
+        return self.budget.evaluation_point(k)
 
     @property
     def evaluations_done(self) -> int:
         """Evaluation points passed: the Tune iteration this position belongs to."""
-        return sum(1 for k in range(1, self.evaluations + 1)
-                   if self.evaluation_point(k) <= self.state.samples_seen)
+        return self.budget.evaluations_done(self.state.samples_seen)
 
     def run_interval(self) -> dict:
         """Train to the next evaluation point, evaluate, and return the metrics."""
         start_samples, started = self.state.samples_seen, time.perf_counter()
-        target = next(point for k in range(1, self.evaluations + 1)
-                      if (point := self.evaluation_point(k)) > start_samples)
+        target = self.budget.next_point(start_samples)
         self.model.train()
         batch_size = self.batch_size
         lr, lr_min = self._set_group_hyperparameters()

@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from raytune_ft.config import ExperimentConfig, FifoConfig, PbtConfig, SearchAlgConfig
+from raytune_ft.config import ExperimentConfig, FifoConfig, SearchAlgConfig
 from raytune_ft.errors import ConfigError, ExperimentError
 from raytune_ft.experiment import (
     ANALYSIS_DIR,
@@ -42,6 +42,7 @@ from raytune_ft.experiment import (
     rank_trials,
     trial_results,
 )
+from raytune_ft.tuning.schedulers import scheduler_spec
 
 log = logging.getLogger(__name__)
 FIXED_KEYS = ("confirm_rank", "confirm_source", "seed")  # a confirm trial's own config keys
@@ -135,14 +136,14 @@ def confirm_experiment(experiment_dir: str | Path, top: int = 3, seeds: int = 3,
     if len(chosen) < top:
         log.warning("only %d finished trials; confirming %d configurations, not %d",
                     len(chosen), len(chosen), top)
-    pbt = isinstance(config.scheduler, PbtConfig)
+    pbt = scheduler_spec(config.scheduler).population
     schedules = {int(t["rank"]): source_schedule(directory, t, pbt) for _, t in chosen.iterrows()}
     seed_list = iter(new_seeds(used_seeds(config, list(schedules.values())),
                                len(chosen) * seeds))
     plan = [{"confirm_rank": int(t["rank"]), "confirm_source": str(t["trial_id"]),
              "seed": next(seed_list)} for _, t in chosen.iterrows() for _ in range(seeds)]
     results, prepared, interrupted = _run(directory, config, schedules, plan, pbt, address)
-    budget = round(config.train.max_epochs * len(prepared.bundle.train))
+    budget = prepared.plan.budget.total_samples
     rows = confirm_rows(Path(prepared.experiment_dir), plan, chosen, config.metric, budget)
     summary = confirm_summary(rows, config.mode)
     parquet = None

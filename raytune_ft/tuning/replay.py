@@ -21,6 +21,7 @@ from raytune_ft.experiment import (
     read_experiment_record,
 )
 from raytune_ft.tuning.runner import prepare, run_presets
+from raytune_ft.tuning.schedulers import scheduler_spec
 from raytune_ft.tuning.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
 
     directory = Path(experiment_dir).expanduser().resolve()
     config = read_experiment_record(str(directory))
-    if config.scheduler.type not in ("pbt", "pb2"):
+    if not scheduler_spec(config.scheduler).population:
         raise ExperimentError(f"{directory}: scheduler.type is {config.scheduler.type!r}; "
                               "replay needs a PBT or PB2 experiment")
     table = trials_table(directory)

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import shutil
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import ExperimentConfig, PbtConfig
+from raytune_ft.config import ExperimentConfig
 from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
 from raytune_ft.experiment import read_experiment_record, write_record
+from raytune_ft.plan import TrialPlan, plan_experiment
 from raytune_ft.storage import is_uri, write_text
 from raytune_ft.tasks import DataBundle, task_for
 from raytune_ft.training.model import max_positions, resolve_model_path
@@ -46,6 +46,8 @@ class Prepared:
     model_path: str
     bundle: DataBundle
     experiment_dir: str  # <storage_path>/<name>, a local path or a URI
+    plan: TrialPlan | None = None  # what every trial shares: budget, evaluations, batches
+    warnings: list[str] = field(default_factory=list)  # for the run header
 
 
 def storage_root(config: ExperimentConfig) -> str:
@@ -75,7 +77,27 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     task = task_for(config.data)
     bundle = task.load_data(config.data, model_path, config.model.max_length)
     task.check_metric(config.metric, bundle, config.data)
-    return Prepared(config, model_path, bundle, experiment_dir)
+    plan = plan_experiment(config, n_train=len(bundle.train))
+    return Prepared(config, model_path, bundle, experiment_dir, plan,
+                    _warnings(config, plan, bundle))
+
+def _warnings(config: ExperimentConfig, plan: TrialPlan, bundle: DataBundle) -> list[str]:
+    """What makes the run unlike what its settings suggest: a training split smaller than
+    one batch, a label that no training example has."""
+    import numpy as np
+
+    warnings = []
+    largest = plan.largest_batch
+    if len(bundle.train) < largest:
+        warnings.append(f"the training split has {len(bundle.train)} examples, fewer than one "
+                        f"batch of {largest}: a step then repeats examples")
+    counts = np.bincount(bundle.train.labels, minlength=len(bundle.label_names))
+    empty = [f"{i} -> {name!r}" for i, name in enumerate(bundle.label_names) if not counts[i]]
+    if empty:
+        subset = config.data.max_train_samples
+        why = f" (data.max_train_samples {subset} left none)" if subset else ""
+        warnings.append(f"no training example has label(s) {', '.join(empty)}{why}")
+    return warnings
 
 
 def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: bool) -> None:
@@ -93,27 +115,35 @@ def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: 
                               "to replace it")
 
 
-def tune_settings(config: ExperimentConfig, experiment_dir: str):
+def tune_settings(config: ExperimentConfig, experiment_dir: str,
+                  plan: TrialPlan | None = None):
     """The `TuneConfig` and `RunConfig` raytune_ft runs with, for any trainable.
 
     `build_tuner` uses it; benchmarks reuse it to drive a stand-in trainable the same way.
+    `plan`: the prepared experiment's (without one the scheduler computes it from `config`).
     """
     from ray import tune
 
-    from raytune_ft.tuning.search import build_scheduler, build_search_alg
+    from raytune_ft.tuning.schedulers import build_scheduler
+    from raytune_ft.tuning.search import build_search_alg
     from raytune_ft.tuning.tune_logs import result_loggers
 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # ours replace Ray's defaults
 
     root, name = experiment_dir.rsplit("/", 1)
+    iterations = plan.iterations if plan is not None else config.iterations
     run_config = tune.RunConfig(
         name=name, storage_path=root, verbose=config.run.verbose,
+        # Tune ends a trial at its last iteration itself: HyperBand would otherwise keep it
+        # PAUSED until its bracket fills, and PBT could exploit its final result and train
+        # its last interval again (ray-project/ray#11499).
+        stop={"training_iteration": iterations},
         checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(config)),
         failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
         callbacks=[*result_loggers(), _sigint_watch()],
     )
     tune_config = tune.TuneConfig(
-        metric=config.metric, mode=config.mode, scheduler=build_scheduler(config),
+        metric=config.metric, mode=config.mode, scheduler=build_scheduler(config, plan),
         search_alg=build_search_alg(config), num_samples=config.run.num_samples,
         max_concurrent_trials=config.run.max_concurrent_trials,
         time_budget_s=config.run.time_budget_s, reuse_actors=True,
@@ -125,11 +155,14 @@ def checkpoints_to_keep(config: ExperimentConfig) -> int | None:
     """How many checkpoints Ray keeps per trial.
 
     PBT clones the checkpoint a donor wrote at its last perturbation point, which can be
-    several iterations behind its newest one: under PBT every checkpoint is kept (None)
-    unless the user sets a cap, and a cap is raised to cover two perturbation intervals.
+    several iterations behind its newest one: under a population-based scheduler every
+    checkpoint is kept (None) unless the user sets a cap, and a cap is raised to cover two
+    perturbation intervals.
     """
+    from raytune_ft.tuning.schedulers import scheduler_spec
+
     keep = config.run.checkpoints_to_keep
-    if not isinstance(config.scheduler, PbtConfig):
+    if not scheduler_spec(config.scheduler).population:
         return keep
     if "checkpoints_to_keep" not in config.run.model_fields_set:
         return None
@@ -145,7 +178,7 @@ def trainable_for(prepared: Prepared):
     config = prepared.config
     return tune.with_resources(
         tune.with_parameters(train_trial, bundle=prepared.bundle, experiment=config,
-                             model_path=prepared.model_path),
+                             model_path=prepared.model_path, plan=prepared.plan),
         {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial,
          **config.resources.custom},
     )
@@ -162,9 +195,9 @@ def build_tuner(prepared: Prepared, restore: bool = False):
         os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the restored run has ours
         return tune.Tuner.restore(prepared.experiment_dir, trainable, resume_unfinished=True,
                                   resume_errored=True)
-    tune_config, run_config = tune_settings(config, prepared.experiment_dir)
-    return tune.Tuner(trainable, param_space=param_space(config), tune_config=tune_config,
-                      run_config=run_config)
+    tune_config, run_config = tune_settings(config, prepared.experiment_dir, prepared.plan)
+    return tune.Tuner(trainable, param_space=param_space(config, prepared.plan),
+                      tune_config=tune_config, run_config=run_config)
 
 
 @dataclass
@@ -231,14 +264,15 @@ def _sigint_watch():
 
 
 def write_experiment_record(prepared: Prepared) -> None:
-    """Save the validated config beside Ray's files, with what `prepare` derived: analysis,
-    resume, confirm and export read it."""
+    """Save the validated config beside Ray's files, with what `prepare` derived (the trial
+    plan among it): analysis, resume, confirm and export read it."""
     write_record(prepared.experiment_dir, prepared.config, {
-        "budget_samples": round(prepared.config.train.max_epochs * len(prepared.bundle.train)),
+        "budget_samples": prepared.plan.budget.total_samples,
         "model_path": prepared.model_path,
         "label_names": prepared.bundle.label_names,
         "train_samples": len(prepared.bundle.train),
         "eval_samples": len(prepared.bundle.eval),
+        "plan": prepared.plan.record(),
     })
 
 
@@ -302,6 +336,3 @@ def run_presets(prepared: Prepared, points: list[dict], scheduler, address: str 
     results, interrupted = fit_tuner(tuner)
     return Outcome(results, prepared, interrupted)
 
-
-def accumulation_steps(batch_size: int, max_micro_batch: int) -> int:
-    return math.ceil(batch_size / max_micro_batch)

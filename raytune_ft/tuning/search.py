@@ -1,4 +1,5 @@
-"""The search space, scheduler and search algorithm of an experiment (no Ray start here).
+"""The search space and search algorithm of an experiment, and PBT/PB2's explore helpers
+(no Ray start here; the schedulers are registered in `schedulers.py`).
 
 PBT and PB2 explore inside the searched domains: Ray's PBT multiplies a value by its
 perturbation factors without clipping, and PB2 fits its model on linear bounds, so an
@@ -14,16 +15,8 @@ from typing import Any
 from ray import tune
 from ray.tune.schedulers.pb2 import PB2
 
-from raytune_ft.config import (
-    INTEGER_FIELDS,
-    AshaConfig,
-    Domain,
-    ExperimentConfig,
-    HyperbandConfig,
-    PbtConfig,
-)
-
-LOG_SCALED = ("loguniform", "qloguniform")
+from raytune_ft.config import INTEGER_FIELDS, Domain, ExperimentConfig
+from raytune_ft.plan import TrialPlan, plan_experiment
 
 
 def to_tune(domain: Domain) -> Any:
@@ -42,46 +35,10 @@ def to_tune(domain: Domain) -> Any:
     return factories[kind](*args)
 
 
-def param_space(config: ExperimentConfig) -> dict[str, Any]:
-    return {key: to_tune(domain) for key, domain in config.space().items()}
-
-
-def build_scheduler(config: ExperimentConfig):
-    """A Ray Tune scheduler whose time unit is one evaluation interval (equal samples)."""
-    from ray.tune.schedulers import (
-        ASHAScheduler,
-        FIFOScheduler,
-        HyperBandScheduler,
-        PopulationBasedTraining,
-    )
-
-    cfg, budget = config.scheduler, config.iterations
-    if isinstance(cfg, AshaConfig):
-        return ASHAScheduler(time_attr="training_iteration", max_t=budget,
-                             grace_period=cfg.grace_period,
-                             reduction_factor=cfg.reduction_factor, brackets=cfg.brackets)
-    if isinstance(cfg, HyperbandConfig):
-        return HyperBandScheduler(time_attr="training_iteration", max_t=budget,
-                                  reduction_factor=cfg.reduction_factor)
-    if isinstance(cfg, PbtConfig):
-        space = config.space()
-        common = dict(time_attr="training_iteration",
-                      perturbation_interval=cfg.perturbation_interval,
-                      quantile_fraction=cfg.quantile_fraction, synch=cfg.synch,
-                      custom_explore_fn=StayInDomain(mutation_ranges(space, cfg.mutations)))
-        if cfg.type == "pb2":
-            bounds = {key: _bounds(space[key]) for key in cfg.mutations}
-            log_keys = tuple(key for key in cfg.mutations if space[key].kind in LOG_SCALED)
-            return LogScalePB2(hyperparam_bounds=bounds, log_keys=log_keys, **common)
-        # A choice list moves to a neighbouring value; a distribution is scaled by the
-        # perturbation factors (log-scale steps) or resampled.
-        mutations = {key: list(space[key].args) if space[key].kind in ("choice", "grid")
-                     else to_tune(space[key]) for key in cfg.mutations}
-        return PopulationBasedTraining(
-            hyperparam_mutations=mutations, resample_probability=cfg.resample_probability,
-            burn_in_period=cfg.burn_in_period,
-            perturbation_factors=tuple(cfg.perturbation_factors), **common)
-    return FIFOScheduler()
+def param_space(config: ExperimentConfig, plan: TrialPlan | None = None) -> dict[str, Any]:
+    """The Tune search space; `plan`: the experiment's (else computed from `config`)."""
+    plan = plan_experiment(config) if plan is None else plan
+    return {key: to_tune(domain) for key, domain in plan.space.items()}
 
 
 def _bounds(domain: Domain) -> list[float]:

@@ -14,11 +14,13 @@ from pathlib import Path
 import numpy as np
 from ray import tune
 
-from raytune_ft.config import ExperimentConfig, PbtConfig, trial_hyperparameters
+from raytune_ft.config import ExperimentConfig, trial_hyperparameters
+from raytune_ft.plan import TrialPlan
 from raytune_ft.tasks import DataBundle, get_task
 from raytune_ft.training.device import choose_device, limit_cpu_threads, out_of_memory_advice
 from raytune_ft.training.loop import FineTuneLoop
 from raytune_ft.training.model import resolve_model_path
+from raytune_ft.tuning.schedulers import scheduler_spec
 
 
 def node_model_path(model_path: str, name: str) -> str:
@@ -41,24 +43,25 @@ def trial_dropout_seed(seed: int, population: bool, trial_id: str) -> int:
 
 
 def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfig,
-                model_path: str) -> None:
+                model_path: str, plan: TrialPlan | None = None) -> None:
     started = time.perf_counter()
     hp = trial_hyperparameters(experiment, config)
     device = choose_device(experiment.resources.gpus_per_trial)
     limit_cpu_threads(experiment.resources.cpus_per_trial)
     model = get_task(bundle.kind).load_model(node_model_path(model_path, experiment.model.name),
                                              bundle.label_names, hp.seed)
-    population = isinstance(experiment.scheduler, PbtConfig)
+    scheduler = scheduler_spec(experiment.scheduler)
     loop = FineTuneLoop(model, bundle, hp, experiment.metric, experiment.mode, device,
-                        dropout_seed=trial_dropout_seed(hp.seed, population,
+                        dropout_seed=trial_dropout_seed(hp.seed, scheduler.population,
                                                         tune.get_context().get_trial_id()),
-                        keep_diverged=population)
+                        keep_diverged=scheduler.keeps_diverged,
+                        budget=plan.budget if plan is not None else None)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             loop.load(directory)
     startup_s = time.perf_counter() - started  # trial start to the first training step
-    every = 1 if population else experiment.run.checkpoint_every
+    every = 1 if scheduler.checkpoint_every_iteration else experiment.run.checkpoint_every
     while not loop.finished:
         with out_of_memory_advice(loop):
             metrics = loop.run_interval()

@@ -1,0 +1,193 @@
+"""Every registered scheduler through the same short experiment, with the same invariants.
+
+The tiny random BERT on 64 SST-2 sentences, 4 trials of 4 evaluation intervals each, through
+the real CLI (in this process, on the module's one Ray). Whatever the scheduler decides
+(stop, pause, exploit), a trial's samples seen sit on the plan's evaluation points, never go
+back and never pass the budget, and every checkpoint Ray kept restores into a fresh loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import pytest
+from support import experiment_yaml
+
+from raytune_ft import cli
+from raytune_ft.config import SCHEDULER_CLASSES, TrainConfig, load_config
+from raytune_ft.tuning.schedulers import SCHEDULERS, scheduler_spec
+
+MUTATIONS = ["learning_rate", "batch_size"]
+# scheduler.type -> its settings in the shared experiment; every registered one must be here
+SETTINGS = {
+    "fifo": {"type": "fifo"},
+    "asha": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    "hyperband": {"type": "hyperband", "reduction_factor": 2},
+    "pbt": {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.25,
+            "mutations": MUTATIONS},
+    "pb2": {"type": "pb2", "perturbation_interval": 1, "quantile_fraction": 0.25,
+            "mutations": MUTATIONS},
+}
+# The default suite runs these; the rest are `-m slow` (each run takes ~30 s on 2 cores).
+FAST = ("fifo", "hyperband")
+
+def test_every_registered_scheduler_is_in_this_contract():
+    assert set(SETTINGS) == set(SCHEDULERS)
+
+
+def test_the_registry_and_the_config_know_the_same_schedulers():
+    assert {kind: spec.config for kind, spec in SCHEDULERS.items()} == SCHEDULER_CLASSES
+    for kind, settings in SETTINGS.items():
+        assert scheduler_spec(kind) is scheduler_spec(SCHEDULER_CLASSES[kind](**settings))
+    with pytest.raises(ValueError, match="registered: fifo, asha"):
+        scheduler_spec("median")
+
+
+def test_capabilities_are_those_of_the_code_they_replace():
+    # isinstance(config.scheduler, PbtConfig) before the registry
+    for kind, spec in SCHEDULERS.items():
+        population = kind in ("pbt", "pb2")
+        assert spec.population == spec.checkpoint_every_iteration == population, kind
+        assert spec.keeps_diverged == population, kind
+        assert spec.pauses_trials == (kind in ("hyperband", "pbt", "pb2")), kind
+
+
+def _marks(kind: str):
+    return () if kind in FAST else (pytest.mark.slow,)
+
+
+@pytest.fixture(scope="module", params=[pytest.param(k, marks=_marks(k)) for k in SETTINGS])
+def run(request, tmp_path_factory, tiny_bert, glue_dir, ray_local):
+    """One experiment under the scheduler: the experiment folder and its prepared plan."""
+    from raytune_ft.tuning.runner import prepare
+
+    kind = request.param
+    root = tmp_path_factory.mktemp(kind)
+    path = experiment_yaml(
+        root / "exp.yaml", tiny_bert, glue_dir, root / "results", name=kind,
+        metric="eval_loss", mode="min",
+        data={"max_train_samples": 64, "max_eval_samples": 32},
+        train={"max_epochs": 1, "eval_every_epochs": 0.25, "max_micro_batch": 8},
+        search={"learning_rate": {"loguniform": [1e-4, 1e-2]},
+                "batch_size": {"choice": [8, 16]}},
+        scheduler=SETTINGS[kind], search_alg={"type": "random", "seed": 0},
+        run={"num_samples": 4, "storage_path": str(root / "results"), "verbose": 0})
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["tune", str(path)])
+    assert code == cli.EXIT_OK, out.getvalue()[-3000:]
+    assert "budget       64 samples per trial (1 epochs), 4 evaluations of 0.25 epoch" in \
+        out.getvalue()
+    trials = [line for line in out.getvalue().splitlines() if line.startswith("trials ")]
+    assert trials == ["trials       4 run, 0 failed, 0 diverged"], out.getvalue()[-3000:]
+    prepared = prepare(load_config(path), resume=True)  # the same data, read again
+    return kind, root / "results" / kind, prepared
+
+
+def trial_rows(experiment: Path) -> dict[Path, list[dict]]:
+    return {p: [json.loads(line) for line in (p / "result.json").read_text().splitlines()]
+            for p in experiment.iterdir() if (p / "result.json").is_file()}
+
+
+def test_the_record_holds_the_plan_the_trials_ran_with(run):
+    _, experiment, prepared = run
+    record = json.loads((experiment / "raytune_ft.json").read_text())
+    plan = prepared.plan
+    assert record["plan"] == json.loads(json.dumps(plan.record()))
+    assert record["budget_samples"] == plan.budget.total_samples == 64
+    assert plan.budget.evaluation_points == (16, 32, 48, 64) and plan.iterations == 4
+    assert plan.log_scaled == ("learning_rate",)
+
+
+def exploits(experiment: Path) -> dict[int, int]:
+    """Trial index -> exploits of that trial, from PBT's log ([target tag, donor tag, ...];
+    a tag starts with the trial's index)."""
+    log = experiment / "pbt_global.txt"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    counts: dict[int, int] = {}
+    for line in lines:
+        index = int(json.loads(line)[0].split("_")[0])
+        counts[index] = counts.get(index, 0) + 1
+    return counts
+
+
+def test_samples_seen_follow_the_plan_and_never_pass_the_budget(run):
+    kind, experiment, prepared = run
+    budget = prepared.plan.budget
+    rows = trial_rows(experiment)
+    exploited = exploits(experiment)
+    assert len(rows) == 4
+    for trial, reports in rows.items():
+        seen = [r["samples_seen"] for r in reports]
+        iterations = [r["training_iteration"] for r in reports]
+        for r in reports:
+            assert 1 <= r["training_iteration"] <= budget.iterations, (trial.name, r)
+            assert r["samples_seen"] == budget.evaluation_point(r["training_iteration"]), \
+                (trial.name, r["training_iteration"], r["samples_seen"])
+            assert r["diverged"] is False
+        assert max(seen) <= budget.total_samples, (trial.name, seen)
+        # Each report is one evaluation point further: never back, never repeated, even
+        # after a pause (HyperBand) or a retry. Only a clone (PBT/PB2) continues from its
+        # donor's checkpoint instead, which async PBT may take from an earlier iteration.
+        jumps = sum(b != a + 1 for a, b in zip([0, *iterations], iterations))
+        index = int(trial.name.split("_")[4])  # train_trial_<id: 5 hex>_<5 digits>_<index>_...
+        allowed = exploited.get(index, 0) if scheduler_spec(kind).population else 0
+        assert jumps <= allowed, (trial.name, seen, f"{allowed} exploits")
+    finished = [reports[-1]["samples_seen"] == budget.total_samples for reports in rows.values()]
+    assert any(finished), "no trial reached the budget"
+    if kind == "fifo":
+        assert all(finished)
+
+
+def test_every_kept_checkpoint_restores_into_a_fresh_loop(run):
+    from raytune_ft.tasks.sequence_classification import load_model
+    from raytune_ft.training.loop import FineTuneLoop
+
+    kind, experiment, prepared = run
+    budget = prepared.plan.budget
+    restored = 0
+    for trial, reports in trial_rows(experiment).items():
+        reported = {r["checkpoint_dir_name"]: r for r in reports if r.get("checkpoint_dir_name")}
+        for checkpoint in sorted(trial.glob("checkpoint_*")):
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            hp = TrainConfig.model_validate(state["hyperparameters"])
+            model = load_model(prepared.model_path, prepared.bundle.label_names, hp.seed)
+            loop = FineTuneLoop(model, prepared.bundle, hp, budget=budget)
+            loop.load(checkpoint)
+            assert (loop.state.samples_seen, loop.state.step) == \
+                (state["samples_seen"], state["step"]), checkpoint
+            assert loop.state.samples_seen in budget.evaluation_points, checkpoint
+            assert state["total_samples"] == budget.total_samples
+            if checkpoint.name in reported:  # the report that came with it
+                row = reported[checkpoint.name]
+                assert (row["samples_seen"], row["step"]) == \
+                    (state["samples_seen"], state["step"]), checkpoint
+            restored += 1
+    assert restored >= 4, f"{kind}: only {restored} checkpoints kept"
+
+
+def trial_statuses(experiment: Path) -> dict[str, str]:
+    """Ray's last recorded status of every trial (the newest experiment_state file)."""
+    state = json.loads(sorted(experiment.glob("experiment_state-*.json"))[-1].read_text())
+    return {json.loads(t)["trial_id"]: json.loads(t)["status"] for t, _ in state["trial_data"]}
+
+
+def test_every_trial_has_ended_when_the_run_returns(run):
+    # HyperBand kept a trial at max_t PAUSED until its bracket filled: Tune's own stop at
+    # the plan's last iteration ends it (runner.tune_settings)
+    _, experiment, _ = run
+    statuses = trial_statuses(experiment)
+    assert len(statuses) == 4 and set(statuses.values()) == {"TERMINATED"}, statuses
+
+
+def test_a_trial_at_the_budget_trains_no_further(run):
+    # PBT/PB2 exploited a trial's final result and trained its last interval again
+    # (ray-project/ray#11499) before Tune's own stop at the last iteration
+    _, experiment, prepared = run
+    total = prepared.plan.budget.total_samples
+    for trial, reports in trial_rows(experiment).items():
+        seen = [r["samples_seen"] for r in reports]
+        assert total not in seen or seen.index(total) == len(seen) - 1, (trial.name, seen)
