@@ -4,30 +4,32 @@ Every error names the dotted field path, the value received and what is allowed.
 imports neither torch nor ray, so `raytune-ft validate` is fast and can run before Ray starts.
 """
 
-from raytune_ft.config._schema import (
+from raytune_ft.config._schedulers import (
     FIXED_IN_A_TRIAL,
     FIXED_IN_AN_EPOCH,
+    SCHEDULER_CLASSES,
+    SCHEDULER_CONFIGS,
+    SCHEDULER_TYPES,
+    AshaConfig,
+    FifoConfig,
+    HyperbandConfig,
+    PbtConfig,
+    SchedulerConfig,
+)
+from raytune_ft.config._schema import (
     GLUE_TASK_NAMES,
     INTEGER_DOMAINS,
     INTEGER_FIELDS,
     PER_EXPERIMENT,
     REPORTED_METRICS,
-    SCHEDULER_CLASSES,
-    SCHEDULER_CONFIGS,
-    SCHEDULER_TYPES,
     SCHEDULES,
     TASK_ALIASES,
-    AshaConfig,
     BatchPhases,
     DataConfig,
     ExperimentConfig,
-    FifoConfig,
-    HyperbandConfig,
     ModelConfig,
-    PbtConfig,
     ResourcesConfig,
     RunConfig,
-    SchedulerConfig,
     SearchAlgConfig,
     TrainConfig,
     check_batch_phases,

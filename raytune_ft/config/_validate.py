@@ -10,13 +10,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from raytune_ft.config._schema import (
-    INTEGER_FIELDS,
-    SCHEDULER_CLASSES,
-    SCHEDULER_TYPES,
-    ExperimentConfig,
-    TrainConfig,
-)
+from raytune_ft.config._schedulers import SCHEDULER_CLASSES, SCHEDULER_TYPES
+from raytune_ft.config._schema import INTEGER_FIELDS, ExperimentConfig, TrainConfig
 from raytune_ft.config._space import did_you_mean
 from raytune_ft.errors import ConfigError
 
