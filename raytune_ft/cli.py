@@ -194,7 +194,8 @@ def _print_header(prepared) -> None:
     print(f"model        {config.model.name} ({prepared.model_path})")
     print(f"data         {bundle.task}: {len(bundle.train)} train, {len(bundle.eval)} eval, "
           f"{len(bundle.label_names)} labels")
-    print(f"labels       {_label_map(bundle)}")
+    for name, text in prepared.about_data:
+        print(f"{name:<12} {text}")
     print(f"budget       {plan.budget.total_samples} samples per trial "
           f"({plan.max_epochs:g} epochs), {plan.iterations} evaluations of "
           f"{plan.eval_every_epochs:g} epoch")
@@ -207,17 +208,6 @@ def _print_header(prepared) -> None:
         print(f"  search     {key}: {spec}")
     for warning in prepared.warnings:
         print(f"warning: {warning}")
-
-
-def _label_map(bundle, shown: int = 20) -> str:
-    """id -> label, and which label F1 counts as positive (label id 1) where F1 is reported."""
-    names = bundle.label_names
-    text = ", ".join(f"{i} -> {name!r}" for i, name in enumerate(names[:shown]))
-    if len(names) > shown:
-        text += f", ... ({len(names) - shown} more)"
-    if "eval_f1" in bundle.metrics:
-        text += f"; eval_f1 counts 1 -> {names[1]!r} as the positive class"
-    return text
 
 
 def _batch_text(plan) -> str:

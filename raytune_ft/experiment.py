@@ -176,7 +176,7 @@ FINISHED = ("terminated", "stopped")  # Ray ended the trial without an error (an
 NEVER_BEST = ("errored", "diverged")  # their metric says nothing about their configuration
 
 
-def ranking_column(config: ExperimentConfig) -> str:
+def ranking_column(config: ExperimentConfig | str | None) -> str:
     """`last_metric` under population-based schedulers, else `best_metric`.
 
     A PBT member's result is its final population member: its earlier best belongs to
@@ -185,7 +185,9 @@ def ranking_column(config: ExperimentConfig) -> str:
     """
     from raytune_ft.tuning.schedulers import scheduler_spec
 
-    return "last_metric" if scheduler_spec(config.scheduler).population else "best_metric"
+    if not config:  # an experiment without its record: no scheduler known
+        return "best_metric"
+    return "last_metric" if scheduler_spec(config).population else "best_metric"
 
 
 def rank_trials(trials: pd.DataFrame, config: ExperimentConfig,
@@ -200,13 +202,19 @@ def rank_trials(trials: pd.DataFrame, config: ExperimentConfig,
     as Ray's `get_best_result` has it (small models tie often; so does accuracy on a small
     dev set), then to the smaller trial id.
     """
-    column = ranking_column(config)
+    return rank_by(trials, config.mode, ranking_column(config), finished_only)
+
+
+def rank_by(trials: pd.DataFrame, mode: str, column: str,
+            finished_only: bool = False) -> pd.DataFrame:
+    """`rank_trials` given the mode and the column ranked by (analysis, which may have no
+    validated config)."""
     eligible = ~trials["status"].isin(NEVER_BEST) & trials[column].notna()
     if finished_only:
         eligible &= trials["status"].isin(FINISHED)
     ranked = trials[eligible].assign(_created=creation_order(trials[eligible]))
     ranked = ranked.sort_values([column, "_created", "trial_id"],
-                                ascending=[config.mode == "min", True, True],
+                                ascending=[mode == "min", True, True],
                                 na_position="last").drop(columns="_created")
     ranked = ranked.assign(rank=range(1, len(ranked) + 1), search_metric=ranked[column])
     return ranked.reset_index(drop=True)

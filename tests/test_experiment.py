@@ -265,3 +265,28 @@ def test_a_folder_without_a_record_is_named(tmp_path):
     (tmp_path / CONFIG_FILE).write_text("{")
     with pytest.raises(ExperimentError, match="not valid JSON"):
         read_record(str(tmp_path))
+
+
+def test_analysis_ranks_by_the_scheduler_it_finds_in_the_tables():
+    from raytune_ft.experiment import rank_by, ranking_column
+
+    assert ranking_column("pbt") == ranking_column("pb2") == "last_metric"
+    assert ranking_column("asha") == ranking_column("") == ranking_column(None) == "best_metric"
+    table = trials(("a", "errored", 0.99, 0.99), ("b", "terminated", 0.80, 0.70),
+                   ("c", "diverged", 0.95, 0.0), ("d", "stopped", 0.75, 0.75))
+    assert list(rank_by(table, "max", "best_metric")["trial_id"]) == ["b", "d"]
+    assert list(rank_by(table, "max", "last_metric")["trial_id"]) == ["d", "b"]
+
+
+def test_resume_refuses_data_that_changed_the_plan(tmp_path):
+    import json
+
+    from raytune_ft.plan import plan_experiment
+    from raytune_ft.tuning.runner import _check_same_plan
+
+    cfg = config()
+    started = {"plan": json.loads(json.dumps(plan_experiment(cfg, n_train=2000).record()))}
+    _check_same_plan(started, plan_experiment(cfg, n_train=2000), "exp")
+    _check_same_plan({}, plan_experiment(cfg, n_train=1999), "exp")  # an older record
+    with pytest.raises(ExperimentError, match="exp: the data or settings changed .*budget"):
+        _check_same_plan(started, plan_experiment(cfg, n_train=1999), "exp")

@@ -19,6 +19,7 @@ import pandas as pd
 from raytune_ft.analysis._errors import AnalysisArgumentError
 from raytune_ft.analysis._export import read_tables
 from raytune_ft.analysis._tables import HP
+from raytune_ft.experiment import rank_by, ranking_column
 
 FORMATS = ("table", "markdown", "csv", "json")
 FRACTION_TOL = 0.005  # half a point of a metric reported as a fraction in [0, 1]
@@ -84,18 +85,14 @@ def _summary(name: str, tables: dict[str, pd.DataFrame]) -> dict:
     mode = trials.attrs.get("raytune_ft.mode", "max")
     metric = trials.attrs.get("raytune_ft.metric", "eval_accuracy")
     factor = device_factor(trials)
-    ok = trials.dropna(subset=["best_metric"])
-    best = (
-        ok.loc[ok["best_metric"].idxmax() if mode == "max" else ok["best_metric"].idxmin()]
-        if len(ok)
-        else None
-    )
+    ranked = rank_by(trials, mode, ranking_column(trials.attrs.get("raytune_ft.scheduler")))
+    best = ranked.iloc[0] if len(ranked) else None
     row = {
         "experiment": name,
         "metric": metric,
         "mode": mode,
         "trials": len(trials),
-        "best_metric": None if best is None else float(best["best_metric"]),
+        "best_metric": None if best is None else float(best["search_metric"]),
         "best_trial": None if best is None else best["trial_id"],
         "samples": float(trials["compute_samples"].sum()),
         "device_h": float(trials["device_s"].sum() / 3600),

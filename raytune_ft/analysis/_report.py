@@ -30,6 +30,8 @@ from raytune_ft.experiment import (
     REPORT_FILE,
     atomic_write,
     confirm_summary,
+    rank_by,
+    ranking_column,
     read_confirm_rows,
 )
 
@@ -72,7 +74,8 @@ def _table(df: pd.DataFrame) -> str:
 
 def _summary(trials: pd.DataFrame, metric: str, mode: str, reach: dict) -> str:
     counts = trials["status"].value_counts().to_dict()
-    top = trials.sort_values("best_metric", ascending=mode == "min").head(10)
+    top = rank_by(trials, mode, ranking_column(trials.attrs.get("raytune_ft.scheduler")))
+    top = top.head(10)
     cols = [
         "trial_id",
         "status",

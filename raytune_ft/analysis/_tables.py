@@ -152,6 +152,7 @@ def frame_to_table(df: pd.DataFrame, schema: pa.Schema, name: str, exp: Experime
         "raytune_ft.table": name,
         "raytune_ft.metric": exp.meta.metric,
         "raytune_ft.mode": exp.meta.mode,
+        "raytune_ft.scheduler": exp.meta.scheduler or "",
         "raytune_ft.hyperparameters": json.dumps(list(exp.hp_types)),
         "raytune_ft.log_scale": json.dumps(sorted(exp.meta.log_scale)),
     }

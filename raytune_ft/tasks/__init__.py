@@ -85,6 +85,14 @@ class Task(abc.ABC):
     def load_data(self, data: DataConfig, model_path: str, max_length: int) -> DataBundle:
         """Read, subset and encode both splits once; `metrics` holds what a trial reports."""
 
+    def describe(self, bundle: DataBundle) -> list[tuple[str, str]]:
+        """(name, text) lines the run header shows about this data (e.g. the labels)."""
+        return []
+
+    def warnings(self, bundle: DataBundle, data: DataConfig) -> list[str]:
+        """What makes this data unlike what the settings suggest (the run header says so)."""
+        return []
+
     def check_metric(self, metric: str, bundle: DataBundle, data: DataConfig) -> None:
         """Refuse an experiment metric this data never reports, before Ray starts."""
         if metric.startswith("eval_") and metric not in bundle.metrics:

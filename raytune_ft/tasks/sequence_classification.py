@@ -156,6 +156,27 @@ class SequenceClassification(Task):
         check_tokenizer(tokenizer, model_path, bundle.train)
         return bundle
 
+    def describe(self, bundle: DataBundle, shown: int = 20) -> list[tuple[str, str]]:
+        """id -> label, and which label F1 counts as positive (label id 1) where reported."""
+        names = bundle.label_names
+        text = ", ".join(f"{i} -> {name!r}" for i, name in enumerate(names[:shown]))
+        if len(names) > shown:
+            text += f", ... ({len(names) - shown} more)"
+        if "eval_f1" in bundle.metrics:
+            text += f"; eval_f1 counts 1 -> {names[1]!r} as the positive class"
+        return [("labels", text)]
+
+    def warnings(self, bundle: DataBundle, data: DataConfig) -> list[str]:
+        """A label that no training example has."""
+        counts = np.bincount(bundle.train.labels, minlength=len(bundle.label_names))
+        empty = [f"{i} -> {name!r}" for i, name in enumerate(bundle.label_names)
+                 if not counts[i]]
+        if not empty:
+            return []
+        subset = data.max_train_samples
+        why = f" (data.max_train_samples {subset} left none)" if subset else ""
+        return [f"no training example has label(s) {', '.join(empty)}{why}"]
+
     def check_metric(self, metric: str, bundle: DataBundle, data: DataConfig) -> None:
         if metric.startswith("eval_") and metric not in bundle.metrics:
             glue = "; GLUE reports F1 for MRPC and QQP only" if data.task else ""

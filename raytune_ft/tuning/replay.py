@@ -8,15 +8,12 @@ reproduce the winner without the population.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
 from raytune_ft.config import ExperimentConfig
 from raytune_ft.errors import ExperimentError
 from raytune_ft.experiment import (
-    PARAMS_FILE,
-    pbt_policy_file,
     rank_trials,
     read_experiment_record,
 )
@@ -41,12 +38,8 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
                  address: str | None = None) -> tuple[RunSummary, str]:
     """Replay `trial_id` (default: the best) of a PBT experiment; returns (summary, trial)."""
     from raytune_ft.analysis import trials_table
-    from raytune_ft.tuning.pbt_replay import (
-        SCHEDULE_KEY,
-        MultiScheduleReplay,
-        Schedule,
-        load_policy,
-    )
+    from raytune_ft.tuning.confirm import source_schedule
+    from raytune_ft.tuning.pbt_replay import SCHEDULE_KEY, MultiScheduleReplay
 
     directory = Path(experiment_dir).expanduser().resolve()
     config = read_experiment_record(str(directory))
@@ -59,12 +52,8 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
     if trial_id not in trials.index:
         raise ExperimentError(f"--trial: {trial_id!r} is not a trial of {directory} (trials: "
                               f"{', '.join(sorted(trials.index))})")
-    policy = pbt_policy_file(directory, trial_id)
-    if policy.is_file():  # the trial was changed by exploits: replay its schedule
-        schedule = load_policy(policy)
-    else:  # never exploited: its schedule is its initial config
-        params = directory / trials.loc[trial_id, "trial_dir"] / PARAMS_FILE
-        schedule = Schedule(json.loads(params.read_text()))
+    # changed by exploits: its policy file; never exploited: its initial config
+    schedule = source_schedule(directory, trials.loc[trial_id], pbt=True)
     name = f"{config.name}-replay-{trial_id}"
     config = config.model_copy(update={"name": name, "run": config.run.model_copy(
         update={"num_samples": 1})})

@@ -11,6 +11,7 @@ seconds, not a cluster start.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -22,7 +23,7 @@ from typing import Any
 
 from raytune_ft.config import ExperimentConfig
 from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
-from raytune_ft.experiment import read_experiment_record, write_record
+from raytune_ft.experiment import read_record, write_record
 from raytune_ft.plan import TrialPlan, plan_experiment
 from raytune_ft.storage import is_uri, write_text
 from raytune_ft.tasks import DataBundle, task_for
@@ -48,6 +49,7 @@ class Prepared:
     experiment_dir: str  # <storage_path>/<name>, a local path or a URI
     plan: TrialPlan | None = None  # what every trial shares: budget, evaluations, batches
     warnings: list[str] = field(default_factory=list)  # for the run header
+    about_data: list[tuple[str, str]] = field(default_factory=list)  # the task's header lines
 
 
 def storage_root(config: ExperimentConfig) -> str:
@@ -79,25 +81,17 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     task.check_metric(config.metric, bundle, config.data)
     plan = plan_experiment(config, n_train=len(bundle.train))
     return Prepared(config, model_path, bundle, experiment_dir, plan,
-                    _warnings(config, plan, bundle))
+                    _warnings(plan, bundle) + task.warnings(bundle, config.data),
+                    task.describe(bundle))
 
-def _warnings(config: ExperimentConfig, plan: TrialPlan, bundle: DataBundle) -> list[str]:
-    """What makes the run unlike what its settings suggest: a training split smaller than
-    one batch, a label that no training example has."""
-    import numpy as np
-
-    warnings = []
+def _warnings(plan: TrialPlan, bundle: DataBundle) -> list[str]:
+    """What makes the run unlike what its settings suggest, whatever the task: a training
+    split smaller than one batch (the task adds its own, e.g. a label with no example)."""
     largest = plan.largest_batch
     if len(bundle.train) < largest:
-        warnings.append(f"the training split has {len(bundle.train)} examples, fewer than one "
-                        f"batch of {largest}: a step then repeats examples")
-    counts = np.bincount(bundle.train.labels, minlength=len(bundle.label_names))
-    empty = [f"{i} -> {name!r}" for i, name in enumerate(bundle.label_names) if not counts[i]]
-    if empty:
-        subset = config.data.max_train_samples
-        why = f" (data.max_train_samples {subset} left none)" if subset else ""
-        warnings.append(f"no training example has label(s) {', '.join(empty)}{why}")
-    return warnings
+        return [f"the training split has {len(bundle.train)} examples, fewer than one "
+                f"batch of {largest}: a step then repeats examples"]
+    return []
 
 
 def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: bool) -> None:
@@ -169,8 +163,12 @@ def checkpoints_to_keep(config: ExperimentConfig) -> int | None:
     return max(keep, 2 * config.scheduler.perturbation_interval + 2)
 
 
-def trainable_for(prepared: Prepared):
-    """The trial function with the tokenized data in the object store and its resources."""
+def trainable_for(prepared: Prepared, presets: bool = False):
+    """The trial function with the tokenized data in the object store and its resources.
+
+    `presets`: the trials replay fixed configurations (replay, confirm) under a preset
+    scheduler, so no population can rescue a diverged one: it ends.
+    """
     from ray import tune
 
     from raytune_ft.tuning.trainable import train_trial
@@ -178,7 +176,8 @@ def trainable_for(prepared: Prepared):
     config = prepared.config
     return tune.with_resources(
         tune.with_parameters(train_trial, bundle=prepared.bundle, experiment=config,
-                             model_path=prepared.model_path, plan=prepared.plan),
+                             model_path=prepared.model_path, plan=prepared.plan,
+                             presets=presets),
         {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial,
          **config.resources.custom},
     )
@@ -303,13 +302,28 @@ def resume_experiment(experiment_dir: str, address: str | None = None) -> RunSum
     if not is_uri(experiment_dir):
         experiment_dir = str(Path(experiment_dir).expanduser().resolve())
     experiment_dir = experiment_dir.rstrip("/")
-    config = read_experiment_record(experiment_dir)
+    config, record = read_record(experiment_dir)
     prepared = prepare(config, resume=True, address=address)
     prepared.experiment_dir = experiment_dir
+    _check_same_plan(record, prepared.plan, experiment_dir)
     init_ray(address, config)
     check_resources(config)
     results, interrupted = fit_tuner(build_tuner(prepared, restore=True))
     return Outcome(results, prepared, interrupted).summary()
+
+
+def _check_same_plan(record: dict, plan: TrialPlan, experiment_dir: str) -> None:
+    """The checkpoints of a resumed experiment count samples of the data it started with: a
+    different training set (another budget or evaluation points) must not continue them."""
+    saved = record.get("plan")
+    if saved is None:  # written before the record held a plan
+        return
+    now = json.loads(json.dumps(plan.record()))
+    if saved != now:
+        changed = sorted(key for key in {*saved, *now} if saved.get(key) != now.get(key))
+        raise ExperimentError(f"{experiment_dir}: the data or settings changed since the "
+                              f"experiment started (trial plan: {', '.join(changed)} differ); "
+                              "resume needs the same training data")
 
 
 def run_presets(prepared: Prepared, points: list[dict], scheduler, address: str | None,
@@ -325,14 +339,15 @@ def run_presets(prepared: Prepared, points: list[dict], scheduler, address: str 
     begin_run(prepared, address, replace=True)
     for name, text in (files or {}).items():
         write_text(f"{prepared.experiment_dir}/{name}", text)
-    tune_config, run_config = tune_settings(prepared.config, prepared.experiment_dir)
+    tune_config, run_config = tune_settings(prepared.config, prepared.experiment_dir,
+                                            prepared.plan)
     tune_config = dataclasses.replace(
         tune_config, scheduler=scheduler, num_samples=len(points),
         search_alg=BasicVariantGenerator(points_to_evaluate=points))
     # Every key of a preset must be in the space; None marks "set by the preset".
     space = {key: None for point in points for key in point}
-    tuner = tune.Tuner(trainable_for(prepared), param_space=space, tune_config=tune_config,
-                       run_config=run_config)
+    tuner = tune.Tuner(trainable_for(prepared, presets=True), param_space=space,
+                       tune_config=tune_config, run_config=run_config)
     results, interrupted = fit_tuner(tuner)
     return Outcome(results, prepared, interrupted)
 

@@ -32,7 +32,7 @@ TIME_ATTR = "training_iteration"  # one evaluation interval: equal samples for e
 class SchedulerSpec:
     """One registered scheduler: settings class, builder and capabilities."""
 
-    config: type  # its settings class in config/_schema.py
+    config: type  # its settings class in config/_schedulers.py
     build: Callable[[Any, TrialPlan], Any]  # (settings, plan) -> a Ray Tune TrialScheduler
     # Trials exchange weights: a clone takes a donor's checkpoint, config and seed, and is
     # ranked by its last result (the final population), not its best.

@@ -43,7 +43,7 @@ def trial_dropout_seed(seed: int, population: bool, trial_id: str) -> int:
 
 
 def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfig,
-                model_path: str, plan: TrialPlan | None = None) -> None:
+                model_path: str, plan: TrialPlan | None = None, presets: bool = False) -> None:
     started = time.perf_counter()
     hp = trial_hyperparameters(experiment, config)
     device = choose_device(experiment.resources.gpus_per_trial)
@@ -54,14 +54,16 @@ def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfi
     loop = FineTuneLoop(model, bundle, hp, experiment.metric, experiment.mode, device,
                         dropout_seed=trial_dropout_seed(hp.seed, scheduler.population,
                                                         tune.get_context().get_trial_id()),
-                        keep_diverged=scheduler.keeps_diverged,
+                        keep_diverged=scheduler.keeps_diverged and not presets,
                         budget=plan.budget if plan is not None else None)
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             loop.load(directory)
     startup_s = time.perf_counter() - started  # trial start to the first training step
-    every = 1 if scheduler.checkpoint_every_iteration else experiment.run.checkpoint_every
+    # A paused trial resumes from its last checkpoint: an older one would train again.
+    every_iteration = scheduler.checkpoint_every_iteration or scheduler.pauses_trials
+    every = 1 if every_iteration else experiment.run.checkpoint_every
     while not loop.finished:
         with out_of_memory_advice(loop):
             metrics = loop.run_interval()

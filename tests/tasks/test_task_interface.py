@@ -172,3 +172,20 @@ def test_the_data_chooses_the_task():
     with pytest.raises(ConfigError, match="task 'nope' is not registered; registered: "
                                           "sequence_classification"):
         get_task("nope")
+
+
+def test_the_run_header_needs_nothing_of_a_task_but_its_interface(toy):
+    # the driver's generic warnings read the plan and the split sizes, never labels; a task
+    # without label names or 1-D labels only adds what it says itself
+    from raytune_ft.config import validate_config
+    from raytune_ft.plan import plan_experiment
+    from raytune_ft.tuning.runner import _warnings
+
+    task, bundle = toy
+    config = validate_config({"name": "toy", "model": {"name": "m"}, "data": {"task": "sst2"},
+                              "train": {"batch_size": 128, "max_micro_batch": 128}})
+    plan = plan_experiment(config, n_train=len(bundle.train))
+    assert _warnings(plan, bundle) == [
+        f"the training split has {len(bundle.train)} examples, fewer than one batch of 128: "
+        "a step then repeats examples"]
+    assert task.warnings(bundle, config.data) == [] and task.describe(bundle) == []
