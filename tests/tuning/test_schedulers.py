@@ -31,8 +31,8 @@ SETTINGS = {
     "pb2": {"type": "pb2", "perturbation_interval": 1, "quantile_fraction": 0.25,
             "mutations": MUTATIONS},
 }
-# The default suite runs these; the rest are `-m slow` (each run takes ~30 s on 2 cores).
-FAST = ("fifo", "hyperband")
+
+
 
 def test_every_registered_scheduler_is_in_this_contract():
     assert set(SETTINGS) == set(SCHEDULERS)
@@ -55,11 +55,8 @@ def test_capabilities_are_those_of_the_code_they_replace():
         assert spec.pauses_trials == (kind in ("hyperband", "pbt", "pb2")), kind
 
 
-def _marks(kind: str):
-    return () if kind in FAST else (pytest.mark.slow,)
-
-
-@pytest.fixture(scope="module", params=[pytest.param(k, marks=_marks(k)) for k in SETTINGS])
+# Every registered scheduler runs in the default suite (each run ~30 s on 2 cores).
+@pytest.fixture(scope="module", params=list(SETTINGS))
 def run(request, tmp_path_factory, tiny_bert, glue_dir, ray_local):
     """One experiment under the scheduler: the experiment folder and its prepared plan."""
     from raytune_ft.tuning.runner import prepare
