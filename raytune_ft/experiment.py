@@ -42,6 +42,7 @@ EXPORT_RECORD = "raytune_ft_export.json"  # in an exported model folder: where i
 HP = "hp_"  # prefix of the hyperparameter columns of the analysis and confirm tables
 RESULT_FILE = "result.json"  # Ray's, per trial: one JSON object per reported iteration
 PARAMS_FILE = "params.json"  # Ray's, per trial: the config it started with
+ERROR_FILE = "error.txt"  # Ray's, per trial: the traceback of its last failure
 
 
 def pbt_policy_file(experiment_dir: Path, trial_id: str) -> Path:

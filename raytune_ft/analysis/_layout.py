@@ -16,7 +16,7 @@ from typing import Any
 
 from raytune_ft.config import LOG_SCALED, parse_domain
 from raytune_ft.errors import ExperimentError
-from raytune_ft.experiment import CONFIG_FILE
+from raytune_ft.experiment import CONFIG_FILE, ERROR_FILE, PARAMS_FILE, RESULT_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -165,21 +165,21 @@ def list_trials(exp_dir: Path) -> list[TrialInfo]:
     for name in dirs:
         path = exp_dir / name
         files = set(os.listdir(path))  # one listing instead of a stat per file we look for
-        if not ({"params.json", "result.json"} & files):
+        if not ({PARAMS_FILE, RESULT_FILE} & files):
             continue
         m = _DIRNAME.match(path.name)
         tid = by_dir.get(path.name) or (m.group("tid") if m else path.name)
         info = TrialInfo(trial_id=tid, dir_name=path.name, path=path)
-        if "params.json" in files:
+        if PARAMS_FILE in files:
             try:
-                info.params = flatten(json.loads((path / "params.json").read_text()))
+                info.params = flatten(json.loads((path / PARAMS_FILE).read_text()))
             except (OSError, json.JSONDecodeError) as e:
                 logger.warning("%s: unreadable params.json (%s)", path, e)
         s = state.get(tid, {})
         info.state_status = s.get("status")
         info.orig_tag = s.get("tag") or (f"{m.group('idx')}_" if m and m.group("idx") else None)
         info.num_failures = s.get("num_failures", 0)
-        info.error = _read_error(path / "error.txt") if "error.txt" in files else None
+        info.error = _read_error(path / ERROR_FILE) if ERROR_FILE in files else None
         trials.append(info)
     if not trials:
         raise ExperimentError(f"{exp_dir}: no trial folders (with params.json or result.json)")

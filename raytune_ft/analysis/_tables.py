@@ -24,7 +24,7 @@ from raytune_ft.analysis._results import (
     line_schema,
     read_results,
 )
-from raytune_ft.experiment import HP
+from raytune_ft.experiment import HP, RESULT_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def load_experiment(exp_dir: str | Path) -> Experiment:
     meta = read_meta(exp_dir, keys)
     hp_types = {h: infer_type([t.params.get(h) for t in trials]) for h in meta.hyperparameters}
     schema = line_schema(meta.metric, hp_types)
-    table = read_results([t.path / "result.json" for t in trials], schema)
+    table = read_results([t.path / RESULT_FILE for t in trials], schema)
     if "config" in table.column_names:
         table = table.flatten()
     raw = to_pandas(table)
