@@ -193,3 +193,25 @@ def test_grid_search_refuses_choice_and_says_to_write_grid():
 def test_quantized_ranges_end_on_multiples_of_q(spec, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         validate_config({**BASE, "search": {"weight_decay": spec}})
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"kind": "token_tagging", "train_file": "a.csv", "eval_file": "b.csv"},
+     "data.kind: 'token_tagging' is not a task"),
+    ({"kind": "sequence_classification", "train_file": "a.csv", "eval_file": "b.csv"},
+     "data.text_columns and data.label_column are required with data.train_file"),
+    ({"train_file": "a.csv"}, "data.eval_file is required with data.train_file"),
+])
+def test_data_kind_chooses_the_task_and_the_task_checks_its_fields(data, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config({**BASE, "data": data})
+
+
+def test_data_kind_picks_the_task_that_reads_the_files():
+    from raytune_ft.tasks import task_for
+
+    files = {"train_file": "a.csv", "eval_file": "b.csv", "text_columns": ["t"],
+             "label_column": "l"}
+    for data in (files, {**files, "kind": "sequence_classification"}, {"task": "sst2"}):
+        assert task_for(validate_config({**BASE, "data": data}).data).name == \
+            "sequence_classification"

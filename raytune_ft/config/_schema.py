@@ -18,7 +18,15 @@ from raytune_ft.config._schedulers import (
     SchedulerConfig,
 )
 from raytune_ft.config._space import Domain, did_you_mean, parse_domain
-from raytune_ft.tasks import dataset_aliases, dataset_names, default_metrics, task_metrics
+from raytune_ft.tasks import (
+    TASKS,
+    canonical_dataset,
+    dataset_aliases,
+    dataset_names,
+    default_metrics,
+    task_for,
+    task_metrics,
+)
 from raytune_ft.training.metrics import LOOP_METRICS
 
 SCHEDULES = ("linear", "constant", "cosine", "step", "exponential", "plateau")
@@ -37,6 +45,7 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
+    kind: str | None = None  # the task (a TASKS key); None: the one reading data.task, else text
     task: str | None = None  # GLUE task (mrpc, sst2, rte, cola, qnli, qqp, mnli); None = files
     path: str | None = None  # folder of GLUE TSVs; default $RAYTUNE_FT_DATA_DIR, else the hub
     train_file: str | None = None  # CSV/TSV/JSONL/Parquet with text and label columns
@@ -46,6 +55,14 @@ class DataConfig(_Strict):
     max_train_samples: int | None = Field(None, gt=0)  # fixed random subset, seeded below
     max_eval_samples: int | None = Field(None, gt=0)
     subset_seed: int = Field(0, ge=0)  # the subset is the same for every trial and every run
+
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, value: str | None) -> str | None:
+        if value is not None and value not in TASKS:
+            raise ValueError(f"{value!r} is not a task{did_you_mean(value, tuple(TASKS))}; "
+                             f"allowed: {', '.join(TASKS)}")
+        return value
 
     @field_validator("task")
     @classmethod
@@ -61,17 +78,15 @@ class DataConfig(_Strict):
     @model_validator(mode="after")
     def _task_or_files(self) -> DataConfig:
         if self.task is None and self.train_file is None:
-            raise ValueError("set data.task (a GLUE task) or data.train_file (a CSV/TSV/JSONL/"
-                             "Parquet file)")
-        if self.train_file is not None:
-            if self.eval_file is None:
-                raise ValueError("data.eval_file is required with data.train_file")
-            if not self.text_columns or self.label_column is None:
-                raise ValueError("data.text_columns and data.label_column are required with "
-                                 "data.train_file")
-            if len(self.text_columns) > 2:
-                raise ValueError(f"data.text_columns has {len(self.text_columns)} columns, "
-                                 "allowed: 1 or 2")
+            raise ValueError("set data.task (a named dataset) or data.train_file (the user's "
+                             "training data)")
+        if self.train_file is not None and self.eval_file is None:
+            raise ValueError("data.eval_file is required with data.train_file")
+        task = task_for(self)
+        if self.task is not None and canonical_dataset(self.task) not in task.datasets:
+            raise ValueError(f"data.task {self.task!r} is not a {task.name} dataset; "
+                             f"data.kind {self.kind!r} reads data.train_file")
+        task.check_data(self)  # what this kind of task needs of its files (ValueError)
         return self
 
 

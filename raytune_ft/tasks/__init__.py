@@ -1,10 +1,11 @@
 """Tasks: what one kind of problem needs, so that the loop and the tuner need nothing more.
 
 A task (sequence classification today; token and image classification fit the same
-interface) reads its splits and encodes them once in the driver into flat numpy arrays (the
-`DataBundle` Ray's object store shares with every trial), collates a batch of sample indices,
-builds its model, computes its summed loss, turns evaluation outputs into its metrics (each
-with its direction and worst value), and says what an exported model card shows.
+interface; `data.kind` chooses one for the user's files) reads its splits and encodes them
+once in the driver into flat numpy arrays (the `DataBundle` Ray's object store shares with
+every trial), collates a batch of sample indices, builds its model, computes its loss summed
+over its units (examples, or labelled tokens), turns evaluation outputs into its metrics
+(each with its direction and worst value), and says what an exported model card shows.
 
 Adding a task is one module that defines `TASK` (a `Task`) and one line in `TASKS`. The config
 imports this registry for dataset and metric names, so task modules import torch,
@@ -93,6 +94,11 @@ class Task(abc.ABC):
         """What makes this data unlike what the settings suggest (the run header says so)."""
         return []
 
+    def check_data(self, data: DataConfig) -> None:
+        """Refuse `data` settings this task cannot read, at validation (no file is opened):
+        raise ValueError with a one-line message naming the field and what is allowed."""
+        return None
+
     def check_metric(self, metric: str, bundle: DataBundle, data: DataConfig) -> None:
         """Refuse an experiment metric this data never reports, before Ray starts."""
         if metric.startswith("eval_") and metric not in bundle.metrics:
@@ -116,7 +122,13 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The batch's loss summed over its examples (not a mean), as an fp32 scalar."""
+        """The batch's loss summed over its loss units (not a mean), as an fp32 scalar."""
+
+    def loss_units(self, batch: dict[str, torch.Tensor]) -> int:
+        """What `loss` sums over in a collated batch: its examples (a tagging task: its
+        labelled tokens). A step divides the summed loss of all its micro-batches by their
+        units, so accumulation gives the whole batch's gradient however units fall."""
+        return len(next(iter(batch.values())))
 
     @abc.abstractmethod
     def predict(self, outputs: Any, batch: dict[str, torch.Tensor]) -> Any:
@@ -158,9 +170,10 @@ def canonical_dataset(name: str) -> str:
 
 
 def task_for(data: DataConfig) -> Task:
-    """The task that reads `data`: the one listing `data.task` among its datasets. Data files
-    are read by the first registered task (a config field will choose once a second task
-    reads files)."""
+    """The task that reads `data`: `data.kind` where set, else the one listing `data.task`
+    among its datasets, else the first registered (text sequence classification)."""
+    if data.kind is not None:
+        return get_task(data.kind)
     if data.task is not None:
         name = canonical_dataset(data.task)
         for task in all_tasks():

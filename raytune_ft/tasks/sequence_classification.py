@@ -156,6 +156,16 @@ class SequenceClassification(Task):
         check_tokenizer(tokenizer, model_path, bundle.train)
         return bundle
 
+    def check_data(self, data: DataConfig) -> None:
+        if data.train_file is None:
+            return
+        if not data.text_columns or data.label_column is None:
+            raise ValueError("data.text_columns and data.label_column are required with "
+                             "data.train_file")
+        if len(data.text_columns) > 2:
+            raise ValueError(f"data.text_columns has {len(data.text_columns)} columns, "
+                             "allowed: 1 or 2")
+
     def describe(self, bundle: DataBundle, shown: int = 20) -> list[tuple[str, str]]:
         """id -> label, and which label F1 counts as positive (label id 1) where reported."""
         names = bundle.label_names

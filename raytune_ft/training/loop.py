@@ -2,15 +2,17 @@
 
 Progress is counted in training samples. Each optimizer step takes the next `batch_size`
 samples of the length-grouped stream, split into micro-batches of at most `max_micro_batch`;
-the loss of each micro-batch is weighted by its share of the batch, so the gradient equals the
-one of the whole batch. Learning rate and weight decay are set on every step from the
+each micro-batch's summed loss is divided by the loss units (examples; tagged tokens for
+tagging) of the whole batch, so the gradient equals the one of the whole batch however the
+units fall across micro-batches. Learning rate and weight decay are set on every step from the
 hyperparameters in force: changing them (PBT) or the batch size needs no rebuild.
 
 Evaluation k happens at exactly round(k x eval_every_epochs x len(train)) samples (the last at
 the whole budget). A step that would cross an evaluation point is cut at it: that short step of
 c < batch_size samples takes the mean gradient of its c samples at lr x c / batch_size, so each
 sample moves the weights by the same share as in a full step. `train_loss` is the summed loss of
-the interval's samples over their count.
+the interval's loss units over their count (per example; per tagged token for tagging), as
+is `eval_loss` over the evaluation set.
 
 Divergence: a non-finite training loss, `NONFINITE_STEPS_TO_DIVERGE` non-finite gradient norms
 in a row (each such step is skipped: no update) or a non-finite eval loss marks the trial
@@ -173,12 +175,13 @@ class FineTuneLoop:
         self.model.train()
         batch_size = self.batch_size
         lr, lr_min = self._set_group_hyperparameters()
-        loss_sum = 0.0
+        loss_sum, units = 0.0, 0
         while self.state.samples_seen < target and not self.state.diverged:
             batch_size = self.batch_size
             count = min(batch_size, target - self.state.samples_seen)
             lr, lr_min = self._set_group_hyperparameters(share=count / batch_size)
-            loss_sum += self._step(self.stream.take(self.state.samples_seen, count))
+            step_loss, step_units = self._step(self.stream.take(self.state.samples_seen, count))
+            loss_sum, units = loss_sum + step_loss, units + step_units
         train_seconds = time.perf_counter() - started
         trained = self.state.samples_seen - start_samples
         self._trained[0] += trained
@@ -186,7 +189,7 @@ class FineTuneLoop:
         if self.state.diverged and self.keep_diverged:
             self._idle_to(target)
         metrics = {} if self.state.diverged else {**self.evaluate(),
-                                                   "train_loss": loss_sum / trained}
+                                                   "train_loss": loss_sum / max(units, 1)}
         if not math.isfinite(metrics.get("eval_loss", math.nan)):
             if not self.state.diverged:
                 log.warning("non-finite eval loss at step %d: trial diverged", self.state.step)
@@ -215,8 +218,8 @@ class FineTuneLoop:
         self.evaluate()
         self.state.samples_seen = target
 
-    def _step(self, indices: np.ndarray) -> float:
-        """One optimizer step over `indices`; returns the batch's summed loss.
+    def _step(self, indices: np.ndarray) -> tuple[float, int]:
+        """One optimizer step over `indices`; returns the batch's summed loss and its units.
 
         A non-finite loss diverges the trial at once; a non-finite gradient norm (without an
         fp16 loss scaler, which skips such steps itself) skips the update, and
@@ -228,13 +231,15 @@ class FineTuneLoop:
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)  # summed on the device: one sync per step
         task = self.task
-        for part in micro_batches(indices, self.hp.max_micro_batch):
-            batch = {k: v.to(self.device) for k, v in
-                     task.collate(self.data, self.data.train, part).items()}
+        parts = [task.collate(self.data, self.data.train, part)
+                 for part in micro_batches(indices, self.hp.max_micro_batch)]
+        units = sum(int(task.loss_units(part)) for part in parts)  # host tensors: no sync
+        for part in parts:
+            batch = {k: v.to(self.device) for k, v in part.items()}
             with self._autocast():
                 outputs = task.forward(self.model, batch)
             loss = task.loss(outputs, batch)  # summed: weighted by the micro-batch's share
-            self.scaler.scale(loss / len(indices)).backward()
+            self.scaler.scale(loss / max(units, 1)).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -243,7 +248,7 @@ class FineTuneLoop:
         if not math.isfinite(loss_sum):
             self.state.diverged = True
             log.warning("non-finite loss at step %d: trial diverged", self.state.step)
-            return loss_sum
+            return loss_sum, units
         self.state.samples_seen += len(indices)
         if not math.isfinite(norm) and not self.scaler.is_enabled():
             self.optimizer.zero_grad(set_to_none=True)
@@ -255,14 +260,14 @@ class FineTuneLoop:
                 self.state.diverged = True
                 log.warning("%d non-finite gradient norms in a row: trial diverged",
                             self.state.nonfinite_streak)
-            return loss_sum
+            return loss_sum, units
         self.state.nonfinite_streak = 0
         if self.hp.max_grad_norm:
             torch.nn.utils.clip_grads_with_norm_(params, self.hp.max_grad_norm, grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.state.step += 1
-        return loss_sum
+        return loss_sum, units
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -286,17 +291,18 @@ class FineTuneLoop:
     @torch.no_grad()
     def evaluate(self) -> dict:
         self.model.eval()
-        task, split = self.task, self.data.eval
-        predictions, loss_sum = [], 0.0
+        task = self.task
+        predictions, loss_sum, units = [], 0.0, 0
         for indices, collated in self._eval_batches():
             batch = {k: v.to(self.device) for k, v in collated.items()}
             with self._autocast():
                 outputs = task.forward(self.model, batch)
             loss_sum += task.loss(outputs, batch).item()
+            units += int(task.loss_units(collated))
             predictions.append((indices, task.predict(outputs, batch)))
         scores = task.compute_metrics(self.data, predictions)
         # only what the task reports for this data (its bundle lists it)
-        return {"eval_loss": loss_sum / len(split),
+        return {"eval_loss": loss_sum / max(units, 1),
                 **{k: v for k, v in scores.items() if k in self.data.metrics}}
 
     def _eval_batches(self) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:

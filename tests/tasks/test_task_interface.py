@@ -189,3 +189,53 @@ def test_the_run_header_needs_nothing_of_a_task_but_its_interface(toy):
         f"the training split has {len(bundle.train)} examples, fewer than one batch of 128: "
         "a step then repeats examples"]
     assert task.warnings(bundle, config.data) == [] and task.describe(bundle) == []
+
+
+class WeightedToy(ToyRegression):
+    """Example i counts `w_i` loss units (1 to 5), as a tagged sentence counts its labelled
+    tokens: the loss sums w_i x error^2, its units are the batch's summed w_i."""
+
+    name = "toy_weighted"
+
+    def collate(self, data, split, indices) -> dict:
+        batch = super().collate(data, split, indices)
+        batch["w"] = torch.from_numpy(1.0 + indices % 5).float()
+        return batch
+
+    def loss(self, outputs, batch):
+        return (batch["w"] * (outputs.float() - batch["y"]) ** 2).sum()
+
+    def loss_units(self, batch) -> int:
+        return int(batch["w"].sum())
+
+
+def test_unequal_loss_units_per_micro_batch_give_the_whole_batchs_gradient(monkeypatch):
+    # Micro-batches of 5 hold different unit counts: dividing each by its own count (or by
+    # examples) would weight them wrongly; the loop divides by the whole batch's units.
+    task = WeightedToy()
+    monkeypatch.setitem(TASKS, task.name, __name__)
+    monkeypatch.setattr(sys.modules[__name__], "TASK", task)
+    bundle = task.load_data(None, "", 0)
+    bundle.kind = task.name
+    whole, parts = toy_loop(task, bundle), toy_loop(task, bundle, max_micro_batch=5)
+    indices = whole.stream.take(0, 16)
+    assert len({task.loss_units(task.collate(bundle, bundle.train, part))
+                for part in np.array_split(indices[:15], 3)}) > 1  # the units do differ
+    weight = whole.model.head.weight.detach().clone().requires_grad_()
+    batch = task.collate(bundle, bundle.train, indices)
+    prediction = (batch["x"] @ weight.T).squeeze(-1) + whole.model.head.bias.detach()
+    units = batch["w"].sum()
+    expected = torch.autograd.grad((batch["w"] * (prediction - batch["y"]) ** 2).sum() / units,
+                                   weight)[0]
+    for loop in (whole, parts):
+        loss_sum, step_units = loop._step(indices)  # the gradient stays on the weights
+        assert step_units == int(units)
+        torch.testing.assert_close(loop.model.head.weight.grad, expected, rtol=1e-5, atol=1e-7)
+    # eval_loss is per unit too: summed weighted error over the eval set's summed units
+    loop = toy_loop(task, bundle)
+    report = loop.evaluate()
+    every = task.collate(bundle, bundle.eval, np.arange(len(bundle.eval)))
+    with torch.no_grad():
+        errors = (loop.model(every["x"]) - every["y"]) ** 2
+    assert report["eval_loss"] == pytest.approx(
+        float((every["w"] * errors).sum() / every["w"].sum()), rel=1e-5)
