@@ -55,6 +55,13 @@ class DataConfig(_Strict):
     max_train_samples: int | None = Field(None, gt=0)  # fixed random subset, seeded below
     max_eval_samples: int | None = Field(None, gt=0)
     subset_seed: int = Field(0, ge=0)  # the subset is the same for every trial and every run
+    # images (data.kind image_classification): train_file/eval_file are ImageFolder trees
+    # (<class>/<image>) or tables whose image_column holds a path (relative to the file) or
+    # the encoded bytes; label_column names the class.
+    image_column: str | None = None
+    random_crop_scale: float | None = Field(None, gt=0, le=1)  # least area of a random crop
+    horizontal_flip: bool = False  # flip half the training images (off for digits, text)
+    max_object_store_mb: float = Field(2048, gt=0)  # refuse encoded splits larger than this
 
     @field_validator("kind")
     @classmethod
@@ -122,6 +129,11 @@ class TrainConfig(_Strict):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 CPU
     eval_batch_size: int = Field(128, gt=0)
     length_group_window: int = Field(2048, gt=0)  # samples sorted by length together
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # training loss only; eval_loss is the NLL
+    # BatchNorm: train (statistics per micro-batch and affine), eval (running statistics
+    # frozen, affine trained; accumulation exact), frozen (statistics and affine frozen)
+    batchnorm: Literal["train", "eval", "frozen"] = "train"
+    bn_momentum: float = Field(0.1, gt=0, le=1)  # running-statistics update (PyTorch's 0.1)
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 # task name -> module defining TASK; the first is the one data files are read with.
 TASKS: dict[str, str] = {
     "sequence_classification": "raytune_ft.tasks.sequence_classification",
+    "image_classification": "raytune_ft.tasks.image_classification",
 }
 
 
@@ -121,8 +122,10 @@ class Task(abc.ABC):
         """The model's outputs for a collated batch (on the device)."""
 
     @abc.abstractmethod
-    def loss(self, outputs: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The batch's loss summed over its loss units (not a mean), as an fp32 scalar."""
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0
+             ) -> torch.Tensor:
+        """The batch's loss summed over its loss units (not a mean), as an fp32 scalar; the
+        loop passes `train.label_smoothing` on training steps and 0.0 at evaluation."""
 
     def loss_units(self, batch: dict[str, torch.Tensor]) -> int:
         """What `loss` sums over in a collated batch: its examples (a tagging task: its

@@ -203,11 +203,13 @@ class SequenceClassification(Task):
     def forward(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
         return model(**{k: v for k, v in batch.items() if k != "labels"}).logits
 
-    def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
+    def loss(self, outputs: torch.Tensor, batch: dict, label_smoothing: float = 0.0
+             ) -> torch.Tensor:
         import torch
 
         return torch.nn.functional.cross_entropy(outputs.float(), batch["labels"],
-                                                 reduction="sum")
+                                                 reduction="sum",
+                                                 label_smoothing=label_smoothing)
 
     def predict(self, outputs: torch.Tensor, batch: dict) -> np.ndarray:
         return outputs.float().argmax(-1).cpu().numpy()

@@ -47,7 +47,7 @@ from raytune_ft.training.lr_schedules import (
     learning_rate,
     lr_scale_for_batch,
 )
-from raytune_ft.training.model import parameter_groups
+from raytune_ft.training.model import parameter_groups, train_mode
 
 log = logging.getLogger(__name__)
 # Skipped steps with a non-finite gradient norm in a row before a trial counts as diverged:
@@ -172,7 +172,7 @@ class FineTuneLoop:
         """Train to the next evaluation point, evaluate, and return the metrics."""
         start_samples, started = self.state.samples_seen, time.perf_counter()
         target = self.budget.next_point(start_samples)
-        self.model.train()
+        train_mode(self.model, self.hp)  # model.train() with the task's layer policies
         batch_size = self.batch_size
         lr, lr_min = self._set_group_hyperparameters()
         loss_sum, units = 0.0, 0
@@ -238,7 +238,8 @@ class FineTuneLoop:
             batch = {k: v.to(self.device) for k, v in part.items()}
             with self._autocast():
                 outputs = task.forward(self.model, batch)
-            loss = task.loss(outputs, batch)  # summed: weighted by the micro-batch's share
+            # summed: weighted by the micro-batch's share
+            loss = task.loss(outputs, batch, self.hp.label_smoothing)
             self.scaler.scale(loss / max(units, 1)).backward()
             total += loss.detach()
         self.scaler.unscale_(self.optimizer)
@@ -297,7 +298,7 @@ class FineTuneLoop:
             batch = {k: v.to(self.device) for k, v in collated.items()}
             with self._autocast():
                 outputs = task.forward(self.model, batch)
-            loss_sum += task.loss(outputs, batch).item()
+            loss_sum += task.loss(outputs, batch).item()  # no label smoothing: the true NLL
             units += int(task.loss_units(collated))
             predictions.append((indices, task.predict(outputs, batch)))
         scores = task.compute_metrics(self.data, predictions)

@@ -27,7 +27,13 @@ LAYOUTS = {
     "distilbert": (("distilbert.embeddings",), r"distilbert\.transformer\.layer\.(\d+)\."),
     "electra": (("electra.embeddings", "electra.embeddings_project"),
                 r"electra\.encoder\.layer\.(\d+)\."),
+    # vision: the stem is the embeddings, a stage (ResNet, ConvNeXt) or an encoder layer (ViT)
+    # is a layer; the final norm and pooler go with the classifier (the head)
+    "resnet": (("resnet.embedder",), r"resnet\.encoder\.stages\.(\d+)\."),
+    "convnext": (("convnext.embeddings",), r"convnext\.encoder\.stages\.(\d+)\."),
+    "vit": (("vit.embeddings",), r"vit\.encoder\.layer\.(\d+)\."),
 }
+SUPPORTED_LAYOUTS = "BERT, RoBERTa, DistilBERT, MiniLM, ELECTRA, ResNet, ConvNeXt, ViT"
 
 
 def resolve_model_path(name: str) -> str:
@@ -153,16 +159,23 @@ def layer_index(model: torch.nn.Module, name: str) -> tuple[int, int]:
     layout = LAYOUTS.get(getattr(model, "base_model_prefix", ""))
     if layout is None:
         raise ModelError(f"train.layer_decay/freeze: layer layout of {type(model).__name__} is "
-                         f"not supported; supported: BERT, RoBERTa, DistilBERT, MiniLM, ELECTRA")
+                         f"not supported; supported: {SUPPORTED_LAYOUTS}")
     embeddings, layer_pattern = layout
-    num_layers = model.config.num_hidden_layers if hasattr(model.config, "num_hidden_layers") \
-        else model.config.n_layers
+    num_layers = layer_count(model.config)
     if name.startswith(tuple(prefix + "." for prefix in embeddings)):
         return 0, num_layers
     match = re.match(layer_pattern, name)
     if match:
         return int(match.group(1)) + 1, num_layers
     return num_layers + 1, num_layers
+
+
+def layer_count(config) -> int:
+    """Encoder layers (text, ViT) or stages (ResNet, ConvNeXt) of a model's config."""
+    for key in ("num_hidden_layers", "n_layers"):
+        if hasattr(config, key):
+            return getattr(config, key)
+    return len(config.depths)
 
 
 def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
@@ -190,6 +203,63 @@ def parameter_groups(model: torch.nn.Module, hp: TrainConfig) -> list[dict]:
     if hp.freeze_layers > num_layers:
         raise ModelError(f"train.freeze_layers: {hp.freeze_layers} is above the model's "
                          f"{num_layers} encoder layers")
+    _batchnorm_grads(model, hp)
     return [{"params": params, "decays": decays,
              "lr_scale": hp.layer_decay ** (num_layers + 1 - depth) if known else 1.0}
             for (depth, decays), params in sorted(groups.items())]
+
+
+# ---------------------------------------------------------------------------- BatchNorm
+
+
+def batchnorm_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    return [(name, module) for name, module in model.named_modules()
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def _frozen_by_layer(model: torch.nn.Module, name: str, hp: TrainConfig) -> bool:
+    if not (hp.freeze_embeddings or hp.freeze_layers):
+        return False
+    depth, _ = layer_index(model, name)
+    return (depth == 0 and hp.freeze_embeddings) or (1 <= depth <= hp.freeze_layers)
+
+
+def _batchnorm_grads(model: torch.nn.Module, hp: TrainConfig) -> None:
+    """BatchNorm affine parameters train unless `frozen` (or their layer is frozen). They stay
+    in their optimizer group either way (without a gradient AdamW skips them), so the groups
+    keep one structure whatever the policy and a PBT change of it loads any checkpoint."""
+    for name, module in batchnorm_layers(model):
+        for key, param in module.named_parameters(recurse=False):
+            param.requires_grad_(hp.batchnorm != "frozen"
+                                 and not _frozen_by_layer(model, f"{name}.{key}", hp))
+
+
+def train_mode(model: torch.nn.Module, hp: TrainConfig) -> None:
+    """`model.train()` with the BatchNorm policy in force; the loop calls it before every
+    training interval, so the policy survives the evaluation's `model.eval()` and a PBT change.
+
+    `train`: statistics from each micro-batch (`max_micro_batch` is the BN batch), running
+    statistics updated with `bn_momentum`, affine trained. `eval`: the layers stay in eval
+    mode (running statistics normalise and never change), affine trained. `frozen`: eval mode
+    and no affine gradient. Only `eval` and `frozen` make a step's gradient independent of
+    how the batch is cut into micro-batches.
+    """
+    model.train()
+    for _, module in batchnorm_layers(model):
+        module.momentum = hp.bn_momentum
+        if hp.batchnorm != "train":
+            module.eval()
+    _batchnorm_grads(model, hp)
+
+
+def has_batchnorm(path: str) -> bool:
+    """Whether the model at `path` (its config alone: built on the meta device) has BatchNorm."""
+    from transformers import AutoConfig, AutoModel
+
+    try:
+        config = AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            model = AutoModel.from_config(config)
+    except (OSError, ValueError, KeyError):
+        return False
+    return bool(batchnorm_layers(model))

@@ -75,7 +75,7 @@ class ToyRegression(Task):
     def forward(self, model, batch):
         return model(batch["x"])
 
-    def loss(self, outputs, batch):
+    def loss(self, outputs, batch, label_smoothing=0.0):
         return ((outputs.float() - batch["y"]) ** 2).sum()
 
     def predict(self, outputs, batch):
@@ -202,7 +202,7 @@ class WeightedToy(ToyRegression):
         batch["w"] = torch.from_numpy(1.0 + indices % 5).float()
         return batch
 
-    def loss(self, outputs, batch):
+    def loss(self, outputs, batch, label_smoothing=0.0):
         return (batch["w"] * (outputs.float() - batch["y"]) ** 2).sum()
 
     def loss_units(self, batch) -> int:
