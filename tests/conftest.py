@@ -13,7 +13,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Tests start their own Ray; a RAY_ADDRESS from the shell would make `raytune-ft tune` join it.
 os.environ.pop("RAY_ADDRESS", None)
 
-from support import GLUE_DIR, build_tiny_model  # noqa: E402 - after the environment
+from support import (  # noqa: E402 - after the environment
+    GLUE_DIR,
+    build_tiny_model,
+    build_tiny_vision_model,
+)
 
 
 @pytest.fixture(scope="session")
@@ -26,6 +30,21 @@ def glue_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def digits_dir(tmp_path_factory) -> Path:
+    """scikit-learn's UCI digits as an ImageFolder tree (the demo's seeded 80/20 split)."""
+    from raytune_ft.digits import write_digits
+
+    root = tmp_path_factory.mktemp("digits")
+    write_digits(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_resnet(tmp_path_factory) -> Path:
+    return build_tiny_vision_model(tmp_path_factory.mktemp("tiny_resnet"))
 
 
 @pytest.fixture(scope="module")

@@ -78,3 +78,62 @@ def experiment_yaml(path: Path, model_dir: Path, glue_dir: Path, storage: Path,
         config[key] = {**config.get(key, {}), **value} if merge else value
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def build_tiny_vision_model(directory: Path, kind: str = "resnet", size: int = 16) -> Path:
+    """A random vision body from a config (ResNet, ConvNeXt or ViT) with an image processor
+    that resizes to `size`; every trial adds its own classification head."""
+    import torch
+    from transformers import (
+        ConvNextConfig,
+        ConvNextModel,
+        ResNetConfig,
+        ResNetModel,
+        ViTConfig,
+        ViTModel,
+    )
+    from transformers.models.convnext import ConvNextImageProcessorPil
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    torch.manual_seed(0)
+    if kind == "resnet":
+        model = ResNetModel(ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1],
+                                         layer_type="basic", downsample_in_first_stage=False))
+    elif kind == "convnext":
+        model = ConvNextModel(ConvNextConfig(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2,
+                                             patch_size=2))
+    else:
+        model = ViTModel(ViTConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=32, image_size=size, patch_size=4),
+                         add_pooling_layer=False)
+    model.save_pretrained(directory)
+    ConvNextImageProcessorPil(size={"shortest_edge": size}, crop_pct=1.0,
+                              image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(directory)
+    return directory
+
+
+def image_experiment_yaml(path: Path, model_dir: Path, digits_dir: Path, storage: Path,
+                          **sections) -> Path:
+    """A small digits experiment (ImageFolder) for a tiny vision model."""
+    import yaml
+
+    config = {
+        "name": "digits",
+        "model": {"name": str(model_dir)},
+        "data": {"kind": "image_classification", "train_file": str(digits_dir / "train"),
+                 "eval_file": str(digits_dir / "val"), "max_train_samples": 256,
+                 "max_eval_samples": 128, "random_crop_scale": 0.8},
+        "train": {"max_epochs": 2, "eval_every_epochs": 1, "max_micro_batch": 32,
+                  "learning_rate": 3e-3},
+        "search": {"batchnorm": {"choice": ["train", "eval"]},
+                   "batch_size": {"choice": [16, 32]}},
+        "scheduler": {"type": "fifo"},
+        "search_alg": {"type": "random", "seed": 0},
+        "run": {"num_samples": 2, "storage_path": str(storage)},
+    }
+    for key, value in sections.items():
+        merge = isinstance(value, dict) and key != "scheduler"
+        config[key] = {**config.get(key, {}), **value} if merge else value
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -241,8 +241,8 @@ class ImageClassification(Task):
         reported = ["eval_accuracy", "eval_loss", "eval_macro_f1"]
         if len(names) > 5:
             reported.append("eval_top5")
-        return DataBundle(train, dev, names, 0, Path(data.train_file).stem or "images",
-                          reported, self.name)
+        return DataBundle(train, dev, names, 0, data_name(data.train_file), reported,
+                          self.name)
 
     def check_data(self, data: DataConfig) -> None:
         if data.train_file is None:
@@ -331,6 +331,14 @@ class ImageClassification(Task):
         return ["from transformers import pipeline", "",
                 'classify = pipeline("image-classification", model="<this folder>")',
                 'classify("photo.png")  # [{"label": ..., "score": ...}, ...]']
+
+
+def data_name(train_file: str) -> str:
+    """What the header and card call the data: an ImageFolder `digits/train` is `digits`."""
+    path = Path(train_file).expanduser()
+    if path.is_dir() and path.name.lower() in ("train", "training") and path.resolve().parent.name:
+        return path.resolve().parent.name
+    return path.stem
 
 
 def _conversions(train: dict | None, dev: dict | None, channel_count: str) -> str:

@@ -27,7 +27,7 @@ from raytune_ft.experiment import read_record, write_record
 from raytune_ft.plan import TrialPlan, plan_experiment
 from raytune_ft.storage import is_uri, write_text
 from raytune_ft.tasks import DataBundle, task_for
-from raytune_ft.training.model import max_positions, resolve_model_path
+from raytune_ft.training.model import has_batchnorm, max_positions, resolve_model_path
 from raytune_ft.tuning.cluster import (
     check_client_storage,
     check_local_resources,
@@ -81,8 +81,10 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     task.check_metric(config.metric, bundle, config.data)
     plan = plan_experiment(config, n_train=len(bundle.train))
     return Prepared(config, model_path, bundle, experiment_dir, plan,
-                    _warnings(plan, bundle) + task.warnings(bundle, config.data),
+                    _warnings(plan, bundle) + task.warnings(bundle, config.data)
+                    + _batchnorm_warnings(config, plan, model_path),
                     task.describe(bundle))
+
 
 def _warnings(plan: TrialPlan, bundle: DataBundle) -> list[str]:
     """What makes the run unlike what its settings suggest, whatever the task: a training
@@ -92,6 +94,22 @@ def _warnings(plan: TrialPlan, bundle: DataBundle) -> list[str]:
         return [f"the training split has {len(bundle.train)} examples, fewer than one "
                 f"batch of {largest}: a step then repeats examples"]
     return []
+
+
+def _batchnorm_warnings(config: ExperimentConfig, plan: TrialPlan, model_path: str
+                        ) -> list[str]:
+    """BatchNorm that trains (`train.batchnorm: train`) computes its statistics per
+    micro-batch: with gradient accumulation a step is not the big batch's gradient."""
+    most = max(span.accumulation[1] for option in plan.batches for span in option.spans)
+    domain = plan.space.get("batchnorm")
+    trains = "train" in domain.values if domain is not None else \
+        config.train.batchnorm == "train"
+    if most <= 1 or not trains or not has_batchnorm(model_path):
+        return []
+    return [f"train.batchnorm 'train' with gradient accumulation (up to {most} micro-batches "
+            f"per step): BatchNorm statistics come from each micro-batch of <= "
+            f"{plan.micro_batch[1]} samples (train.max_micro_batch), not from the effective "
+            "batch; 'eval' or 'frozen' make accumulation exact"]
 
 
 def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: bool) -> None:
