@@ -31,7 +31,7 @@ LAYOUTS = {
     # is a layer; the final norm and pooler go with the classifier (the head)
     "resnet": (("resnet.embedder",), r"resnet\.encoder\.stages\.(\d+)\."),
     "convnext": (("convnext.embeddings",), r"convnext\.encoder\.stages\.(\d+)\."),
-    "vit": (("vit.embeddings",), r"vit\.encoder\.layer\.(\d+)\."),
+    "vit": (("vit.embeddings",), r"vit\.(?:encoder\.layer|layers)\.(\d+)\."),  # 5.x: layers
 }
 SUPPORTED_LAYOUTS = "BERT, RoBERTa, DistilBERT, MiniLM, ELECTRA, ResNet, ConvNeXt, ViT"
 
