@@ -298,7 +298,7 @@ class FineTuneLoop:
             batch = {k: v.to(self.device) for k, v in collated.items()}
             with self._autocast():
                 outputs = task.forward(self.model, batch)
-            loss_sum += task.loss(outputs, batch).item()  # no label smoothing: the true NLL
+            loss_sum += task.loss(outputs, batch).item()  # smoothing 0: the true NLL
             units += int(task.loss_units(collated))
             predictions.append((indices, task.predict(outputs, batch)))
         scores = task.compute_metrics(self.data, predictions)
