@@ -245,6 +245,11 @@ class ImageClassification(Task):
                           self.name)
 
     def check_data(self, data: DataConfig) -> None:
+        import importlib.util
+
+        if importlib.util.find_spec("PIL") is None:
+            raise ValueError("data.kind image_classification needs Pillow to read images: "
+                             "pip install 'raytune-ft[images]'")
         if data.train_file is None:
             raise ValueError("data.train_file and data.eval_file are required with data.kind "
                              "image_classification (ImageFolder directories or tables)")
