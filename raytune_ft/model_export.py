@@ -217,7 +217,7 @@ def model_card(info: dict, config: ExperimentConfig, record: dict) -> str:
              f"(checkpoint `{Path(info['checkpoint']).name}`, iteration {info['iteration']}, "
              f"{info['samples_seen']} samples seen, epoch {info['epoch']:g}).", "",
              "## Data", "", f"- task: `{data['task']}`", f"- examples: {sizes}",
-             f"- labels: {labels}", f"- max length: {config.model.max_length} tokens", "",
+             f"- labels: {labels}", *task.card_input(config), "",
              "## Result", "",
              f"- {config.metric} of this checkpoint on the dev/eval data: {value:.4f}"]
     lines += [f"- {k}: {v:.4f}" for k, v in info["metrics"].items() if k != config.metric]

@@ -152,6 +152,10 @@ class Task(abc.ABC):
     def save_processor(self, model_path: str, out: str, max_length: int) -> None:
         """Write the tokenizer (or image processor) the exported model is used with."""
 
+    def card_input(self, config: Any) -> list[str]:
+        """The model card's Data lines about the model's input (text: its max length)."""
+        return [f"- max length: {config.model.max_length} tokens"]
+
     @abc.abstractmethod
     def usage(self) -> list[str]:
         """Python lines that load the exported folder, for its model card."""

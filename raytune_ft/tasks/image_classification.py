@@ -332,6 +332,10 @@ class ImageClassification(Task):
     def save_processor(self, model_path: str, out: str, max_length: int) -> None:
         load_processor(model_path).save_pretrained(out)
 
+    def card_input(self, config) -> list[str]:
+        return ["- input: images resized and cropped by the image processor saved here "
+                "(preprocessor_config.json), as in training"]
+
     def usage(self) -> list[str]:
         return ["from transformers import pipeline", "",
                 'classify = pipeline("image-classification", model="<this folder>")',
