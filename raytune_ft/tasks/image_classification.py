@@ -73,9 +73,10 @@ def load_processor(path: str):
     try:
         return AutoImageProcessor.from_pretrained(path)
     except (OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+        from raytune_ft.training.model import _why
+
         raise ModelError(f"model.name: cannot load an image processor from {path!r} "
-                         f"(preprocessor_config.json): {reason}") from None
+                         f"(preprocessor_config.json): {_why(path, error)}") from None
 
 
 def channels(path: str) -> int:

@@ -207,3 +207,13 @@ def test_the_image_column_may_hold_datasets_image_dicts(tmp_path, digits_dir, ti
                           str(tiny_resnet), 0)
     first = np.asarray(Image.open(io.BytesIO(files[0].read_bytes())))
     assert len(data.train) == 30 and first.shape == (8, 8)
+
+
+def test_a_model_folder_without_weights_is_refused_not_randomly_initialised(tmp_path,
+                                                                            tiny_resnet):
+    from raytune_ft.errors import ModelError
+
+    for name in ("config.json", "preprocessor_config.json"):
+        shutil.copy(tiny_resnet / name, tmp_path / name)
+    with pytest.raises(ModelError, match="no file named model.safetensors"):
+        TASK.load_model(str(tmp_path), ["a", "b"], 0)
