@@ -123,8 +123,6 @@ def test_shipped_image_experiments_validate(name, tmp_path):
 
 @pytest.mark.parametrize("override,words", [
     ("train.batchnorm=bogus", ["train.batchnorm", "'train', 'eval' or 'frozen'"]),
-    ("train.label_smoothing=1.0", ["train.label_smoothing", "less than 1"]),
-    ("data.train_file=x.csv", ["data.image_column and data.label_column are required"]),
     ("data.max_object_store_mb=0.5", ["data.max_object_store_mb", "above the limit 0.5 MB"]),
 ])
 def test_bad_image_settings_are_one_line_exit_2(override, words, tiny_resnet, digits_dir,
@@ -137,6 +135,23 @@ def test_bad_image_settings_are_one_line_exit_2(override, words, tiny_resnet, di
     line = done.stderr.strip()
     assert "\n" not in line and all(w in line for w in words), line
     assert not (tmp_path / "results" / "digits").exists()  # no experiment folder
+
+
+@pytest.mark.parametrize("override,words", [
+    ("train.label_smoothing=1.0", ["train.label_smoothing", "less than 1"]),
+    ("search.label_smoothing={choice: [0.0, 1.5]}", ["search.label_smoothing", "1.5"]),
+    ("search.batchnorm={choice: [eval, none]}", ["search.batchnorm", "'none'"]),
+    ("data.train_file=x.csv", ["data.image_column and data.label_column are required"]),
+])
+def test_bad_image_settings_are_refused_at_validation(override, words, tiny_resnet, digits_dir,
+                                                      tmp_path):
+    from raytune_ft.errors import ConfigError
+
+    path = image_experiment_yaml(tmp_path / "exp.yaml", tiny_resnet, digits_dir,
+                                 tmp_path / "results")
+    with pytest.raises(ConfigError) as error:
+        load_config(path, [override])
+    assert all(w in str(error.value) for w in words) and "\n" not in str(error.value)
 
 
 def test_digits_demo_split_is_fixed(digits_dir):
