@@ -46,7 +46,9 @@ def write_model(out: Path, seed: int = 0) -> None:
     import torch
     from transformers import ResNetConfig, ResNetModel
     from transformers.models.convnext import ConvNextImageProcessorPil
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     config = ResNetConfig(num_channels=3, embedding_size=32, hidden_sizes=[32, 64, 128],
                           depths=[1, 1, 1], layer_type="basic", downsample_in_first_stage=False)
     torch.manual_seed(seed)

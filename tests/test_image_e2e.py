@@ -157,3 +157,15 @@ def test_bad_image_settings_are_refused_at_validation(override, words, tiny_resn
 def test_digits_demo_split_is_fixed(digits_dir):
     counts = [len(list((digits_dir / "val" / str(d)).iterdir())) for d in range(10)]
     assert sum(counts) == 359 and np.min(counts) > 20
+
+
+def test_the_digits_script_writes_the_tree_and_an_untrained_model(tmp_path):
+    from raytune_ft.digits import main
+    from raytune_ft.tasks import get_task
+
+    assert main([str(tmp_path)]) == 0
+    assert len(list((tmp_path / "digits" / "train").glob("*/*.png"))) == 1438
+    model = get_task("image_classification").load_model(str(tmp_path / "resnet-digits"),
+                                                        [str(d) for d in range(10)], 0)
+    assert type(model).__name__ == "ResNetForImageClassification"
+    assert main([str(tmp_path)]) == 2  # never overwrites
