@@ -210,8 +210,8 @@ def collate(split: ImageSplit, indices: np.ndarray, augmented: bool) -> dict:
         images = torch.stack([augment(image, np.random.default_rng([step_seed, int(index)]),
                                       split.crop_scale, split.flip)
                               for image, index in zip(images, indices)])
-    mean = torch.from_numpy(split.mean)[None, :, None, None]
-    std = torch.from_numpy(split.std)[None, :, None, None]
+    mean = torch.tensor(split.mean)[None, :, None, None]  # the object store is read-only
+    std = torch.tensor(split.std)[None, :, None, None]
     return {"pixel_values": (images - mean) / std,
             "labels": torch.from_numpy(split.labels[indices])}
 
