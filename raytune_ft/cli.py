@@ -200,8 +200,13 @@ def _print_header(prepared) -> None:
           f"({plan.max_epochs:g} epochs), {plan.iterations} evaluations of "
           f"{plan.eval_every_epochs:g} epoch")
     print(f"batch        effective {_batch_text(plan)}")
-    print(f"resources    {config.resources.cpus_per_trial:g} CPU, "
-          f"{config.resources.gpus_per_trial:g} GPU per trial; {config.run.num_samples} trials")
+    res = config.resources
+    workers = "" if res.workers_per_trial == 1 else (
+        f" ({res.workers_per_trial} data-parallel workers of {res.worker_cpus:g} CPU, "
+        f"{res.worker_gpus:g} GPU, placement {res.placement})")
+    print(f"resources    {res.workers_per_trial * res.worker_cpus:g} CPU, "
+          f"{res.workers_per_trial * res.worker_gpus:g} GPU per trial{workers}; "
+          f"{config.run.num_samples} trials")
     print(f"scheduler    {config.scheduler.type}; search {config.search_alg.type}; "
           f"{config.metric} ({config.mode})")
     for key, spec in (config.search or {}).items():
