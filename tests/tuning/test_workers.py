@@ -128,3 +128,17 @@ def test_pbt_with_two_worker_trials_on_three_nodes(tmp_path, tiny_bert, glue_dir
         assert [r["samples_seen"] for r in reported] == [
             INTERVAL * r["training_iteration"] for r in reported]
         assert [r["training_iteration"] for r in reported].count(1) == 1
+
+
+def test_the_multi_gpu_node_type_fits_the_data_parallel_example():
+    import yaml
+    from support import REPO
+
+    from raytune_ft.config import load_config
+    from raytune_ft.tuning.cluster import _how_many_fit, trial_resources
+
+    config = load_config(REPO / "experiments" / "mrpc_ddp.yaml")
+    node = yaml.safe_load((REPO / "cluster.yaml").read_text())["available_node_types"]["gpu4"]
+    need = {k: v for k, v in trial_resources(config).items() if v}
+    assert need == {"CPU": 8, "GPU": 1}
+    assert _how_many_fit(need, node["resources"]) == config.resources.workers_per_trial == 4
