@@ -183,7 +183,7 @@ class SearchAlgConfig(_Strict):
 class ResourcesConfig(_Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)  # fractions put several trials on one GPU
-    custom: dict[str, float] = {}  # Ray custom resources per trial, e.g. {spot_gpu: 1}
+    custom: dict[str, float] = {}  # Ray custom resources per trial (per worker), e.g. {spot: 1}
     # Data-parallel trials: N workers (torch DDP: gloo on CPU, NCCL on GPU), each with its
     # own CPUs and GPUs (default: cpus_per_trial and gpus_per_trial), in one placement group.
     workers_per_trial: int = Field(1, gt=0)
@@ -203,7 +203,8 @@ class ResourcesConfig(_Strict):
     def _workers(self) -> ResourcesConfig:
         gpus = self.worker_gpus
         if self.workers_per_trial > 1 and gpus and gpus != int(gpus):
-            raise ValueError(f"resources.gpus_per_worker: {gpus:g} is a fraction of a GPU, "
+            field = "gpus_per_trial" if self.gpus_per_worker is None else "gpus_per_worker"
+            raise ValueError(f"resources.{field}: {gpus:g} is a fraction of a GPU, "
                              "but NCCL needs each worker of a trial on its own GPU; allowed: 0 "
                              "or a whole number")
         if self.workers_per_trial == 1 and (self.cpus_per_worker or self.gpus_per_worker):

@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-# A worker that died leaves the others waiting in a collective; they give up after this.
+# A worker that died leaves the others waiting in a collective; they give up after this (and
+# rank 0 then raises the worker's own error: tuning/workers.py).
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
 
 
@@ -55,9 +56,14 @@ class World:
 
     def sum_gradients(self, params: list[torch.nn.Parameter]) -> None:
         """Sum every parameter's gradient over the ranks, flattened into one buffer. A rank
-        whose share was empty (or that left a parameter unused) contributes zeros."""
+        whose share was empty (or that left a parameter unused) contributes zeros; a
+        parameter no rank used keeps no gradient, so the optimizer skips it as on one worker."""
         if not self.distributed:
             return
+        used = torch.tensor([p.grad is not None for p in params], dtype=torch.int32,
+                            device=params[0].device)
+        torch.distributed.all_reduce(used)
+        params = [p for p, count in zip(params, used.tolist()) if count]
         for param in params:
             if param.grad is None:
                 param.grad = torch.zeros_like(param)
@@ -76,6 +82,15 @@ class World:
         values: list[Any] = [None] * self.size
         torch.distributed.all_gather_object(values, value)
         return values
+
+    def broadcast_buffers(self, model: torch.nn.Module) -> None:
+        """Rank 0's buffers (BatchNorm running statistics) on every rank after a step, as
+        torch DDP does, so every rank evaluates and checkpoints the same model."""
+        if not self.distributed:
+            return
+        with torch.no_grad():
+            for tensor in model.buffers():
+                torch.distributed.broadcast(tensor.data, src=0)
 
     def broadcast_parameters(self, model: torch.nn.Module) -> None:
         """Rank 0's weights (and buffers) on every rank: one starting point, whatever each

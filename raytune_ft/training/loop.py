@@ -234,7 +234,10 @@ class FineTuneLoop:
         `NONFINITE_STEPS_TO_DIVERGE` of them in a row diverge it.
         """
         # Dropout draws from a generator seeded by position: a restore continues bit for bit.
-        position = np.random.SeedSequence([self.dropout_seed, self.state.samples_seen])
+        # Each worker of a data-parallel trial draws its own masks (rank 0: one worker's).
+        key = [self.dropout_seed, self.state.samples_seen, *([self.world.rank] * (
+            self.world.rank > 0))]
+        position = np.random.SeedSequence(key)
         torch.manual_seed(int(position.generate_state(1)[0]))
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)  # summed on the device: one sync per step
@@ -244,7 +247,7 @@ class FineTuneLoop:
                  for part in micro_batches(share, self.hp.max_micro_batch)] if len(share) else []
         units = sum(int(task.loss_units(part)) for part in parts)  # host tensors: no sync
         if self.world.distributed:  # the whole batch's units, before any backward
-            units = int(self.world.sum_(torch.tensor(units, dtype=torch.int64)))
+            units = int(self.world.sum_(torch.tensor(units, device=self.device)))
         for part in parts:
             batch = {k: v.to(self.device) for k, v in part.items()}
             with self._autocast():
@@ -280,6 +283,7 @@ class FineTuneLoop:
             torch.nn.utils.clip_grads_with_norm_(params, self.hp.max_grad_norm, grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.world.broadcast_buffers(self.model)  # running statistics: rank 0's, as DDP
         self.state.step += 1
         return loss_sum, units
 
@@ -315,7 +319,8 @@ class FineTuneLoop:
             units += int(task.loss_units(collated))
             predictions.append((indices, task.predict(outputs, batch)))
         if self.world.distributed:  # every rank: the whole evaluation set's figures
-            totals = self.world.sum_(torch.tensor([loss_sum, units], dtype=torch.float64))
+            totals = self.world.sum_(torch.tensor([loss_sum, units], dtype=torch.float64,
+                                                  device=self.device))
             loss_sum, units = totals[0].item(), int(totals[1].item())
             predictions = [p for part in self.world.gather(predictions) for p in part]
         scores = task.compute_metrics(self.data, predictions)

@@ -177,7 +177,7 @@ def check_resources(config: ExperimentConfig) -> None:
 
 def _how_many_fit(need: dict[str, float], node: dict[str, float]) -> int:
     """Workers of `need` that fit on `node` side by side."""
-    return min((int(node.get(k, 0) // v + 1e-9) for k, v in need.items()), default=0)
+    return min((int(node.get(k, 0) / v + 1e-9) for k, v in need.items()), default=0)
 
 
 def _cluster_view() -> tuple[list[dict[str, float]], list[dict[str, float]] | None]:

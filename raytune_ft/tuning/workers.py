@@ -37,6 +37,9 @@ class TrialWorker:
         self.loop = build_loop(config, bundle, experiment, model_path, plan, presets,
                                trial_id, self.world)
 
+    def ready(self) -> bool:
+        return True
+
     def load(self, files: dict[str, bytes]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             for name, data in files.items():
@@ -64,6 +67,7 @@ class WorkerGroup:
         self.bundle = bundle
         self.world = SINGLE
         self.actors: list = []
+        self._pending: list = []
 
     def __enter__(self) -> WorkerGroup:
         if self.size == 1:
@@ -87,11 +91,16 @@ class WorkerGroup:
             ).remote(rank, self.size, address, config, self._shared[0], experiment,
                      model_path, plan, presets, trial_id))
         backend = backend_for(choose_device(resources.worker_gpus))
+        self._pending = [actor.ready.remote() for actor in self.actors]
         try:
             self.world = init_world(0, self.size, address, backend)  # waits for every rank
-        except BaseException:
-            self.__exit__()
+            self._raise_worker_error()
+        except BaseException as error:
+            self._raise_worker_error(error)
             raise
+        finally:
+            if self.world is SINGLE:  # the group never formed
+                self.__exit__()
         return self
 
     def load(self, directory: str) -> None:
@@ -100,7 +109,8 @@ class WorkerGroup:
             return
         import ray
 
-        files = {p.name: p.read_bytes() for p in Path(directory).iterdir() if p.is_file()}
+        files = ray.put({p.name: p.read_bytes() for p in Path(directory).iterdir()
+                         if p.is_file()})  # one copy in the object store for every worker
         ray.get([actor.load.remote(files) for actor in self.actors])
 
     @contextlib.contextmanager
@@ -111,9 +121,24 @@ class WorkerGroup:
             return
         import ray
 
-        pending = [actor.run_interval.remote() for actor in self.actors]
-        yield
-        ray.get(pending)
+        self._pending = [actor.run_interval.remote() for actor in self.actors]
+        try:
+            yield
+        except BaseException as error:
+            self._raise_worker_error(error)
+            raise
+        ray.get(self._pending)
+
+    def _raise_worker_error(self, error: BaseException | None = None, wait_s: float = 5.0
+                            ) -> None:
+        """A worker's own error, if one failed: rank 0 itself only sees a collective that
+        timed out (or nothing yet, without `error`)."""
+        import ray
+
+        done, _ = ray.wait(self._pending, num_returns=len(self._pending),
+                           timeout=wait_s if error is not None else 0)
+        for ref in done:
+            ray.get(ref)  # raises the worker's exception
 
     def __exit__(self, *exc) -> None:
         if not self.actors:

@@ -18,9 +18,10 @@ from raytune_ft.tasks.sequence_classification import build_bundle, load_model
 from raytune_ft.training.distributed import SINGLE, World, init_world, leave_world
 from raytune_ft.training.loop import FineTuneLoop
 
-# batch 15 over 2 ranks: shares of 8 and 7, each in micro-batches of at most 4
+# batch 79 over 2 ranks: shares of 40 and 39, each in micro-batches of at most 4; then the
+# step cut at the evaluation point (80 samples) has 1 sample, and rank 1 an empty share
 SETTINGS = {"max_epochs": 1.0, "eval_every_epochs": 0.5, "learning_rate": 1e-3,
-            "batch_size": 15, "max_micro_batch": 4, "schedule": "linear",
+            "batch_size": 79, "max_micro_batch": 4, "schedule": "linear",
             "warmup_ratio": 0.1, "eval_batch_size": 24}
 
 

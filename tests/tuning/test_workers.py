@@ -142,3 +142,27 @@ def test_the_multi_gpu_node_type_fits_the_data_parallel_example():
     need = {k: v for k, v in trial_resources(config).items() if v}
     assert need == {"CPU": 8, "GPU": 1}
     assert _how_many_fit(need, node["resources"]) == config.resources.workers_per_trial == 4
+
+
+def test_the_cluster_check_counts_the_workers_every_node_holds(monkeypatch):
+    from raytune_ft.tuning import cluster
+
+    config = validate_config({"name": "x", "model": {"name": "m"}, "data": {"task": "sst2"},
+                              "resources": {"workers_per_trial": 3, "cpus_per_worker": 0.4}})
+    nodes = [{"CPU": 1.2}, {"CPU": 0.3}]  # 3 workers of 0.4 CPU fit on the first node alone
+    monkeypatch.setattr(cluster, "_cluster_view", lambda: (nodes, None))
+    cluster.check_resources(config)
+    nodes[0] = {"CPU": 0.8}  # 2 there, none on the other
+    with pytest.raises(ResourceError, match="one trial needs 3 workers of 0.4 CPU, but the "
+                       "cluster's 2 nodes hold 2 such workers and no autoscaler can add nodes"):
+        cluster.check_resources(config)
+
+
+def test_the_analysis_counts_every_workers_cpus_and_gpus():
+    from raytune_ft.analysis._layout import _per_trial
+
+    resources = {"cpus_per_trial": 2, "gpus_per_trial": 1, "workers_per_trial": 4,
+                 "cpus_per_worker": 8, "gpus_per_worker": None}
+    assert _per_trial(resources, "cpus", 1.0) == 32.0
+    assert _per_trial(resources, "gpus", 0.0) == 4.0
+    assert _per_trial({"cpus_per_trial": 2}, "cpus", 1.0) == 2.0
