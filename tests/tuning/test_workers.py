@@ -58,6 +58,7 @@ def test_two_worker_trials_run_through_the_cli(two_worker_run):
         assert all(r["eval_loss"] > 0 for r in reported)
 
 
+@pytest.mark.slow  # about 1.5 min on a quiet machine: four more trial starts
 def test_confirm_and_export_work_on_two_worker_trials(two_worker_run, tmp_path):
     done, experiment = two_worker_run
     assert done.returncode == 0, done.stderr[-3000:]
