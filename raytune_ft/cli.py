@@ -200,8 +200,15 @@ def _print_header(prepared) -> None:
           f"({plan.max_epochs:g} epochs), {plan.iterations} evaluations of "
           f"{plan.eval_every_epochs:g} epoch")
     print(f"batch        effective {_batch_text(plan)}")
-    print(f"resources    {config.resources.cpus_per_trial:g} CPU, "
-          f"{config.resources.gpus_per_trial:g} GPU per trial; {config.run.num_samples} trials")
+    if config.resources.workers_per_trial > 1:
+        print(f"workers      {_workers_text(config, plan)}")
+    res = config.resources
+    workers = "" if res.workers_per_trial == 1 else (
+        f" ({res.workers_per_trial} data-parallel workers of {res.worker_cpus:g} CPU, "
+        f"{res.worker_gpus:g} GPU, placement {res.placement})")
+    print(f"resources    {res.workers_per_trial * res.worker_cpus:g} CPU, "
+          f"{res.workers_per_trial * res.worker_gpus:g} GPU per trial{workers}; "
+          f"{config.run.num_samples} trials")
     print(f"scheduler    {config.scheduler.type}; search {config.search_alg.type}; "
           f"{config.metric} ({config.mode})")
     for key, spec in (config.search or {}).items():
@@ -226,6 +233,18 @@ def _batch_text(plan) -> str:
             texts.append(text if span.start is None else f"{text} from progress {span.start:g}")
         parts.append(name + ", ".join(texts))
     return "; ".join(parts)
+
+
+def _workers_text(config, plan) -> str:
+    """What each worker of a data-parallel trial trains of a batch: its share, accumulated."""
+    from raytune_ft.plan import accumulation_steps
+
+    workers, micro = config.resources.workers_per_trial, plan.micro_batch[1]
+    high = max(span.high for option in plan.batches for span in option.spans)
+    share = -(-high // workers)
+    return (f"{workers} per trial; each trains its share of every batch (at most {share} "
+            f"samples of {high}, accumulation {accumulation_steps(share, micro)} x <= "
+            f"{micro}) and the gradients are summed before each step")
 
 
 def _range(low: int, high: int) -> str:

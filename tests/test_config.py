@@ -18,7 +18,7 @@ from raytune_ft.config import (
 )
 from raytune_ft.errors import ConfigError
 
-EXPERIMENTS = ["sst2_quick", "sst2_pbt", "sst2_knobs", "mrpc_asha", "mrpc_pbt"]
+EXPERIMENTS = ["sst2_quick", "sst2_pbt", "sst2_knobs", "mrpc_asha", "mrpc_pbt", "mrpc_ddp"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -104,8 +104,8 @@ def read_meta(exp_dir: Path, params_keys: list[str]) -> ExperimentMeta:
         log_scale=log_scale,
         budget_samples=budget,
         max_epochs=max_epochs,
-        cpus_per_trial=float(res.get("cpus_per_trial", 1.0)),
-        gpus_per_trial=float(res.get("gpus_per_trial", 0.0)),
+        cpus_per_trial=_per_trial(res, "cpus", 1.0),
+        gpus_per_trial=_per_trial(res, "gpus", 0.0),
         scheduler=(cfg.get("scheduler") or {}).get("type"),
         has_config=True,
     )
@@ -184,3 +184,11 @@ def list_trials(exp_dir: Path) -> list[TrialInfo]:
     if not trials:
         raise ExperimentError(f"{exp_dir}: no trial folders (with params.json or result.json)")
     return trials
+
+
+def _per_trial(resources: dict, kind: str, default: float) -> float:
+    """A trial's CPUs or GPUs: all its workers' (`workers_per_trial` x per worker)."""
+    one = resources.get(f"{kind}_per_trial", default)
+    workers = int(resources.get("workers_per_trial") or 1)
+    per_worker = resources.get(f"{kind}_per_worker")
+    return float(workers * (one if per_worker is None else per_worker))

@@ -195,7 +195,35 @@ class SearchAlgConfig(_Strict):
 class ResourcesConfig(_Strict):
     cpus_per_trial: float = Field(1.0, gt=0)
     gpus_per_trial: float = Field(0.0, ge=0)  # fractions put several trials on one GPU
-    custom: dict[str, float] = {}  # Ray custom resources per trial, e.g. {spot_gpu: 1}
+    custom: dict[str, float] = {}  # Ray custom resources per trial (per worker), e.g. {spot: 1}
+    # Data-parallel trials: N workers (torch DDP: gloo on CPU, NCCL on GPU), each with its
+    # own CPUs and GPUs (default: cpus_per_trial and gpus_per_trial), in one placement group.
+    workers_per_trial: int = Field(1, gt=0)
+    cpus_per_worker: float | None = Field(None, gt=0)
+    gpus_per_worker: float | None = Field(None, ge=0)
+    placement: Literal["pack", "spread"] = "pack"  # the group's workers on few nodes, or many
+
+    @property
+    def worker_cpus(self) -> float:
+        return self.cpus_per_trial if self.cpus_per_worker is None else self.cpus_per_worker
+
+    @property
+    def worker_gpus(self) -> float:
+        return self.gpus_per_trial if self.gpus_per_worker is None else self.gpus_per_worker
+
+    @model_validator(mode="after")
+    def _workers(self) -> ResourcesConfig:
+        gpus = self.worker_gpus
+        if self.workers_per_trial > 1 and gpus and gpus != int(gpus):
+            field = "gpus_per_trial" if self.gpus_per_worker is None else "gpus_per_worker"
+            raise ValueError(f"resources.{field}: {gpus:g} is a fraction of a GPU, "
+                             "but NCCL needs each worker of a trial on its own GPU; allowed: 0 "
+                             "or a whole number")
+        if self.workers_per_trial == 1 and (self.cpus_per_worker or self.gpus_per_worker):
+            raise ValueError("resources.cpus_per_worker and gpus_per_worker apply with "
+                             "resources.workers_per_trial > 1; one worker uses "
+                             "cpus_per_trial and gpus_per_trial")
+        return self
 
     @field_validator("custom")
     @classmethod

@@ -14,6 +14,10 @@ sample moves the weights by the same share as in a full step. `train_loss` is th
 the interval's loss units over their count (per example; per tagged token for tagging), as
 is `eval_loss` over the evaluation set.
 
+Several workers (`world`, training/distributed.py): each rank trains its share of every
+step's batch and the gradients are summed over the ranks before the step, so the trial follows
+the one-worker trajectory (to float tolerance); progress stays in global samples.
+
 Divergence: a non-finite training loss, `NONFINITE_STEPS_TO_DIVERGE` non-finite gradient norms
 in a row (each such step is skipped: no update) or a non-finite eval loss marks the trial
 diverged; it reports the worst finite value of every metric and its weights are never
@@ -41,6 +45,7 @@ from raytune_ft.errors import RaytuneFtError
 from raytune_ft.plan import Budget, trial_budget
 from raytune_ft.tasks import DataBundle, Task, get_task
 from raytune_ft.training.batching import SampleStream, eval_batches, micro_batches
+from raytune_ft.training.distributed import SINGLE, World
 from raytune_ft.training.lr_schedules import (
     PlateauState,
     batch_size_at,
@@ -80,14 +85,17 @@ class FineTuneLoop:
     `dropout_seed` (default `hp.seed`) seeds dropout; the data order follows the seed saved in
     the trainer state, which a PBT clone takes from its donor. `keep_diverged`: see above.
     `budget`: the experiment plan's (`raytune_ft.plan`); a loop built without one (tests,
-    benchmarks) computes it from `hp` and the data with the same function.
+    benchmarks) computes it from `hp` and the data with the same function. `world`: this
+    worker's rank among a data-parallel trial's workers (default: the only one).
     """
 
     def __init__(self, model: torch.nn.Module, data: DataBundle, hp: TrainConfig,
                  metric: str = "eval_accuracy", mode: str = "max", device: str = "cpu",
                  dropout_seed: int | None = None, keep_diverged: bool = False,
-                 budget: Budget | None = None) -> None:
+                 budget: Budget | None = None, world: World = SINGLE) -> None:
         self.model, self.data, self.metric, self.mode = model.to(device), data, metric, mode
+        self.world = world
+        world.broadcast_parameters(self.model)  # one starting point on every rank
         self.dropout_seed = hp.seed if dropout_seed is None else dropout_seed
         self.keep_diverged = keep_diverged
         self._trained = [0, 0.0]  # samples trained and seconds spent, for idle pacing
@@ -226,14 +234,20 @@ class FineTuneLoop:
         `NONFINITE_STEPS_TO_DIVERGE` of them in a row diverge it.
         """
         # Dropout draws from a generator seeded by position: a restore continues bit for bit.
-        position = np.random.SeedSequence([self.dropout_seed, self.state.samples_seen])
+        # Each worker of a data-parallel trial draws its own masks (rank 0: one worker's).
+        key = [self.dropout_seed, self.state.samples_seen, *([self.world.rank] * (
+            self.world.rank > 0))]
+        position = np.random.SeedSequence(key)
         torch.manual_seed(int(position.generate_state(1)[0]))
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)  # summed on the device: one sync per step
         task = self.task
+        share = self.world.share(indices)
         parts = [task.collate(self.data, self.data.train, part)
-                 for part in micro_batches(indices, self.hp.max_micro_batch)]
+                 for part in micro_batches(share, self.hp.max_micro_batch)] if len(share) else []
         units = sum(int(task.loss_units(part)) for part in parts)  # host tensors: no sync
+        if self.world.distributed:  # the whole batch's units, before any backward
+            units = int(self.world.sum_(torch.tensor(units, device=self.device)))
         for part in parts:
             batch = {k: v.to(self.device) for k, v in part.items()}
             with self._autocast():
@@ -242,8 +256,11 @@ class FineTuneLoop:
             loss = task.loss(outputs, batch, self.hp.label_smoothing)
             self.scaler.scale(loss / max(units, 1)).backward()
             total += loss.detach()
-        self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        if self.world.distributed:  # the big batch's gradient and loss on every rank
+            self.world.sum_gradients(params)
+            self.world.sum_(total)
+        self.scaler.unscale_(self.optimizer)
         grad_norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None])
         loss_sum, norm = torch.stack([total, grad_norm.to(total.device)]).tolist()
         if not math.isfinite(loss_sum):
@@ -267,6 +284,7 @@ class FineTuneLoop:
             torch.nn.utils.clip_grads_with_norm_(params, self.hp.max_grad_norm, grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.world.broadcast_buffers(self.model)  # running statistics: rank 0's, as DDP
         self.state.step += 1
         return loss_sum, units
 
@@ -301,18 +319,24 @@ class FineTuneLoop:
             loss_sum += task.loss(outputs, batch).item()  # smoothing 0: the true NLL
             units += int(task.loss_units(collated))
             predictions.append((indices, task.predict(outputs, batch)))
+        if self.world.distributed:  # every rank: the whole evaluation set's figures
+            totals = self.world.sum_(torch.tensor([loss_sum, units], dtype=torch.float64,
+                                                  device=self.device))
+            loss_sum, units = totals[0].item(), int(totals[1].item())
+            predictions = [p for part in self.world.gather(predictions) for p in part]
         scores = task.compute_metrics(self.data, predictions)
         # only what the task reports for this data (its bundle lists it)
         return {"eval_loss": loss_sum / max(units, 1),
                 **{k: v for k, v in scores.items() if k in self.data.metrics}}
 
     def _eval_batches(self) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-        """The evaluation set, sorted by length and collated once per eval batch size."""
+        """The evaluation set (this rank's deal of it), sorted by length and collated once
+        per eval batch size."""
         size = self.hp.eval_batch_size
         if self._eval_cache[0] != size:
             split = self.data.eval
             self._eval_cache = (size, [(i, self.task.collate(self.data, split, i))
-                                       for i in eval_batches(split, size)])
+                                       for i in self.world.deal(eval_batches(split, size))])
         return self._eval_cache[1]
 
     # ------------------------------------------------------------------ checkpoints

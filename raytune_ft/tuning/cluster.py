@@ -23,19 +23,21 @@ def local_cpus() -> int:
 
 
 def check_local_resources(config: ExperimentConfig) -> None:
-    """A local run: one trial must fit on this machine, checked before Ray starts."""
+    """A local run: one trial (all its workers) must fit on this machine, checked before Ray
+    starts."""
     import torch
 
     cpus, gpus = local_cpus(), torch.cuda.device_count()
-    need = config.resources
-    if need.cpus_per_trial > cpus:
-        raise ResourceError(f"resources.cpus_per_trial: {need.cpus_per_trial:g} is more than "
-                            f"this machine's {cpus} CPUs; allowed: at most {cpus}, or join a "
-                            "cluster with --address")
-    if need.gpus_per_trial > gpus:
-        raise ResourceError(f"resources.gpus_per_trial: {need.gpus_per_trial:g} is more than "
-                            f"this machine's {gpus} GPUs; allowed: at most {gpus}, or join a "
-                            "cluster with --address")
+    res = config.resources
+    workers = res.workers_per_trial
+    for name, per_worker, have, unit in (
+            ("cpus", res.worker_cpus, cpus, "CPUs"), ("gpus", res.worker_gpus, gpus, "GPUs")):
+        field = f"{name}_per_trial" if workers == 1 else f"{name}_per_worker"
+        if workers * per_worker > have:
+            group = "" if workers == 1 else f" x {workers} workers_per_trial"
+            raise ResourceError(f"resources.{field}: {per_worker:g}{group} is more than this "
+                                f"machine's {have} {unit}; allowed: at most {have} in all, or "
+                                "join a cluster with --address")
 
 
 def cluster_address(address: str | None) -> str | None:
@@ -134,34 +136,48 @@ def _join_cluster(ray, address: str, kwargs: dict) -> None:
 
 
 def trial_resources(config: ExperimentConfig) -> dict[str, float]:
-    """What one trial asks Ray for, in Ray's resource names; fractions stay fractions."""
+    """What one worker of a trial asks Ray for (the whole trial when it has one worker), in
+    Ray's resource names; fractions stay fractions."""
     res = config.resources
-    return {"CPU": res.cpus_per_trial, "GPU": res.gpus_per_trial, **res.custom}
+    return {"CPU": res.worker_cpus, "GPU": res.worker_gpus, **res.custom}
 
 
 def check_resources(config: ExperimentConfig) -> None:
-    """One trial must fit on some node, or the trial would wait forever.
+    """One trial must fit on the cluster, or it would wait forever: its one worker on some
+    node; a data-parallel trial's workers each on some node and all of them at once.
 
     A cluster that autoscales (cluster.yaml: GPU workers from 0) may have no such node yet;
-    then a node type the autoscaler can start must fit it.
+    then a node type the autoscaler can start must fit a worker.
     """
     import ray
 
     need = {k: v for k, v in trial_resources(config).items() if v}
+    workers = config.resources.workers_per_trial
     if ray.util.client.ray.is_connected():  # the cluster's state is read on the cluster
         nodes, node_types = ray.get(ray.remote(num_cpus=0)(_cluster_view).remote())
     else:
         nodes, node_types = _cluster_view()
-    if any(_fits(need, node) for node in nodes):
+    if sum(_how_many_fit(need, node) for node in nodes) >= workers:
         return
     if node_types is not None and (not node_types or any(_fits(need, t) for t in node_types)):
-        log.warning("no node of the cluster fits a trial (%s) yet; trials wait for the "
-                    "autoscaler to add one", need)
+        log.warning("the cluster's nodes do not fit a trial (%s%s) yet; trials wait for the "
+                    "autoscaler to add nodes", _describe(need),
+                    f" x {workers} workers" if workers > 1 else "")
         return
     largest = {k: max((n.get(k, 0) for n in nodes), default=0) for k in need}
+    if workers > 1:
+        fit = sum(_how_many_fit(need, node) for node in nodes)
+        raise ResourceError(f"resources: one trial needs {workers} workers of "
+                            f"{_describe(need)}, but the cluster's {len(nodes)} nodes hold "
+                            f"{fit} such workers and no autoscaler can add nodes")
     raise ResourceError(f"resources: one trial needs {_describe(need)}, but none of the "
                         f"cluster's {len(nodes)} nodes has that (largest per resource: "
                         f"{_describe(largest)}) and no autoscaler can add such a node")
+
+
+def _how_many_fit(need: dict[str, float], node: dict[str, float]) -> int:
+    """Workers of `need` that fit on `node` side by side."""
+    return min((int(node.get(k, 0) / v + 1e-9) for k, v in need.items()), default=0)
 
 
 def _cluster_view() -> tuple[list[dict[str, float]], list[dict[str, float]] | None]:

@@ -34,6 +34,7 @@ from raytune_ft.tuning.cluster import (
     check_resources,
     cluster_address,
     init_ray,
+    trial_resources,
 )
 from raytune_ft.tuning.summary import RunSummary, summarize_run
 
@@ -192,13 +193,28 @@ def trainable_for(prepared: Prepared, presets: bool = False):
     from raytune_ft.tuning.trainable import train_trial
 
     config = prepared.config
+    resources = config.resources
+    data = {"bundle": prepared.bundle}
+    if resources.workers_per_trial > 1:  # one copy in the object store for every worker
+        import ray
+
+        data = {"bundle": None, "shared_bundle": (ray.put(prepared.bundle),)}
     return tune.with_resources(
-        tune.with_parameters(train_trial, bundle=prepared.bundle, experiment=config,
+        tune.with_parameters(train_trial, **data, experiment=config,
                              model_path=prepared.model_path, plan=prepared.plan,
                              presets=presets),
-        {"cpu": config.resources.cpus_per_trial, "gpu": config.resources.gpus_per_trial,
-         **config.resources.custom},
+        trial_placement(config),
     )
+
+
+def trial_placement(config: ExperimentConfig):
+    """One bundle per worker of a trial (the first is the trial function's own)."""
+    from ray import tune
+
+    bundle = {k: v for k, v in trial_resources(config).items() if v}
+    strategy = "SPREAD" if config.resources.placement == "spread" else "PACK"
+    return tune.PlacementGroupFactory([bundle] * config.resources.workers_per_trial,
+                                      strategy=strategy)
 
 
 def build_tuner(prepared: Prepared, restore: bool = False):

@@ -1,7 +1,10 @@
 """The Ray Tune function trainable: a thin adapter around `FineTuneLoop`.
 
 It restores from Tune's checkpoint (a restart, a PBT exploit), puts the trial's own
-hyperparameters in force, and reports one evaluation interval per Tune iteration.
+hyperparameters in force, and reports one evaluation interval per Tune iteration. A
+data-parallel trial (`resources.workers_per_trial` > 1) is this function as rank 0 plus
+`tuning.workers` actors in the trial's placement group, training in lockstep; rank 0 reports
+and writes the checkpoints, in the one-worker layout.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from raytune_ft.config import ExperimentConfig, trial_hyperparameters
 from raytune_ft.plan import TrialPlan
 from raytune_ft.tasks import DataBundle, get_task
 from raytune_ft.training.device import choose_device, limit_cpu_threads, out_of_memory_advice
+from raytune_ft.training.distributed import SINGLE, World
 from raytune_ft.training.loop import FineTuneLoop
 from raytune_ft.training.model import resolve_model_path
 from raytune_ft.tuning.schedulers import scheduler_spec
+from raytune_ft.tuning.workers import WorkerGroup
 
 
 def node_model_path(model_path: str, name: str) -> str:
@@ -42,36 +47,55 @@ def trial_dropout_seed(seed: int, population: bool, trial_id: str) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def train_trial(config: dict, *, bundle: DataBundle, experiment: ExperimentConfig,
-                model_path: str, plan: TrialPlan | None = None, presets: bool = False) -> None:
-    started = time.perf_counter()
+def build_loop(config: dict, bundle: DataBundle, experiment: ExperimentConfig,
+               model_path: str, plan: TrialPlan | None, presets: bool, trial_id: str,
+               world: World = SINGLE) -> FineTuneLoop:
+    """One worker's loop for the trial `trial_id` with the sampled `config`: the same on every
+    rank of a data-parallel trial (rank 0's weights are broadcast when it starts)."""
     hp = trial_hyperparameters(experiment, config)
-    device = choose_device(experiment.resources.gpus_per_trial)
-    limit_cpu_threads(experiment.resources.cpus_per_trial)
+    resources = experiment.resources
+    device = choose_device(resources.worker_gpus)
+    limit_cpu_threads(resources.worker_cpus)
     model = get_task(bundle.kind).load_model(node_model_path(model_path, experiment.model.name),
                                              bundle.label_names, hp.seed)
     scheduler = scheduler_spec(experiment.scheduler)
-    loop = FineTuneLoop(model, bundle, hp, experiment.metric, experiment.mode, device,
+    return FineTuneLoop(model, bundle, hp, experiment.metric, experiment.mode, device,
                         dropout_seed=trial_dropout_seed(hp.seed, scheduler.population,
-                                                        tune.get_context().get_trial_id()),
+                                                        trial_id),
                         keep_diverged=scheduler.keeps_diverged and not presets,
-                        budget=plan.budget if plan is not None else None)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            loop.load(directory)
-    startup_s = time.perf_counter() - started  # trial start to the first training step
-    # A paused trial resumes from its last checkpoint: an older one would train again.
-    every_iteration = scheduler.checkpoint_every_iteration or scheduler.pauses_trials
-    every = 1 if every_iteration else experiment.run.checkpoint_every
-    while not loop.finished:
-        with out_of_memory_advice(loop):
-            metrics = loop.run_interval()
-        metrics["startup_s"] = startup_s
-        due = loop.finished or loop.evaluations_done % every == 0
-        if due and not loop.state.diverged:  # non-finite weights are never checkpointed
-            with tempfile.TemporaryDirectory() as directory:
-                loop.save(directory)
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-        else:
-            tune.report(metrics)
+                        budget=plan.budget if plan is not None else None, world=world)
+
+
+def train_trial(config: dict, *, bundle: DataBundle | None, experiment: ExperimentConfig,
+                model_path: str, plan: TrialPlan | None = None, presets: bool = False,
+                shared_bundle: tuple | None = None) -> None:
+    """`shared_bundle`: (object ref of the bundle,) instead of `bundle` for data-parallel
+    trials, whose other workers read the same copy from the object store."""
+    started = time.perf_counter()
+    trial_id = tune.get_context().get_trial_id()
+    with WorkerGroup(config, bundle, shared_bundle, experiment, model_path, plan, presets,
+                     trial_id) as group:
+        bundle = group.bundle
+        loop = build_loop(config, bundle, experiment, model_path, plan, presets, trial_id,
+                          group.world)
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                loop.load(directory)
+                group.load(directory)
+        startup_s = time.perf_counter() - started  # trial start to the first training step
+        scheduler = scheduler_spec(experiment.scheduler)
+        # A paused trial resumes from its last checkpoint: an older one would train again.
+        every_iteration = scheduler.checkpoint_every_iteration or scheduler.pauses_trials
+        every = 1 if every_iteration else experiment.run.checkpoint_every
+        while not loop.finished:
+            with out_of_memory_advice(loop), group.interval():
+                metrics = loop.run_interval()
+            metrics["startup_s"] = startup_s
+            due = loop.finished or loop.evaluations_done % every == 0
+            if due and not loop.state.diverged:  # non-finite weights are never checkpointed
+                with tempfile.TemporaryDirectory() as directory:
+                    loop.save(directory)
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+            else:
+                tune.report(metrics)
