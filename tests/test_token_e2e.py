@@ -1,0 +1,110 @@
+"""Tagging end to end through the real CLI: experiments/ewt_pos_pbt.yaml with a tiny random
+BERT on a real UD English EWT subset (train on test, score on dev), then analyze, compare,
+report, confirm, replay and export; the exported folder loads with the transformers Auto class
+and pipeline and reproduces the recorded token accuracy."""
+
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from support import REPO
+
+EWT = REPO.parent / "shared" / "data" / "ud_ewt"
+TRAIN_SENTENCES, EVAL_SENTENCES = 96, 48
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
+                          text=True, timeout=600, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def tagging_run(tmp_path_factory, tiny_bert):
+    root = tmp_path_factory.mktemp("tagging")
+    overrides = [f"model.name={tiny_bert}", "model.max_length=48",
+                 f"data.train_file={EWT / 'en_ewt-ud-test.conllu'}",
+                 f"data.eval_file={EWT / 'en_ewt-ud-dev.conllu'}",
+                 f"data.max_train_samples={TRAIN_SENTENCES}",
+                 f"data.max_eval_samples={EVAL_SENTENCES}",
+                 "train.max_epochs=1", "train.eval_every_epochs=0.25", "train.max_micro_batch=8",
+                 "scheduler.perturbation_interval=1", "run.checkpoints_to_keep=4",
+                 f"run.storage_path={root / 'results'}"]
+    done = run_cli("tune", "experiments/ewt_pos_pbt.yaml",
+                   *(arg for o in overrides for arg in ("--set", o)))
+    return done, root / "results" / "ewt_pos_pbt"
+
+
+def test_tune_trains_taggers_and_reports_word_accuracy(tagging_run):
+    done, experiment = tagging_run
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "tag scheme   not BIO/BIOES: token accuracy only" in done.stdout
+    assert f"budget       {TRAIN_SENTENCES} samples per trial (1 epoch" in done.stdout
+    assert "best         eval_token_accuracy=" in done.stdout
+    trials = [p for p in experiment.iterdir() if (p / "result.json").is_file()]
+    assert len(trials) == 4
+    for trial in trials:
+        rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+        for row in rows:  # samples are sentences: a quarter epoch is 24 of them
+            assert row["samples_seen"] == 24 * row["training_iteration"]
+            assert 0.0 < row["eval_token_accuracy"] < 1.0 and "eval_f1" not in row
+            assert row["eval_loss"] > 0 and row["diverged"] is False
+    record = json.loads((experiment / "raytune_ft.json").read_text())
+    assert record["label_names"][:3] == ["ADJ", "ADP", "ADV"] and len(record["label_names"]) == 17
+
+
+def test_analyze_compare_and_report(tagging_run):
+    _, experiment = tagging_run
+    assert run_cli("analyze", str(experiment)).returncode == 0
+    trials = pd.read_parquet(experiment / "analysis" / "trials.parquet")
+    assert len(trials) == 4 and trials["best_eval_token_accuracy"].between(0, 1).all()
+    iterations = pd.read_parquet(experiment / "analysis" / "iterations.parquet")
+    assert set(iterations["samples_seen"]) <= {24, 48, 72, 96}
+    done = run_cli("compare", str(experiment), "--format", "csv")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "eval_token_accuracy" in done.stdout.splitlines()[0]
+    assert run_cli("report", str(experiment)).returncode == 0
+    assert "eval_token_accuracy" in (experiment / "analysis" / "report.html").read_text()
+
+
+def test_confirm_and_replay(tagging_run):
+    _, experiment = tagging_run
+    done = run_cli("confirm", str(experiment), "--top", "1", "--seeds", "2")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = pd.read_parquet(experiment / "analysis" / "confirm.parquet")
+    assert len(rows) == 2 and rows["metric"].between(0, 1).all()
+    done = run_cli("replay", str(experiment))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "eval_token_accuracy=" in done.stdout
+
+
+def test_export_loads_with_the_auto_class_and_the_pipeline(tagging_run, tmp_path):
+    from transformers import AutoModelForTokenClassification, pipeline
+
+    from raytune_ft.config import TrainConfig
+    from raytune_ft.experiment import read_experiment_record
+    from raytune_ft.tasks import task_for
+    from raytune_ft.training.loop import FineTuneLoop
+
+    _, experiment = tagging_run
+    out = tmp_path / "tagger"
+    done = run_cli("export", str(experiment), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "raytune_ft_export.json").read_text())
+    model = AutoModelForTokenClassification.from_pretrained(out)
+    assert model.config.id2label[0] == "ADJ" and len(model.config.id2label) == 17
+    card = (out / "README.md").read_text()
+    assert "pipeline_tag: token-classification" in card
+    assert "en_ewt-ud-test.conllu" in card and "eval_token_accuracy" in card
+    # the exported folder scores the eval sentences as the trial did
+    config = read_experiment_record(str(experiment))
+    task = task_for(config.data)
+    bundle = task.load_data(config.data, str(out), config.model.max_length)
+    loop = FineTuneLoop(model, bundle, TrainConfig(), config.metric, config.mode)
+    scores = loop.evaluate()
+    expected = record["metrics"]["eval_token_accuracy"]
+    assert scores["eval_token_accuracy"] == pytest.approx(expected, abs=1e-12)
+    tagger = pipeline("token-classification", model=str(out))
+    tags = tagger("The cat sat on the mat.")
+    assert tags and {t["entity"] for t in tags} <= set(model.config.id2label.values())
