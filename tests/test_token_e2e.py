@@ -12,7 +12,9 @@ import pytest
 from support import REPO
 
 EWT = REPO.parent / "shared" / "data" / "ud_ewt"
-TRAIN_SENTENCES, EVAL_SENTENCES = 96, 48
+TRAIN_SENTENCES, EVAL_SENTENCES = 64, 32
+UPOS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON",
+        "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X"}
 
 
 def run_cli(*args):
@@ -28,7 +30,7 @@ def tagging_run(tmp_path_factory, tiny_bert):
                  f"data.eval_file={EWT / 'en_ewt-ud-dev.conllu'}",
                  f"data.max_train_samples={TRAIN_SENTENCES}",
                  f"data.max_eval_samples={EVAL_SENTENCES}",
-                 "train.max_epochs=1", "train.eval_every_epochs=0.25", "train.max_micro_batch=8",
+                 "train.max_epochs=1", "train.eval_every_epochs=0.5", "train.max_micro_batch=8",
                  "scheduler.perturbation_interval=1", "run.checkpoints_to_keep=4",
                  f"run.storage_path={root / 'results'}"]
     done = run_cli("tune", "experiments/ewt_pos_pbt.yaml",
@@ -46,21 +48,24 @@ def test_tune_trains_taggers_and_reports_word_accuracy(tagging_run):
     assert len(trials) == 4
     for trial in trials:
         rows = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
-        for row in rows:  # samples are sentences: a quarter epoch is 24 of them
-            assert row["samples_seen"] == 24 * row["training_iteration"]
+        for row in rows:  # samples are sentences: half an epoch is 32 of them
+            assert row["samples_seen"] == 32 * row["training_iteration"]
             assert 0.0 < row["eval_token_accuracy"] < 1.0 and "eval_f1" not in row
             assert row["eval_loss"] > 0 and row["diverged"] is False
     record = json.loads((experiment / "raytune_ft.json").read_text())
-    assert record["label_names"][:3] == ["ADJ", "ADP", "ADV"] and len(record["label_names"]) == 17
+    names = record["label_names"]  # the training subset's tags, sorted
+    assert names == sorted(names) and {"NOUN", "VERB", "PUNCT"} <= set(names) <= UPOS
 
 
 def test_analyze_compare_and_report(tagging_run):
     _, experiment = tagging_run
     assert run_cli("analyze", str(experiment)).returncode == 0
     trials = pd.read_parquet(experiment / "analysis" / "trials.parquet")
-    assert len(trials) == 4 and trials["best_eval_token_accuracy"].between(0, 1).all()
+    assert len(trials) == 4 and trials["best_metric"].between(0, 1).all()
+    assert set(trials["samples_seen"]) == {TRAIN_SENTENCES}
     iterations = pd.read_parquet(experiment / "analysis" / "iterations.parquet")
-    assert set(iterations["samples_seen"]) <= {24, 48, 72, 96}
+    assert set(iterations["samples_seen"]) == {32, 64}
+    assert iterations["eval_token_accuracy"].between(0, 1).all()
     done = run_cli("compare", str(experiment), "--format", "csv")
     assert done.returncode == 0, done.stderr[-2000:]
     assert "eval_token_accuracy" in done.stdout.splitlines()[0]
@@ -68,6 +73,7 @@ def test_analyze_compare_and_report(tagging_run):
     assert "eval_token_accuracy" in (experiment / "analysis" / "report.html").read_text()
 
 
+@pytest.mark.slow  # two more Ray runs (~1-4 min on 2 cores)
 def test_confirm_and_replay(tagging_run):
     _, experiment = tagging_run
     done = run_cli("confirm", str(experiment), "--top", "1", "--seeds", "2")
@@ -93,7 +99,8 @@ def test_export_loads_with_the_auto_class_and_the_pipeline(tagging_run, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((out / "raytune_ft_export.json").read_text())
     model = AutoModelForTokenClassification.from_pretrained(out)
-    assert model.config.id2label[0] == "ADJ" and len(model.config.id2label) == 17
+    names = read_experiment_record_names(experiment)
+    assert [model.config.id2label[i] for i in range(len(names))] == names
     card = (out / "README.md").read_text()
     assert "pipeline_tag: token-classification" in card
     assert "en_ewt-ud-test.conllu" in card and "eval_token_accuracy" in card
@@ -108,3 +115,7 @@ def test_export_loads_with_the_auto_class_and_the_pipeline(tagging_run, tmp_path
     tagger = pipeline("token-classification", model=str(out))
     tags = tagger("The cat sat on the mat.")
     assert tags and {t["entity"] for t in tags} <= set(model.config.id2label.values())
+
+
+def read_experiment_record_names(experiment) -> list[str]:
+    return json.loads((experiment / "raytune_ft.json").read_text())["label_names"]
