@@ -119,3 +119,58 @@ def test_export_loads_with_the_auto_class_and_the_pipeline(tagging_run, tmp_path
 
 def read_experiment_record_names(experiment) -> list[str]:
     return json.loads((experiment / "raytune_ft.json").read_text())["label_names"]
+
+
+CONLL_TRAIN = """-DOCSTART- -X- -X- O
+
+EU NNP B-NP B-ORG
+rejects VBZ B-VP O
+German JJ B-NP B-MISC
+call NN I-NP O
+to TO B-VP O
+boycott VB I-VP O
+British JJ B-NP B-MISC
+lamb NN I-NP O
+. . O O
+
+Peter NNP B-NP B-PER
+Blackburn NNP I-NP I-PER
+"""
+CONLL_DEV = """CRICKET NNP B-NP O
+- : O O
+LEICESTERSHIRE NNP B-NP B-ORG
+TAKE NNP I-NP O
+OVER IN B-PP O
+AT NNP B-NP O
+TOP NNP I-NP O
+AFTER NNP I-NP O
+INNINGS NNP I-NP O
+VICTORY NN I-NP O
+. . O O
+
+LONDON NNP B-NP B-LOC
+1996-08-30 CD I-NP O
+"""
+
+
+def test_the_gpu_ner_example_validates_on_a_small_conll_file(tmp_path, tiny_bert):
+    """experiments/conll_ner_bert.yaml as written, on small CoNLL-2003 files; only what this
+    CPU machine lacks is overridden (bert-base-cased is not cached here, no GPU)."""
+    (tmp_path / "eng.train").write_text(CONLL_TRAIN)
+    (tmp_path / "eng.testa").write_text(CONLL_DEV)
+    overrides = [f"data.train_file={tmp_path / 'eng.train'}",
+                 f"data.eval_file={tmp_path / 'eng.testa'}", f"model.name={tiny_bert}",
+                 "resources.gpus_per_trial=0", "resources.cpus_per_trial=1",
+                 f"run.storage_path={tmp_path / 'results'}"]
+    args = [arg for o in overrides for arg in ("--set", o)]
+    done = run_cli("validate", "experiments/conll_ner_bert.yaml", *args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "BIO/BIOES: entity precision/recall/F1" in done.stdout
+    assert "train 11 words in 2 sentences; eval 13 words in 2 sentences" in done.stdout
+    assert "0 -> 'O', 1 -> 'B-PER'" in done.stdout  # the declared order
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+    # a tag outside the declared set is one line naming the file and the line
+    (tmp_path / "eng.testa").write_text(CONLL_DEV.replace("B-LOC", "B-GPE"))
+    done = run_cli("validate", "experiments/conll_ner_bert.yaml", *args)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert f"data.eval_file: {tmp_path / 'eng.testa'} line 13: tag(s) 'B-GPE'" in done.stderr

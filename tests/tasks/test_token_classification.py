@@ -364,3 +364,13 @@ def test_bad_data_settings_are_refused_at_validation(data, message):
     with pytest.raises(ConfigError) as error:
         validate_config(raw)
     assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_tagging_fields_without_the_tagging_kind_are_refused():
+    from raytune_ft.config import validate_config
+
+    raw = {"name": "t", "model": {"name": "m"},
+           "data": {"train_file": "a.conllu", "eval_file": "b.conllu", "tag_column": "upos"}}
+    with pytest.raises(ConfigError, match="data.tag_column: read only by data.kind "
+                                          "token_classification"):
+        validate_config(raw)
