@@ -36,6 +36,11 @@ class TaggedSentences:
     def __len__(self) -> int:
         return len(self.words)
 
+    def add(self, words: list[str], tags: list[str], start: int) -> None:
+        self.words.append(words)
+        self.tags.append(tags)
+        self.starts.append(start)
+
     def at(self, sentence: int) -> str:
         place = "row" if self.rows else "line"
         return f"{self.where}: {self.path} {place} {self.starts[sentence]}"
@@ -91,7 +96,7 @@ def _read_conllu(lines: list[str], out: TaggedSentences, tag_column: str | None
     for number, line in enumerate([*lines, ""], start=1):
         if not line.strip():
             if words:
-                out.words.append(words), out.tags.append(tags), out.starts.append(start)
+                out.add(words, tags, start)
             words, tags = [], []
             continue
         if line.startswith("#"):
@@ -133,7 +138,7 @@ def _read_conll(lines: list[str], out: TaggedSentences, tag_column: str | None
         fields = line.split()
         if not fields or fields[0] == "-DOCSTART-":
             if words:
-                out.words.append(words), out.tags.append(tags), out.starts.append(start)
+                out.add(words, tags, start)
             words, tags = [], []
             continue
         if len(fields) < 2:
@@ -168,8 +173,7 @@ def _read_table(path: Path, where: str, tokens_column: str, tag_column: str
                             f"tags in {tag_column!r}; every word needs one tag")
         if not words:
             raise DataError(f"{place}: an empty sentence (no words in {tokens_column!r})")
-        out.words.append(words), out.tags.append(tags)
-        out.starts.append(row + 1 if rows else table.lines[row])
+        out.add(words, tags, row + 1 if rows else table.lines[row])
     return out
 
 

@@ -78,6 +78,25 @@ def continuation_ids(label_names: list[str]) -> np.ndarray:
                      for i, name in enumerate(label_names)], dtype=np.int32)
 
 
+def word_tokenizer(model_path: str):
+    """The model's fast tokenizer, reading pre-split words as running text: a byte-level BPE
+    (RoBERTa, GPT-2) marks a word's start with a space, which split words lack unless
+    `add_prefix_space` is on. A slow tokenizer has no `word_ids()`: refused."""
+    from raytune_ft.training.model import load_tokenizer
+
+    tokenizer = load_tokenizer(model_path)
+    if not tokenizer.is_fast:
+        raise ModelError(f"model.name: the tokenizer of {model_path} is a slow (Python) one; "
+                         "token classification needs a fast tokenizer (tokenizer.json) to map "
+                         "sub-words to words")
+    if "ByteLevel" in tokenizer.backend_tokenizer.to_str() and not getattr(
+            tokenizer, "add_prefix_space", False):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path, add_prefix_space=True)
+    return tokenizer
+
+
 def encode(sentences: TaggedSentences, tokenizer, max_length: int, label_names: list[str],
            all_subtokens: bool) -> TaggedSplit:
     """Sub-word ids with the label on each word's first sub-token (or all of them)."""
@@ -214,13 +233,9 @@ class TokenClassification(Task):
 
     def load_data(self, data: DataConfig, model_path: str, max_length: int) -> DataBundle:
         from raytune_ft.tasks import _conll
-        from raytune_ft.training.model import check_tokenizer, load_tokenizer
+        from raytune_ft.training.model import check_tokenizer
 
-        tokenizer = load_tokenizer(model_path)
-        if not tokenizer.is_fast:
-            raise ModelError(f"model.name: the tokenizer of {model_path} is a slow (Python) "
-                             "one; token classification needs a fast tokenizer (tokenizer.json) "
-                             "to map sub-words to words")
+        tokenizer = word_tokenizer(model_path)
         fmt = _conll.file_format(data.train_file, data.format)
         splits = [_conll.read_tagged(path, where, fmt, data.tag_column, data.tokens_column)
                   for path, where in ((data.train_file, "data.train_file"),
@@ -322,9 +337,7 @@ class TokenClassification(Task):
         return scores
 
     def save_processor(self, model_path: str, out: str, max_length: int) -> None:
-        from raytune_ft.training.model import load_tokenizer
-
-        tokenizer = load_tokenizer(model_path)
+        tokenizer = word_tokenizer(model_path)  # as trained: add_prefix_space for BPE
         tokenizer.model_max_length = max_length  # truncation=True cuts as in training
         tokenizer.save_pretrained(out)
 

@@ -194,6 +194,25 @@ def test_a_slow_tokenizer_is_refused(tmp_path, tiny_bert, monkeypatch):
         TASK.load_data(data, str(tiny_bert), 32)
 
 
+def test_a_byte_level_bpe_tokenizer_reads_each_word_as_after_a_space(tmp_path):
+    """RoBERTa-style tokenizers mark word starts with a space (Ġ); split words need
+    add_prefix_space, or every word is encoded as if it began the text."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizer
+
+    from raytune_ft.tasks.token_classification import word_tokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["hello world the cat sat on the mat"] * 20, vocab_size=300,
+                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(tmp_path))
+    RobertaTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt")
+                     ).save_pretrained(tmp_path)
+    tokenizer = word_tokenizer(str(tmp_path))
+    encoded = tokenizer([["hello", "world"]], is_split_into_words=True)
+    assert tokenizer.convert_ids_to_tokens(encoded["input_ids"][0])[-2] == "Ġworld"
+
+
 # ------------------------------------------------------------------ loss
 
 
