@@ -103,6 +103,7 @@ def test_export_loads_with_the_auto_class_and_the_pipeline(tagging_run, tmp_path
     assert [model.config.id2label[i] for i in range(len(names))] == names
     card = (out / "README.md").read_text()
     assert "pipeline_tag: token-classification" in card
+    assert "- kind: `token_classification` (token-classification)" in card
     assert "en_ewt-ud-test.conllu" in card and "eval_token_accuracy" in card
     # the exported folder scores the eval sentences as the trial did
     config = read_experiment_record(str(experiment))
