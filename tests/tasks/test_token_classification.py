@@ -393,3 +393,24 @@ def test_tagging_fields_without_the_tagging_kind_are_refused():
     with pytest.raises(ConfigError, match="data.tag_column: read only by data.kind "
                                           "token_classification"):
         validate_config(raw)
+
+
+def test_the_run_header_counts_words_cut_and_lost_and_tags_never_trained(tokenizer):
+    from raytune_ft.tasks import DataBundle
+
+    names = ["NOUN", "PUNCT", "VERB", "X"]
+    train = encode(sentences([["Tokenization", "works", "."], ["a", "\u200b", "b"]],
+                             [["NOUN", "VERB", "PUNCT"], ["NOUN", "NOUN", "NOUN"]]),
+                   tokenizer, 4, names, all_subtokens=False)
+    bundle = DataBundle(train, train, names, 0, "t", ["eval_token_accuracy", "eval_loss"],
+                        TASK.name)
+    assert TASK.warnings(bundle, None) == [
+        "2 train word(s) lie beyond model.max_length 4 sub-words: cut, neither trained nor "
+        "scored",
+        "1 train word(s) map to no sub-token (e.g. '\\u200b'): neither trained nor scored",
+        "2 eval word(s) lie beyond model.max_length 4 sub-words: cut, neither trained nor "
+        "scored",
+        "1 eval word(s) map to no sub-token (e.g. '\\u200b'): neither trained nor scored",
+        "no training word has tag(s) 'PUNCT', 'VERB', 'X'"]
+    assert dict(TASK.describe(bundle))["words"] == ("train 3 words in 2 sentences; "
+                                                    "eval 3 words in 2 sentences")
