@@ -414,3 +414,22 @@ def test_the_run_header_counts_words_cut_and_lost_and_tags_never_trained(tokeniz
         "no training word has tag(s) 'PUNCT', 'VERB', 'X'"]
     assert dict(TASK.describe(bundle))["words"] == ("train 3 words in 2 sentences; "
                                                     "eval 3 words in 2 sentences")
+
+
+def test_a_bio_tagger_trains_and_reports_entity_scores(tmp_path, tiny_bert):
+    for name in ("train.conll", "dev.conll"):
+        (tmp_path / name).write_text(CONLL2003 * 4)
+    data = DataConfig(kind="token_classification", train_file=str(tmp_path / "train.conll"),
+                      eval_file=str(tmp_path / "dev.conll"))
+    bundle = TASK.load_data(data, str(tiny_bert), 32)
+    assert bundle.metrics == ["eval_token_accuracy", "eval_loss", "eval_precision",
+                              "eval_recall", "eval_f1"]
+    assert bundle.label_names == ["B-MISC", "B-ORG", "B-PER", "I-PER", "O"]
+    hp = TrainConfig(max_epochs=1, eval_every_epochs=1, batch_size=4, learning_rate=1e-3)
+    loop = FineTuneLoop(TASK.load_model(str(tiny_bert), bundle.label_names, seed=0), bundle, hp,
+                        metric="eval_f1")
+    report = loop.run_interval()
+    assert report["samples_seen"] == 8  # samples are sentences
+    for key in ("eval_token_accuracy", "eval_precision", "eval_recall", "eval_f1"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert "eval_accuracy" not in report and "eval_mcc" not in report
