@@ -433,3 +433,16 @@ def test_a_bio_tagger_trains_and_reports_entity_scores(tmp_path, tiny_bert):
     for key in ("eval_token_accuracy", "eval_precision", "eval_recall", "eval_f1"):
         assert 0.0 <= report[key] <= 1.0, key
     assert "eval_accuracy" not in report and "eval_mcc" not in report
+
+
+def test_layer_decay_and_freezing_reach_the_token_model(tiny_bert):
+    from raytune_ft.training.model import parameter_groups
+
+    model = TASK.load_model(str(tiny_bert), ["A", "B", "C"], seed=0)
+    hp = TrainConfig(layer_decay=0.5, freeze_embeddings=True)
+    groups = parameter_groups(model, hp)
+    scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    assert scale[id(model.classifier.weight)] == 1.0  # the tagging head: lr
+    assert scale[id(model.bert.encoder.layer[0].attention.self.query.weight)] == 0.25  # 0.5^2
+    assert not model.bert.embeddings.word_embeddings.weight.requires_grad
+    assert id(model.bert.embeddings.word_embeddings.weight) not in scale
