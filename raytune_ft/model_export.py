@@ -216,7 +216,8 @@ def model_card(info: dict, config: ExperimentConfig, record: dict) -> str:
              f"exported from trial `{info['trial_id']}` of {source} "
              f"(checkpoint `{Path(info['checkpoint']).name}`, iteration {info['iteration']}, "
              f"{info['samples_seen']} samples seen, epoch {info['epoch']:g}).", "",
-             "## Data", "", f"- task: `{data['task']}`", f"- examples: {sizes}",
+             "## Data", "", f"- kind: `{task.name}` ({task.pipeline_tag})",
+             f"- task: `{data['task']}`", f"- examples: {sizes}",
              f"- labels: {labels}", *task.card_input(config), "",
              "## Result", "",
              f"- {config.metric} of this checkpoint on the dev/eval data: {value:.4f}"]

@@ -52,6 +52,13 @@ class DataConfig(_Strict):
     eval_file: str | None = None
     text_columns: list[str] | None = None  # one column (single sentence) or two (pairs)
     label_column: str | None = None
+    # token classification (data.kind token_classification): tagged sentences
+    format: Literal["conllu", "conll", "table"] | None = None  # None: by suffix (.conllu,
+    #   .jsonl/.json/.parquet: table; others: conll = CoNLL-2003 columns, tag last)
+    tag_column: str | None = None  # conllu: upos (default), xpos, misc:KEY; table: tag lists
+    tokens_column: str | None = None  # table: the column of word lists
+    label_names: list[str] | None = None  # the tag set in id order; None: train's, sorted
+    label_all_subtokens: bool = False  # False: a word's first sub-token carries its tag
     max_train_samples: int | None = Field(None, gt=0)  # fixed random subset, seeded below
     max_eval_samples: int | None = Field(None, gt=0)
     subset_seed: int = Field(0, ge=0)  # the subset is the same for every trial and every run

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 # task name -> module defining TASK; the first is the one data files are read with.
 TASKS: dict[str, str] = {
     "sequence_classification": "raytune_ft.tasks.sequence_classification",
+    "token_classification": "raytune_ft.tasks.token_classification",
     "image_classification": "raytune_ft.tasks.image_classification",
 }
 

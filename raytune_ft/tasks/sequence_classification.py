@@ -157,6 +157,12 @@ class SequenceClassification(Task):
         return bundle
 
     def check_data(self, data: DataConfig) -> None:
+        tagging = [name for name in ("format", "tag_column", "tokens_column", "label_names")
+                   if getattr(data, name) is not None] + (
+            ["label_all_subtokens"] if data.label_all_subtokens else [])
+        if tagging:
+            raise ValueError(f"data.{tagging[0]}: read only by data.kind token_classification "
+                             f"(this data is read by {self.name})")
         if data.train_file is None:
             return
         if not data.text_columns or data.label_column is None:

@@ -1,0 +1,350 @@
+"""Token classification: a tag for every word (part of speech, named entities).
+
+The driver reads the tagged sentences (`_conll`: CoNLL-U, CoNLL-2003 columns, JSONL/Parquet
+lists) and encodes them once with the model's fast tokenizer (`is_split_into_words`, its
+`word_ids()`) into flat numpy arrays: sub-word ids, the tag of each position (-100 where the
+loss ignores it: special tokens, and every sub-token of a word but its first unless
+`data.label_all_subtokens`), which positions start a word, and the gold tag of every word
+kept. A sentence longer than `model.max_length` sub-words is cut; the run header counts the
+words cut. A sample is a sentence; its length for batching is its sub-word count.
+
+The loss is cross-entropy summed over the labelled positions, and `loss_units` is their count,
+so a step's gradient is the mean over the whole batch's labelled tokens however they fall into
+micro-batches. Metrics are over words (the prediction at a word's first sub-token):
+`eval_token_accuracy`, and for BIO/BIOES tag sets entity-level micro precision, recall and F1
+computed as seqeval's default mode computes them.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from raytune_ft.errors import ConfigError, ModelError
+from raytune_ft.tasks import DataBundle, Metric, Task
+from raytune_ft.tasks._conll import TaggedSentences
+
+if TYPE_CHECKING:
+    import torch
+
+    from raytune_ft.config import DataConfig
+
+log = logging.getLogger(__name__)
+
+IGNORE = -100  # the label of a position the loss skips (torch's cross_entropy default)
+ENTITY_TAG = re.compile(r"[BIES]-.+")  # a BIO/BIOES tag: a prefix, a dash, the entity type
+ENTITY_METRICS = ["eval_precision", "eval_recall", "eval_f1"]
+
+
+@dataclass
+class TaggedSplit:
+    """A split as flat arrays: sentence i is ids[offsets[i]:offsets[i+1]] (with `labels` and
+    `starts` aligned to it) and its kept words' gold tags word_tags[word_offsets[i]:...]."""
+
+    ids: np.ndarray  # int32 sub-word ids
+    labels: np.ndarray  # int32 tag id per position, IGNORE where the loss skips it
+    starts: np.ndarray  # bool: the position is a word's first sub-token
+    offsets: np.ndarray  # int64, n + 1
+    word_tags: np.ndarray  # int32 gold tag id per kept word
+    word_offsets: np.ndarray  # int64, n + 1
+    words_cut: int = 0  # words beyond max_length, not trained or scored
+    words_lost: int = 0  # words the tokenizer maps to no sub-token (not trained or scored)
+    examples: list[str] = field(default_factory=list)  # a few of the lost words
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def is_entity_scheme(label_names: list[str]) -> bool:
+    """BIO/BIOES: every tag is O or a prefixed entity tag, and at least one is."""
+    return any(ENTITY_TAG.fullmatch(t) for t in label_names) and all(
+        t == "O" or ENTITY_TAG.fullmatch(t) for t in label_names)
+
+
+def continuation_ids(label_names: list[str]) -> np.ndarray:
+    """The id a non-first sub-token gets under `label_all_subtokens`: the word's own tag,
+    but I-X for a B-X word when I-X exists (a sub-token inside an entity does not begin one)."""
+    index = {name: i for i, name in enumerate(label_names)}
+    return np.array([index.get("I-" + name[2:], i) if name.startswith("B-") else i
+                     for i, name in enumerate(label_names)], dtype=np.int32)
+
+
+def word_tokenizer(model_path: str):
+    """The model's fast tokenizer, reading pre-split words as running text: a byte-level BPE
+    (RoBERTa, GPT-2) marks a word's start with a space, which split words lack unless
+    `add_prefix_space` is on. A slow tokenizer has no `word_ids()`: refused."""
+    from raytune_ft.training.model import load_tokenizer
+
+    tokenizer = load_tokenizer(model_path)
+    if not tokenizer.is_fast:
+        raise ModelError(f"model.name: the tokenizer of {model_path} is a slow (Python) one; "
+                         "token classification needs a fast tokenizer (tokenizer.json) to map "
+                         "sub-words to words")
+    if "ByteLevel" in tokenizer.backend_tokenizer.to_str() and not getattr(
+            tokenizer, "add_prefix_space", False):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path, add_prefix_space=True)
+    return tokenizer
+
+
+def encode(sentences: TaggedSentences, tokenizer, max_length: int, label_names: list[str],
+           all_subtokens: bool) -> TaggedSplit:
+    """Sub-word ids with the label on each word's first sub-token (or all of them)."""
+    index = {name: i for i, name in enumerate(label_names)}
+    inside = continuation_ids(label_names)
+    encoded = tokenizer(sentences.words, is_split_into_words=True, truncation=True,
+                        max_length=max_length, padding=False, return_attention_mask=False,
+                        return_token_type_ids=False)
+    ids, labels, starts, word_tags, lengths, kept = [], [], [], [], [], []
+    cut = lost = 0
+    examples: list[str] = []
+    for i, (words, tags) in enumerate(zip(sentences.words, sentences.tags)):
+        word_ids = encoded.word_ids(i)
+        tag_ids = [index[t] for t in tags]
+        seen = [w for w in dict.fromkeys(word_ids) if w is not None]
+        span = len(words)
+        if len(word_ids) >= max_length:  # cut: the words after the last one seen are gone
+            span = (seen[-1] + 1) if seen else 0
+            cut += len(words) - span
+        missing = set(range(span)) - set(seen)
+        lost += len(missing)
+        examples += [repr(words[w]) for w in sorted(missing)][:3 - len(examples)]
+        previous = None
+        for word in word_ids:
+            first = word is not None and word != previous
+            starts.append(first)
+            if word is None:
+                labels.append(IGNORE)
+            elif first:
+                labels.append(tag_ids[word])
+            else:
+                labels.append(int(inside[tag_ids[word]]) if all_subtokens else IGNORE)
+            previous = word
+        ids += encoded["input_ids"][i]
+        lengths.append(len(word_ids))
+        word_tags += [tag_ids[w] for w in seen]
+        kept.append(len(seen))
+    return TaggedSplit(np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32),
+                       np.asarray(starts, dtype=bool), _offsets(lengths),
+                       np.asarray(word_tags, dtype=np.int32), _offsets(kept), cut, lost,
+                       examples)
+
+
+def _offsets(lengths: list[int]) -> np.ndarray:
+    return np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))])
+
+
+def collate(split: TaggedSplit, indices: np.ndarray, pad_token_id: int) -> dict:
+    """Pad the sentences at `indices` to the longest of them; padding is ignored by the loss."""
+    import torch
+
+    begin, end = split.offsets[indices], split.offsets[indices + 1]
+    width = int((end - begin).max())
+    shape = (len(indices), width)
+    ids, mask = np.full(shape, pad_token_id, dtype=np.int64), np.zeros(shape, dtype=np.int64)
+    labels, starts = np.full(shape, IGNORE, dtype=np.int64), np.zeros(shape, dtype=bool)
+    for row, (a, b) in enumerate(zip(begin, end)):
+        ids[row, :b - a], mask[row, :b - a] = split.ids[a:b], 1
+        labels[row, :b - a], starts[row, :b - a] = split.labels[a:b], split.starts[a:b]
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(labels), "word_starts": torch.from_numpy(starts)}
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def entities(tags: list[str]) -> list[tuple[str, int, int]]:
+    """(type, first, last) chunks of a tag sequence, as seqeval's default mode reads them
+    (`seqeval.metrics.sequence_labeling.get_entities`, prefix tags): an I- without a B- starts
+    an entity, a change of type ends one, and so does the end of the sequence."""
+    chunks, prev_tag, prev_type, begin = [], "O", "", 0
+    for i, chunk in enumerate([*tags, "O"]):
+        tag, type_ = chunk[0], chunk[1:].split("-", maxsplit=1)[-1] or "_"
+        if _ends(prev_tag, tag, prev_type, type_):
+            chunks.append((prev_type, begin, i - 1))
+        if _begins(prev_tag, tag, prev_type, type_):
+            begin = i
+        prev_tag, prev_type = tag, type_
+    return chunks
+
+
+def _ends(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    return (prev_tag in "ES" or (prev_tag in "BI" and tag in "BSO")
+            or (prev_tag not in "O." and prev_type != type_))
+
+
+def _begins(prev_tag: str, tag: str, prev_type: str, type_: str) -> bool:
+    return (tag in "BS" or (prev_tag in "ESO" and tag in "EI")
+            or (tag not in "O." and prev_type != type_))
+
+
+def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str, float]:
+    """Micro precision, recall and F1 over entities of all sentences: seqeval's default mode
+    (sentences joined with an O between them; 0.0 where a denominator is 0)."""
+    def joined(sentences: list[list[str]]) -> set[tuple[str, int, int]]:
+        return set(entities([tag for tags in sentences for tag in (*tags, "O")]))
+
+    true, pred = joined(gold), joined(predicted)
+    hits = len(true & pred)
+    precision = hits / len(pred) if pred else 0.0
+    recall = hits / len(true) if true else 0.0
+    denominator = precision + recall
+    f1 = 2 * precision * recall / denominator if denominator else 0.0
+    return {"eval_precision": precision, "eval_recall": recall, "eval_f1": f1}
+
+
+# ---------------------------------------------------------------- the task
+
+
+class TokenClassification(Task):
+    name = "token_classification"
+    metrics = (Metric("eval_token_accuracy", "max", 0.0), Metric("eval_f1", "max", 0.0),
+               Metric("eval_precision", "max", 0.0), Metric("eval_recall", "max", 0.0))
+    pipeline_tag = "token-classification"
+    auto_class = "AutoModelForTokenClassification"
+
+    def check_data(self, data: DataConfig) -> None:
+        from raytune_ft.tasks._conll import check_tag_column, file_format
+
+        if data.task is not None or data.train_file is None:
+            raise ValueError("data.train_file is required with data.kind token_classification "
+                             "(CoNLL-U, CoNLL-2003 columns, or JSONL/Parquet word lists)")
+        if data.text_columns is not None or data.label_column is not None:
+            raise ValueError("data.text_columns/label_column: not read by data.kind "
+                             "token_classification; use data.tokens_column and data.tag_column")
+        fmt = file_format(data.train_file, data.format)
+        if file_format(data.eval_file, data.format) != fmt:
+            raise ValueError(f"data.eval_file: {data.eval_file} is not a {fmt} file like "
+                             f"data.train_file; set data.format")
+        check_tag_column(fmt, data.tag_column, data.tokens_column)
+        names = data.label_names or []
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.label_names: {names} names a tag twice")
+
+    def load_data(self, data: DataConfig, model_path: str, max_length: int) -> DataBundle:
+        from raytune_ft.tasks import _conll
+        from raytune_ft.training.model import check_tokenizer
+
+        tokenizer = word_tokenizer(model_path)
+        fmt = _conll.file_format(data.train_file, data.format)
+        splits = [_conll.read_tagged(path, where, fmt, data.tag_column, data.tokens_column)
+                  for path, where in ((data.train_file, "data.train_file"),
+                                      (data.eval_file, "data.eval_file"))]
+        train = _conll.subset(splits[0], data.max_train_samples, data.subset_seed)
+        dev = _conll.subset(splits[1], data.max_eval_samples, data.subset_seed)
+        label_names = _conll.label_set(train, dev, data.label_names)
+        log.info("encoding %d train and %d eval sentences", len(train), len(dev))
+        encoded = [encode(split, tokenizer, max_length, label_names, data.label_all_subtokens)
+                   for split in (train, dev)]
+        check_tokenizer(tokenizer, model_path, encoded[0])
+        metrics = ["eval_token_accuracy", "eval_loss"]
+        if is_entity_scheme(label_names):
+            metrics += ENTITY_METRICS
+        return DataBundle(*encoded, label_names, int(tokenizer.pad_token_id or 0),
+                          Path(data.train_file).stem, metrics, self.name)
+
+    def describe(self, bundle: DataBundle, shown: int = 20) -> list[tuple[str, str]]:
+        names = bundle.label_names
+        text = ", ".join(f"{i} -> {name!r}" for i, name in enumerate(names[:shown]))
+        if len(names) > shown:
+            text += f", ... ({len(names) - shown} more)"
+        scheme = ("BIO/BIOES: entity precision/recall/F1 as seqeval's default mode"
+                  if "eval_f1" in bundle.metrics else "not BIO/BIOES: token accuracy only")
+        words = [f"{name} {int(split.word_offsets[-1])} words in {len(split)} sentences"
+                 for name, split in (("train", bundle.train), ("eval", bundle.eval))]
+        return [("tags", text), ("tag scheme", scheme), ("words", "; ".join(words))]
+
+    def warnings(self, bundle: DataBundle, data: DataConfig) -> list[str]:
+        """Words cut at max_length or lost by the tokenizer, and tags no training word has."""
+        out = []
+        for name, split in (("train", bundle.train), ("eval", bundle.eval)):
+            if split.words_cut:
+                out.append(f"{split.words_cut} {name} word(s) lie beyond model.max_length "
+                           f"{split.lengths.max()} sub-words: cut, neither trained nor scored")
+            if split.words_lost:
+                out.append(f"{split.words_lost} {name} word(s) map to no sub-token (e.g. "
+                           f"{', '.join(split.examples)}): neither trained nor scored")
+        counts = np.bincount(bundle.train.word_tags, minlength=len(bundle.label_names))
+        empty = [repr(name) for i, name in enumerate(bundle.label_names) if not counts[i]]
+        if empty:
+            out.append(f"no training word has tag(s) {', '.join(empty)}")
+        return out
+
+    def check_metric(self, metric: str, bundle: DataBundle, data: DataConfig) -> None:
+        if metric.startswith("eval_") and metric not in bundle.metrics:
+            why = (" (entity scores need BIO/BIOES tags such as B-PER, I-PER, O)"
+                   if metric in ENTITY_METRICS else "")
+            raise ConfigError(f"metric: {metric!r} is not reported for tagging "
+                              f"{bundle.task}{why}; reported: {', '.join(bundle.metrics)}")
+
+    def load_model(self, path: str, label_names: list[str], seed: int) -> torch.nn.Module:
+        from raytune_ft.training.model import load_pretrained
+
+        return load_pretrained(self.auto_class, path, seed, num_labels=len(label_names),
+                               id2label=dict(enumerate(label_names)),
+                               label2id={name: i for i, name in enumerate(label_names)})
+
+    def collate(self, data: DataBundle, split: TaggedSplit, indices: np.ndarray) -> dict:
+        return collate(split, indices, data.pad_token_id)
+
+    def forward(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def loss(self, outputs: torch.Tensor, batch: dict, label_smoothing: float = 0.0
+             ) -> torch.Tensor:
+        """Cross-entropy summed over the labelled positions (smoothing on training steps)."""
+        import torch
+
+        return torch.nn.functional.cross_entropy(
+            outputs.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE,
+            reduction="sum", label_smoothing=label_smoothing)
+
+    def loss_units(self, batch: dict) -> int:
+        return int((batch["labels"] != IGNORE).sum())
+
+    def predict(self, outputs: torch.Tensor, batch: dict) -> list[np.ndarray]:
+        """The predicted tag of each word (at its first sub-token), per sentence."""
+        predicted = outputs.float().argmax(-1).cpu().numpy()
+        starts = batch["word_starts"].cpu().numpy()
+        return [row[mask] for row, mask in zip(predicted, starts)]
+
+    def compute_metrics(self, data: DataBundle,
+                        predictions: list[tuple[np.ndarray, list[np.ndarray]]]
+                        ) -> dict[str, float]:
+        split: TaggedSplit = data.eval
+        predicted = np.empty(len(split.word_tags), dtype=np.int64)
+        for indices, rows in predictions:
+            for i, row in zip(indices, rows):
+                predicted[split.word_offsets[i]:split.word_offsets[i + 1]] = row
+        gold = split.word_tags
+        scores = {"eval_token_accuracy": float(np.mean(predicted == gold)) if len(gold) else 0.0}
+        if "eval_f1" in data.metrics:
+            names = np.asarray(data.label_names, dtype=object)
+            bounds = split.word_offsets
+            sentences = [(names[gold[a:b]].tolist(), names[predicted[a:b]].tolist())
+                         for a, b in zip(bounds[:-1], bounds[1:])]
+            scores.update(entity_scores([g for g, _ in sentences], [p for _, p in sentences]))
+        return scores
+
+    def save_processor(self, model_path: str, out: str, max_length: int) -> None:
+        tokenizer = word_tokenizer(model_path)  # as trained: add_prefix_space for BPE
+        tokenizer.model_max_length = max_length  # truncation=True cuts as in training
+        tokenizer.save_pretrained(out)
+
+    def usage(self) -> list[str]:
+        return ["from transformers import pipeline", "",
+                'tagger = pipeline("token-classification", model="<this folder>")',
+                'tagger("Ray Tune tuned this tagger in Berlin.")']
+
+
+TASK = TokenClassification()
