@@ -153,3 +153,21 @@ def load_trained_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]
                 return [f"{name} (shape {tuple(value.shape)} vs {tuple(params[name].shape)})"], []
             params[name].copy_(value)
     return [], []
+
+
+def check_experiment(task, model_path: str, label_names: list[str], train: TrainConfig,
+                     space: dict) -> None:
+    """Before any trial: every targets and freeze_layers value the experiment can give
+    adapts at least one module of this model (else ModelError, one line). Loads the model
+    once, only when some trial uses LoRA."""
+    def values(key: str) -> list:
+        return list(space[key].values) if key in space else [getattr(train, key)]
+
+    if not any(values("lora_r")):
+        return
+    model = task.load_model(model_path, label_names, seed=0)
+    head_modules(model)
+    for targets in values("lora_targets"):
+        for freeze in values("freeze_layers"):
+            target_modules(model, train.model_copy(update={"lora_targets": targets,
+                                                           "freeze_layers": freeze}))
