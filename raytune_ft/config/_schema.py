@@ -134,10 +134,11 @@ class TrainConfig(_Strict):
     @field_validator("lora_targets")
     @classmethod
     def _target_names(cls, value: str) -> str:
-        names = value.split(",")
+        names = [name.strip() for name in value.split(",")]
+        value = ",".join(names)  # "query, value" as written in YAML is "query,value"
         if value != LORA_ALL_LINEAR and not all(re.fullmatch(r"[A-Za-z_]\w*", n) for n in names):
             raise ValueError(f"{value!r} is not {LORA_ALL_LINEAR!r} or comma-separated module "
-                             "names without spaces (e.g. 'query,value')")
+                             "names (e.g. 'query,value')")
         return value
 
     @model_validator(mode="after")

@@ -156,18 +156,25 @@ def load_trained_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]
 
 
 def check_experiment(task, model_path: str, label_names: list[str], train: TrainConfig,
-                     space: dict) -> None:
+                     space: dict) -> list[tuple[str, str]]:
     """Before any trial: every targets and freeze_layers value the experiment can give
     adapts at least one module of this model (else ModelError, one line). Loads the model
-    once, only when some trial uses LoRA."""
+    once, only when some trial uses LoRA; returns the run header's line about it."""
     def values(key: str) -> list:
         return list(space[key].values) if key in space else [getattr(train, key)]
 
-    if not any(values("lora_r")):
-        return
+    ranks = values("lora_r")
+    if not any(ranks):
+        return []
     model = task.load_model(model_path, label_names, seed=0)
-    head_modules(model)
+    head = head_modules(model)
+    adapted = {}
     for targets in values("lora_targets"):
         for freeze in values("freeze_layers"):
-            target_modules(model, train.model_copy(update={"lora_targets": targets,
-                                                           "freeze_layers": freeze}))
+            names = target_modules(model, train.model_copy(update={"lora_targets": targets,
+                                                                   "freeze_layers": freeze}))
+            adapted[targets] = len(names)
+    shown = ", ".join(f"{targets} ({count} linear layers)" for targets, count in adapted.items())
+    rank_text = "/".join(str(r) for r in ranks) + (" (0: full fine-tuning)" if 0 in ranks else "")
+    return [("lora", f"rank {rank_text} on {shown}; trained in full: {', '.join(head)}; "
+                     "the base stays frozen and out of checkpoints")]

@@ -80,11 +80,11 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     task = task_for(config.data)
     bundle = task.load_data(config.data, model_path, config.model.max_length)
     task.check_metric(config.metric, bundle, config.data)
-    check_lora(task, model_path, bundle.label_names, config.train, config.space())
+    lora = check_lora(task, model_path, bundle.label_names, config.train, config.space())
     plan = plan_experiment(config, n_train=len(bundle.train))
     return Prepared(config, model_path, bundle, experiment_dir, plan,
                     _warnings(plan, bundle) + task.warnings(bundle, config.data),
-                    task.describe(bundle))
+                    task.describe(bundle) + lora)
 
 def _warnings(plan: TrialPlan, bundle: DataBundle) -> list[str]:
     """What makes the run unlike what its settings suggest, whatever the task: a training
