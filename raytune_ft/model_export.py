@@ -279,7 +279,7 @@ def lora_card_lines(lora: dict) -> list[str]:
             f"- rank r: {lora['lora_r']}, alpha: {lora['lora_alpha']:g} (update scale alpha/r "
             f"= {lora['lora_alpha'] / lora['lora_r']:g}), dropout: {lora['lora_dropout']:g}",
             f"- targets (`{lora['lora_targets']}`): {len(targets)} linear layers named "
-            f"{', '.join(leaves)} in the encoder layers",
+            f"{', '.join(leaves)} in the encoder",
             f"- trained in full: {', '.join(lora['modules_to_save'])}",
             f"- this folder: {form}"]
 

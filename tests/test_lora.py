@@ -43,13 +43,13 @@ def make_loop(tiny_bert, bundle, hp=None, dropout_seed=None):
 def test_all_linear_adapts_the_encoder_layers_and_trains_the_head_in_full(tiny_bert, bundle):
     loop = make_loop(tiny_bert, bundle)
     trained = {n for n, p in loop.model.named_parameters() if p.requires_grad}
-    # 2 layers x 6 linear layers x (A, B), and the fresh classifier (weight, bias)
-    assert len(trained) == 2 * 6 * 2 + 2
+    # 2 layers x 6 linear layers x (A, B), the pooler's (A, B), the fresh classifier
+    assert len(trained) == 2 * 6 * 2 + 2 + 2
+    assert "base_model.model.bert.pooler.dense.lora_A.default.weight" in trained
     assert {n.split(".")[-4] for n in trained if "lora_" in n} == set(ADAPTED)
     assert {n for n in trained if "lora_" not in n} == {
         "base_model.model.classifier.modules_to_save.default.weight",
         "base_model.model.classifier.modules_to_save.default.bias"}
-    # the pooler is pretrained: frozen with the base, as in peft's own recipe
     in_optimizer = {id(p) for g in loop.optimizer.param_groups for p in g["params"]}
     assert in_optimizer == {id(p) for n, p in loop.model.named_parameters() if n in trained}
     # B starts at zero: the adapted model computes exactly the base's function
@@ -73,7 +73,10 @@ def test_named_targets_and_freeze_layers_choose_the_adapted_modules(tiny_bert, b
                        r"layer .* names there: dense, key, query, value \(or all-linear\)"):
         target_modules(model, settings(lora_targets="qkv"))
     with pytest.raises(ModelError, match="no linear layer is left above train.freeze_layers"):
-        target_modules(model, settings(freeze_layers=2))
+        target_modules(model, settings(lora_targets="query", freeze_layers=2))
+    # all-linear: the encoder layers' 12 and the pretrained pooler, never the classifier
+    names = target_modules(model, settings())
+    assert len(names) == 13 and names[-1] == "bert.pooler.dense"
 
 
 def test_layer_decay_scales_adapters_by_the_depth_of_their_layer(tiny_bert, bundle):
@@ -87,6 +90,7 @@ def test_layer_decay_scales_adapters_by_the_depth_of_their_layer(tiny_bert, bund
     assert scale[id(named["base_model.model.bert.encoder.layer.1.output.dense"
                          ".lora_B.default.weight"])] == 0.5
     assert scale[id(named["base_model.model.classifier.modules_to_save.default.weight"])] == 1.0
+    assert scale[id(named["base_model.model.bert.pooler.dense.lora_A.default.weight"])] == 1.0
 
 
 def test_checkpoint_holds_only_what_trains_and_restore_continues_bit_for_bit(
@@ -101,7 +105,8 @@ def test_checkpoint_holds_only_what_trains_and_restore_continues_bit_for_bit(
     saved = load_file(tmp_path / "ckpt" / "model.safetensors")
     assert set(saved) == set(trained_state(interrupted.model))
     assert sum(v.numel() for v in saved.values()) == 2 * (4 * (4 * 32 * 2) + 4 * (32 + 64) * 2) \
-        + 2 * 32 + 2  # q, k, v, attention-out: r x (32 + 32) x 2 each; the FFN pair; the head
+        + 4 * 64 + 2 * 32 + 2  # q, k, v, attention-out: r x (32 + 32) each; the FFN pair;
+    # the pooler; the head
     restored = make_loop(tiny_bert, bundle, hp)
     restored.load(tmp_path / "ckpt")
     last = restored.run_interval()

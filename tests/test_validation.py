@@ -155,7 +155,8 @@ CASES = {
         lambda c: ["validate", c.write(train={"lora_r": 4, "lora_targets": "query value"})],
         ["train.lora_targets", "'query value' is not 'all-linear' or comma-separated"]),
     "lora-no-layer-left": (
-        lambda c: ["validate", c.write(train={"lora_r": 4, "freeze_layers": 2})],
+        lambda c: ["validate", c.write(train={"lora_r": 4, "freeze_layers": 2,
+                                              "lora_targets": "query"})],
         ["train.lora_targets", "no linear layer is left above train.freeze_layers"]),
     "lora-searched-targets-unknown": (
         lambda c: ["validate", c.write(search={"lora_r": 8, "lora_targets": {

@@ -129,7 +129,7 @@ class TrainConfig(_Strict):
     lora_r: int = Field(0, ge=0)  # adapter rank; 0 = off (full fine-tuning)
     lora_alpha: float = Field(16.0, gt=0)  # the update is (alpha / r) x B A
     lora_dropout: float = Field(0.0, ge=0, lt=1)  # dropout on the adapters' input
-    lora_targets: str = LORA_ALL_LINEAR  # every Linear in the encoder layers, or "query,value"
+    lora_targets: str = LORA_ALL_LINEAR  # pretrained Linears but embeddings: or "query,value"
 
     @field_validator("lora_targets")
     @classmethod

@@ -3,17 +3,17 @@
 `apply_lora(model, hp)` is the one place adapters are added; with `train.lora_r: 0` it returns
 the model unchanged (full fine-tuning). Otherwise peft wraps it:
 
-- targets: `train.lora_targets` is `all-linear` (every `nn.Linear` inside the encoder's layers;
-  for BERT-family models query, key, value and the dense layers of the attention output and
-  the feed-forward block) or comma-separated module names (the last part of a module's path,
-  e.g. `query,value`). Only modules inside the encoder layers of the layout
-  (`model.LAYOUTS`) are adapted, and none in the bottom `train.freeze_layers` layers: with LoRA
+- targets: `train.lora_targets` is `all-linear` (as in peft: every pretrained `nn.Linear`
+  but the embeddings' and the task head's; for BERT-family models query, key, value and the
+  dense layers of the attention output and the feed-forward block in every layer, and the
+  pooler's dense layer) or comma-separated module names (the last part of a module's path,
+  e.g. `query,value`). No adapter goes into the bottom `train.freeze_layers` layers: with LoRA
   `freeze_layers: k` means "no adapters in layers 1..k" (the embeddings are frozen anyway, so
   `freeze_embeddings` changes nothing).
 - the head: the parameters the pretrained folder did not hold (`load_pretrained` records them),
   else every parameter outside the embeddings and the encoder layers, trains in full as peft's
-  `modules_to_save`; a pretrained pooler stays frozen with the base, as in peft's own
-  sequence-classification recipe.
+  `modules_to_save`; a pretrained pooler is adapted like the encoder's layers (its weights
+  are the pretrained ones, which a sentence-embedding model such as MiniLM never trained).
 - the update is `(lora_alpha / lora_r) x B A`; A starts from `hp.seed`, B at zero, so a trial
   starts from exactly the pretrained function.
 
@@ -51,17 +51,21 @@ def _layout(model: torch.nn.Module) -> tuple[tuple[str, ...], str]:
 
 
 def target_modules(model: torch.nn.Module, hp: TrainConfig) -> list[str]:
-    """Full names of the linear layers that get adapters (see the module docstring)."""
-    _, layer_pattern = _layout(model)
+    """Full names of the linear layers that get adapters (see the module docstring): inside
+    the encoder layers above `freeze_layers`, and the pretrained ones above them (BERT's
+    pooler), never the task head, which trains in full."""
+    embeddings, layer_pattern = _layout(model)
     wanted = None if hp.lora_targets == ALL_LINEAR else set(hp.lora_targets.split(","))
+    head = tuple(name + "." for name in head_modules(model))
     found, names_there = [], set()
     for name, module in model.named_modules():
-        match = re.match(layer_pattern, name + ".")
-        if not (match and isinstance(module, torch.nn.Linear)):
+        if not isinstance(module, torch.nn.Linear) or (name + ".").startswith(head) or \
+                name.startswith(tuple(e + "." for e in embeddings)):
             continue
+        match = re.match(layer_pattern, name + ".")
         leaf = name.rsplit(".", 1)[-1]
         names_there.add(leaf)
-        if int(match.group(1)) + 1 <= hp.freeze_layers:
+        if match and int(match.group(1)) + 1 <= hp.freeze_layers:
             continue
         if wanted is None or leaf in wanted:
             found.append(name)
@@ -69,8 +73,8 @@ def target_modules(model: torch.nn.Module, hp: TrainConfig) -> list[str]:
     if missing or not found:
         why = f"{', '.join(missing)} matches no linear layer" if missing else \
             "no linear layer is left above train.freeze_layers"
-        raise ModelError(f"train.lora_targets: {hp.lora_targets!r}: {why} in the encoder layers "
-                         f"of {type(model).__name__}; names there: "
+        raise ModelError(f"train.lora_targets: {hp.lora_targets!r}: {why} in the encoder of "
+                         f"{type(model).__name__}; names there: "
                          f"{', '.join(sorted(names_there)) or 'none'} (or {ALL_LINEAR})")
     return found
 
