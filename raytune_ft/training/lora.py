@@ -115,8 +115,12 @@ def apply_lora(model: torch.nn.Module, hp: TrainConfig) -> torch.nn.Module:
 def adapter_settings(model: torch.nn.Module) -> dict:
     """r, alpha, the adapted module names and the fully trained ones, as peft holds them."""
     config = model.peft_config["default"]
+    # the adapted modules themselves: peft may store a long target list as shorter suffixes
+    adapted = [name.removeprefix("base_model.model.") for name, module in model.named_modules()
+               if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict)
+               and len(module.lora_A)]
     return {"lora_r": config.r, "lora_alpha": config.lora_alpha,
-            "target_modules": sorted(config.target_modules),
+            "target_modules": sorted(adapted),
             "modules_to_save": sorted(config.modules_to_save or [])}
 
 
