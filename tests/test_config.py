@@ -116,7 +116,7 @@ BASE = {"name": "x", "model": {"name": "m"}, "data": {"task": "sst2"}}
 def test_integer_settings_are_the_int_annotated_ones():
     assert INTEGER_FIELDS == ("batch_size", "plateau_patience", "freeze_layers",
                               "max_micro_batch", "reference_batch_size", "seed",
-                              "eval_batch_size", "length_group_window")
+                              "eval_batch_size", "length_group_window", "lora_r")
 
 
 @pytest.mark.parametrize("key,spec,message", [
