@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--confirmed", action="store_true",
                        help="the best configuration of `raytune-ft confirm`")
     export.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    export.add_argument("--adapter", action="store_true",
+                        help="a LoRA trial: write the adapter only (PeftModel.from_pretrained "
+                             "over the base), not the merged model")
     export.set_defaults(handler=_export)
 
     from raytune_ft.analysis.__main__ import add_commands
@@ -175,7 +178,8 @@ def _export(args) -> int:
     from raytune_ft.model_export import export_model, summary_line
 
     out, choice = export_model(args.experiment_dir, args.out, trial=args.trial,
-                               confirmed=args.confirmed, overwrite=args.overwrite)
+                               confirmed=args.confirmed, overwrite=args.overwrite,
+                               adapter=args.adapter)
     print(f"exported     trial {choice.trial_id} {choice.checkpoint.name}: "
           f"{summary_line(choice)}")
     print(f"model        {out}")

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raytune_ft.config import ExperimentConfig
+from raytune_ft.config import ExperimentConfig, TrainConfig, trial_hyperparameters
 from raytune_ft.errors import ConfigError, ExperimentError
 from raytune_ft.experiment import (
     EXPORT_RECORD,
@@ -109,18 +109,25 @@ def _confirmed_choice(directory: Path, config: ExperimentConfig) -> Choice:
 
 
 def export_model(experiment_dir: str | Path, out: str | Path, trial: str | None = None,
-                 confirmed: bool = False, overwrite: bool = False) -> tuple[Path, Choice]:
-    """Write the chosen checkpoint to `out` as a transformers model folder; returns both."""
+                 confirmed: bool = False, overwrite: bool = False,
+                 adapter: bool = False) -> tuple[Path, Choice]:
+    """Write the chosen checkpoint to `out` as a transformers model folder; returns both.
+    A LoRA trial's adapters are merged into the base (a plain transformers folder), or with
+    `adapter` written alone, for `PeftModel.from_pretrained` over the base."""
     if trial is not None and confirmed:
         raise ConfigError("--trial and --confirmed: give one of them, not both")
     directory, config, record = open_experiment(experiment_dir)
     out = Path(out).expanduser().resolve()
     _check_out(out, overwrite)
     choice = choose_checkpoint(directory, config, trial, confirmed)
+    hp = trial_hyperparameters(config, _hyperparameters(choice))
+    if adapter and not hp.lora_r:
+        raise ConfigError(f"--adapter: trial {choice.trial_id} trained every weight (train."
+                          "lora_r 0), it has no adapter; export it without --adapter")
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out) as staging:  # an existing `out` goes once the new one is in place
-        _write_model(staging, choice, config, record)
-        _write_card(staging, choice, config, record, directory)
+        lora = _write_model(staging, choice, config, record, hp, adapter)
+        _write_card(staging, choice, config, record, directory, lora)
     return out, choice
 
 
@@ -132,9 +139,12 @@ def _check_out(out: Path, overwrite: bool) -> None:
                               "replace it")
 
 
-def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record: dict) -> None:
+def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record: dict,
+                 hp: TrainConfig, adapter: bool) -> dict | None:
+    """The model folder; returns the LoRA settings for the card (None: full fine-tuning)."""
     from safetensors.torch import load_model as load_weights
 
+    from raytune_ft.training.lora import adapter_settings, apply_lora, load_trained_state
     from raytune_ft.training.model import resolve_model_path
 
     label_names = record.get("label_names")
@@ -143,9 +153,15 @@ def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record
     model_path = record.get("model_path") or resolve_model_path(config.model.name)
     task = task_for(config.data)
     model = task.load_model(model_path, label_names, seed=0)  # the head is overwritten next
+    model = apply_lora(model, hp)  # unchanged without train.lora_r
+    weights = str(choice.checkpoint / "model.safetensors")
     try:
-        missing, unexpected = load_weights(model, str(choice.checkpoint / "model.safetensors"),
-                                           strict=False)
+        if hp.lora_r:
+            from safetensors.torch import load_file
+
+            missing, unexpected = load_trained_state(model, load_file(weights))
+        else:
+            missing, unexpected = load_weights(model, weights, strict=False)
     except Exception as error:  # noqa: BLE001 - any unreadable file makes it unusable
         raise ExperimentError(f"checkpoint {choice.checkpoint} cannot be read: "
                               f"{type(error).__name__}: {error}") from None
@@ -153,8 +169,18 @@ def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record
         raise ExperimentError(f"checkpoint {choice.checkpoint} does not match {model_path}: "
                               f"missing {sorted(missing)[:5]}, "
                               f"unexpected {sorted(unexpected)[:5]}")
+    lora = None
+    if hp.lora_r:
+        lora = {**adapter_settings(model), "lora_dropout": hp.lora_dropout,
+                "lora_targets": hp.lora_targets, "form": "adapter" if adapter else "merged",
+                "base": config.model.name, "base_path": model_path}
+        if adapter:  # PeftModel.from_pretrained finds the base by this name
+            model.peft_config["default"].base_model_name_or_path = model_path
+        else:  # W + (alpha / r) B A in every adapted layer: a plain transformers model
+            model = model.merge_and_unload()
     model.save_pretrained(staging)
     task.save_processor(model_path, str(staging), config.model.max_length)
+    return lora
 
 
 def _hyperparameters(choice: Choice) -> dict:
@@ -167,7 +193,7 @@ def _hyperparameters(choice: Choice) -> dict:
 
 
 def _write_card(staging: Path, choice: Choice, config: ExperimentConfig, record: dict,
-                directory: Path) -> None:
+                directory: Path, lora: dict | None = None) -> None:
     hp = _hyperparameters(choice)
     n_train, n_eval = record.get("train_samples"), record.get("eval_samples")
     report = choice.report
@@ -180,7 +206,7 @@ def _write_card(staging: Path, choice: Choice, config: ExperimentConfig, record:
             "hyperparameters": hp, "searched": sorted(config.search),
             "data": {"task": config.data.task or config.data.train_file,
                      "train_samples": n_train, "eval_samples": n_eval},
-            "confirmed": choice.confirmed or None}
+            "confirmed": choice.confirmed or None, "lora": lora}
     (staging / EXPORT_RECORD).write_text(json.dumps(info, indent=1, default=str))
     (staging / "README.md").write_text(model_card(info, config, record))
 
@@ -233,9 +259,44 @@ def model_card(info: dict, config: ExperimentConfig, record: dict) -> str:
     searched = set(info["searched"])
     for key, val in sorted(info["hyperparameters"].items(), key=lambda kv: kv[0] not in searched):
         lines.append(f"| {key}{' *' if key in searched else ''} | {val} |")
-    lines += ["", "## Use", "", "```python", *task.usage(), "```", ""]
+    usage = task.usage()
+    if info.get("lora"):
+        lines += lora_card_lines(info["lora"])
+        if info["lora"]["form"] == "adapter":
+            usage = adapter_usage(task, record.get("label_names", []), info["lora"])
+    lines += ["", "## Use", "", "```python", *usage, "```", ""]
     front = card_data.to_yaml(original_order=list(CARD_FRONT_ORDER))
     return str(ModelCard(f"---\n{front}\n---\n" + "\n".join(lines)))
+
+
+def lora_card_lines(lora: dict) -> list[str]:
+    """The card's LoRA section: base, rank, alpha, targets, and what this folder holds."""
+    targets = lora["target_modules"]
+    leaves = sorted({name.rsplit(".", 1)[-1] for name in targets})
+    form = ("the adapters merged into the base: a plain transformers model, peft not needed"
+            if lora["form"] == "merged" else "the adapters and the task head only: load them "
+            "over the base model with peft (below)")
+    return ["", "## LoRA", "", f"- base model: `{lora['base']}` (frozen; `{lora['base_path']}`)",
+            f"- rank r: {lora['lora_r']}, alpha: {lora['lora_alpha']:g} (update scale alpha/r "
+            f"= {lora['lora_alpha'] / lora['lora_r']:g}), dropout: {lora['lora_dropout']:g}",
+            f"- targets (`{lora['lora_targets']}`): {len(targets)} linear layers named "
+            f"{', '.join(leaves)} in the encoder",
+            f"- trained in full: {', '.join(lora['modules_to_save'])}",
+            f"- this folder: {form}"]
+
+
+def adapter_usage(task: Task, label_names: list[str], lora: dict) -> list[str]:
+    """The task's usage lines with the model loaded as the base plus this adapter."""
+    labels = dict(enumerate(label_names))
+    lines = ["from peft import PeftModel"]
+    for line in task.usage():
+        if line.startswith("model = "):
+            lines += [f'base = {task.auto_class}.from_pretrained("{lora["base_path"]}", '
+                      f"num_labels={len(labels)}, id2label={labels})",
+                      'model = PeftModel.from_pretrained(base, "<this folder>")']
+        else:
+            lines.append(line)
+    return lines
 
 
 def summary_line(choice: Choice) -> str:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 from raytune_ft.config import (
     INTEGER_FIELDS,
     ExperimentConfig,
+    TrainConfig,
     apply_override,
     load_config,
     parse_domain,
@@ -18,7 +19,8 @@ from raytune_ft.config import (
 )
 from raytune_ft.errors import ConfigError
 
-EXPERIMENTS = ["sst2_quick", "sst2_pbt", "sst2_knobs", "mrpc_asha", "mrpc_pbt", "mrpc_ddp"]
+EXPERIMENTS = ["sst2_quick", "sst2_pbt", "sst2_knobs", "mrpc_asha", "mrpc_pbt", "mrpc_ddp",
+               "sst2_lora"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -115,7 +117,7 @@ BASE = {"name": "x", "model": {"name": "m"}, "data": {"task": "sst2"}}
 def test_integer_settings_are_the_int_annotated_ones():
     assert INTEGER_FIELDS == ("batch_size", "plateau_patience", "freeze_layers",
                               "max_micro_batch", "reference_batch_size", "seed",
-                              "eval_batch_size", "length_group_window")
+                              "eval_batch_size", "length_group_window", "lora_r")
 
 
 @pytest.mark.parametrize("key,spec,message", [
@@ -215,3 +217,34 @@ def test_data_kind_picks_the_task_that_reads_the_files():
     for data in (files, {**files, "kind": "sequence_classification"}, {"task": "sst2"}):
         assert task_for(validate_config({**BASE, "data": data}).data).name == \
             "sequence_classification"
+
+
+@pytest.mark.parametrize("key", ["lora_r", "lora_alpha", "lora_targets"])
+def test_pbt_keeps_the_adapter_shape_and_scale_fixed(key):
+    values = {"lora_r": [4, 8], "lora_alpha": [8.0, 16.0], "lora_targets": ["query", "value"]}
+    config = {**BASE, "train": {"lora_r": 4}, "search": {key: {"choice": values[key]}},
+              "scheduler": {"type": "pbt", "mutations": [key]}}
+    with pytest.raises(ConfigError, match=f"scheduler.mutations: '{key}' cannot change inside "
+                       "a running trial"):
+        validate_config(config)
+    config["scheduler"]["mutations"] = ["lora_dropout"]
+    config["search"]["lora_dropout"] = {"uniform": [0.0, 0.2]}
+    assert validate_config(config).scheduler.mutations == ["lora_dropout"]
+
+
+def test_lora_without_peft_names_the_extra(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "peft" else real(name, *a))
+    assert validate_config({**BASE, "train": {"lora_r": 0}}).train.lora_r == 0
+    with pytest.raises(ConfigError, match=r"train.lora_r: LoRA needs peft, which is not "
+                       r"installed: pip install 'raytune-ft\[lora\]'"):
+        validate_config({**BASE, "search": {"lora_r": {"choice": [0, 8]}}})
+
+
+def test_lora_targets_are_normalised_and_checked():
+    assert TrainConfig(lora_targets="query, value").lora_targets == "query,value"
+    with pytest.raises(ValidationError, match="comma-separated module names"):
+        TrainConfig(lora_targets="query,")

@@ -219,6 +219,13 @@ def test_refusals_name_the_problem(search, tmp_path):
     assert len(done.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
 
+    # --adapter on a full fine-tuning trial: there is no adapter to write
+    done = run_cli("export", str(search), "--out", str(tmp_path / "o"), "--adapter")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert re.match(r"error: --adapter: trial \S+ trained every weight \(train.lora_r 0\)",
+                    done.stderr)
+    assert not (tmp_path / "o").exists()
+
 
 def test_policy_files_load_as_ray_replays_them(tmp_path):
     from ray.tune.schedulers import PopulationBasedTrainingReplay

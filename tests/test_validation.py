@@ -147,6 +147,31 @@ CASES = {
     "grid-search-with-choice": (
         lambda c: ["validate", c.write(search_alg={"type": "grid"})],
         ["search.batch_size", "choice [16, 32]", "{grid: [16, 32]}"]),
+    "lora-targets-unknown": (
+        lambda c: ["validate", c.write(train={"lora_r": 4, "lora_targets": "query,qkv"})],
+        ["train.lora_targets", "qkv matches no linear layer", "names there: dense, key, query, "
+         "value (or all-linear)"]),
+    "lora-targets-syntax": (
+        lambda c: ["validate", c.write(train={"lora_r": 4, "lora_targets": "query value"})],
+        ["train.lora_targets", "'query value' is not 'all-linear' or comma-separated"]),
+    "lora-no-layer-left": (
+        lambda c: ["validate", c.write(train={"lora_r": 4, "freeze_layers": 2,
+                                              "lora_targets": "query"})],
+        ["train.lora_targets", "no linear layer is left above train.freeze_layers"]),
+    "lora-searched-targets-unknown": (
+        lambda c: ["validate", c.write(search={"lora_r": 8, "lora_targets": {
+            "choice": ["query,value", "q_lin"]}})],
+        ["train.lora_targets", "'q_lin': q_lin matches no linear layer"]),
+    "pbt-mutates-lora-rank": (
+        lambda c: ["validate", c.write(search={"lora_r": {"choice": [4, 8]}},
+                                       scheduler={**PBT, "mutations": ["lora_r"]},
+                                       search_alg={"type": "random"}, replace=("scheduler",))],
+        ["scheduler.mutations", "'lora_r' cannot change inside a running trial"]),
+    "pbt-mutates-lora-alpha": (
+        lambda c: ["validate", c.write(search={"lora_r": 8, "lora_alpha": {"choice": [8, 16]}},
+                                       scheduler={**PBT, "mutations": ["lora_alpha"]},
+                                       search_alg={"type": "random"}, replace=("scheduler",))],
+        ["scheduler.mutations", "'lora_alpha' cannot change inside a running trial"]),
     "pbt-mutates-length-window": (
         lambda c: ["validate", c.write(search={"length_group_window": {"choice": [512, 2048]}},
                                        scheduler={**PBT, "mutations": ["length_group_window"]},

@@ -16,6 +16,10 @@ from raytune_ft.config._space import Domain
 
 # Changing these restructures the optimizer: a PBT clone could not load its donor's state.
 FIXED_IN_A_TRIAL = ("freeze_embeddings", "freeze_layers")
+# The adapters are built with these: a PBT clone loads its donor's adapter weights, whose
+# shapes follow rank and targets; alpha scales the donor's B A, so a new alpha would change
+# the function the clone continues from (not a hyperparameter moving from here on).
+FIXED_ADAPTER = ("lora_r", "lora_alpha", "lora_targets")
 # The current epoch's sample order is built from this; a change mid-epoch would reorder it.
 FIXED_IN_AN_EPOCH = ("length_group_window",)
 
@@ -85,6 +89,10 @@ def _check_mutation(kind: str, key: str, domain: Domain | None, space: dict) -> 
     if key in FIXED_IN_A_TRIAL:
         raise ValueError(f"scheduler.mutations: {key!r} cannot change inside a running "
                          "trial (it decides which parameters the optimizer holds)")
+    if key in FIXED_ADAPTER:
+        raise ValueError(f"scheduler.mutations: {key!r} cannot change inside a running "
+                         "trial (a clone loads its donor's LoRA adapters, built with it); "
+                         "mutable: learning_rate, batch_size, weight_decay, lora_dropout, ...")
     if key in FIXED_IN_AN_EPOCH:
         raise ValueError(f"scheduler.mutations: {key!r} cannot change inside a running "
                          "trial (it orders the samples of the current epoch)")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import re
 from typing import Any, Literal, get_args
 
 from pydantic import (
@@ -29,6 +31,7 @@ from raytune_ft.tasks import (
 )
 from raytune_ft.training.metrics import LOOP_METRICS
 
+LORA_ALL_LINEAR = "all-linear"  # train.lora_targets: every Linear inside the encoder layers
 SCHEDULES = ("linear", "constant", "cosine", "step", "exponential", "plateau")
 # Datasets the registered tasks read by name (GLUE's); aliases map to these names.
 GLUE_TASK_NAMES = dataset_names()
@@ -141,6 +144,21 @@ class TrainConfig(_Strict):
     # frozen, affine trained; accumulation exact), frozen (statistics and affine frozen)
     batchnorm: Literal["train", "eval", "frozen"] = "train"
     bn_momentum: float = Field(0.1, gt=0, le=1)  # running-statistics update (PyTorch's 0.1)
+    # LoRA (peft, the `lora` extra): adapters on the encoder, the base frozen, the head trained
+    lora_r: int = Field(0, ge=0)  # adapter rank; 0 = off (full fine-tuning)
+    lora_alpha: float = Field(16.0, gt=0)  # the update is (alpha / r) x B A
+    lora_dropout: float = Field(0.0, ge=0, lt=1)  # dropout on the adapters' input
+    lora_targets: str = LORA_ALL_LINEAR  # pretrained Linears but embeddings: or "query,value"
+
+    @field_validator("lora_targets")
+    @classmethod
+    def _target_names(cls, value: str) -> str:
+        names = [name.strip() for name in value.split(",")]
+        value = ",".join(names)  # "query, value" as written in YAML is "query,value"
+        if value != LORA_ALL_LINEAR and not all(re.fullmatch(r"[A-Za-z_]\w*", n) for n in names):
+            raise ValueError(f"{value!r} is not {LORA_ALL_LINEAR!r} or comma-separated module "
+                             "names (e.g. 'query,value')")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainConfig:
@@ -306,6 +324,7 @@ class ExperimentConfig(_Strict):
             raise ValueError("search_alg.type: 'tpe' cannot take grid dimensions; use "
                              "search_alg.type: grid, or choice instead of grid")
         _check_grid_search(self.search_alg.type, space)
+        _check_lora_installed(self.train, space)
         return self
 
     @property
@@ -353,6 +372,14 @@ def _check_integer_domain(key: str, domain: Domain) -> None:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             raise ValueError(f"search.{key}: value {value!r} is not an integer; {key} takes "
                              "whole numbers (write it without a decimal point)")
+
+
+def _check_lora_installed(train: TrainConfig, space: dict[str, Domain]) -> None:
+    """LoRA needs the `lora` extra; say so at validation, not in a trial."""
+    ranks = space["lora_r"].values if "lora_r" in space else [train.lora_r]
+    if any(rank for rank in ranks) and importlib.util.find_spec("peft") is None:
+        raise ValueError("train.lora_r: LoRA needs peft, which is not installed: pip install "
+                         "'raytune-ft[lora]'")
 
 
 def _check_grid_search(search_alg: str, space: dict[str, Domain]) -> None:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from raytune_ft.config import TrainConfig
 from raytune_ft.errors import RaytuneFtError
@@ -46,6 +46,7 @@ from raytune_ft.plan import Budget, trial_budget
 from raytune_ft.tasks import DataBundle, Task, get_task
 from raytune_ft.training.batching import SampleStream, eval_batches, micro_batches
 from raytune_ft.training.distributed import SINGLE, World
+from raytune_ft.training.lora import is_lora, load_trained_state, put_in_force, trained_state
 from raytune_ft.training.lr_schedules import (
     PlateauState,
     batch_size_at,
@@ -131,6 +132,8 @@ class FineTuneLoop:
             raise RaytuneFtError("train.max_epochs cannot change inside a running trial")
         if budget != self.budget:
             raise RaytuneFtError("train.eval_every_epochs cannot change inside a running trial")
+        if is_lora(self.model):  # same adapter shape, the trial's own lora_dropout
+            put_in_force(self.model, hp)
         self.hp = hp
         for group in self.optimizer.param_groups:  # lr and weight decay are set every step
             group["eps"] = hp.adam_epsilon
@@ -342,13 +345,17 @@ class FineTuneLoop:
     # ------------------------------------------------------------------ checkpoints
 
     def save(self, directory: str | Path) -> None:
-        """Write model.safetensors, optimizer.pt and trainer_state.json (DESIGN.md)."""
+        """Write model.safetensors, optimizer.pt and trainer_state.json (DESIGN.md). With LoRA
+        model.safetensors holds what trains only (adapters, head): the base is never written."""
         directory = Path(directory)
         if self.state.diverged or not all(torch.isfinite(p).all() for p in
                                            self.model.parameters()):
             raise CheckpointError("refusing to checkpoint non-finite weights (trial diverged)")
         directory.mkdir(parents=True, exist_ok=True)
-        save_model(self.model, str(directory / "model.safetensors"))
+        if is_lora(self.model):
+            save_file(trained_state(self.model), str(directory / "model.safetensors"))
+        else:
+            save_model(self.model, str(directory / "model.safetensors"))
         torch.save(self.optimizer.state_dict(), directory / "optimizer.pt")
         state = asdict(self.state)
         state.update(epoch=self.state.samples_seen / self.n_train,
@@ -363,8 +370,11 @@ class FineTuneLoop:
         try:
             state = json.loads((directory / "trainer_state.json").read_text())
             plateau = PlateauState(**state.pop("plateau"))
-            missing, unexpected = load_model(self.model, str(directory / "model.safetensors"),
-                                             strict=False)
+            weights = str(directory / "model.safetensors")
+            if is_lora(self.model):  # the adapters and head; the base is the model's own
+                missing, unexpected = load_trained_state(self.model, load_file(weights))
+            else:
+                missing, unexpected = load_model(self.model, weights, strict=False)
             # On the CPU: load_state_dict moves the moments to the parameters' device and
             # keeps AdamW's step counters on the host (on the GPU they cost a sync each).
             optimizer_state = torch.load(directory / "optimizer.pt", weights_only=True,

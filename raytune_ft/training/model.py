@@ -17,6 +17,7 @@ import torch
 from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ModelError
 
+PEFT_PREFIX = "base_model.model."  # what a peft model puts before the wrapped model's names
 PACKAGED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 # base_model_prefix -> (modules at embedding depth, pattern of the encoder's layer list).
 # ELECTRA projects its smaller embeddings up to the hidden size: that projection belongs to
@@ -149,9 +150,13 @@ def load_pretrained(auto_class: str, path: str, seed: int, **head) -> torch.nn.M
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     try:
-        return model_class.from_pretrained(path, **head)
+        model, info = model_class.from_pretrained(path, output_loading_info=True, **head)
     except (OSError, ValueError) as error:
         raise ModelError(f"model.name: cannot load {path!r}: {_why(path, error)}") from None
+    # What the folder did not hold is the task head: LoRA trains it in full (training.lora).
+    model.raytune_ft_fresh = sorted({*info.get("missing_keys", ()),
+                                     *(key[0] for key in info.get("mismatched_keys", ()))})
+    return model
 
 
 def layer_index(model: torch.nn.Module, name: str) -> tuple[int, int]:
@@ -161,6 +166,7 @@ def layer_index(model: torch.nn.Module, name: str) -> tuple[int, int]:
         raise ModelError(f"train.layer_decay/freeze: layer layout of {type(model).__name__} is "
                          f"not supported; supported: {SUPPORTED_LAYOUTS}")
     embeddings, layer_pattern = layout
+    name = name.removeprefix(PEFT_PREFIX)  # an adapted model's names (training.lora)
     num_layers = layer_count(model.config)
     if name.startswith(tuple(prefix + "." for prefix in embeddings)):
         return 0, num_layers
@@ -188,7 +194,12 @@ def parameter_groups(model: torch.nn.Module, hp: TrainConfig) -> list[dict]:
     Layer-wise decay: encoder layer l (0-based) of L gets decay^(L - l), the embeddings
     decay^(L + 1), the task head (and pooler) decay^0. The groups have the same structure
     whatever the decay, so a checkpoint's optimizer state loads under a new `layer_decay`.
+    With LoRA (`training.lora`) the adapters take the decay of the layer they sit in, the
+    head trains at lr, and what peft froze (the base) stays out of the optimizer.
     """
+    from raytune_ft.training.lora import is_lora
+
+    adapted = is_lora(model)
     known = getattr(model, "base_model_prefix", "") in LAYOUTS
     if not known and (hp.layer_decay != 1.0 or hp.freeze_layers or hp.freeze_embeddings):
         layer_index(model, "")  # raises, naming the model class
@@ -197,6 +208,8 @@ def parameter_groups(model: torch.nn.Module, hp: TrainConfig) -> list[dict]:
     for name, param in model.named_parameters():
         depth, num_layers = layer_index(model, name) if known else (1, 0)
         frozen = (depth == 0 and hp.freeze_embeddings) or (1 <= depth <= hp.freeze_layers)
+        if adapted:  # peft decided what trains; freeze_layers kept adapters out of layers 1..k
+            frozen = not param.requires_grad
         param.requires_grad_(not frozen)
         if not frozen:
             groups.setdefault((depth, not _no_decay(name, param)), []).append(param)

@@ -27,6 +27,7 @@ from raytune_ft.experiment import read_record, write_record
 from raytune_ft.plan import TrialPlan, plan_experiment
 from raytune_ft.storage import is_uri, write_text
 from raytune_ft.tasks import DataBundle, task_for
+from raytune_ft.training.lora import check_experiment as check_lora
 from raytune_ft.training.model import has_batchnorm, max_positions, resolve_model_path
 from raytune_ft.tuning.cluster import (
     check_client_storage,
@@ -80,11 +81,12 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     task = task_for(config.data)
     bundle = task.load_data(config.data, model_path, config.model.max_length)
     task.check_metric(config.metric, bundle, config.data)
+    lora = check_lora(task, model_path, bundle.label_names, config.train, config.space())
     plan = plan_experiment(config, n_train=len(bundle.train))
     return Prepared(config, model_path, bundle, experiment_dir, plan,
                     _warnings(plan, bundle) + task.warnings(bundle, config.data)
                     + _batchnorm_warnings(config, plan, model_path),
-                    task.describe(bundle))
+                    task.describe(bundle) + lora)
 
 
 def _warnings(plan: TrialPlan, bundle: DataBundle) -> list[str]:

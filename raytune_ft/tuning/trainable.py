@@ -23,6 +23,7 @@ from raytune_ft.tasks import DataBundle, get_task
 from raytune_ft.training.device import choose_device, limit_cpu_threads, out_of_memory_advice
 from raytune_ft.training.distributed import SINGLE, World
 from raytune_ft.training.loop import FineTuneLoop
+from raytune_ft.training.lora import apply_lora
 from raytune_ft.training.model import resolve_model_path
 from raytune_ft.tuning.schedulers import scheduler_spec
 from raytune_ft.tuning.workers import WorkerGroup
@@ -58,6 +59,7 @@ def build_loop(config: dict, bundle: DataBundle, experiment: ExperimentConfig,
     limit_cpu_threads(resources.worker_cpus)
     model = get_task(bundle.kind).load_model(node_model_path(model_path, experiment.model.name),
                                              bundle.label_names, hp.seed)
+    model = apply_lora(model, hp)  # unchanged without train.lora_r
     scheduler = scheduler_spec(experiment.scheduler)
     return FineTuneLoop(model, bundle, hp, experiment.metric, experiment.mode, device,
                         dropout_seed=trial_dropout_seed(hp.seed, scheduler.population,

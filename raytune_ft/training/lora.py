@@ -1,0 +1,188 @@
+"""LoRA adapters (peft) on the model any task builds: the base frozen, the task head trained.
+
+`apply_lora(model, hp)` is the one place adapters are added; with `train.lora_r: 0` it returns
+the model unchanged (full fine-tuning). Otherwise peft wraps it:
+
+- targets: `train.lora_targets` is `all-linear` (as in peft: every pretrained `nn.Linear`
+  but the embeddings' and the task head's; for BERT-family models query, key, value and the
+  dense layers of the attention output and the feed-forward block in every layer, and the
+  pooler's dense layer) or comma-separated module names (the last part of a module's path,
+  e.g. `query,value`). No adapter goes into the bottom `train.freeze_layers` layers: with LoRA
+  `freeze_layers: k` means "no adapters in layers 1..k" (the embeddings are frozen anyway, so
+  `freeze_embeddings` changes nothing).
+- the head: the parameters the pretrained folder did not hold (`load_pretrained` records them),
+  else every parameter outside the embeddings and the encoder layers, trains in full as peft's
+  `modules_to_save`; a pretrained pooler is adapted like the encoder's layers (its weights
+  are the pretrained ones, which a sentence-embedding model such as MiniLM never trained).
+- the update is `(lora_alpha / lora_r) x B A`; A starts from `hp.seed`, B at zero, so a trial
+  starts from exactly the pretrained function.
+
+Checkpoints hold `trained_state(model)` only (adapters and head); the frozen base comes from
+the model folder each time a trial builds its model, and is never written.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import torch
+
+from raytune_ft.config import TrainConfig
+from raytune_ft.errors import ModelError
+
+ALL_LINEAR = "all-linear"
+
+
+def is_lora(model: torch.nn.Module) -> bool:
+    """Whether `model` carries adapters (a peft model), without importing peft."""
+    return type(model).__module__.startswith("peft.")
+
+
+def _layout(model: torch.nn.Module) -> tuple[tuple[str, ...], str]:
+    from raytune_ft.training.model import LAYOUTS
+
+    layout = LAYOUTS.get(getattr(model, "base_model_prefix", ""))
+    if layout is None:
+        raise ModelError(f"train.lora_r: LoRA needs the layer layout of {type(model).__name__}"
+                         " to tell the encoder from the head; supported: "
+                         + ", ".join(sorted(LAYOUTS)))
+    return layout
+
+
+def target_modules(model: torch.nn.Module, hp: TrainConfig) -> list[str]:
+    """Full names of the linear layers that get adapters (see the module docstring): inside
+    the encoder layers above `freeze_layers`, and the pretrained ones above them (BERT's
+    pooler), never the task head, which trains in full."""
+    embeddings, layer_pattern = _layout(model)
+    wanted = None if hp.lora_targets == ALL_LINEAR else set(hp.lora_targets.split(","))
+    head = tuple(name + "." for name in head_modules(model))
+    found, names_there = [], set()
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.Linear) or (name + ".").startswith(head) or \
+                name.startswith(tuple(e + "." for e in embeddings)):
+            continue
+        match = re.match(layer_pattern, name + ".")
+        leaf = name.rsplit(".", 1)[-1]
+        names_there.add(leaf)
+        if match and int(match.group(1)) + 1 <= hp.freeze_layers:
+            continue
+        if wanted is None or leaf in wanted:
+            found.append(name)
+    missing = sorted(wanted - names_there) if wanted else []
+    if missing or not found:
+        why = f"{', '.join(missing)} matches no linear layer" if missing else \
+            "no linear layer is left above train.freeze_layers"
+        raise ModelError(f"train.lora_targets: {hp.lora_targets!r}: {why} in the encoder of "
+                         f"{type(model).__name__}; names there: "
+                         f"{', '.join(sorted(names_there)) or 'none'} (or {ALL_LINEAR})")
+    return found
+
+
+def head_modules(model: torch.nn.Module) -> list[str]:
+    """Modules trained in full: those holding the parameters `load_pretrained` initialised
+    fresh, else every module with parameters outside the embeddings and encoder layers."""
+    embeddings, layer_pattern = _layout(model)
+    fresh = getattr(model, "raytune_ft_fresh", None)
+    if fresh is None:
+        fresh = [name for name, _ in model.named_parameters()
+                 if not name.startswith(tuple(e + "." for e in embeddings))
+                 and not re.match(layer_pattern, name)]
+    modules = sorted({name.rsplit(".", 1)[0] for name in fresh if "." in name})
+    if not modules:
+        raise ModelError(f"train.lora_r: {type(model).__name__} has no task head to train "
+                         "beside the adapters")
+    return modules
+
+
+def apply_lora(model: torch.nn.Module, hp: TrainConfig) -> torch.nn.Module:
+    """The model with LoRA adapters per `hp` (a peft model), or `model` when lora_r is 0."""
+    if hp.lora_r == 0:
+        return model
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        raise ModelError("train.lora_r: LoRA needs peft: pip install 'raytune-ft[lora]'"
+                         ) from None
+    config = LoraConfig(r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
+                        target_modules=target_modules(model, hp),
+                        modules_to_save=head_modules(model))
+    # A's initialisation draws from its own stream, not the one the head was drawn from.
+    torch.manual_seed(int(np.random.SeedSequence([hp.seed, 1]).generate_state(1)[0]))
+    return get_peft_model(model, config)
+
+
+def adapter_settings(model: torch.nn.Module) -> dict:
+    """r, alpha, the adapted module names and the fully trained ones, as peft holds them."""
+    config = model.peft_config["default"]
+    # the adapted modules themselves: peft may store a long target list as shorter suffixes
+    adapted = [name.removeprefix("base_model.model.") for name, module in model.named_modules()
+               if isinstance(getattr(module, "lora_A", None), torch.nn.ModuleDict)
+               and len(module.lora_A)]
+    return {"lora_r": config.r, "lora_alpha": config.lora_alpha,
+            "target_modules": sorted(adapted),
+            "modules_to_save": sorted(config.modules_to_save or [])}
+
+
+def put_in_force(model: torch.nn.Module, hp: TrainConfig) -> None:
+    """The trial's settings on an adapted model: the same shape (else refuse), and its own
+    `lora_dropout` (PBT may change it; peft builds Identity for 0, so modules are swapped)."""
+    config = model.peft_config["default"]
+    own = {"lora_r": config.r, "lora_alpha": config.lora_alpha}
+    for key, value in own.items():
+        if getattr(hp, key) != value:
+            raise ModelError(f"train.{key} cannot change inside a running trial (the adapters "
+                             f"were built with {value}, the trial asks for {getattr(hp, key)})")
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if isinstance(dropouts, torch.nn.ModuleDict):
+            for name in dropouts:
+                dropouts[name] = (torch.nn.Dropout(p=hp.lora_dropout) if hp.lora_dropout > 0
+                                  else torch.nn.Identity())
+
+
+def trained_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """What a LoRA checkpoint holds: every parameter that trains (adapters and head)."""
+    return {name: param.detach().contiguous() for name, param in model.named_parameters()
+            if param.requires_grad}
+
+
+def load_trained_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]
+                       ) -> tuple[list[str], list[str]]:
+    """Copy a checkpoint's trained parameters into `model`; returns (missing, unexpected)."""
+    params = dict(model.named_parameters())
+    trained = {name for name, param in params.items() if param.requires_grad}
+    missing, unexpected = sorted(trained - set(tensors)), sorted(set(tensors) - trained)
+    if missing or unexpected:
+        return missing, unexpected
+    with torch.no_grad():
+        for name, value in tensors.items():
+            if params[name].shape != value.shape:
+                return [f"{name} (shape {tuple(value.shape)} vs {tuple(params[name].shape)})"], []
+            params[name].copy_(value)
+    return [], []
+
+
+def check_experiment(task, model_path: str, label_names: list[str], train: TrainConfig,
+                     space: dict) -> list[tuple[str, str]]:
+    """Before any trial: every targets and freeze_layers value the experiment can give
+    adapts at least one module of this model (else ModelError, one line). Loads the model
+    once, only when some trial uses LoRA; returns the run header's line about it."""
+    def values(key: str) -> list:
+        return list(space[key].values) if key in space else [getattr(train, key)]
+
+    ranks = values("lora_r")
+    if not any(ranks):
+        return []
+    model = task.load_model(model_path, label_names, seed=0)
+    head = head_modules(model)
+    adapted = {}
+    for targets in values("lora_targets"):
+        for freeze in values("freeze_layers"):
+            names = target_modules(model, train.model_copy(update={"lora_targets": targets,
+                                                                   "freeze_layers": freeze}))
+            adapted[targets] = len(names)
+    shown = ", ".join(f"{targets} ({count} linear layers)" for targets, count in adapted.items())
+    rank_text = "/".join(str(r) for r in ranks) + (" (0: full fine-tuning)" if 0 in ranks else "")
+    return [("lora", f"rank {rank_text} on {shown}; trained in full: {', '.join(head)}; "
+                     "the base stays frozen and out of checkpoints")]
