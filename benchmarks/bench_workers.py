@@ -5,9 +5,10 @@ The packaged MiniLM on an SST-2 subset (`--samples`, default 512), batch 32, mic
 at most 32, one whole epoch per measurement (`FineTuneLoop.run_interval`'s `samples_per_s`,
 training time only: no evaluation, no process start-up). Variants:
 
-  before 1x2   the loop of commit BEFORE (main before #19), one worker, 2 threads
+  before 1x1   the loop of commit BEFORE (main before #19), one worker, 1 thread
+  after  1x1   the loop as shipped, one worker, 1 thread (what each worker below gets)
+  before 1x2   the loop of commit BEFORE, one worker, 2 threads
   after  1x2   the loop as shipped, one worker, 2 threads
-  after  1x1   one worker, 1 thread (what each worker below gets)
   after  2x1   two workers of 1 thread each, gloo on this machine: the same 2 cores as 1x2
 
 Every round runs every variant, in an order that alternates per round, so load drift falls
@@ -34,7 +35,7 @@ from pathlib import Path
 import _common
 
 BEFORE = "c7b8292"  # main before data-parallel trials (#19)
-VARIANTS = ("before 1x2", "after 1x2", "after 1x1", "after 2x1")
+VARIANTS = ("before 1x1", "after 1x1", "before 1x2", "after 1x2", "after 2x1")
 
 
 def old_loop_class():
@@ -107,6 +108,7 @@ def main() -> None:
 
     before = old_loop_class()
     runs = {
+        "before 1x1": lambda: one_worker(before, args.samples, 1),
         "before 1x2": lambda: one_worker(before, args.samples, 2),
         "after 1x2": lambda: one_worker(FineTuneLoop, args.samples, 2),
         "after 1x1": lambda: one_worker(FineTuneLoop, args.samples, 1),
@@ -123,8 +125,10 @@ def main() -> None:
     for name in VARIANTS:
         print(f"{name:<11} median {median[name]:7.2f} samples/s  "
               f"({', '.join(f'{v:.2f}' for v in speeds[name])})")
-    same = median["after 1x2"] / median["before 1x2"]
-    print(f"one worker, after / before: {same:.3f}")
+    same = median["after 1x1"] / median["before 1x1"]
+    print(f"one worker, 1 thread, after / before: {same:.3f}")
+    print(f"one worker, 2 threads, after / before: "
+          f"{median['after 1x2'] / median['before 1x2']:.3f}")
     print(f"two workers x 1 thread / one worker x 1 thread: "
           f"{median['after 2x1'] / median['after 1x1']:.3f}")
     print(f"two workers x 1 thread / one worker x 2 threads (same cores): "
