@@ -17,6 +17,13 @@ from raytune_ft.config._schedulers import (
     FifoConfig,
     SchedulerConfig,
 )
+from raytune_ft.config._search import (
+    SAMPLERS,
+    Objective,
+    StopConfig,
+    check_objectives,
+    check_search,
+)
 from raytune_ft.config._space import Domain, did_you_mean, parse_domain
 from raytune_ft.tasks import (
     TASKS,
@@ -27,7 +34,7 @@ from raytune_ft.tasks import (
     task_for,
     task_metrics,
 )
-from raytune_ft.training.metrics import LOOP_METRICS
+from raytune_ft.training.metrics import DEPLOYMENT_METRICS, LOOP_METRICS
 
 SCHEDULES = ("linear", "constant", "cosine", "step", "exponential", "plateau")
 # Datasets the registered tasks read by name (GLUE's); aliases map to these names.
@@ -36,7 +43,8 @@ TASK_ALIASES = dataset_aliases()
 DEFAULT_METRICS = default_metrics()  # dataset -> metric tuned without `metric:`
 # Metrics a trial can report (DESIGN.md): its task's, then the loop's own; a scheduler may
 # only watch one of these.
-REPORTED_METRICS = (*(metric.name for metric in task_metrics()), *LOOP_METRICS)
+REPORTED_METRICS = (*(metric.name for metric in task_metrics()), *LOOP_METRICS,
+                    *DEPLOYMENT_METRICS)
 
 
 class ModelConfig(_Strict):
@@ -175,9 +183,12 @@ def check_batch_phases(phases: BatchPhases, where: str) -> None:
 
 
 class SearchAlgConfig(_Strict):
-    type: Literal["tpe", "random", "grid"] = "random"
+    type: Literal["tpe", "random", "grid", "optuna"] = "random"  # tpe: hyperopt's
     n_initial_points: int = Field(4, gt=0)  # TPE: random trials before the model takes over
     seed: int | None = Field(0, ge=0, lt=2**32)  # numpy RandomState seeds; None: not seeded
+    sampler: Literal[SAMPLERS] = "tpe"  # optuna's sampler; nsga2/gp/tpe weigh several goals
+    multivariate: bool = True  # optuna tpe: model the parameters jointly, not one by one
+    points_to_evaluate: list[dict[str, Any]] = []  # tried first, e.g. a paper's recipe
 
 
 class ResourcesConfig(_Strict):
@@ -206,12 +217,14 @@ class RunConfig(_Strict):
     checkpoint_every: int = Field(1, gt=0)  # iterations; PBT always checkpoints every one
     max_failures: int = Field(0, ge=0)  # retries of a failed trial from its last checkpoint
     verbose: int = Field(1, ge=0, le=3)
+    stop: StopConfig = StopConfig()  # rules that end the whole search early
 
 
 class ExperimentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     metric: str = "eval_accuracy"
     mode: Literal["max", "min"] = "max"
+    objectives: list[Objective] = []  # several goals; the first is metric/mode
     model: ModelConfig
     data: DataConfig
     train: TrainConfig = TrainConfig()
@@ -228,6 +241,12 @@ class ExperimentConfig(_Strict):
         """A dataset's own default metric, where its task names one: GLUE scores CoLA by
         Matthews correlation, so without `metric:` CoLA tunes eval_mcc."""
         if not isinstance(values, dict) or "metric" in values:
+            return values
+        objectives = values.get("objectives")
+        if isinstance(objectives, list) and objectives and isinstance(objectives[0], dict):
+            first = objectives[0]  # metric and mode default to the first objective
+            if first.get("metric") in REPORTED_METRICS:  # else objectives.0 says it is not
+                return {**values, "metric": first["metric"], "mode": first.get("mode")}
             return values
         data = values.get("data")
         task = data.get("task") if isinstance(data, dict) else getattr(data, "task", None)
@@ -259,7 +278,14 @@ class ExperimentConfig(_Strict):
             raise ValueError("search_alg.type: 'tpe' cannot take grid dimensions; use "
                              "search_alg.type: grid, or choice instead of grid")
         _check_grid_search(self.search_alg.type, space)
+        check_objectives(self.objectives, self.metric, self.mode, REPORTED_METRICS)
+        check_search(self)
         return self
+
+    def objective_list(self) -> list[tuple[str, str]]:
+        """(metric, mode) of every objective; without `objectives:`, the experiment metric."""
+        return ([(o.metric, o.mode) for o in self.objectives] if self.objectives
+                else [(self.metric, self.mode)])
 
     @property
     def iterations(self) -> int:
