@@ -98,7 +98,8 @@ def _pareto_front(tables: dict[str, pd.DataFrame], top: int) -> pd.DataFrame:
     hps = [c for c in trials.columns if c.startswith(HP)]
     objectives = [PREFIX + metric for metric, _ in goals]
     extra = [c for c in ("param_count", "trainable_param_count", "checkpoint_mb",
-                         "latency_ms_b1", "latency_ms_eval_batch") if c not in objectives]
+                         "latency_ms_b1", "latency_ms_eval_batch")
+             if c not in {metric for metric, _ in goals}]
     out = on[["trial_id", "status", *objectives, *hps, *extra]]
     return out.rename(columns={c: c[len(PREFIX):] for c in objectives}).head(top)
 
