@@ -234,8 +234,9 @@ def _search_text(config) -> str:
     alg = config.search_alg
     if alg.type != "optuna":
         return alg.type
-    multivariate = " multivariate" if alg.sampler == "tpe" and alg.multivariate else ""
-    return f"optuna {alg.sampler}{multivariate} (seed {alg.seed})"
+    sampler = alg.sampler or "tpe"
+    multivariate = " multivariate" if sampler == "tpe" and alg.multivariate is not False else ""
+    return f"optuna {sampler}{multivariate} (seed {alg.seed})"
 
 
 def _watched(config) -> str:

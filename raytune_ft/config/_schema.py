@@ -186,8 +186,8 @@ class SearchAlgConfig(_Strict):
     type: Literal["tpe", "random", "grid", "optuna"] = "random"  # tpe: hyperopt's
     n_initial_points: int = Field(4, gt=0)  # TPE: random trials before the model takes over
     seed: int | None = Field(0, ge=0, lt=2**32)  # numpy RandomState seeds; None: not seeded
-    sampler: Literal[SAMPLERS] = "tpe"  # optuna's sampler; nsga2/gp/tpe weigh several goals
-    multivariate: bool = True  # optuna tpe: model the parameters jointly, not one by one
+    sampler: Literal[SAMPLERS] | None = None  # optuna's sampler (None: tpe); see _search.py
+    multivariate: bool | None = None  # optuna tpe: model parameters jointly (None: true)
     points_to_evaluate: list[dict[str, Any]] = []  # tried first, e.g. a paper's recipe
 
 

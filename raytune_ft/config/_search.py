@@ -74,7 +74,7 @@ def check_search(config: ExperimentConfig) -> None:
     alg = config.search_alg
     if alg.type != "optuna":
         for key in ("sampler", "multivariate"):
-            if key in alg.model_fields_set:
+            if getattr(alg, key) is not None:
                 raise ValueError(f"search_alg.{key}: only with search_alg.type: optuna "
                                  f"(got type {alg.type!r})")
     objectives = config.objective_list()
@@ -92,17 +92,18 @@ def _check_optuna(config: ExperimentConfig, n_objectives: int) -> None:
     alg = config.search_alg
     if importlib.util.find_spec("optuna") is None:
         raise ValueError(f"search_alg.type: optuna needs the optuna package: {OPTUNA_PIP}")
-    if alg.sampler in SAMPLER_PACKAGES:
-        module, pip = SAMPLER_PACKAGES[alg.sampler]
+    sampler = alg.sampler or "tpe"
+    if sampler in SAMPLER_PACKAGES:
+        module, pip = SAMPLER_PACKAGES[sampler]
         if importlib.util.find_spec(module) is None:
-            raise ValueError(f"search_alg.sampler: {alg.sampler} needs the {module} package: "
+            raise ValueError(f"search_alg.sampler: {sampler} needs the {module} package: "
                              f"{pip}")
-    if n_objectives > 1 and alg.sampler in SINGLE_OBJECTIVE_SAMPLERS:
-        raise ValueError(f"search_alg.sampler: {alg.sampler} optimises one objective, but "
+    if n_objectives > 1 and sampler in SINGLE_OBJECTIVE_SAMPLERS:
+        raise ValueError(f"search_alg.sampler: {sampler} optimises one objective, but "
                          f"{n_objectives} are set; use tpe, gp, nsga2, random or qmc")
-    if "multivariate" in alg.model_fields_set and alg.sampler != "tpe":
+    if alg.multivariate is not None and sampler != "tpe":
         raise ValueError(f"search_alg.multivariate: only with sampler tpe (got sampler "
-                         f"{alg.sampler!r})")
+                         f"{sampler!r})")
     grids = [key for key, domain in config.space().items() if domain.kind == "grid"]
     if grids:
         raise ValueError(f"search.{grids[0]}: grid cannot be searched by Optuna; use choice, "

@@ -82,6 +82,7 @@ def build_optuna_search(config: ExperimentConfig, observations=None) -> MultiObj
                 zip(observations.points, observations.values(objectives))]
     return MultiObjectiveOptuna(
         metric=metrics if several else metrics[0], mode=modes if several else modes[0],
-        sampler=make_sampler(cfg.sampler, cfg.seed, cfg.multivariate, cfg.n_initial_points),
+        sampler=make_sampler(cfg.sampler or "tpe", cfg.seed, cfg.multivariate is not False,
+                             cfg.n_initial_points),
         points_to_evaluate=[dict(p) for p in cfg.points_to_evaluate] or None,
         observations=seen)
