@@ -157,8 +157,8 @@ def test_an_incompatible_warm_start_exits_2_naming_the_parameter(two_goals, tiny
     done = run_cli("validate", str(path), "--warm-start", str(experiment))
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
-        f"error: {path}: --warm-start {experiment}: search.warmup_ratio is searched now but was not "
-        "searched there; the spaces must search the same keys"]
+        f"error: {path}: --warm-start {experiment}: search.warmup_ratio is searched now but "
+        "was not searched there; the spaces must search the same keys"]
     narrower = {**SEARCH, "freeze_layers": {"choice": [0, 1]}}
     path = write(root, "narrow", model=tiny_bert, glue=glue_dir, search=narrower,
                  search_alg={"type": "tpe", "seed": 0})

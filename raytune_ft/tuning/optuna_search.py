@@ -19,9 +19,16 @@ from raytune_ft.config import ExperimentConfig
 def make_sampler(name: str, seed: int | None, multivariate: bool, n_initial: int):
     """The Optuna sampler `search_alg.sampler` names, seeded; `n_initial` random trials
     before a model-based sampler takes over."""
+    import warnings
+
     import optuna
 
-    samplers = optuna.samplers
+    with warnings.catch_warnings():  # multivariate TPE and QMC are marked experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return _sampler(optuna.samplers, name, seed, multivariate, n_initial)
+
+
+def _sampler(samplers, name: str, seed: int | None, multivariate: bool, n_initial: int):
     if name == "tpe":
         return samplers.TPESampler(seed=seed, multivariate=multivariate,
                                    n_startup_trials=n_initial)
