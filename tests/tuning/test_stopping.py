@@ -82,6 +82,7 @@ def test_max_device_hours_stops_the_run_at_the_cap(tmp_path):
     assert stopped == reason
 
 
+@pytest.mark.slow  # the control: ~12 s for what the three tests above imply
 def test_without_a_rule_firing_every_trial_runs_its_budget(tmp_path):
     ran, reason = run(tmp_path, {"target": 2.0}, [0.5, 0.6])
     assert reason is None and len(ran) == 2
