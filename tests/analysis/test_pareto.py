@@ -69,3 +69,27 @@ def test_brute_force_helper_agrees_on_every_small_case():
         values = np.array(points, dtype=float)
         assert pareto_mask(values, ["max", "min"]).tolist() == brute_force(values,
                                                                            ["max", "min"])
+
+
+def test_the_report_draws_two_objectives_as_a_joined_front_and_more_as_coordinates():
+    from raytune_ft.analysis._plots import pareto_front
+
+    trials = pd.DataFrame({
+        "trial_id": list("abcde"), "status": ["terminated"] * 5,
+        "obj_eval_accuracy": [0.9, 0.8, 0.85, 0.7, 0.6],
+        "obj_latency_ms_b1": [5.0, 2.0, 6.0, 1.0, 7.0],
+        "obj_checkpoint_mb": [90.0, 80.0, 10.0, 95.0, 99.0]})
+    two = [("eval_accuracy", "max"), ("latency_ms_b1", "min")]
+    trials["pareto"] = pareto_column(trials, two)
+    fig = pareto_front(trials, two)
+    dominated, joined = fig.data
+    assert list(dominated.customdata) == ["c", "e"] and joined.mode == "lines+markers"
+    assert list(joined.customdata) == ["d", "b", "a"]  # joined in order of the x objective
+    three = [*two, ("checkpoint_mb", "min")]
+    trials["pareto"] = pareto_column(trials, three)  # c is now best on size
+    fig = pareto_front(trials, three)
+    (coords,) = fig.data
+    assert coords.type == "parcoords"
+    assert [d.label for d in coords.dimensions][:3] == [
+        "eval_accuracy (max)", "latency_ms_b1 (min)", "checkpoint_mb (min)"]
+    assert list(coords.line.color) == [1, 1, 1, 1, 0]  # e is dominated on all three
