@@ -26,7 +26,11 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 METHODS = {"grid": "(a) BERT grid + FIFO", "random": "(b) random + FIFO",
-           "asha_tpe": "(c) ASHA + TPE", "pbt": "(d) PBT (lr, batch)"}
+           "asha_tpe": "(c) ASHA + TPE", "pbt": "(d) PBT (lr, batch)",
+           "tpe_fifo": "(e) hyperopt TPE + FIFO", "optuna_tpe": "(f) Optuna mv-TPE + FIFO"}
+# The searcher comparison (issue #18): the same 6 trials x 3 epochs under FIFO, one searcher
+# each; run with --methods grid,random,tpe_fifo,optuna_tpe.
+SEARCHERS = ("random", "tpe_fifo", "optuna_tpe")
 # --set overrides per scale; the YAMLs hold the full scale. The dev set is always full (872).
 SCALES = {
     "quick": {"data.max_train_samples": 256, "train.eval_every_epochs": 1.0},
@@ -155,6 +159,12 @@ def main() -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"table: {out}")
+    for method in (m for m in SEARCHERS if m in methods):
+        row = table.loc[table["method"] == method].iloc[0]
+        reached = row["samples_to_target"]
+        print(f"searcher {method}: best {row['best_accuracy']:.4f}; samples to within 0.5 "
+              f"points of the grid's best: "
+              f"{'never' if math.isnan(reached) else int(reached)}", flush=True)
     figures, met = [], False
     for method in ("asha_tpe", "pbt"):
         if method not in methods:

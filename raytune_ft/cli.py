@@ -100,6 +100,9 @@ def _experiment_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", help="experiment YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         metavar="KEY=VALUE", help="override a setting, e.g. train.max_epochs=1")
+    parser.add_argument("--warm-start", dest="warm_start", nargs="+", default=[],
+                        metavar="DIR", help="earlier experiments whose finished trials the "
+                        "searcher learns from first (same searched keys)")
 
 
 def _prepare(args):
@@ -109,7 +112,12 @@ def _prepare(args):
 
     config = load_config(args.experiment, args.overrides)  # errors start with the file
     try:
-        return prepare(config, overwrite=args.overwrite, address=args.address)
+        prepared = prepare(config, overwrite=args.overwrite, address=args.address)
+        if args.warm_start:
+            from raytune_ft.tuning.warm_start import load_observations
+
+            prepared.observations = load_observations(config, args.warm_start)
+        return prepared
     except RaytuneFtError as error:
         raise type(error)(f"{args.experiment}: {error}") from error
 
@@ -213,12 +221,53 @@ def _print_header(prepared) -> None:
     print(f"resources    {res.workers_per_trial * res.worker_cpus:g} CPU, "
           f"{res.workers_per_trial * res.worker_gpus:g} GPU per trial{workers}; "
           f"{config.run.num_samples} trials")
-    print(f"scheduler    {config.scheduler.type}; search {config.search_alg.type}; "
+    print(f"scheduler    {config.scheduler.type}; search {_search_text(config)}; "
           f"{config.metric} ({config.mode})")
+    if config.objectives:
+        goals = ", ".join(f"{o.metric} ({o.mode})" for o in config.objectives)
+        print(f"objectives   {goals}; {_watched(config)}")
+    if config.search_alg.points_to_evaluate:
+        print(f"  start      {len(config.search_alg.points_to_evaluate)} points first")
+    seen = prepared.observations
+    if seen is not None:
+        print(f"warm start   {len(seen.points)} trials imported from "
+              f"{len(seen.sources)} experiments ({', '.join(seen.sources)})")
+    stop = config.run.stop
+    if stop.any:
+        print(f"stop rules   {_stop_text(stop)} (on {config.metric})")
     for key, spec in (config.search or {}).items():
         print(f"  search     {key}: {spec}")
     for warning in prepared.warnings:
         print(f"warning: {warning}")
+
+
+def _search_text(config) -> str:
+    alg = config.search_alg
+    if alg.type != "optuna":
+        return alg.type
+    sampler = alg.sampler or "tpe"
+    multivariate = " multivariate" if sampler == "tpe" and alg.multivariate is not False else ""
+    return f"optuna {sampler}{multivariate} (seed {alg.seed})"
+
+
+def _watched(config) -> str:
+    """Who optimises which objective: the searcher all, schedulers and stop rules the first."""
+    searcher = ("the searcher optimises all" if config.search_alg.type == "optuna"
+                else f"search {config.search_alg.type} weighs none")
+    return (f"{searcher}; scheduler {config.scheduler.type}, stop rules and the best trial "
+            f"use the first ({config.metric}); analysis marks the Pareto front")
+
+
+def _stop_text(stop) -> str:
+    parts = []
+    if stop.plateau is not None:
+        parts.append(f"plateau (patience {stop.plateau.patience} finished trials, "
+                     f"min_delta {stop.plateau.min_delta:g})")
+    if stop.max_device_hours is not None:
+        parts.append(f"max_device_hours {stop.max_device_hours:g}")
+    if stop.target is not None:
+        parts.append(f"target {stop.target:g}")
+    return ", ".join(parts)
 
 
 def _batch_text(plan) -> str:
@@ -260,6 +309,8 @@ def _finish(summary) -> int:
     trial worked."""
     print(f"trials       {summary.trials} run, {len(summary.failed)} failed, "
           f"{summary.diverged} diverged")
+    if summary.stopped_by is not None:
+        print(f"stopped by   {summary.stopped_by['rule']}: {summary.stopped_by['detail']}")
     for path, error in summary.failed:
         print(f"  failed     {path}: {error}")
     if summary.report is not None:

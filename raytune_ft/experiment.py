@@ -43,6 +43,7 @@ HP = "hp_"  # prefix of the hyperparameter columns of the analysis and confirm t
 RESULT_FILE = "result.json"  # Ray's, per trial: one JSON object per reported iteration
 PARAMS_FILE = "params.json"  # Ray's, per trial: the config it started with
 ERROR_FILE = "error.txt"  # Ray's, per trial: the traceback of its last failure
+STOP_FILE = "stop_reason.json"  # which `run.stop` rule ended the search, when one did
 
 
 def pbt_policy_file(experiment_dir: Path, trial_id: str) -> Path:

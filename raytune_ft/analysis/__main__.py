@@ -24,6 +24,8 @@ def add_commands(sub) -> None:
     c.add_argument("--top", type=int, default=10, help="rows to show (default 10)")
     c.add_argument("--sort", default=None, help="column to sort by; prefix '-' for descending")
     c.add_argument("--format", dest="fmt", choices=FORMATS, default="table")
+    c.add_argument("--pareto", action="store_true", help="the Pareto-optimal trials of one "
+                   "experiment over its objectives")
     c.set_defaults(handler=compare)
     a = sub.add_parser("analyze", help="export Parquet tables and rank hyperparameters")
     a.add_argument("dir", help="experiment directory (a path or a URI)")
@@ -40,7 +42,8 @@ def compare(args) -> int:
 
     with contextlib.ExitStack() as stack:
         dirs = [stack.enter_context(local_experiment(d)) for d in args.dirs]
-        print(compare_experiments(dirs, top=args.top, sort=args.sort, fmt=args.fmt))
+        print(compare_experiments(dirs, top=args.top, sort=args.sort, fmt=args.fmt,
+                                  pareto=args.pareto))
     return 0
 
 

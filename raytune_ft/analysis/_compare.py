@@ -18,6 +18,7 @@ import pandas as pd
 
 from raytune_ft.analysis._errors import AnalysisArgumentError
 from raytune_ft.analysis._export import read_tables
+from raytune_ft.analysis._pareto import PREFIX, front
 from raytune_ft.analysis._tables import HP
 from raytune_ft.experiment import rank_by, ranking_column
 
@@ -80,6 +81,29 @@ def _sort_key(sort: str | None, metric: str, mode: str) -> tuple[str, bool]:
     return sort, True
 
 
+def goals_of(trials: pd.DataFrame) -> list[tuple[str, str]]:
+    """The experiment's objectives, from the trials table's metadata."""
+    goals = json.loads(trials.attrs.get("raytune_ft.objectives", "[]"))
+    if goals:
+        return [(metric, mode) for metric, mode in goals]
+    return [(trials.attrs.get("raytune_ft.metric", "metric"),
+             trials.attrs.get("raytune_ft.mode", "max"))]
+
+
+def _pareto_front(tables: dict[str, pd.DataFrame], top: int) -> pd.DataFrame:
+    """The Pareto-optimal trials: objectives first, then hyperparameters and deployment."""
+    trials = tables["trials"]
+    goals = goals_of(trials)
+    on = front(trials, goals)
+    hps = [c for c in trials.columns if c.startswith(HP)]
+    objectives = [PREFIX + metric for metric, _ in goals]
+    extra = [c for c in ("param_count", "trainable_param_count", "checkpoint_mb",
+                         "latency_ms_b1", "latency_ms_eval_batch")
+             if c not in {metric for metric, _ in goals}]
+    out = on[["trial_id", "status", *objectives, *hps, *extra]]
+    return out.rename(columns={c: c[len(PREFIX):] for c in objectives}).head(top)
+
+
 def _summary(name: str, tables: dict[str, pd.DataFrame]) -> dict:
     trials, its = tables["trials"], tables["iterations"]
     mode = trials.attrs.get("raytune_ft.mode", "max")
@@ -120,9 +144,11 @@ def _render(df: pd.DataFrame, fmt: str) -> str:
 
 
 def compare_experiments(
-    dirs: Sequence[str | os.PathLike], top: int = 10, sort: str | None = None, fmt: str = "table"
+    dirs: Sequence[str | os.PathLike], top: int = 10, sort: str | None = None, fmt: str = "table",
+    pareto: bool = False,
 ) -> str:
-    """One directory: its `top` best trials. Several: one summary row per experiment."""
+    """One directory: its `top` best trials (`pareto`: its Pareto-optimal trials). Several:
+    one summary row per experiment."""
     if fmt not in FORMATS:
         raise AnalysisArgumentError(f"fmt is {fmt!r}, but must be one of {', '.join(FORMATS)}")
     if isinstance(dirs, (str, os.PathLike)):
@@ -131,6 +157,11 @@ def compare_experiments(
         raise AnalysisArgumentError("dirs is empty, but must name at least one experiment")
     if top < 1:
         raise AnalysisArgumentError(f"top is {top}, but must be >= 1")
+    if pareto and len(dirs) != 1:
+        raise AnalysisArgumentError(f"pareto lists the front of one experiment, but {len(dirs)} "
+                                    "directories were given")
+    if pareto:
+        return _render(_pareto_front(read_tables(dirs[0]), top), fmt)
     if len(dirs) == 1:
         return _render(_one_experiment(read_tables(dirs[0]), top, sort), fmt)
     rows = [_summary(os.path.basename(os.path.normpath(d)), read_tables(d)) for d in dirs]

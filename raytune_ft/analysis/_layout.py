@@ -43,6 +43,12 @@ class ExperimentMeta:
     gpus_per_trial: float = 0.0
     scheduler: str | None = None
     has_config: bool = False
+    objectives: tuple[tuple[str, str], ...] = ()  # (metric, mode); () = (metric, mode) alone
+
+    @property
+    def goals(self) -> tuple[tuple[str, str], ...]:
+        """Every objective: the configured ones, else the experiment metric."""
+        return self.objectives or ((self.metric, self.mode),)
 
 
 @dataclass
@@ -108,6 +114,8 @@ def read_meta(exp_dir: Path, params_keys: list[str]) -> ExperimentMeta:
         gpus_per_trial=_per_trial(res, "gpus", 0.0),
         scheduler=(cfg.get("scheduler") or {}).get("type"),
         has_config=True,
+        objectives=tuple((str(o["metric"]), str(o["mode"])) for o in cfg.get("objectives") or ()
+                         if isinstance(o, dict) and o.get("mode") in ("max", "min")),
     )
 
 

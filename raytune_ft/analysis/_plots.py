@@ -249,3 +249,37 @@ def confirmation_bars(summary: pd.DataFrame, metric: str) -> go.Figure:
         xaxis_title="config rank", yaxis_title=f"{metric} (mean ± sd over seeds)", height=380
     )
     return fig
+
+
+def pareto_front(trials: pd.DataFrame, goals: list[tuple[str, str]]) -> go.Figure:
+    """Two objectives: every candidate trial as a point, the front joined in order. More:
+    parallel coordinates over the objectives, front trials highlighted."""
+    import plotly.graph_objects as go
+
+    from raytune_ft.analysis._pareto import PREFIX
+
+    columns = [PREFIX + metric for metric, _ in goals]
+    df = trials[trials["pareto"].notna()].copy()
+    on = df["pareto"].astype(bool)
+    if len(goals) == 2:
+        x, y = columns
+        fig = go.Figure()
+        for name, part, color in (("dominated", df[~on], "#9e9e9e"),
+                                  ("Pareto front", df[on].sort_values(x), "#d62728")):
+            fig.add_trace(go.Scatter(
+                x=part[x].astype("float64"), y=part[y].astype("float64"),
+                mode="lines+markers" if name == "Pareto front" else "markers",
+                name=f"{name} ({len(part)})", customdata=part["trial_id"],
+                line={"color": color}, marker={"size": 9, "color": color},
+                hovertemplate="%{customdata}<br>%{x:.5g}, %{y:.5g}<extra></extra>"))
+        fig.update_layout(xaxis_title=f"{goals[0][0]} ({goals[0][1]})",
+                          yaxis_title=f"{goals[1][0]} ({goals[1][1]})", height=450)
+        return fig
+    dims = [{"label": f"{metric} ({mode})", "values": df[col].astype("float64")}
+            for (metric, mode), col in zip(goals, columns)]
+    dims.append({"label": "Pareto", "values": on.astype(int), "tickvals": [0, 1],
+                 "ticktext": ["no", "yes"]})
+    line = {"color": on.astype(int), "colorscale": [[0, "#c7c7c7"], [1, "#d62728"]]}
+    fig = go.Figure(go.Parcoords(dimensions=dims, line=line))
+    fig.update_layout(height=450)
+    return fig

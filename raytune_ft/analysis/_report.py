@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from raytune_ft.analysis import _plots
-from raytune_ft.analysis._compare import compute_to_reach, device_factor
+from raytune_ft.analysis._compare import compute_to_reach, device_factor, goals_of
 from raytune_ft.analysis._export import (
     build_tables,
     frames,
@@ -23,11 +23,13 @@ from raytune_ft.analysis._export import (
     write_tables,
 )
 from raytune_ft.analysis._importance import hyperparameter_importance
+from raytune_ft.analysis._pareto import PREFIX, front
 from raytune_ft.analysis._tables import HP, load_experiment
 from raytune_ft.experiment import (
     ANALYSIS_DIR,
     CONFIRM_FILE,
     REPORT_FILE,
+    STOP_FILE,
     atomic_write,
     confirm_summary,
     rank_by,
@@ -46,6 +48,8 @@ SECTION_IDS = (
     "pbt-schedules",
     "importance",
     "confirmation",
+    "pareto",
+    "deployment",
 )
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1300px;color:#222}
 section{margin:2.5em 0}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}
@@ -94,6 +98,43 @@ def _summary(trials: pd.DataFrame, metric: str, mode: str, reach: dict) -> str:
     return _note(facts) + _table(top[cols])
 
 
+def _pareto(trials: pd.DataFrame) -> str:
+    goals = goals_of(trials)
+    if len(goals) < 2:
+        return _note("One objective: set `objectives:` (two or more) to trade them off.")
+    on = front(trials, goals)
+    if on.empty:
+        return _note("No trial ended normally with every objective reported yet.")
+    cols = ["trial_id", "status", *(PREFIX + m for m, _ in goals),
+            *(c for c in trials.columns if c.startswith(HP))]
+    return _fig(_plots.pareto_front(trials, goals), "pareto") + _table(on[cols])
+
+
+DEPLOYMENT_SHOWN = ("param_count", "trainable_param_count", "checkpoint_mb", "latency_ms_b1",
+                    "latency_ms_eval_batch", "latency_eval_batch", "latency_threads",
+                    "latency_device")
+
+
+def _deployment(trials: pd.DataFrame) -> str:
+    cols = [c for c in DEPLOYMENT_SHOWN if c in trials.columns]
+    shown = trials[trials[cols].notna().any(axis=1)] if cols else trials.iloc[:0]
+    if shown.empty:
+        return _note("No trial reported deployment figures (they come with its first "
+                     "evaluation).")
+    return _table(shown[["trial_id", "status", *cols]])
+
+
+def _stop_note(exp_dir: Path) -> str:
+    path = exp_dir / STOP_FILE
+    if not path.is_file():
+        return ""
+    try:
+        reason = json.loads(path.read_text())
+        return _note(f"Search stopped early by run.stop.{reason['rule']}: {reason['detail']}.")
+    except (OSError, ValueError, KeyError):
+        return _note(f"{STOP_FILE} is unreadable.")
+
+
 def _confirmation(exp_dir: Path, metric: str, mode: str) -> str:
     if not (exp_dir / ANALYSIS_DIR / CONFIRM_FILE).is_file():
         return _note(
@@ -135,6 +176,16 @@ _TEXT = {  # section id -> (title, one-line explanation); {metric} is filled in
         "Permutation importance of a random forest fitted to the trials' best metric "
         "(fitted and scored on the same trials).",
     ),
+    "pareto": (
+        "Pareto front",
+        "Trials no other trial beats on every objective (last reported values of trials "
+        "that ended normally); the searcher optimises all objectives, schedulers the first.",
+    ),
+    "deployment": (
+        "Deployment figures",
+        "Per trial, measured on its own device after its first evaluation: parameters, "
+        "checkpoint size, median latency per example at batch 1 and at the eval batch.",
+    ),
     "confirmation": (
         "Confirmation runs",
         "Top configurations re-trained with several seeds: mean ± sample sd over the n "
@@ -153,7 +204,7 @@ def _sections(exp_dir: Path, tables: dict[str, pd.DataFrame]) -> list[str]:
     no_its = _note("No trial has reported an iteration yet.")
     no_pbt = _note("No PBT exploits in this experiment.")
     bodies = {
-        "summary": lambda: _summary(
+        "summary": lambda: _stop_note(exp_dir) + _summary(
             trials, metric, mode, compute_to_reach(its, metric, mode, factor) if len(its) else {}
         ),
         "learning-curves": lambda: _plots.learning_curves(trials, its, metric),
@@ -163,6 +214,8 @@ def _sections(exp_dir: Path, tables: dict[str, pd.DataFrame]) -> list[str]:
         "pbt-schedules": lambda: _plots.pbt_schedules(its, events, log_scale),
         "importance": lambda: _importance(trials),
         "confirmation": lambda: _confirmation(exp_dir, metric, mode),
+        "pareto": lambda: _pareto(trials),
+        "deployment": lambda: _deployment(trials),
     }
     needs = {
         "learning-curves": (len(its), no_its),

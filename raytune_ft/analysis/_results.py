@@ -22,7 +22,12 @@ import pyarrow as pa
 import pyarrow.json as pj
 
 from raytune_ft.tasks import task_metrics
-from raytune_ft.training.metrics import LOOP_FLAGS, LOOP_METRICS
+from raytune_ft.training.metrics import (
+    DEPLOYMENT_INFO,
+    DEPLOYMENT_METRICS,
+    LOOP_FLAGS,
+    LOOP_METRICS,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +40,12 @@ RAY_COLUMNS: dict[str, pa.DataType] = {
     "time_total_s": pa.float64(),
     "done": pa.bool_(),
 }
-_ARROW = {float: pa.float64(), int: pa.int64(), bool: pa.bool_()}
+_ARROW = {float: pa.float64(), int: pa.int64(), bool: pa.bool_(), str: pa.string()}
 # What a trial reports: every registered task's metrics, then the loop's own.
 METRIC_COLUMNS: dict[str, pa.DataType] = {
     **{metric.name: pa.float64() for metric in task_metrics()},
     **{name: _ARROW[kind] for name, kind in {**LOOP_METRICS, **LOOP_FLAGS}.items()},
+    **{name: _ARROW[kind] for name, kind in {**DEPLOYMENT_METRICS, **DEPLOYMENT_INFO}.items()},
 }
 
 

@@ -155,5 +155,6 @@ def frame_to_table(df: pd.DataFrame, schema: pa.Schema, name: str, exp: Experime
         "raytune_ft.scheduler": exp.meta.scheduler or "",
         "raytune_ft.hyperparameters": json.dumps(list(exp.hp_types)),
         "raytune_ft.log_scale": json.dumps(sorted(exp.meta.log_scale)),
+        "raytune_ft.objectives": json.dumps([list(goal) for goal in exp.meta.goals]),
     }
     return pa.Table.from_arrays(cols, schema=schema.with_metadata(meta))

@@ -22,8 +22,13 @@ import pandas as pd
 import pyarrow as pa
 
 from raytune_ft.analysis._layout import TrialInfo
-from raytune_ft.analysis._results import coerce
+from raytune_ft.analysis._pareto import PREFIX, pareto_column
+from raytune_ft.analysis._results import METRIC_COLUMNS, coerce
 from raytune_ft.analysis._tables import HP, Experiment, arrow_type
+from raytune_ft.training.metrics import DEPLOYMENT_INFO, DEPLOYMENT_METRICS
+
+# A trial's deployment figures (training/deployment.py): its last reported ones.
+DEPLOYMENT_COLUMNS = (*DEPLOYMENT_METRICS, *DEPLOYMENT_INFO)
 
 STATUSES = ("terminated", "stopped", "diverged", "errored", "running")
 _EPS = 1e-9
@@ -51,6 +56,9 @@ def trials_schema(exp: Experiment) -> pa.Schema:
             ("device_s", f64),
             ("num_failures", i64),
             ("error", s),
+            *((name, METRIC_COLUMNS[name]) for name in DEPLOYMENT_COLUMNS),
+            *((PREFIX + metric, f64) for metric, _ in exp.meta.goals),
+            ("pareto", pa.bool_()),
         ]
     )
 
@@ -103,6 +111,10 @@ def _per_trial(it: pd.DataFrame, exp: Experiment) -> dict[str, dict]:
     df["epochs"] = last["epoch"].astype("float64")
     df["wall_s"] = grouped["compute_s"].sum()
     df["_diverged"] = last["diverged"].fillna(False).astype(bool)
+    for name in DEPLOYMENT_COLUMNS:
+        df[name] = last[name] if name in last.columns else None
+    for metric, _ in exp.meta.goals:  # what Pareto compares: the last reported values
+        df[PREFIX + metric] = last[metric].astype("float64") if metric in last.columns else None
     df = df.astype(object).where(df.notna(), None)
     return df.to_dict("index")
 
@@ -144,4 +156,6 @@ def trials_frame(exp: Experiment, iterations: pd.DataFrame) -> pd.DataFrame:
             row[HP + h] = coerce(t.params.get(h), typ)
         rows.append(row)
     schema = trials_schema(exp)
-    return pd.DataFrame(rows, columns=[f.name for f in schema])
+    frame = pd.DataFrame(rows).reindex(columns=[f.name for f in schema])
+    frame["pareto"] = pareto_column(frame, exp.meta.goals)
+    return frame

@@ -19,6 +19,13 @@ from raytune_ft.config._schedulers import (
     FifoConfig,
     SchedulerConfig,
 )
+from raytune_ft.config._search import (
+    SAMPLERS,
+    Objective,
+    StopConfig,
+    check_objectives,
+    check_search,
+)
 from raytune_ft.config._space import Domain, did_you_mean, parse_domain
 from raytune_ft.tasks import (
     TASKS,
@@ -29,7 +36,7 @@ from raytune_ft.tasks import (
     task_for,
     task_metrics,
 )
-from raytune_ft.training.metrics import LOOP_METRICS
+from raytune_ft.training.metrics import DEPLOYMENT_METRICS, LOOP_METRICS
 
 LORA_ALL_LINEAR = "all-linear"  # train.lora_targets: every Linear inside the encoder layers
 SCHEDULES = ("linear", "constant", "cosine", "step", "exponential", "plateau")
@@ -39,7 +46,8 @@ TASK_ALIASES = dataset_aliases()
 DEFAULT_METRICS = default_metrics()  # dataset -> metric tuned without `metric:`
 # Metrics a trial can report (DESIGN.md): its task's, then the loop's own; a scheduler may
 # only watch one of these.
-REPORTED_METRICS = (*(metric.name for metric in task_metrics()), *LOOP_METRICS)
+REPORTED_METRICS = (*(metric.name for metric in task_metrics()), *LOOP_METRICS,
+                    *DEPLOYMENT_METRICS)
 
 
 class ModelConfig(_Strict):
@@ -212,9 +220,12 @@ def check_batch_phases(phases: BatchPhases, where: str) -> None:
 
 
 class SearchAlgConfig(_Strict):
-    type: Literal["tpe", "random", "grid"] = "random"
+    type: Literal["tpe", "random", "grid", "optuna"] = "random"  # tpe: hyperopt's
     n_initial_points: int = Field(4, gt=0)  # TPE: random trials before the model takes over
     seed: int | None = Field(0, ge=0, lt=2**32)  # numpy RandomState seeds; None: not seeded
+    sampler: Literal[SAMPLERS] | None = None  # optuna's sampler (None: tpe); see _search.py
+    multivariate: bool | None = None  # optuna tpe: model parameters jointly (None: true)
+    points_to_evaluate: list[dict[str, Any]] = []  # tried first, e.g. a paper's recipe
 
 
 class ResourcesConfig(_Strict):
@@ -271,12 +282,14 @@ class RunConfig(_Strict):
     checkpoint_every: int = Field(1, gt=0)  # iterations; PBT always checkpoints every one
     max_failures: int = Field(0, ge=0)  # retries of a failed trial from its last checkpoint
     verbose: int = Field(1, ge=0, le=3)
+    stop: StopConfig = StopConfig()  # rules that end the whole search early
 
 
 class ExperimentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     metric: str = "eval_accuracy"
     mode: Literal["max", "min"] = "max"
+    objectives: list[Objective] = []  # several goals; the first is metric/mode
     model: ModelConfig
     data: DataConfig
     train: TrainConfig = TrainConfig()
@@ -293,6 +306,12 @@ class ExperimentConfig(_Strict):
         """A dataset's own default metric, where its task names one: GLUE scores CoLA by
         Matthews correlation, so without `metric:` CoLA tunes eval_mcc."""
         if not isinstance(values, dict) or "metric" in values:
+            return values
+        objectives = values.get("objectives")
+        if isinstance(objectives, list) and objectives and isinstance(objectives[0], dict):
+            first = objectives[0]  # metric and mode default to the first objective
+            if first.get("metric") in REPORTED_METRICS:  # else objectives.0 says it is not
+                return {**values, "metric": first["metric"], "mode": first.get("mode")}
             return values
         data = values.get("data")
         task = data.get("task") if isinstance(data, dict) else getattr(data, "task", None)
@@ -325,7 +344,14 @@ class ExperimentConfig(_Strict):
                              "search_alg.type: grid, or choice instead of grid")
         _check_grid_search(self.search_alg.type, space)
         _check_lora_installed(self.train, space)
+        check_objectives(self.objectives, self.metric, self.mode, REPORTED_METRICS)
+        check_search(self)
         return self
+
+    def objective_list(self) -> list[tuple[str, str]]:
+        """(metric, mode) of every objective; without `objectives:`, the experiment metric."""
+        return ([(o.metric, o.mode) for o in self.objectives] if self.objectives
+                else [(self.metric, self.mode)])
 
     @property
     def iterations(self) -> int:

@@ -23,3 +23,15 @@ LOOP_METRICS: dict[str, type] = {
 # Reported too, but flags rather than metrics: no scheduler watches them.
 LOOP_FLAGS: dict[str, type] = {"diverged": bool, "skipped_steps": int}
 WORST_LOSS = 1e9  # the worst finite value reported for an unbounded loss
+# Deployment figures (`training.deployment`), measured once per trial after its first
+# evaluation and reported with every result after it: an objective may minimise them.
+DEPLOYMENT_METRICS: dict[str, type] = {
+    "param_count": int,  # every parameter of the model
+    "trainable_param_count": int,  # those with requires_grad (frozen layers, adapters)
+    "checkpoint_mb": float,  # the trial's checkpoint folder on disk, 10^6 bytes
+    "latency_ms_b1": float,  # median ms per example, one example per forward pass
+    "latency_ms_eval_batch": float,  # median ms per example at train.eval_batch_size
+    "latency_eval_batch": int,  # the batch size of that figure (smaller eval split: all)
+    "latency_threads": int,  # torch's intra-op threads while measuring
+}
+DEPLOYMENT_INFO: dict[str, type] = {"latency_device": str}  # cpu, cuda:0 (its name) ...

@@ -52,6 +52,7 @@ class Prepared:
     plan: TrialPlan | None = None  # what every trial shares: budget, evaluations, batches
     warnings: list[str] = field(default_factory=list)  # for the run header
     about_data: list[tuple[str, str]] = field(default_factory=list)  # the task's header lines
+    observations: Any = None  # earlier trials for the searcher (tuning.warm_start), or None
 
 
 def storage_root(config: ExperimentConfig) -> str:
@@ -231,8 +232,27 @@ def build_tuner(prepared: Prepared, restore: bool = False):
         return tune.Tuner.restore(prepared.experiment_dir, trainable, resume_unfinished=True,
                                   resume_errored=True)
     tune_config, run_config = tune_settings(config, prepared.experiment_dir, prepared.plan)
+    tune_config, run_config = _search_settings(prepared, tune_config, run_config)
     return tune.Tuner(trainable, param_space=param_space(config, prepared.plan),
                       tune_config=tune_config, run_config=run_config)
+
+
+def _search_settings(prepared: Prepared, tune_config, run_config):
+    """A search's own settings, which preset runs (replay, confirm) do without: the
+    searcher warm-started with earlier trials, and the `run.stop` rules."""
+    from raytune_ft.tuning.search import build_search_alg
+    from raytune_ft.tuning.stopping import SearchStopper
+
+    config = prepared.config
+    if prepared.observations is not None:
+        tune_config = dataclasses.replace(
+            tune_config, search_alg=build_search_alg(config, prepared.observations))
+    if config.run.stop.any:
+        stopper = SearchStopper(config, run_config.stop["training_iteration"],
+                                prepared.experiment_dir)
+        run_config = dataclasses.replace(run_config, stop=stopper,
+                                         callbacks=[*run_config.callbacks, stopper])
+    return tune_config, run_config
 
 
 @dataclass

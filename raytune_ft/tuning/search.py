@@ -153,15 +153,27 @@ def log_bounds(bounds: dict[str, list[float]], log_keys: tuple[str, ...]) -> dic
             for key, (low, high) in bounds.items()}
 
 
-def build_search_alg(config: ExperimentConfig):
-    """hyperopt TPE, or Ray's variant generator for random and grid search."""
+def build_search_alg(config: ExperimentConfig, observations=None):
+    """hyperopt TPE, Optuna (`tuning.optuna_search`), or Ray's variant generator for random
+    and grid search; `observations`: earlier trials to learn from (`tuning.warm_start`)."""
     cfg = config.search_alg
-    if cfg.type == "tpe":
-        from ray.tune.search.hyperopt import HyperOptSearch
+    points = [dict(point) for point in cfg.points_to_evaluate]
+    if cfg.type == "optuna":
+        from raytune_ft.tuning.optuna_search import build_optuna_search
 
-        return HyperOptSearch(metric=config.metric, mode=config.mode,
-                              n_initial_points=cfg.n_initial_points,
-                              random_state_seed=cfg.seed)
+        return build_optuna_search(config, observations)
+    if cfg.type == "tpe":
+        from raytune_ft.tuning.warm_start import WarmHyperOpt
+
+        observed = []
+        if observations is not None:
+            observed = list(zip(observations.points,
+                                observations.rewards(0, config.objective_list())))
+        return WarmHyperOpt(metric=config.metric, mode=config.mode,
+                            n_initial_points=cfg.n_initial_points,
+                            random_state_seed=cfg.seed, points_to_evaluate=points or None,
+                            observed=observed)
     from ray.tune.search import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=cfg.seed)
+    return BasicVariantGenerator(random_state=cfg.seed, points_to_evaluate=points or None)
+

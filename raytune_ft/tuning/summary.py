@@ -38,6 +38,7 @@ class RunSummary:
     report: str | None = None  # where the analysis report is
     export_warning: str | None = None  # why it is not, when the analysis export failed
     interrupted: bool = False  # Ctrl-C stopped the run; `raytune-ft resume` continues it
+    stopped_by: dict | None = None  # the `run.stop` rule that ended the search early
 
     @property
     def every_trial_failed(self) -> bool:
@@ -56,7 +57,15 @@ def summarize_run(results, experiment_dir: str, config: ExperimentConfig,
     best, no_best = best_trial(results, config)
     report, warning = export_analysis(experiment_dir)
     return RunSummary(experiment_dir, len(results), failed, diverged, best, no_best, report,
-                      warning, interrupted)
+                      warning, interrupted, stopped_by=_stop_reason(experiment_dir, config))
+
+
+def _stop_reason(experiment_dir: str, config: ExperimentConfig) -> dict | None:
+    if not config.run.stop.any:
+        return None
+    from raytune_ft.tuning.stopping import read_stop_reason
+
+    return read_stop_reason(experiment_dir)
 
 
 def best_trial(results, config: ExperimentConfig) -> tuple[BestTrial | None, str]:

@@ -20,6 +20,7 @@ from ray import tune
 from raytune_ft.config import ExperimentConfig, trial_hyperparameters
 from raytune_ft.plan import TrialPlan
 from raytune_ft.tasks import DataBundle, get_task
+from raytune_ft.training.deployment import deployment_figures
 from raytune_ft.training.device import choose_device, limit_cpu_threads, out_of_memory_advice
 from raytune_ft.training.distributed import SINGLE, World
 from raytune_ft.training.loop import FineTuneLoop
@@ -90,6 +91,7 @@ def train_trial(config: dict, *, bundle: DataBundle | None, experiment: Experime
         # A paused trial resumes from its last checkpoint: an older one would train again.
         every_iteration = scheduler.checkpoint_every_iteration or scheduler.pauses_trials
         every = 1 if every_iteration else experiment.run.checkpoint_every
+        deployment: dict = {}  # measured once, then reported with every result (deployment.py)
         while not loop.finished:
             with out_of_memory_advice(loop), group.interval():
                 metrics = loop.run_interval()
@@ -98,6 +100,20 @@ def train_trial(config: dict, *, bundle: DataBundle | None, experiment: Experime
             if due and not loop.state.diverged:  # non-finite weights are never checkpointed
                 with tempfile.TemporaryDirectory() as directory:
                     loop.save(directory)
-                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+                    deployment = deployment or measure_deployment(loop, directory)
+                    tune.report({**metrics, **deployment},
+                                checkpoint=tune.Checkpoint.from_directory(directory))
             else:
-                tune.report(metrics)
+                deployment = deployment or measure_deployment(loop, None)
+                tune.report({**metrics, **deployment})
+
+
+def measure_deployment(loop: FineTuneLoop, checkpoint_dir: str | None) -> dict:
+    """The deployment figures, with the size of the checkpoint just written to
+    `checkpoint_dir`, else of one written for the purpose (None for diverged weights,
+    which are never checkpointed)."""
+    if checkpoint_dir is not None or loop.state.diverged:
+        return deployment_figures(loop, checkpoint_dir)
+    with tempfile.TemporaryDirectory() as directory:
+        loop.save(directory)
+        return deployment_figures(loop, directory)

@@ -1,0 +1,102 @@
+"""Deployment figures of a trial's model: parameter counts, checkpoint size on disk, and
+inference latency on the trial's own device. No Ray in here.
+
+Latency is the median over a fixed number of timed forward passes after warm-up passes,
+in inference mode with the loop's precision, on real evaluation examples: at batch 1 (the
+first `B1_REPEATS` eval examples, one per pass, so the median covers their lengths) and at
+the eval batch (the first `train.eval_batch_size` eval examples, padded together as an
+evaluation pads them). Figures are per example: ms per pass / batch size.
+
+A trial measures once, after its first evaluation (the model is built and warm then): the
+weights change during training but not the shapes, so the figures hold for the whole trial,
+and a trial a scheduler stops early carries them like one that runs its budget.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+WARMUP = 3  # untimed passes first: allocator, kernels, caches
+B1_REPEATS = 20  # timed passes at batch 1
+BATCH_REPEATS = 5  # timed passes at the eval batch
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """(every parameter, those that train): shared tensors counted once."""
+    seen, total, trainable = set(), 0, 0
+    for parameter in model.parameters():
+        if id(parameter) in seen:
+            continue
+        seen.add(id(parameter))
+        total += parameter.numel()
+        trainable += parameter.numel() if parameter.requires_grad else 0
+    return total, trainable
+
+
+def folder_mb(directory: str | os.PathLike) -> float:
+    """Bytes of every file under `directory`, in 10^6 bytes."""
+    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file()) / 1e6
+
+
+def device_name(device: torch.device) -> str:
+    """"cpu", or "cuda:0 NVIDIA H200" (the GPU's name beside its index)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        return f"cuda:{index} {torch.cuda.get_device_name(index)}"
+    return device.type
+
+
+def median_ms_per_example(run, batch_size: int, repeats: int, device: torch.device) -> float:
+    """Median wall ms of `run(i)` over `repeats` timed calls after WARMUP, / batch_size."""
+    for i in range(WARMUP):
+        run(i)
+    times = []
+    for i in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        run(i)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times) / batch_size
+
+
+def measure_latency(loop) -> dict:
+    """Median ms per example at batch 1 and at the eval batch, for a `FineTuneLoop`."""
+    task, data, model, device = loop.task, loop.data, loop.model, loop.device
+    split = data.eval
+    n = len(split)
+    singles = [task.collate(data, split, np.array([i % n])) for i in range(B1_REPEATS)]
+    size = min(loop.hp.eval_batch_size, n)
+    batch = task.collate(data, split, np.arange(size))
+    on_device = [{k: v.to(device) for k, v in one.items()} for one in singles]
+    full = {k: v.to(device) for k, v in batch.items()}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode(), loop._autocast():
+            b1 = median_ms_per_example(
+                lambda i: task.forward(model, on_device[i % B1_REPEATS]), 1, B1_REPEATS, device)
+            at_batch = median_ms_per_example(lambda i: task.forward(model, full), size,
+                                             BATCH_REPEATS, device)
+    finally:
+        model.train(was_training)
+    return {"latency_ms_b1": b1, "latency_ms_eval_batch": at_batch,
+            "latency_eval_batch": size, "latency_threads": torch.get_num_threads(),
+            "latency_device": device_name(device)}
+
+
+def deployment_figures(loop, checkpoint_dir: str | os.PathLike | None) -> dict:
+    """Every figure of `training.metrics.DEPLOYMENT_METRICS` (and the device) for a loop
+    whose checkpoint was written to `checkpoint_dir` (None: no checkpoint, no size)."""
+    total, trainable = parameter_counts(loop.model)
+    size = folder_mb(checkpoint_dir) if checkpoint_dir is not None else None
+    return {"param_count": total, "trainable_param_count": trainable,
+            "checkpoint_mb": size, **measure_latency(loop)}

@@ -1,0 +1,85 @@
+"""Deployment figures: parameter counts from requires_grad, checkpoint size, latency."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from raytune_ft.config import TrainConfig
+from raytune_ft.tasks import get_task
+from raytune_ft.training import deployment
+from raytune_ft.training.deployment import deployment_figures, folder_mb, parameter_counts
+from raytune_ft.training.loop import FineTuneLoop
+
+
+@pytest.fixture(scope="module")
+def loop(tiny_bert, glue_dir):
+    from raytune_ft.config import DataConfig
+
+    task = get_task("sequence_classification")
+    data = DataConfig(task="sst2", path=str(glue_dir), max_train_samples=64,
+                      max_eval_samples=40)
+    bundle = task.load_data(data, str(tiny_bert), 32)
+    hp = TrainConfig(max_epochs=1, batch_size=16, eval_batch_size=32, freeze_layers=1,
+                     freeze_embeddings=True)
+    model = task.load_model(str(tiny_bert), bundle.label_names, 0)
+    from raytune_ft.training.model import parameter_groups
+
+    parameter_groups(model, hp)  # freezing happens where the optimizer groups are built
+    return FineTuneLoop(model, bundle, hp)
+
+
+def test_counts_follow_requires_grad(loop):
+    total, trainable = parameter_counts(loop.model)
+    params = list(loop.model.parameters())
+    assert total == sum(p.numel() for p in params)
+    frozen = sum(p.numel() for p in params if not p.requires_grad)
+    assert frozen > 0 and trainable == total - frozen
+    embeddings = sum(p.numel() for p in loop.model.bert.embeddings.parameters())
+    layer0 = sum(p.numel() for p in loop.model.bert.encoder.layer[0].parameters())
+    assert frozen == embeddings + layer0
+
+
+def test_folder_size_is_the_bytes_of_its_files(tmp_path):
+    (tmp_path / "a").write_bytes(b"x" * 1500)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b").write_bytes(b"y" * 2500)
+    assert folder_mb(tmp_path) == pytest.approx(4000 / 1e6)
+
+
+def test_figures_of_a_saved_loop(loop, tmp_path, monkeypatch):
+    timed = []
+    real = deployment.median_ms_per_example
+
+    def spy(run, batch_size, repeats, device):
+        timed.append((batch_size, repeats))
+        return real(run, batch_size, repeats, device)
+
+    monkeypatch.setattr(deployment, "median_ms_per_example", spy)
+    loop.save(tmp_path)
+    loop.model.train()
+    figures = deployment_figures(loop, tmp_path)
+    sizes = sum(p.stat().st_size for p in tmp_path.iterdir())
+    assert figures["checkpoint_mb"] == pytest.approx(sizes / 1e6)
+    assert figures["param_count"] == sum(p.numel() for p in loop.model.parameters())
+    assert figures["latency_eval_batch"] == 32  # eval_batch_size, the split has 40
+    assert timed == [(1, deployment.B1_REPEATS), (32, deployment.BATCH_REPEATS)]
+    assert figures["latency_ms_b1"] > 0 and figures["latency_ms_eval_batch"] > 0
+    assert figures["latency_device"] == "cpu" and figures["latency_threads"] >= 1
+    assert loop.model.training  # measuring leaves the model as it found it
+
+
+def test_median_is_per_example_after_untimed_warmup(monkeypatch):
+    """A clock the passes advance: warm-up passes take 1 s and are not timed."""
+    import torch
+
+    clock = [0.0]
+    monkeypatch.setattr(deployment.time, "perf_counter", lambda: clock[0])
+    costs = iter([1.0] * deployment.WARMUP + [0.004, 0.002, 0.010])
+
+    def run(i):
+        clock[0] += next(costs)
+
+    ms = deployment.median_ms_per_example(run, 2, 3, torch.device("cpu"))
+    assert ms == pytest.approx(4.0 / 2)  # median 4 ms per pass, 2 examples per pass
+    assert np.isfinite(ms)

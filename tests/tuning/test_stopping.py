@@ -1,0 +1,89 @@
+"""run.stop: each rule ends a real Tune run early and records why (stop_reason.json).
+
+The trials are a small function trainable reporting set values, so when each rule must
+fire is known exactly; the stopper is the one `raytune-ft tune` installs (runner.py passes
+the same object as Tune's stopper and as a callback, as here).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from ray import tune
+
+from raytune_ft.config import validate_config
+from raytune_ft.experiment import STOP_FILE
+from raytune_ft.tuning.stopping import SearchStopper, read_stop_reason
+
+ITERATIONS = 4
+
+
+def reports(config):
+    """Reports `peak` x i/4 at iterations i = 1..4 (its best is `peak`, at the end)."""
+    for i in range(1, ITERATIONS + 1):
+        tune.report({"eval_accuracy": config["peak"] * i / ITERATIONS})
+
+
+def run(tmp_path, stop: dict, peaks: list[float], cpus: float = 1.0):
+    config = validate_config({
+        "name": "stop", "model": {"name": "m"}, "data": {"task": "sst2"},
+        "resources": {"cpus_per_trial": cpus}, "run": {"stop": stop}})
+    experiment = tmp_path / "stop"
+    stopper = SearchStopper(config, ITERATIONS, str(experiment))
+    tuner = tune.Tuner(
+        reports, param_space={"peak": tune.grid_search(peaks)},
+        tune_config=tune.TuneConfig(metric="eval_accuracy", mode="max",
+                                    max_concurrent_trials=1, reuse_actors=True),
+        run_config=tune.RunConfig(name="stop", storage_path=str(tmp_path), stop=stopper,
+                                  callbacks=[stopper], verbose=0))
+    results = tuner.fit()
+    ran = [r for r in results if r.metrics]
+    return ran, read_stop_reason(str(experiment))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_for_module(ray_local):
+    import sys
+
+    from ray import cloudpickle
+
+    # `reports` lives in this test module, which Ray's workers cannot import: by value
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+
+
+def test_plateau_stops_after_patience_finished_trials_without_gain(tmp_path):
+    # bests 0.5, 0.6 (a gain), 0.605 (< min_delta 0.01), 0.6: two without gain -> stop
+    ran, reason = run(tmp_path, {"plateau": {"patience": 2, "min_delta": 0.01}},
+                      [0.5, 0.6, 0.605, 0.6, 0.9, 0.95])
+    assert reason["rule"] == "plateau" and reason["finished_trials"] == 4
+    assert "did not improve by more than 0.01 over the last 2 finished trials" in \
+        reason["detail"]
+    assert sorted(r.config["peak"] for r in ran) == [0.5, 0.6, 0.6, 0.605]  # 0.9 never ran
+    assert all(r.metrics["training_iteration"] == ITERATIONS for r in ran)
+
+
+def test_target_stops_the_run_when_a_trial_reaches_it(tmp_path):
+    # the second trial reports 0.9 x 3/4 = 0.675 >= 0.65 at its third iteration
+    ran, reason = run(tmp_path, {"target": 0.65}, [0.5, 0.9, 1.0])
+    assert reason["rule"] == "target"
+    assert "eval_accuracy=0.675, reaching run.stop.target 0.65" in reason["detail"]
+    assert [r.config["peak"] for r in ran] == [0.5, 0.9]
+    assert ran[1].metrics["training_iteration"] == 3  # stopped before its budget's end
+
+
+def test_max_device_hours_stops_the_run_at_the_cap(tmp_path):
+    # 4 CPUs per trial make each reported second count 4 device-seconds
+    ran, reason = run(tmp_path, {"max_device_hours": 1e-9}, [0.5, 0.6, 0.7], cpus=4.0)
+    assert reason["rule"] == "max_device_hours" and reason["device_hours"] >= 1e-9
+    assert len(ran) == 1 and ran[0].metrics["training_iteration"] == 1
+    stopped = json.loads((tmp_path / "stop" / STOP_FILE).read_text())
+    assert stopped == reason
+
+
+@pytest.mark.slow  # the control: ~12 s for what the three tests above imply
+def test_without_a_rule_firing_every_trial_runs_its_budget(tmp_path):
+    ran, reason = run(tmp_path, {"target": 2.0}, [0.5, 0.6])
+    assert reason is None and len(ran) == 2
+    assert all(r.metrics["training_iteration"] == ITERATIONS for r in ran)
