@@ -124,15 +124,18 @@ def _image_source(value: Any, folder: Path, where: str, field: str) -> Path | by
 
 def open_image(item: ImageItem, field: str) -> Image.Image:
     """Decode fully now, so a truncated file fails here with its path, not in a trial."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         source = io.BytesIO(item.source) if isinstance(item.source, bytes) else item.source
         image = Image.open(source)
         image.load()
+    except Image.DecompressionBombError as error:
+        raise ConfigError(f"{field}: {item.where}: image too large ({error})") from None
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise ConfigError(f"{field}: {item.where}: unreadable image ({error})") from None
-    return image
+    # Camera JPEGs: upright as transformers' load_image (the pipeline) will read them.
+    return ImageOps.exif_transpose(image)
 
 
 def label_names(train: list[ImageItem], evaluation: list[ImageItem], field: str) -> list[str]:

@@ -199,8 +199,9 @@ def collate(split: ImageSplit, indices: np.ndarray, augmented: bool) -> dict:
     """Rescale, augment (training) and normalise the images at `indices`.
 
     Each sample's augmentation generator is seeded by its index and one number drawn from
-    torch's generator, which the loop seeds by the step's position: the same sample at the
-    same position is augmented the same way, in a restored trial too.
+    torch's generator, which the loop seeds by the step's position before collating each
+    micro-batch: the same sample at the same position is augmented the same way, whatever
+    micro-batch or worker it lands in, and in a restored trial too.
     """
     import torch
 
@@ -217,13 +218,13 @@ def collate(split: ImageSplit, indices: np.ndarray, augmented: bool) -> dict:
 
 
 def image_metrics(top: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
-    """Accuracy, macro F1 over every class, and top-5 accuracy where there are more than 5
-    classes; `top` holds each example's best classes, best first."""
+    """Accuracy, macro F1 over the classes in the labels or the predictions (a class absent
+    from both would count 0), and top-5 accuracy where there are more than 5 classes; `top`
+    holds each example's best classes, best first."""
     from sklearn.metrics import f1_score
 
     metrics = {"eval_accuracy": float(np.mean(top[:, 0] == labels)),
                "eval_macro_f1": float(f1_score(labels, top[:, 0], average="macro",
-                                               labels=list(range(num_labels)),
                                                zero_division=0.0))}
     if num_labels > 5:
         metrics["eval_top5"] = float(np.mean((top[:, :5] == labels[:, None]).any(axis=1)))

@@ -236,18 +236,20 @@ class FineTuneLoop:
         fp16 loss scaler, which skips such steps itself) skips the update, and
         `NONFINITE_STEPS_TO_DIVERGE` of them in a row diverge it.
         """
-        # Dropout draws from a generator seeded by position: a restore continues bit for bit.
-        # Each worker of a data-parallel trial draws its own masks (rank 0: one worker's).
-        key = [self.dropout_seed, self.state.samples_seen, *([self.world.rank] * (
-            self.world.rank > 0))]
-        position = np.random.SeedSequence(key)
-        torch.manual_seed(int(position.generate_state(1)[0]))
+        # Random draws come from generators seeded by position: a restore continues bit for
+        # bit. Collating (a task's augmentation) draws the same numbers for every micro-batch
+        # and every worker, so a sample is augmented alike however the batch is split;
+        # dropout then draws per worker (rank 0: one worker's masks).
+        step_seed = _seed(self.dropout_seed, self.state.samples_seen)
         self.optimizer.zero_grad(set_to_none=True)
         total = torch.zeros((), device=self.device)  # summed on the device: one sync per step
         task = self.task
-        share = self.world.share(indices)
-        parts = [task.collate(self.data, self.data.train, part)
-                 for part in micro_batches(share, self.hp.max_micro_batch)] if len(share) else []
+        share, parts = self.world.share(indices), []
+        for part in micro_batches(share, self.hp.max_micro_batch) if len(share) else []:
+            torch.manual_seed(step_seed)
+            parts.append(task.collate(self.data, self.data.train, part))
+        rank = [self.world.rank] if self.world.rank else []
+        torch.manual_seed(_seed(self.dropout_seed, self.state.samples_seen, *rank))
         units = sum(int(task.loss_units(part)) for part in parts)  # host tensors: no sync
         if self.world.distributed:  # the whole batch's units, before any backward
             units = int(self.world.sum_(torch.tensor(units, device=self.device)))
@@ -398,6 +400,10 @@ class FineTuneLoop:
         # A streak of non-finite gradients is the donor's, not this trial's next step's.
         self.state = TrainerState(**{**known, "plateau": plateau, "nonfinite_streak": 0})
         self.apply_hyperparameters(self.hp)
+
+
+def _seed(*key: int) -> int:
+    return int(np.random.SeedSequence(list(key)).generate_state(1)[0])
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

@@ -240,7 +240,12 @@ def _frozen_by_layer(model: torch.nn.Module, name: str, hp: TrainConfig) -> bool
 def _batchnorm_grads(model: torch.nn.Module, hp: TrainConfig) -> None:
     """BatchNorm affine parameters train unless `frozen` (or their layer is frozen). They stay
     in their optimizer group either way (without a gradient AdamW skips them), so the groups
-    keep one structure whatever the policy and a PBT change of it loads any checkpoint."""
+    keep one structure whatever the policy and a PBT change of it loads any checkpoint.
+    With LoRA adapters, peft decided what trains."""
+    from raytune_ft.training.lora import is_lora
+
+    if is_lora(model):
+        return
     for name, module in batchnorm_layers(model):
         for key, param in module.named_parameters(recurse=False):
             param.requires_grad_(hp.batchnorm != "frozen"

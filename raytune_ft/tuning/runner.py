@@ -108,8 +108,15 @@ def _batchnorm_warnings(config: ExperimentConfig, plan: TrialPlan, model_path: s
     domain = plan.space.get("batchnorm")
     trains = "train" in domain.values if domain is not None else \
         config.train.batchnorm == "train"
-    if most <= 1 or not trains or not has_batchnorm(model_path):
+    workers = config.resources.workers_per_trial
+    if (most <= 1 and workers == 1) or not trains or not has_batchnorm(model_path):
         return []
+    if workers > 1:
+        return [f"train.batchnorm 'train' with {workers} workers per trial: BatchNorm "
+                "statistics come from each worker's micro-batches (its share of a batch, in "
+                f"micro-batches of <= {plan.micro_batch[1]} samples), not from the effective "
+                "batch, and the running statistics are rank 0's; 'eval' or 'frozen' make the "
+                "step the big batch's"]
     return [f"train.batchnorm 'train' with gradient accumulation (up to {most} micro-batches "
             f"per step): BatchNorm statistics come from each micro-batch of <= "
             f"{plan.micro_batch[1]} samples (train.max_micro_batch), not from the effective "

@@ -189,10 +189,14 @@ def test_metrics_accuracy_top5_and_macro_f1_by_hand():
     metrics = image_metrics(top, labels, num_labels=7)
     assert metrics["eval_accuracy"] == 3 / 6
     assert metrics["eval_top5"] == 4 / 6  # rows 3 (2) and 5 (6): not among their five
-    # per-class F1 over all 7 classes: 0: 1/2 (p 1/2, r 1); 1: 0; 2: 2/3 (p 1/2, r 1/2 ...)
+    # per-class F1 over the classes in the labels or the predictions (0, 1, 2, 5, 6; classes
+    # 3 and 4 are in neither): 0: 2/3 (p 1/2, r 1); 1: 0; 2: 1/2 (p 1/2, r 1/2); 5: 1; 6: 0
     f1 = {0: 2 * (1 / 2 * 1) / (1 / 2 + 1), 1: 0.0, 2: 2 * (1 / 2 * 1 / 2) / (1 / 2 + 1 / 2),
-          3: 0.0, 4: 0.0, 5: 1.0, 6: 0.0}
-    assert metrics["eval_macro_f1"] == pytest.approx(sum(f1.values()) / 7, abs=1e-12)
+          5: 1.0, 6: 0.0}
+    assert metrics["eval_macro_f1"] == pytest.approx(sum(f1.values()) / 5, abs=1e-12)
+    # an eval set without some class, predicted perfectly, scores 1 (not 0.75 of 4 classes)
+    perfect = image_metrics(np.array([[0], [1], [2]]), np.array([0, 1, 2]), num_labels=4)
+    assert perfect["eval_macro_f1"] == 1.0
     assert "eval_top5" not in image_metrics(top[:, :2], labels, num_labels=5)
 
 

@@ -185,3 +185,25 @@ def test_a_relative_model_folder_resolves_to_an_absolute_path(tiny_resnet, monke
 
     monkeypatch.chdir(tiny_resnet.parent)
     assert resolve_model_path(tiny_resnet.name) == str(tiny_resnet.resolve())
+
+
+@pytest.mark.parametrize("policy", ["eval", "frozen"])
+def test_augmented_steps_accumulate_exactly_however_the_batch_is_split(tiny_resnet, images,
+                                                                       policy):
+    # Crops and flips are drawn per sample and step: the same in micro-batches of 16 as of 4.
+    from dataclasses import replace
+
+    augmented = replace(images, train=replace(images.train, crop_scale=0.5, flip=True))
+    steps = []
+    for micro in (16, 4):
+        hp = TrainConfig(batchnorm=policy, batch_size=16, max_micro_batch=micro,
+                         max_epochs=1, eval_every_epochs=1)
+        loop = FineTuneLoop(model(tiny_resnet), augmented, hp)
+        loop._step(loop.stream.take(0, 16))
+        steps.append({n: p.grad.clone() for n, p in loop.model.named_parameters()
+                      if p.grad is not None})
+    whole, accumulated = steps
+    assert whole.keys() == accumulated.keys()
+    for name in whole:
+        torch.testing.assert_close(whole[name], accumulated[name], rtol=1e-4, atol=1e-6,
+                                   msg=name)
