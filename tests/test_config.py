@@ -248,3 +248,12 @@ def test_lora_targets_are_normalised_and_checked():
     assert TrainConfig(lora_targets="query, value").lora_targets == "query,value"
     with pytest.raises(ValidationError, match="comma-separated module names"):
         TrainConfig(lora_targets="query,")
+
+
+def test_a_kind_of_task_without_metric_tunes_its_primary_metric():
+    files = {"train_file": "a.conllu", "eval_file": "b.conllu"}
+    config = validate_config({**BASE, "data": {**files, "kind": "token_classification"}})
+    assert config.metric == "eval_token_accuracy"
+    text = {"train_file": "a.csv", "eval_file": "b.csv", "text_columns": ["t"],
+            "label_column": "l"}
+    assert validate_config({**BASE, "data": text}).metric == "eval_accuracy"

@@ -33,6 +33,7 @@ from raytune_ft.tasks import (
     dataset_aliases,
     dataset_names,
     default_metrics,
+    get_task,
     task_for,
     task_metrics,
 )
@@ -317,6 +318,9 @@ class ExperimentConfig(_Strict):
         task = data.get("task") if isinstance(data, dict) else getattr(data, "task", None)
         if isinstance(task, str) and task.lower() in DEFAULT_METRICS:
             return {**values, "metric": DEFAULT_METRICS[task.lower()]}
+        kind = data.get("kind") if isinstance(data, dict) else getattr(data, "kind", None)
+        if isinstance(kind, str) and kind in TASKS:  # a tagger scores eval_token_accuracy
+            return {**values, "metric": get_task(kind).primary_metric}
         return values
 
     @field_validator("metric")

@@ -84,7 +84,7 @@ def head_modules(model: torch.nn.Module) -> list[str]:
     fresh, else every module with parameters outside the embeddings and encoder layers."""
     embeddings, layer_pattern = _layout(model)
     fresh = getattr(model, "raytune_ft_fresh", None)
-    if fresh is None:
+    if not fresh:  # not loaded by load_pretrained, or its folder already held the head
         fresh = [name for name, _ in model.named_parameters()
                  if not name.startswith(tuple(e + "." for e in embeddings))
                  and not re.match(layer_pattern, name)]
@@ -179,8 +179,9 @@ def check_experiment(task, model_path: str, label_names: list[str], train: Train
     adapted = {}
     for targets in values("lora_targets"):
         for freeze in values("freeze_layers"):
-            names = target_modules(model, train.model_copy(update={"lora_targets": targets,
-                                                                   "freeze_layers": freeze}))
+            # model_validate, not model_copy: the targets are normalised as a trial's are
+            names = target_modules(model, type(train).model_validate(
+                {**train.model_dump(), "lora_targets": targets, "freeze_layers": freeze}))
             adapted[targets] = len(names)
     shown = ", ".join(f"{targets} ({count} linear layers)" for targets, count in adapted.items())
     rank_text = "/".join(str(r) for r in ranks) + (" (0: full fine-tuning)" if 0 in ranks else "")
