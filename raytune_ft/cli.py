@@ -243,6 +243,8 @@ def _finish(summary) -> int:
         print(f"report       {summary.report}")
     else:
         print(f"warning: {summary.export_warning}", file=sys.stderr)
+    for line in summary.not_logged:  # a tracker that failed; the run itself went on
+        print(f"warning: tracking: {line}", file=sys.stderr)
     if summary.interrupted:
         return _interrupted(summary.experiment_dir)
     if summary.every_trial_failed:

@@ -38,6 +38,7 @@ class RunSummary:
     report: str | None = None  # where the analysis report is
     export_warning: str | None = None  # why it is not, when the analysis export failed
     interrupted: bool = False  # Ctrl-C stopped the run; `raytune-ft resume` continues it
+    not_logged: list[str] = field(default_factory=list)  # trackers that failed: what they missed
 
     @property
     def every_trial_failed(self) -> bool:
