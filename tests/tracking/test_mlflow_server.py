@@ -87,7 +87,7 @@ def test_the_server_stopped_mid_run_costs_a_warning_not_the_experiment(
     assert len(summary) == 1 and "not logged from" in summary[0], err[-3000:]
     assert "parent-run artifacts" in summary[0]
     for directory in trial_dirs(experiment):  # the trials trained on
-        rows = [json.loads(line) for line in (directory / "result.json").read_text().split()]
+        rows = [json.loads(line) for line in (directory / "result.json").read_text().splitlines()]
         assert rows and all(r["diverged"] is False for r in rows)
     assert (experiment / "analysis" / "report.html").is_file()
     assert "best         eval_accuracy=" in out
