@@ -67,12 +67,12 @@ class Guarded:
 
     tracker = "tracker"
 
-    def _guard(self, what: str, doing: str, fn, *args) -> None:
+    def _guard(self, what: str, doing: str, fn, *args, **kwargs) -> None:
         if broken(self.tracker):
             skip(self.tracker, what)
             return
         try:
-            fn(*args)
+            fn(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any tracker error must spare the trial
             fail(self.tracker, doing, error)
             skip(self.tracker, what)

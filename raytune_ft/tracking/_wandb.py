@@ -19,6 +19,7 @@ from ray.tune.result import TRAINING_ITERATION
 
 from raytune_ft.tracking import _guard
 from raytune_ft.tracking._common import STEP
+from raytune_ft.tracking._guard import Guarded
 
 TRACKER = "wandb"
 
@@ -36,13 +37,43 @@ class _SamplesSeenActor(_WandbLoggingActor):
         return log, config
 
 
-class WandbTracker(WandbLoggerCallback):
+class WandbTracker(Guarded, WandbLoggerCallback):
+    """Every hook runs under the guard: an exception in a Tune callback would end the run."""
+
+    tracker = TRACKER
     _logger_actor_cls = _SamplesSeenActor
 
     def __init__(self, project: str, group: str, mode: str, entity: str | None):
         extra = {"entity": entity} if entity else {}
         super().__init__(project=project, group=group, mode=mode, resume="allow",
                          upload_timeout=120, **extra)
+
+    def setup(self, *args, **kwargs):
+        if self.kwargs.get("mode") == "offline":
+            return  # Ray asks for an API key unless WANDB_MODE says offline; none is needed
+        self._guard("the setup", "its setup (the API key)", super().setup, *args, **kwargs)
+
+    def log_trial_start(self, trial):
+        self._guard("trial runs", f"trial {trial}: its run", super().log_trial_start, trial)
+
+    def log_trial_result(self, iteration, trial, result):
+        self._guard("results", f"trial {trial}: iteration {result.get(TRAINING_ITERATION)}",
+                    super().log_trial_result, iteration, trial, result)
+
+    def log_trial_save(self, trial):
+        self._guard("checkpoints", f"trial {trial}: a checkpoint", super().log_trial_save,
+                    trial)
+
+    def log_trial_end(self, trial, failed: bool = False):
+        self._guard("trial ends", f"trial {trial}: its end", super().log_trial_end, trial,
+                    failed)
+
+    def on_experiment_end(self, trials, **info):
+        if self._trial_logging_futures:  # wait for uploads even after a failure
+            try:
+                super().on_experiment_end(trials, **info)
+            except Exception as error:  # noqa: BLE001 - the experiment itself is complete
+                _guard.fail(TRACKER, "the final uploads", error)
 
     def _cleanup_logging_actor(self, trial) -> None:
         future = self._trial_logging_futures.get(trial)

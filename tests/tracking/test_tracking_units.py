@@ -142,3 +142,24 @@ def test_a_large_split_tokenizes_in_chunks_under_a_bar_to_the_same_arrays(
     for name in ("ids", "type_ids", "offsets", "labels"):
         assert np.array_equal(getattr(whole, name), getattr(chunked, name)), name
     assert len(chunked.offsets) == 96
+
+
+def test_wandb_without_an_api_key_runs_offline_and_online_is_one_warning(tmp_path,
+                                                                           monkeypatch):
+    from raytune_ft.tracking._wandb import WandbTracker
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_SETUP_API_KEY_HOOK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc from a `wandb login`
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
+    _guard.reset()
+    WandbTracker("p", "exp", "offline", None).setup()
+    assert _guard.not_logged() == []
+    online = WandbTracker("p", "exp", "online", None)
+    online.setup()  # Ray's callback raises ValueError: no key; the guard keeps the run going
+    online.log_trial_result(1, SimpleNamespace(trial_id="t"), {"training_iteration": 1})
+    lines = _guard.not_logged()
+    assert len(lines) == 1 and lines[0].startswith("wandb: not logged from its setup (the API "
+                                                   "key) on (No WandB API key found"), lines
+    assert lines[0].endswith("skipped 1 the setup, 1 results"), lines
+    _guard.reset()
