@@ -44,6 +44,15 @@ def tracking_uri(configured: str | None) -> str | None:
     return configured
 
 
+def artifact_location(uri: str | None) -> str | None:
+    """A local sqlite store keeps its artifacts beside the database (`mlartifacts/`); MLflow
+    would put them in the driver's working folder (`./mlruns`). A server decides its own."""
+    prefix = "sqlite:///"
+    if uri and uri.startswith(prefix):
+        return Path(uri[len(prefix):]).parent.joinpath("mlartifacts").as_uri()
+    return None
+
+
 def client_for(uri: str | None):
     for name, value in _HTTP_DEFAULTS.items():
         os.environ.setdefault(name, value)
@@ -123,7 +132,8 @@ class MlflowTracker(tune.Callback):
         else:
             experiment = client.get_experiment_by_name(self.experiment_name)
             experiment_id = (experiment.experiment_id if experiment is not None
-                             else client.create_experiment(self.experiment_name))
+                             else client.create_experiment(self.experiment_name,
+                                                           artifact_location(self.uri)))
             parent = client.create_run(experiment_id, run_name=self.run_name,
                                        tags={"raytune_ft.role": "experiment",
                                              "raytune_ft.experiment_dir": self.experiment_dir})
