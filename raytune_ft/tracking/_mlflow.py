@@ -101,9 +101,11 @@ class MlflowTracker(tune.Callback):
                      trial.trial_id, str(trial), dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        # The config the result was trained with: PBT has already put a new one on the trial
+        # when the result that triggered its exploit reaches the callbacks.
+        config = dict(result.get("config") or trial.config)
         self._submit("results", f"trial {trial}: iteration {result.get('training_iteration')}",
-                     self._log_result, trial.trial_id, str(trial), dict(trial.config),
-                     dict(result))
+                     self._log_result, trial.trial_id, str(trial), config, dict(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._submit("trial ends", f"trial {trial}: its end", self._end_trial, trial.trial_id,

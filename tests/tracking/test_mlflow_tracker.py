@@ -27,9 +27,12 @@ def _trial(trial_id: str, **config) -> _Trial:
     return _Trial(trial_id=trial_id, config=config, last_result={})
 
 
-def _result(iteration: int, samples: int, accuracy: float) -> dict:
+OLD, NEW = {"learning_rate": 1e-4, "batch_size": 16}, {"learning_rate": 1.2e-4, "batch_size": 16}
+
+
+def _result(iteration: int, samples: int, accuracy: float, config=OLD) -> dict:
     return {"training_iteration": iteration, "samples_seen": samples,
-            "eval_accuracy": accuracy, "diverged": False, "lr": 1e-4}
+            "eval_accuracy": accuracy, "diverged": False, "lr": 1e-4, "config": config}
 
 
 def _driver(uri: str, experiment_dir) -> MlflowTracker:
@@ -47,19 +50,23 @@ def test_exploits_restores_and_a_resume_log_each_point_once(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     (tmp_path / "exp").mkdir()
     tracker = _driver(uri, tmp_path / "exp")
-    trial = _trial("t_00000", learning_rate=1e-4, batch_size=16)
+    trial = _trial("t_00000", **OLD)
     tracker.on_trial_start(0, [], trial)
     tracker.on_trial_result(0, [], trial, _result(1, 100, 0.5))
     tracker.on_trial_result(0, [], trial, _result(2, 200, 0.6))
-    trial.config = {"learning_rate": 1.2e-4, "batch_size": 16}  # PBT: the donor's position
-    tracker.on_trial_result(0, [], trial, _result(2, 200, 0.7))
+    # PBT decides on a result before the callbacks see it: the trial holds its new config
+    # while its last result under the old one is logged
+    trial.config = NEW
+    tracker.on_trial_result(0, [], trial, _result(3, 300, 0.65))
+    # the clone restarts from its donor's checkpoint (200 samples) with the new settings
+    tracker.on_trial_result(0, [], trial, _result(2, 200, 0.7, NEW))
     tracker.on_experiment_end([])  # the driver stops (Ctrl-C) with the trial unfinished
 
     resumed = _driver(uri, tmp_path / "exp")  # `raytune-ft resume`: a new driver
     resumed.on_trial_start(0, [], trial)
-    resumed.on_trial_result(0, [], trial, _result(2, 200, 0.7))  # re-reported after restore
-    resumed.on_trial_result(0, [], trial, _result(3, 300, 0.8))
-    trial.last_result = _result(3, 300, 0.8)
+    resumed.on_trial_result(0, [], trial, _result(2, 200, 0.7, NEW))  # re-reported: restored
+    resumed.on_trial_result(0, [], trial, _result(3, 300, 0.8, NEW))
+    trial.last_result = _result(3, 300, 0.8, NEW)
     resumed.on_trial_complete(0, [], trial)
     resumed.on_experiment_end([])
     assert _guard.not_logged() == []
@@ -70,7 +77,7 @@ def test_exploits_restores_and_a_resume_log_each_point_once(tmp_path):
     child = next(r for r in runs if "mlflow.parentRunId" in r.data.tags)
     history = client.get_metric_history(child.info.run_id, "eval_accuracy")
     assert sorted((m.step, m.value) for m in history) == [
-        (100, 0.5), (200, 0.6), (200, 0.7), (300, 0.8)]
+        (100, 0.5), (200, 0.6), (200, 0.7), (300, 0.65), (300, 0.8)]
     exploit = json.loads(child.data.tags["pbt.exploit.1"])
     assert exploit == {"samples_seen": 200,
                        "config": {"learning_rate": 1.2e-4, "batch_size": 16}}

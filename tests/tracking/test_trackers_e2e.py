@@ -52,10 +52,13 @@ def test_the_run_succeeds_and_the_console_shows_progress_columns(tracked):
 
 
 def test_mlflow_local_store_holds_a_parent_and_nested_trial_runs(tracked):
-    done, _, experiment, store = tracked
+    done, root, experiment, store = tracked
     assert done.returncode == 0, done.stderr[-3000:]
     runs = check_mlflow(store, experiment, "tiny")
     assert len(runs["children"]) == 2
+    # a local store keeps the artifacts beside its database, not in the working folder
+    parent = runs["parent"].info.run_id
+    assert list(root.glob(f"mlartifacts/{parent}/artifacts/analysis/report.html"))
     ids = json.loads((experiment / "raytune_ft_tracking.json").read_text())["mlflow"]
     assert ids["parent_run_id"] == runs["parent"].info.run_id
     assert {k: v["run_id"] for k, v in ids["trials"].items()} == {
