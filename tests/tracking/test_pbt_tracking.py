@@ -57,8 +57,9 @@ def test_pbt_exploits_are_tags_and_every_iteration_is_logged(tmp_path, tiny_bert
         # keep every point: TensorBoard would otherwise hide those past a step that went back
         events = EventAccumulator(str(directory), purge_orphaned_data=False)
         events.Reload()
-        assert [(s.step, s.value) for s in events.Scalars("eval_loss")] == pytest.approx(
-            [(r["samples_seen"], r["eval_loss"]) for r in rows])
+        scalars = events.Scalars("eval_loss")
+        assert [s.step for s in scalars] == [r["samples_seen"] for r in rows]
+        assert [s.value for s in scalars] == pytest.approx([r["eval_loss"] for r in rows])
         for tag in (v for k, v in child.data.tags.items() if k.startswith("pbt.exploit.")):
             exploit = json.loads(tag)
             # the recipient's new settings, and where it stood when they took force
