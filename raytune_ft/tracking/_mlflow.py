@@ -78,11 +78,10 @@ class MlflowTracker(tune.Callback):
         self._worker: Worker | None = None
         self._client = None
         self._runs: dict = {}
-        self._configs: dict[str, dict] = {}  # trial -> config last seen (PBT changes it)
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks into the experiment folder
         state = self.__dict__.copy()
-        for key in ("_worker", "_client", "_runs", "_configs"):
+        for key in ("_worker", "_client", "_runs"):
             state.pop(key)
         return state
 
@@ -101,11 +100,12 @@ class MlflowTracker(tune.Callback):
                      trial.trial_id, str(trial), dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        # The config the result was trained with: PBT has already put a new one on the trial
-        # when the result that triggered its exploit reaches the callbacks.
-        config = dict(result.get("config") or trial.config)
+        # PBT decides on a result before the callbacks see it: `result["config"]` is what
+        # trained, `trial.config` what the trial continues with (another config: an exploit).
+        trained = dict(result.get("config") or trial.config)
         self._submit("results", f"trial {trial}: iteration {result.get('training_iteration')}",
-                     self._log_result, trial.trial_id, str(trial), config, dict(result))
+                     self._log_result, trial.trial_id, str(trial), trained, dict(trial.config),
+                     dict(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._submit("trial ends", f"trial {trial}: its end", self._end_trial, trial.trial_id,
@@ -159,30 +159,31 @@ class MlflowTracker(tune.Callback):
         _log_params(self._client, run.info.run_id, flat_params(config))
         known = {"run_id": run.info.run_id, "last_step": -1, "exploits": 0}
         self._runs["trials"][trial_id] = known
-        self._configs[trial_id] = config
         write_runs(self.experiment_dir, TRACKER, self._runs)
         return known
 
     def _start_trial(self, trial_id: str, name: str, config: dict) -> None:
         self._trial_run(trial_id, name, config)
 
-    def _log_result(self, trial_id: str, name: str, config: dict, result: dict) -> None:
+    def _log_result(self, trial_id: str, name: str, trained: dict, now: dict,
+                     result: dict) -> None:
         from mlflow.entities import Metric
 
-        known = self._trial_run(trial_id, name, config)
+        known = self._trial_run(trial_id, name, trained)
         step = step_of(result)
-        seen = self._configs.setdefault(trial_id, config)
-        if config != seen:  # a PBT exploit: the donor's position, this trial's new settings
+        # A point at or before the last one logged is a restore re-reporting it (a resume),
+        # unless the trial was just exploited: a clone continues from its donor's position.
+        if step > known["last_step"] or known.get("exploited"):
+            now_ms = int(time.time() * 1000)
+            metrics = [Metric(key, value, now_ms, step)
+                       for key, value in metrics_of(result).items()]
+            self._client.log_batch(known["run_id"], metrics=metrics)
+            known["last_step"], known["exploited"] = step, False
+        if now != trained:  # exploited at this result: it goes on with `now`
             known["exploits"] += 1
             self._client.set_tag(known["run_id"], f"pbt.exploit.{known['exploits']}",
-                                 json.dumps({"samples_seen": step, "config": config})[:5000])
-            self._configs[trial_id] = config
-        elif step <= known["last_step"]:
-            return  # logged before the restore that re-reported it (a resume)
-        now = int(time.time() * 1000)
-        metrics = [Metric(key, value, now, step) for key, value in metrics_of(result).items()]
-        self._client.log_batch(known["run_id"], metrics=metrics)
-        known["last_step"] = step
+                                 json.dumps({"samples_seen": step, "config": now})[:5000])
+            known["exploited"] = True
         write_runs(self.experiment_dir, TRACKER, self._runs)
 
     def _end_trial(self, trial_id: str, status: str) -> None:

@@ -79,8 +79,7 @@ def test_exploits_restores_and_a_resume_log_each_point_once(tmp_path):
     assert sorted((m.step, m.value) for m in history) == [
         (100, 0.5), (200, 0.6), (200, 0.7), (300, 0.65), (300, 0.8)]
     exploit = json.loads(child.data.tags["pbt.exploit.1"])
-    assert exploit == {"samples_seen": 200,
-                       "config": {"learning_rate": 1.2e-4, "batch_size": 16}}
+    assert exploit == {"samples_seen": 300, "config": NEW}  # where it stood; what it goes on with
     assert child.data.tags["status"] == "stopped"  # 3 of 4 iterations: a scheduler's stop
     assert child.data.params == {"learning_rate": "0.0001", "batch_size": "16"}
 
