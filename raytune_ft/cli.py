@@ -206,8 +206,23 @@ def _print_header(prepared) -> None:
           f"{config.metric} ({config.mode})")
     for key, spec in (config.search or {}).items():
         print(f"  search     {key}: {spec}")
+    if config.tracking.enabled():
+        print(f"tracking     {_tracking_text(config.tracking)}")
     for warning in prepared.warnings:
         print(f"warning: {warning}")
+
+
+def _tracking_text(tracking) -> str:
+    """Where the trackers send the trials (no credentials: those live in the environment)."""
+    parts = []
+    if tracking.tensorboard:
+        parts.append("tensorboard (event files in each trial folder)")
+    if tracking.mlflow is not None:
+        uri = tracking.mlflow.tracking_uri or "$MLFLOW_TRACKING_URI or MLflow's default"
+        parts.append(f"mlflow ({uri})")
+    if tracking.wandb is not None:
+        parts.append(f"wandb (project {tracking.wandb.project}, {tracking.wandb.mode})")
+    return ", ".join(parts)
 
 
 def _batch_text(plan) -> str:

@@ -42,6 +42,8 @@ def test_the_run_succeeds_and_the_console_shows_progress_columns(tracked):
     done, *_ = tracked
     assert done.returncode == 0, done.stderr[-3000:]
     assert "warning: tracking" not in done.stderr, done.stderr[-3000:]
+    assert "tracking     tensorboard (event files in each trial folder), mlflow (sqlite:///" \
+        in done.stdout and "wandb (project raytune-ft-tests, offline)" in done.stdout
     # the last table (the first ones are printed before any trial reported)
     header = [line for line in done.stdout.splitlines() if "Trial name" in line][-1]
     columns = header.strip("│ ").split()
