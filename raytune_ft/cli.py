@@ -237,6 +237,8 @@ def _print_header(prepared) -> None:
         print(f"stop rules   {_stop_text(stop)} (on {config.metric})")
     for key, spec in (config.search or {}).items():
         print(f"  search     {key}: {spec}")
+    if config.tracking.enabled():
+        print(f"tracking     {_tracking_text(config.tracking)}")
     for warning in prepared.warnings:
         print(f"warning: {warning}")
 
@@ -267,6 +269,19 @@ def _stop_text(stop) -> str:
         parts.append(f"max_device_hours {stop.max_device_hours:g}")
     if stop.target is not None:
         parts.append(f"target {stop.target:g}")
+    return ", ".join(parts)
+
+
+def _tracking_text(tracking) -> str:
+    """Where the trackers send the trials (no credentials: those live in the environment)."""
+    parts = []
+    if tracking.tensorboard:
+        parts.append("tensorboard (event files in each trial folder)")
+    if tracking.mlflow is not None:
+        uri = tracking.mlflow.tracking_uri or "$MLFLOW_TRACKING_URI or MLflow's default"
+        parts.append(f"mlflow ({uri})")
+    if tracking.wandb is not None:
+        parts.append(f"wandb (project {tracking.wandb.project}, {tracking.wandb.mode})")
     return ", ".join(parts)
 
 
@@ -317,6 +332,8 @@ def _finish(summary) -> int:
         print(f"report       {summary.report}")
     else:
         print(f"warning: {summary.export_warning}", file=sys.stderr)
+    for line in summary.not_logged:  # a tracker that failed; the run itself went on
+        print(f"warning: tracking: {line}", file=sys.stderr)
     if summary.interrupted:
         return _interrupted(summary.experiment_dir)
     if summary.every_trial_failed:

@@ -232,6 +232,17 @@ def _sections(exp_dir: Path, tables: dict[str, pd.DataFrame]) -> list[str]:
     return out
 
 
+def _partial_note(trials: pd.DataFrame) -> str:
+    """For an experiment still running (`raytune-ft report` during `tune`): say so. The report
+    is built from the files on disk as they are; Ray copies results there at its snapshots."""
+    running = int((trials["status"] == "running").sum()) if "status" in trials else 0
+    if not running:
+        return ""
+    return (f'<p id="partial" class="note">partial: {running} of {len(trials)} trials were '
+            "still running when this report was written; their latest results may not be on "
+            "disk yet. Run raytune-ft report again once the experiment ends.</p>")
+
+
 def export_with_report(experiment_dir: str | os.PathLike) -> Path:
     """`export_experiment`, then `write_report` from the same tables: the experiment's
     result files are parsed once. Returns the report's path."""
@@ -251,12 +262,13 @@ def write_report(experiment_dir: str | os.PathLike, out: str | os.PathLike | Non
 
     exp_dir = Path(experiment_dir)
     tables = tables if tables is not None else read_tables(exp_dir)
-    title = html.escape(f"raytune_ft report: {exp_dir.name}")
+    partial = _partial_note(tables["trials"])
+    title = html.escape(f"raytune_ft report: {exp_dir.name}" + (" (partial)" if partial else ""))
     doc = "".join(
         [
             f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>',
             f"<style>{_CSS}</style><script>{get_plotlyjs()}</script></head><body>",
-            f"<h1>{title}</h1>",
+            f"<h1>{title}</h1>{partial}",
             *_sections(exp_dir, tables),
             "</body></html>",
         ]

@@ -37,6 +37,7 @@ from raytune_ft.config._schema import (
     per_experiment_settings,
 )
 from raytune_ft.config._space import DISTRIBUTIONS, LOG_SCALED, Domain, parse_domain
+from raytune_ft.config._tracking import MlflowConfig, TrackingConfig, WandbConfig
 from raytune_ft.config._validate import (
     apply_override,
     load_config,
@@ -50,7 +51,8 @@ __all__ = [
     "SCHEDULER_CLASSES", "SCHEDULER_CONFIGS", "SCHEDULER_TYPES", "SCHEDULES", "TASK_ALIASES",
     "AshaConfig", "BatchPhases", "DataConfig",
     "Domain", "ExperimentConfig", "FifoConfig", "HyperbandConfig", "ModelConfig", "PbtConfig",
-    "ResourcesConfig", "RunConfig", "SchedulerConfig", "SearchAlgConfig", "TrainConfig",
+    "MlflowConfig", "ResourcesConfig", "RunConfig", "SchedulerConfig", "SearchAlgConfig",
+    "TrackingConfig", "TrainConfig", "WandbConfig",
     "apply_override", "check_batch_phases", "evaluation_count", "load_config", "parse_domain",
     "per_experiment_settings", "trial_hyperparameters", "validate_config",
 ]

@@ -27,6 +27,7 @@ from raytune_ft.config._search import (
     check_search,
 )
 from raytune_ft.config._space import Domain, did_you_mean, parse_domain
+from raytune_ft.config._tracking import TrackingConfig
 from raytune_ft.tasks import (
     TASKS,
     canonical_dataset,
@@ -300,6 +301,7 @@ class ExperimentConfig(_Strict):
     search_alg: SearchAlgConfig = SearchAlgConfig()
     resources: ResourcesConfig = ResourcesConfig()
     run: RunConfig = RunConfig()
+    tracking: TrackingConfig = TrackingConfig()  # TensorBoard, MLflow, W&B (config/_tracking)
 
     @model_validator(mode="before")
     @classmethod

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -112,6 +112,9 @@ def _model_at(loc: list[str], scheduler_type: str | None = None) -> type[BaseMod
             return SCHEDULER_CLASSES.get(scheduler_type) if part == loc[-1] else None
         field = model.model_fields.get(part)
         annotation = getattr(field, "annotation", None)
+        # An optional section (`MlflowConfig | None`): its model
+        annotation = next((a for a in get_args(annotation) if isinstance(a, type)
+                           and issubclass(a, BaseModel)), annotation)
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             return None
         model = annotation

@@ -53,10 +53,16 @@ class TokenizedSplit:
         return np.diff(self.offsets)
 
 
-def tokenize(split: TextSplit, tokenizer, max_length: int) -> TokenizedSplit:
+# A split this large (QQP, MNLI, all of SST-2) is tokenized in chunks under a progress bar;
+# smaller ones (tests, subsets) take seconds and stay quiet.
+PROGRESS_BAR_ABOVE = 50_000
+TOKENIZE_CHUNK = 10_000
+
+
+def tokenize(split: TextSplit, tokenizer, max_length: int,
+             progress_above: int = PROGRESS_BAR_ABOVE) -> TokenizedSplit:
     """Tokenize once, with truncation and no padding; lengths stay per example."""
-    encoded = tokenizer(*split.texts, truncation=True, max_length=max_length, padding=False,
-                        return_attention_mask=False)
+    encoded = _encode(split.texts, tokenizer, max_length, progress_above)
     ids = encoded["input_ids"]
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
     offsets = np.concatenate([[0], np.cumsum(lengths)])
@@ -66,6 +72,28 @@ def tokenize(split: TextSplit, tokenizer, max_length: int) -> TokenizedSplit:
         type_ids = np.fromiter((t for row in encoded["token_type_ids"] for t in row),
                                dtype=np.int8, count=int(offsets[-1]))
     return TokenizedSplit(flat, type_ids, offsets, split.labels.astype(np.int64))
+
+
+def _encode(texts: list[list[str]], tokenizer, max_length: int, progress_above: int) -> dict:
+    """The tokenizer's output for every example; chunk by chunk with a bar (stderr) when the
+    split has more than `progress_above` examples, which gives the same lists."""
+    def encode(rows: slice) -> dict:
+        return tokenizer(*(column[rows] for column in texts), truncation=True,
+                         max_length=max_length, padding=False, return_attention_mask=False)
+
+    total = len(texts[0])
+    if total <= progress_above:
+        return encode(slice(None))
+    from tqdm.auto import tqdm
+
+    encoded: dict[str, list] = {}
+    with tqdm(total=total, desc="tokenizing", unit="ex", unit_scale=True) as bar:
+        for start in range(0, total, TOKENIZE_CHUNK):
+            part = encode(slice(start, start + TOKENIZE_CHUNK))
+            for key, rows in part.items():
+                encoded.setdefault(key, []).extend(rows)
+            bar.update(len(part["input_ids"]))
+    return encoded
 
 
 def build_bundle(cfg: DataConfig, tokenizer, max_length: int) -> DataBundle:

@@ -150,8 +150,20 @@ def confirm_experiment(experiment_dir: str | Path, top: int = 3, seeds: int = 3,
     if not interrupted:
         parquet = directory / ANALYSIS_DIR / CONFIRM_FILE
         write_rows(rows, parquet, config)
+    _finish_trackers(prepared, interrupted)
     return Confirmation(config.metric, rows, summary, prepared.experiment_dir, parquet,
                         interrupted, results)
+
+
+def _finish_trackers(prepared, interrupted: bool) -> None:
+    """Close the confirm run's tracker runs (MLflow's parent of `<name>-confirm`); a tracker
+    that failed has warned already."""
+    from raytune_ft.tracking import End, TrackingContext, finish_tracking
+
+    if prepared.config.tracking.enabled():
+        finish_tracking(TrackingContext(prepared.config, prepared.experiment_dir,
+                                        prepared.plan.iterations),
+                        End(None, None, interrupted))
 
 
 def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[dict],

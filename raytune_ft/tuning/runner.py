@@ -147,6 +147,7 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str,
     """
     from ray import tune
 
+    from raytune_ft.tracking import TrackingContext, tracking_callbacks
     from raytune_ft.tuning.schedulers import build_scheduler
     from raytune_ft.tuning.search import build_search_alg
     from raytune_ft.tuning.tune_logs import result_loggers
@@ -163,7 +164,8 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str,
         stop={"training_iteration": iterations},
         checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(config)),
         failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
-        callbacks=[*result_loggers(), _sigint_watch()],
+        callbacks=[*result_loggers(), _sigint_watch(),
+                   *tracking_callbacks(TrackingContext(config, experiment_dir, iterations))],
     )
     tune_config = tune.TuneConfig(
         metric=config.metric, mode=config.mode, scheduler=build_scheduler(config, plan),
@@ -271,9 +273,28 @@ class Outcome:
     interrupted: bool  # Ctrl-C stopped the run; `raytune-ft resume` continues it
 
     def summary(self) -> RunSummary:
-        """What the run came to (the CLI prints it), once the analysis export is written."""
-        return summarize_run(self.results, self.prepared.experiment_dir, self.prepared.config,
-                             self.interrupted)
+        """What the run came to (the CLI prints it), once the analysis export is written and
+        the trackers have it (MLflow's parent run: the tables and report.html)."""
+        summary = summarize_run(self.results, self.prepared.experiment_dir,
+                                self.prepared.config, self.interrupted)
+        summary.not_logged = finish_trackers(self.prepared, summary)
+        return summary
+
+
+def finish_trackers(prepared: Prepared, summary: RunSummary) -> list[str]:
+    """The trackers' end-of-run step; what they could not log, one line per tracker."""
+    from raytune_ft.experiment import ANALYSIS_DIR
+    from raytune_ft.tracking import End, TrackingContext, finish_tracking
+
+    config = prepared.config
+    if not config.tracking.enabled():
+        return []
+    local = not is_uri(prepared.experiment_dir) and summary.report is not None
+    best = summary.best
+    end = End(Path(prepared.experiment_dir, ANALYSIS_DIR) if local else None,
+              (best.metric, best.value) if best is not None else None, summary.interrupted)
+    iterations = prepared.plan.iterations if prepared.plan is not None else config.iterations
+    return finish_tracking(TrackingContext(config, prepared.experiment_dir, iterations), end)
 
 
 def fit_tuner(tuner) -> tuple[Any, bool]:

@@ -39,6 +39,7 @@ class RunSummary:
     export_warning: str | None = None  # why it is not, when the analysis export failed
     interrupted: bool = False  # Ctrl-C stopped the run; `raytune-ft resume` continues it
     stopped_by: dict | None = None  # the `run.stop` rule that ended the search early
+    not_logged: list[str] = field(default_factory=list)  # trackers that failed: what they missed
 
     @property
     def every_trial_failed(self) -> bool:

@@ -49,6 +49,18 @@ def trial_dropout_seed(seed: int, population: bool, trial_id: str) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
+# Ray's progress table shows, after the iteration and wall time, the first four numbers of
+# a trial's last result (ray.tune.experimental.output._infer_user_metrics): these.
+CONSOLE_COLUMNS = ("samples_seen", "{metric}", "lr", "batch_size")
+
+
+def console_order(metrics: dict, metric: str) -> dict:
+    """`metrics` with the console's columns first: samples seen, the experiment's metric,
+    the learning rate and the batch size in force."""
+    first = [name.format(metric=metric) for name in CONSOLE_COLUMNS]
+    return {**{key: metrics[key] for key in first if key in metrics}, **metrics}
+
+
 def build_loop(config: dict, bundle: DataBundle, experiment: ExperimentConfig,
                model_path: str, plan: TrialPlan | None, presets: bool, trial_id: str,
                world: World = SINGLE) -> FineTuneLoop:
@@ -95,6 +107,7 @@ def train_trial(config: dict, *, bundle: DataBundle | None, experiment: Experime
         while not loop.finished:
             with out_of_memory_advice(loop), group.interval():
                 metrics = loop.run_interval()
+            metrics = console_order(metrics, experiment.metric)
             metrics["startup_s"] = startup_s
             due = loop.finished or loop.evaluations_done % every == 0
             if due and not loop.state.diverged:  # non-finite weights are never checkpointed

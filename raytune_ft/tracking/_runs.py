@@ -1,0 +1,26 @@
+"""The experiment folder's `raytune_ft_tracking.json`: which tracker runs belong to this
+experiment, so `raytune-ft resume` continues them rather than opening new ones.
+
+No credentials: run ids, the tracking URI as configured, and the last step logged per trial.
+"""
+
+from __future__ import annotations
+
+import json
+
+from raytune_ft.experiment import TRACKING_FILE
+from raytune_ft.storage import read_text, write_text
+
+
+def read_runs(experiment_dir: str) -> dict:
+    try:
+        return json.loads(read_text(f"{experiment_dir}/{TRACKING_FILE}"))
+    except (OSError, ValueError):  # none yet (a new experiment), or unreadable: start afresh
+        return {}
+
+
+def write_runs(experiment_dir: str, tracker: str, runs: dict) -> None:
+    """Replace `tracker`'s entry, atomically (a local file is written aside, then moved in)."""
+    record = read_runs(experiment_dir)
+    record[tracker] = runs
+    write_text(f"{experiment_dir}/{TRACKING_FILE}", json.dumps(record, indent=1))

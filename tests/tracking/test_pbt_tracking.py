@@ -1,0 +1,67 @@
+"""PBT through the real CLI with MLflow (local sqlite store) and TensorBoard: every exploit in
+Ray's `pbt_global.txt` is a `pbt.exploit.<n>` tag on the recipient's run, and every reported
+iteration, before and after the exploits, is in both trackers. Slow: a PBT population."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from support import experiment_yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _helpers import cli_env, results, run_cli, trial_dirs, trial_id  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def test_pbt_exploits_are_tags_and_every_iteration_is_logged(tmp_path, tiny_bert, glue_dir):
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    path = experiment_yaml(
+        tmp_path / "exp.yaml", tiny_bert, glue_dir, tmp_path / "results", name="pbt",
+        metric="eval_loss", mode="min",
+        train={"max_epochs": 1, "eval_every_epochs": 0.125, "max_micro_batch": 16},
+        search={"learning_rate": {"loguniform": [1e-4, 1e-2]},
+                "batch_size": {"choice": [8, 16, 32]}},
+        scheduler={"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.25,
+                   "mutations": ["learning_rate", "batch_size"]},
+        search_alg={"type": "random", "seed": 3},
+        run={"num_samples": 4, "storage_path": str(tmp_path / "results")},
+        tracking={"tensorboard": True, "mlflow": {"tracking_uri": store}})
+    done = run_cli(["tune", str(path)], cli_env(tmp_path), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "warning: tracking" not in done.stderr
+    experiment = tmp_path / "results" / "pbt"
+    exploits = (experiment / "pbt_global.txt").read_text().splitlines()
+    assert exploits, "no exploit happened"
+
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("pbt").experiment_id])
+    children = {r.data.tags["trial_id"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert len(children) == 4 and len(runs) == 5
+    tags = [json.loads(v) for r in children.values() for k, v in r.data.tags.items()
+            if k.startswith("pbt.exploit.")]
+    assert len(tags) == len(exploits)
+    for directory in trial_dirs(experiment):
+        rows = results(directory)
+        child = children[trial_id(directory)]
+        history = client.get_metric_history(child.info.run_id, "eval_loss")
+        assert sorted((m.step, m.value) for m in history) == sorted(
+            (r["samples_seen"], r["eval_loss"]) for r in rows)
+        # keep every point: TensorBoard would otherwise hide those past a step that went back
+        events = EventAccumulator(str(directory), purge_orphaned_data=False)
+        events.Reload()
+        scalars = events.Scalars("eval_loss")
+        assert [s.step for s in scalars] == [r["samples_seen"] for r in rows]
+        assert [s.value for s in scalars] == pytest.approx([r["eval_loss"] for r in rows])
+        for tag in (v for k, v in child.data.tags.items() if k.startswith("pbt.exploit.")):
+            exploit = json.loads(tag)
+            # the recipient's new settings, and where it stood when they took force
+            assert exploit["samples_seen"] in [r["samples_seen"] for r in rows]
+            assert set(exploit["config"]) >= {"learning_rate", "batch_size"}

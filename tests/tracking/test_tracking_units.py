@@ -1,0 +1,165 @@
+"""The tracking section's validation, the failure ledger, the console's columns and the
+tokenizer's progress bar: fast, no Ray started."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from support import experiment_yaml
+
+from raytune_ft.config import load_config
+from raytune_ft.errors import ConfigError
+from raytune_ft.tracking import _guard
+from raytune_ft.tracking._common import end_status, flat_params, metrics_of
+
+
+@pytest.fixture
+def exp_file(tmp_path, tiny_bert, glue_dir):
+    return experiment_yaml(tmp_path / "exp.yaml", tiny_bert, glue_dir, tmp_path / "results")
+
+
+def test_tracking_is_off_by_default_and_set_from_the_command_line(exp_file):
+    assert load_config(exp_file).tracking.enabled() == []
+    config = load_config(exp_file, ["tracking.tensorboard=true",
+                                    "tracking.mlflow.tracking_uri=http://127.0.0.1:5000",
+                                    "tracking.wandb.project=p", "tracking.wandb.mode=offline"])
+    assert config.tracking.enabled() == ["tensorboard", "mlflow", "wandb"]
+    assert config.tracking.mlflow.tracking_uri == "http://127.0.0.1:5000"
+    assert (config.tracking.wandb.project, config.tracking.wandb.mode) == ("p", "offline")
+
+
+@pytest.mark.parametrize("override, message", [
+    ("tracking.wandb={project: p, mode: cloud}",
+     "tracking.wandb.mode: Input should be 'online' or 'offline' (got 'cloud')"),
+    ("tracking.wandb={mode: offline}", "tracking.wandb.project: required field is missing"),
+    ("tracking.mlflow.uri=x", "tracking.mlflow.uri: unknown key; allowed: tracking_uri, "
+                              "experiment_name"),
+    ("tracking.mlflow.tracking_uri=https://me:hunter2@mlflow.example.com",
+     "tracking.mlflow.tracking_uri: a password in the URI is refused"),
+    ("tracking.tensorbord=true", "tracking.tensorbord: unknown key (did you mean "
+                                 "'tensorboard'?)"),
+])
+def test_bad_tracking_settings_are_one_line_errors_naming_the_field(exp_file, override,
+                                                                    message):
+    with pytest.raises(ConfigError) as error:
+        load_config(exp_file, [override])
+    text = str(error.value)
+    assert message in text and "\n" not in text, text
+    assert "hunter2" not in text.split("(from --set")[0]
+
+
+@pytest.mark.parametrize("tracker, override", [
+    ("wandb", "tracking.wandb.project=p"), ("mlflow", "tracking.mlflow={}"),
+    ("tensorboard", "tracking.tensorboard=true")])
+def test_a_missing_extra_is_refused_at_validation_with_the_pip_command(exp_file, monkeypatch,
+                                                                       tracker, override):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == tracker else real(name, *a))
+    with pytest.raises(ConfigError) as error:
+        load_config(exp_file, [override])
+    assert (f": tracking.{tracker}: the {tracker} package is not installed; "
+            f"pip install 'raytune-ft[{tracker}]'") in str(error.value)
+
+
+def test_a_failing_tracker_warns_once_and_counts_what_it_missed(caplog):
+    _guard.reset()
+    calls = []
+
+    class Flaky(_guard.Guarded):
+        tracker = "flaky"
+
+    def refuse(n):
+        calls.append(n)
+        raise ConnectionError("Connection refused\n(on a second line)")
+
+    flaky = Flaky()
+    flaky._guard("results", "trial t1: iteration 1", calls.append, 0)
+    with caplog.at_level(logging.WARNING):
+        flaky._guard("results", "trial t1: iteration 2", refuse, 1)
+        flaky._guard("results", "trial t1: iteration 3", refuse, 2)
+        flaky._guard("trial ends", "trial t1: its end", refuse, 3)
+    assert calls == [0, 1]  # quiet after its first failure
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    assert _guard.not_logged() == [
+        "flaky: not logged from trial t1: iteration 2 on ((on a second line)); "
+        "skipped 2 results, 1 trial ends"]
+    _guard.reset()
+    assert _guard.not_logged() == []
+
+
+def test_metrics_statuses_and_params_as_trackers_log_them():
+    result = {"eval_accuracy": 0.75, "diverged": False, "samples_seen": 256, "lr": 1e-4,
+              "training_iteration": 2, "time_this_iter_s": 1.5, "trial_id": "a_00000",
+              "done": False, "config": {"lr": 1e-4}, "eval_loss": float("nan")}
+    assert metrics_of(result) == {"eval_accuracy": 0.75, "diverged": 0.0,
+                                  "samples_seen": 256.0, "lr": 1e-4,
+                                  "training_iteration": 2.0}
+    assert end_status({"training_iteration": 4}, 4) == "terminated"
+    assert end_status({"training_iteration": 2}, 4) == "stopped"
+    assert end_status({"training_iteration": 2, "diverged": True}, 4) == "diverged"
+    assert end_status(None, 4, errored=True) == "errored"
+    assert flat_params({"a": {"b": 1, "c": [0.5, 16]}, "d": "x", "e": None, "f": {}}) == {
+        "a.b": "1", "a.c": "[0.5, 16]", "d": "x", "e": "null", "f": "{}"}
+
+
+def test_rays_progress_table_shows_samples_seen_the_metric_lr_and_batch_size():
+    from ray.tune.experimental.output import _infer_user_metrics
+
+    from raytune_ft.tuning.trainable import console_order
+
+    reported = {"eval_loss": 0.6, "eval_accuracy": 0.7, "train_loss": 0.5, "lr": 1e-4,
+                "lr_min_group": 1e-5, "batch_size": 16, "epoch": 0.5, "samples_seen": 128,
+                "step": 8, "samples_per_s": 100.0, "diverged": False}
+    trial = SimpleNamespace(last_result={**console_order(reported, "eval_loss"),
+                                         "training_iteration": 1, "time_total_s": 2.0})
+    assert _infer_user_metrics([trial]) == ["samples_seen", "eval_loss", "lr", "batch_size"]
+    assert console_order(reported, "eval_loss") == reported  # reordered, nothing lost
+
+
+def test_a_large_split_tokenizes_in_chunks_under_a_bar_to_the_same_arrays(
+        tiny_bert, glue_dir, monkeypatch, capsys):
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from raytune_ft.tasks import sequence_classification as sc
+    from raytune_ft.tasks._tables import TextSplit
+
+    frame = pd.read_csv(glue_dir / "MRPC" / "dev.tsv", sep="\t", quoting=3, nrows=95)
+    # columns: Quality (the label; a BOM precedes its name), two ids, two sentences
+    split = TextSplit([frame.iloc[:, 3].tolist(), frame.iloc[:, 4].tolist()],
+                      frame.iloc[:, 0].to_numpy())
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
+    whole = sc.tokenize(split, tokenizer, 64)
+    assert "tokenizing" not in capsys.readouterr().err  # small: no bar
+    monkeypatch.setattr(sc, "TOKENIZE_CHUNK", 10)
+    chunked = sc.tokenize(split, tokenizer, 64, progress_above=50)
+    assert "tokenizing: 100%" in capsys.readouterr().err
+    for name in ("ids", "type_ids", "offsets", "labels"):
+        assert np.array_equal(getattr(whole, name), getattr(chunked, name)), name
+    assert len(chunked.offsets) == 96
+
+
+def test_wandb_without_an_api_key_runs_offline_and_online_is_one_warning(tmp_path,
+                                                                           monkeypatch):
+    from raytune_ft.tracking._wandb import WandbTracker
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_SETUP_API_KEY_HOOK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc from a `wandb login`
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
+    _guard.reset()
+    WandbTracker("p", "exp", "offline", None).setup()
+    assert _guard.not_logged() == []
+    online = WandbTracker("p", "exp", "online", None)
+    online.setup()  # Ray's callback raises ValueError: no key; the guard keeps the run going
+    online.log_trial_result(1, SimpleNamespace(trial_id="t"), {"training_iteration": 1})
+    lines = _guard.not_logged()
+    assert len(lines) == 1 and lines[0].startswith("wandb: not logged from its setup (the API "
+                                                   "key) on (No WandB API key found"), lines
+    assert lines[0].endswith("skipped 1 the setup, 1 results"), lines
+    _guard.reset()
