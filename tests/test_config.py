@@ -257,3 +257,18 @@ def test_a_kind_of_task_without_metric_tunes_its_primary_metric():
     text = {"train_file": "a.csv", "eval_file": "b.csv", "text_columns": ["t"],
             "label_column": "l"}
     assert validate_config({**BASE, "data": text}).metric == "eval_accuracy"
+
+
+@pytest.mark.parametrize("data,message", [
+    ({"kind": "image_classification", "train_file": "t", "eval_file": "v",
+      "label_names": ["a", "b"]}, "data.label_names: read only by data.kind "
+     "token_classification (this data is read by image_classification)"),
+    ({"kind": "token_classification", "train_file": "t.conllu", "eval_file": "v.conllu",
+      "horizontal_flip": True}, "data.horizontal_flip: read only by data.kind "
+     "image_classification"),
+    ({"task": "sst2", "tag_column": "upos"}, "data.tag_column: read only by data.kind "
+     "token_classification (this data is read by sequence_classification)"),
+])
+def test_a_field_another_kind_of_task_reads_is_refused_not_ignored(data, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate_config({**BASE, "data": data})

@@ -30,6 +30,7 @@ from raytune_ft.config._space import Domain, did_you_mean, parse_domain
 from raytune_ft.config._tracking import TrackingConfig
 from raytune_ft.tasks import (
     TASKS,
+    all_tasks,
     canonical_dataset,
     dataset_aliases,
     dataset_names,
@@ -113,6 +114,12 @@ class DataConfig(_Strict):
         if self.task is not None and canonical_dataset(self.task) not in task.datasets:
             raise ValueError(f"data.task {self.task!r} is not a {task.name} dataset; "
                              f"data.kind {self.kind!r} reads data.train_file")
+        for other in all_tasks():  # a field another kind of task reads would be ignored
+            ignored = [f for f in other.data_fields if f not in task.data_fields
+                       and getattr(self, f) != type(self).model_fields[f].default]
+            if ignored:
+                raise ValueError(f"data.{ignored[0]}: read only by data.kind {other.name} "
+                                 f"(this data is read by {task.name})")
         task.check_data(self)  # what this kind of task needs of its files (ValueError)
         return self
 

@@ -80,6 +80,7 @@ class Task(abc.ABC):
     aliases: ClassVar[dict[str, str]] = {}  # other spellings of those names
     default_metric: ClassVar[dict[str, str]] = {}  # dataset -> metric tuned without `metric:`
     primary_metric: ClassVar[str] = "eval_accuracy"  # tuned without `metric:` (user's files)
+    data_fields: ClassVar[tuple[str, ...]] = ()  # `data.` fields only this kind of task reads
     pipeline_tag: ClassVar[str]  # the exported model card's Hub pipeline
     auto_class: ClassVar[str]  # the transformers Auto class that loads the exported model
 

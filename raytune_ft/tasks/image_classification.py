@@ -233,6 +233,7 @@ def image_metrics(top: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[
 
 class ImageClassification(Task):
     name = "image_classification"
+    data_fields = ("image_column", "random_crop_scale", "horizontal_flip", "max_object_store_mb")
     metrics = (Metric("eval_accuracy", "max", 0.0), Metric("eval_top5", "max", 0.0),
                Metric("eval_macro_f1", "max", 0.0))
     pipeline_tag = "image-classification"

@@ -167,6 +167,7 @@ def load_model(path: str, label_names: list[str], seed: int) -> torch.nn.Module:
 
 class SequenceClassification(Task):
     name = "sequence_classification"
+    data_fields = ("text_columns",)
     metrics = (Metric("eval_accuracy", "max", 0.0), Metric("eval_f1", "max", 0.0),
                Metric("eval_mcc", "max", -1.0))
     datasets = tuple(GLUE_TASKS)
@@ -185,12 +186,6 @@ class SequenceClassification(Task):
         return bundle
 
     def check_data(self, data: DataConfig) -> None:
-        tagging = [name for name in ("format", "tag_column", "tokens_column", "label_names")
-                   if getattr(data, name) is not None] + (
-            ["label_all_subtokens"] if data.label_all_subtokens else [])
-        if tagging:
-            raise ValueError(f"data.{tagging[0]}: read only by data.kind token_classification "
-                             f"(this data is read by {self.name})")
         if data.train_file is None:
             return
         if not data.text_columns or data.label_column is None:

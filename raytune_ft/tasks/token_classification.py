@@ -209,6 +209,7 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str
 class TokenClassification(Task):
     name = "token_classification"
     primary_metric = "eval_token_accuracy"
+    data_fields = ("format", "tag_column", "tokens_column", "label_names", "label_all_subtokens")
     metrics = (Metric("eval_token_accuracy", "max", 0.0), Metric("eval_f1", "max", 0.0),
                Metric("eval_precision", "max", 0.0), Metric("eval_recall", "max", 0.0))
     pipeline_tag = "token-classification"
