@@ -9,6 +9,7 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from support import REPO
 
 EWT = REPO.parent / "shared" / "data" / "ud_ewt"
@@ -116,6 +117,21 @@ def test_export_loads_with_the_auto_class_and_the_pipeline(tagging_run, tmp_path
     tagger = pipeline("token-classification", model=str(out))
     tags = tagger("The cat sat on the mat.")
     assert tags and {t["entity"] for t in tags} <= set(model.config.id2label.values())
+    # the card's usage: one tag per word, read at its first sub-token, as the loop scores it
+    code = card.split("```python\n", 1)[1].split("```", 1)[0].replace("<this folder>", str(out))
+    code = code.replace("Ray Tune tuned this tagger in Berlin .", "Unbelievably , tokenizers "
+                        "split words")
+    namespace: dict = {}
+    exec(code, namespace)  # noqa: S102 - the card's own lines, run as a user would
+    words = namespace["words"]
+    assert len(namespace["tags"]) == len(words) == 5
+    encoded = namespace["encoded"]
+    assert len(encoded["input_ids"][0]) > len(words) + 2  # some word is split into pieces
+    with torch.no_grad():
+        logits = model(**encoded).logits[0]
+    firsts = [encoded.word_ids().index(w) for w in range(len(words))]
+    assert namespace["tags"] == [model.config.id2label[int(logits[p].argmax())]
+                                 for p in firsts]
 
 
 def read_experiment_record_names(experiment) -> list[str]:

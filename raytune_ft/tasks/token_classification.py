@@ -344,9 +344,22 @@ class TokenClassification(Task):
         tokenizer.save_pretrained(out)
 
     def usage(self) -> list[str]:
-        return ["from transformers import pipeline", "",
-                'tagger = pipeline("token-classification", model="<this folder>")',
-                'tagger("Ray Tune tuned this tagger in Berlin.")']
+        """A tag per word, read at the word's first sub-token: the only one trained (the
+        pipeline without aggregation tags every sub-token; with `aggregation_strategy=
+        "first"` it merges neighbouring words that share a tag outside BIO)."""
+        return [f"from transformers import {self.auto_class}, AutoTokenizer", "",
+                f'model = {self.auto_class}.from_pretrained("<this folder>")',
+                'tokenizer = AutoTokenizer.from_pretrained("<this folder>")',
+                'words = "Ray Tune tuned this tagger in Berlin .".split()',
+                'encoded = tokenizer(words, is_split_into_words=True, truncation=True, '
+                'return_tensors="pt")',
+                "predicted = model(**encoded).logits.argmax(-1)[0].tolist()",
+                "# each word's tag is read at its first sub-token, the one that was trained",
+                "first = {}",
+                "for position, word in enumerate(encoded.word_ids()):",
+                "    if word is not None:",
+                "        first.setdefault(word, position)",
+                "tags = [model.config.id2label[predicted[first[w]]] for w in sorted(first)]"]
 
 
 TASK = TokenClassification()
