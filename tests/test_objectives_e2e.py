@@ -168,3 +168,15 @@ def test_an_incompatible_warm_start_exits_2_naming_the_parameter(two_goals, tiny
         assert done.returncode == 2 and "search.freeze_layers differs: trial" in done.stderr
     else:
         assert done.returncode == 0, done.stderr
+
+
+def test_an_objective_the_data_never_reports_exits_2_before_training(tmp_path, tiny_bert,
+                                                                     glue_dir):
+    # SST-2 reports no F1: found at validation, not as Tune's traceback after a result
+    path = write(tmp_path, "nof1", model=tiny_bert, glue=glue_dir, search=SEARCH,
+                 objectives=[{"metric": "eval_accuracy", "mode": "max"},
+                             {"metric": "eval_f1", "mode": "max"}],
+                 search_alg={"type": "optuna", "sampler": "tpe", "seed": 0})
+    done = run_cli("validate", str(path))
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "objectives.1.metric: 'eval_f1' is not reported for sst2" in done.stderr

@@ -82,6 +82,12 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     task = task_for(config.data)
     bundle = task.load_data(config.data, model_path, config.model.max_length)
     task.check_metric(config.metric, bundle, config.data)
+    for i, objective in enumerate(config.objectives or []):  # the first is config.metric
+        try:
+            task.check_metric(objective.metric, bundle, config.data)
+        except ConfigError as error:
+            raise ConfigError(f"objectives.{i}.metric: {str(error).removeprefix('metric: ')}"
+                              ) from None
     lora = check_lora(task, model_path, bundle.label_names, config.train, config.space())
     plan = plan_experiment(config, n_train=len(bundle.train))
     return Prepared(config, model_path, bundle, experiment_dir, plan,

@@ -34,7 +34,8 @@ class SearchStopper(tune.Stopper, tune.Callback):
         self.max_device_hours, self.target = rules.max_device_hours, rules.target
         resources = config.resources
         # device-seconds per wall-second of a trial, as analysis counts device hours
-        self.per_trial = resources.gpus_per_trial or resources.cpus_per_trial
+        workers = resources.workers_per_trial  # every worker's devices (analysis counts so)
+        self.per_trial = workers * (resources.worker_gpus or resources.worker_cpus)
         self.experiment_dir = experiment_dir
         self.device_hours = 0.0
         self.trial_best: dict[str, float] = {}
