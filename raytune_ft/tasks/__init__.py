@@ -164,6 +164,16 @@ class Task(abc.ABC):
         """Python lines that load the exported folder, for its model card."""
 
 
+def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                         label_smoothing: float = 0.0, **kwargs) -> torch.Tensor:
+    """Cross-entropy summed over examples (or positions), in fp32: what `Task.loss` returns
+    for a classification head."""
+    import torch
+
+    return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum",
+                                             label_smoothing=label_smoothing, **kwargs)
+
+
 def get_task(name: str) -> Task:
     if name not in TASKS:
         raise ConfigError(f"task {name!r} is not registered; registered: {', '.join(TASKS)}")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from raytune_ft.errors import ConfigError, ModelError
-from raytune_ft.tasks import DataBundle, Metric, Task
+from raytune_ft.tasks import DataBundle, Metric, Task, summed_cross_entropy
 from raytune_ft.tasks._images import (
     ImageItem,
     label_names,
@@ -313,11 +313,7 @@ class ImageClassification(Task):
 
     def loss(self, outputs: torch.Tensor, batch: dict, label_smoothing: float = 0.0
              ) -> torch.Tensor:
-        import torch
-
-        return torch.nn.functional.cross_entropy(outputs.float(), batch["labels"],
-                                                 reduction="sum",
-                                                 label_smoothing=label_smoothing)
+        return summed_cross_entropy(outputs, batch["labels"], label_smoothing)
 
     def predict(self, outputs: torch.Tensor, batch: dict) -> np.ndarray:
         k = min(5, outputs.shape[-1])

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from raytune_ft.errors import ConfigError
-from raytune_ft.tasks import DataBundle, Metric, Task
+from raytune_ft.tasks import DataBundle, Metric, Task, summed_cross_entropy
 from raytune_ft.tasks._glue import (
     GLUE_ALIASES,
     GLUE_DEFAULT_METRICS,
@@ -234,11 +234,7 @@ class SequenceClassification(Task):
 
     def loss(self, outputs: torch.Tensor, batch: dict, label_smoothing: float = 0.0
              ) -> torch.Tensor:
-        import torch
-
-        return torch.nn.functional.cross_entropy(outputs.float(), batch["labels"],
-                                                 reduction="sum",
-                                                 label_smoothing=label_smoothing)
+        return summed_cross_entropy(outputs, batch["labels"], label_smoothing)
 
     def predict(self, outputs: torch.Tensor, batch: dict) -> np.ndarray:
         return outputs.float().argmax(-1).cpu().numpy()

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from raytune_ft.errors import ConfigError, ModelError
-from raytune_ft.tasks import DataBundle, Metric, Task
+from raytune_ft.tasks import DataBundle, Metric, Task, summed_cross_entropy
 from raytune_ft.tasks._conll import TaggedSentences
 
 if TYPE_CHECKING:
@@ -305,11 +305,8 @@ class TokenClassification(Task):
     def loss(self, outputs: torch.Tensor, batch: dict, label_smoothing: float = 0.0
              ) -> torch.Tensor:
         """Cross-entropy summed over the labelled positions (smoothing on training steps)."""
-        import torch
-
-        return torch.nn.functional.cross_entropy(
-            outputs.float().flatten(0, 1), batch["labels"].flatten(), ignore_index=IGNORE,
-            reduction="sum", label_smoothing=label_smoothing)
+        return summed_cross_entropy(outputs.flatten(0, 1), batch["labels"].flatten(),
+                                    label_smoothing, ignore_index=IGNORE)
 
     def loss_units(self, batch: dict) -> int:
         return int((batch["labels"] != IGNORE).sum())
