@@ -1,11 +1,13 @@
 """Deployment figures of a trial's model: parameter counts, checkpoint size on disk, and
 inference latency on the trial's own device. No Ray in here.
 
-Latency is the median over a fixed number of timed forward passes after warm-up passes,
-in inference mode with the loop's precision, on real evaluation examples: at batch 1 (the
-first `B1_REPEATS` eval examples, one per pass, so the median covers their lengths) and at
-the eval batch (the first `train.eval_batch_size` eval examples, padded together as an
-evaluation pads them). Figures are per example: ms per pass / batch size.
+Latency is a median of warm forward passes with the loop's precision, on real evaluation
+examples, per example (ms per pass / batch size): at batch 1 over `B1_REPEATS` timed passes
+after `WARMUP` untimed ones (the first eval examples, one per pass, so the median covers
+their lengths), in inference mode; at the eval batch over the batches of the evaluation just
+run (each timed from the host batch to its loss, as the trial evaluates: length-sorted
+batches of `train.eval_batch_size`), so it costs no extra pass. A loop that has not
+evaluated yet times `BATCH_REPEATS` passes of the first eval examples instead.
 
 A trial measures once, after its first evaluation (the model is built and warm then): the
 weights change during training but not the shapes, so the figures hold for the whole trial,
@@ -75,17 +77,19 @@ def measure_latency(loop) -> dict:
     n = len(split)
     singles = [task.collate(data, split, np.array([i % n])) for i in range(B1_REPEATS)]
     size = min(loop.hp.eval_batch_size, n)
-    batch = task.collate(data, split, np.arange(size))
     on_device = [{k: v.to(device) for k, v in one.items()} for one in singles]
-    full = {k: v.to(device) for k, v in batch.items()}
+    at_batch = loop.eval_ms_per_example
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), loop._autocast():
             b1 = median_ms_per_example(
                 lambda i: task.forward(model, on_device[i % B1_REPEATS]), 1, B1_REPEATS, device)
-            at_batch = median_ms_per_example(lambda i: task.forward(model, full), size,
-                                             BATCH_REPEATS, device)
+            if at_batch is None:  # not evaluated yet: time the first eval examples
+                batch = task.collate(data, split, np.arange(size))
+                full = {k: v.to(device) for k, v in batch.items()}
+                at_batch = median_ms_per_example(lambda i: task.forward(model, full), size,
+                                                 BATCH_REPEATS, device)
     finally:
         model.train(was_training)
     return {"latency_ms_b1": b1, "latency_ms_eval_batch": at_batch,

@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 import math
+import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -112,6 +113,7 @@ class FineTuneLoop:
         self.optimizer = torch.optim.AdamW(parameter_groups(model, hp), lr=hp.learning_rate,
                                            eps=hp.adam_epsilon)
         self._eval_cache: tuple[int | None, list] = (None, [])
+        self.eval_ms_per_example: float | None = None  # of the last evaluation
         self.state = TrainerState(seed=hp.seed,
                                   reference_batch_size=hp.reference_batch_size
                                   or batch_size_at(hp, 0.0))
@@ -316,14 +318,19 @@ class FineTuneLoop:
     def evaluate(self) -> dict:
         self.model.eval()
         task = self.task
-        predictions, loss_sum, units = [], 0.0, 0
+        predictions, loss_sum, units, ms_per_example = [], 0.0, 0, []
         for indices, collated in self._eval_batches():
+            started = time.perf_counter()
             batch = {k: v.to(self.device) for k, v in collated.items()}
             with self._autocast():
                 outputs = task.forward(self.model, batch)
             loss_sum += task.loss(outputs, batch).item()  # smoothing 0: the true NLL
+            ms_per_example.append((time.perf_counter() - started) * 1000 / len(indices))
             units += int(task.loss_units(collated))
             predictions.append((indices, task.predict(outputs, batch)))
+        # the deployment figures' latency at the eval batch (training/deployment.py)
+        self.eval_ms_per_example = statistics.median(ms_per_example) if ms_per_example \
+            else None
         if self.world.distributed:  # every rank: the whole evaluation set's figures
             totals = self.world.sum_(torch.tensor([loss_sum, units], dtype=torch.float64,
                                                   device=self.device))

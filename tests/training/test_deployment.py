@@ -65,6 +65,12 @@ def test_figures_of_a_saved_loop(loop, tmp_path, monkeypatch):
     assert figures["latency_eval_batch"] == 32  # eval_batch_size, the split has 40
     assert timed == [(1, deployment.B1_REPEATS), (32, deployment.BATCH_REPEATS)]
     assert figures["latency_ms_b1"] > 0 and figures["latency_ms_eval_batch"] > 0
+    # after an evaluation, the eval-batch figure is that evaluation's median: no extra pass
+    loop.evaluate()
+    timed.clear()
+    evaluated = deployment_figures(loop, tmp_path)
+    assert timed == [(1, deployment.B1_REPEATS)]
+    assert evaluated["latency_ms_eval_batch"] == loop.eval_ms_per_example > 0
     assert figures["latency_device"] == "cpu" and figures["latency_threads"] >= 1
     assert loop.model.training  # measuring leaves the model as it found it
 
