@@ -67,6 +67,7 @@ def test_figures_of_a_saved_loop(loop, tmp_path, monkeypatch):
     assert figures["latency_ms_b1"] > 0 and figures["latency_ms_eval_batch"] > 0
     # after an evaluation, the eval-batch figure is that evaluation's median: no extra pass
     loop.evaluate()
+    loop.model.train()
     timed.clear()
     evaluated = deployment_figures(loop, tmp_path)
     assert timed == [(1, deployment.B1_REPEATS)]
