@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,3 +140,14 @@ def image_experiment_yaml(path: Path, model_dir: Path, digits_dir: Path, storage
         config[key] = {**config.get(key, {}), **value} if merge else value
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`python -m raytune_ft ARGS` in a fresh process, output captured as text."""
+    return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def read_results(trial_dir: Path) -> list[dict]:
+    """Every row a trial reported (its result.json, one JSON object per line)."""
+    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]

@@ -2,24 +2,14 @@
 searching learning rate, batch size, schedule and layer-wise decay."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from support import experiment_yaml
+from support import experiment_yaml, read_results, run_cli
 
 METRICS = ("eval_accuracy", "eval_mcc", "eval_loss", "train_loss", "lr",
            "lr_min_group", "batch_size", "epoch", "samples_seen", "step", "samples_per_s",
            "diverged")
 
-
-def read_results(trial_dir):
-    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
-
-
-def run_cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -5,22 +5,16 @@ import json
 import math
 import re
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from support import experiment_yaml
+from support import experiment_yaml, run_cli
 
 TRAIN = {"max_epochs": 1, "eval_every_epochs": 0.5, "max_micro_batch": 16}
 SUMMARY = re.compile(r"^  rank (\d+)  config (\d+)  trial (\S+)  mean (\S+)  sd (\S+)  "
                      r"min (\S+)  max (\S+)  n (\d+)", re.M)
 
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
-                          text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

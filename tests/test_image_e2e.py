@@ -4,21 +4,14 @@ export; the exported folder loads with AutoModelForImageClassification and pipel
 the shipped image experiments and one-line errors for bad image settings."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from support import image_experiment_yaml
+from support import image_experiment_yaml, run_cli
 
 from raytune_ft.config import load_config
-
-
-def run_cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,12 @@ lora_dropout searched; a clone continues exactly from its donor's adapter checkp
 merged and adapter-only, both predicting what the trial's own evaluation predicted."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from support import experiment_yaml
+from support import experiment_yaml, run_cli
 
 pytest.importorskip("peft")
 
@@ -19,10 +17,6 @@ TRAIN = {"max_epochs": 1, "eval_every_epochs": 0.25, "max_micro_batch": 16,
 SEARCH = {"learning_rate": {"loguniform": [1e-3, 1e-2]}, "batch_size": {"choice": [16, 32]},
           "lora_r": {"choice": [2, 4]}, "lora_dropout": {"uniform": [0.0, 0.2]}}
 
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
-                          text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

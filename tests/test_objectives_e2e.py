@@ -9,20 +9,15 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 
 import pandas as pd
 import pytest
-from support import experiment_yaml
+from support import experiment_yaml, run_cli
 
 GOALS = [{"metric": "eval_loss", "mode": "min"}, {"metric": "latency_ms_b1", "mode": "min"}]
 SEARCH = {"learning_rate": {"loguniform": [1e-4, 1e-3]}, "freeze_layers": {"choice": [0, 1, 2]}}
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
-
-def run_cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def write(root, name, **sections):

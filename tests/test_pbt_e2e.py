@@ -2,11 +2,9 @@
 learning rate and batch size in force; replay re-runs the winner's schedule."""
 
 import json
-import subprocess
-import sys
 
 import pytest
-from support import experiment_yaml
+from support import experiment_yaml, run_cli
 
 TRAIN = {"max_epochs": 1, "eval_every_epochs": 0.125, "max_micro_batch": 16,
          "schedule": "linear", "warmup_ratio": 0.0, "lr_scaling": "linear",
@@ -14,10 +12,6 @@ TRAIN = {"max_epochs": 1, "eval_every_epochs": 0.125, "max_micro_batch": 16,
 SEARCH = {"learning_rate": {"loguniform": [1e-4, 1e-2]}, "batch_size": {"choice": [8, 16, 32]},
           "weight_decay": {"uniform": [0.0, 0.1]}}
 
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
-                          text=True, timeout=600)
 
 
 def trial_rows(experiment):

@@ -164,6 +164,12 @@ class Task(abc.ABC):
         """Python lines that load the exported folder, for its model card."""
 
 
+def label_list(names: list[str], shown: int = 20) -> str:
+    """"0 -> 'neg', 1 -> 'pos'" for the run header, the first `shown` labels."""
+    text = ", ".join(f"{i} -> {name!r}" for i, name in enumerate(names[:shown]))
+    return text + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+
+
 def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
                          label_smoothing: float = 0.0, **kwargs) -> torch.Tensor:
     """Cross-entropy summed over examples (or positions), in fp32: what `Task.loss` returns

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from raytune_ft.errors import ConfigError, ModelError
-from raytune_ft.tasks import DataBundle, Metric, Task, summed_cross_entropy
+from raytune_ft.tasks import DataBundle, Metric, Task, label_list, summed_cross_entropy
 from raytune_ft.tasks._images import (
     ImageItem,
     label_names,
@@ -266,10 +266,7 @@ class ImageClassification(Task):
                              "use data.image_column")
 
     def describe(self, bundle: DataBundle, shown: int = 20) -> list[tuple[str, str]]:
-        names = bundle.label_names
-        labels = ", ".join(f"{i} -> {name!r}" for i, name in enumerate(names[:shown]))
-        if len(names) > shown:
-            labels += f", ... ({len(names) - shown} more)"
+        labels = label_list(bundle.label_names, shown)
         train, dev = bundle.train, bundle.eval
         shape = "x".join(map(str, train.pixels.shape[1:]))
         size = (train.nbytes + dev.nbytes) / MB

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from raytune_ft.errors import ConfigError
-from raytune_ft.tasks import DataBundle, Metric, Task, summed_cross_entropy
+from raytune_ft.tasks import DataBundle, Metric, Task, label_list, summed_cross_entropy
 from raytune_ft.tasks._glue import (
     GLUE_ALIASES,
     GLUE_DEFAULT_METRICS,
@@ -198,9 +198,7 @@ class SequenceClassification(Task):
     def describe(self, bundle: DataBundle, shown: int = 20) -> list[tuple[str, str]]:
         """id -> label, and which label F1 counts as positive (label id 1) where reported."""
         names = bundle.label_names
-        text = ", ".join(f"{i} -> {name!r}" for i, name in enumerate(names[:shown]))
-        if len(names) > shown:
-            text += f", ... ({len(names) - shown} more)"
+        text = label_list(names, shown)
         if "eval_f1" in bundle.metrics:
             text += f"; eval_f1 counts 1 -> {names[1]!r} as the positive class"
         return [("labels", text)]

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from raytune_ft.errors import ConfigError, ModelError
-from raytune_ft.tasks import DataBundle, Metric, Task, summed_cross_entropy
+from raytune_ft.tasks import DataBundle, Metric, Task, label_list, summed_cross_entropy
 from raytune_ft.tasks._conll import TaggedSentences
 
 if TYPE_CHECKING:
@@ -256,10 +256,7 @@ class TokenClassification(Task):
                           Path(data.train_file).stem, metrics, self.name)
 
     def describe(self, bundle: DataBundle, shown: int = 20) -> list[tuple[str, str]]:
-        names = bundle.label_names
-        text = ", ".join(f"{i} -> {name!r}" for i, name in enumerate(names[:shown]))
-        if len(names) > shown:
-            text += f", ... ({len(names) - shown} more)"
+        text = label_list(bundle.label_names, shown)
         scheme = ("BIO/BIOES: entity precision/recall/F1 as seqeval's default mode"
                   if "eval_f1" in bundle.metrics else "not BIO/BIOES: token accuracy only")
         words = [f"{name} {int(split.word_offsets[-1])} words in {len(split)} sentences"

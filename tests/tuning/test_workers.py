@@ -4,12 +4,8 @@ group, ASHA, then confirm and export on the result; the resource check counts th
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
-from support import experiment_yaml
+from support import experiment_yaml, read_results, run_cli
 
 from raytune_ft.config import validate_config
 from raytune_ft.errors import ResourceError
@@ -20,14 +16,6 @@ SMALL = {"data": {"max_train_samples": 128, "max_eval_samples": 64},
          "train": {"max_epochs": 1, "eval_every_epochs": 0.5, "max_micro_batch": 8}}
 TWO_WORKERS = {"cpus_per_trial": 1, "workers_per_trial": 2}
 
-
-def rows(trial_dir):
-    return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
-
-
-def run_cli(*args, timeout=600):
-    return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +39,7 @@ def test_two_worker_trials_run_through_the_cli(two_worker_run):
     trials = sorted(p for p in experiment.iterdir() if p.is_dir() and p.name.startswith("train"))
     assert len(trials) == 2
     for trial in trials:
-        reported = rows(trial)
+        reported = read_results(trial)
         # global samples, counted once: not once per worker
         assert [r["samples_seen"] for r in reported] == [INTERVAL * (i + 1)
                                                          for i in range(len(reported))]
@@ -125,7 +113,7 @@ def test_pbt_with_two_worker_trials_on_three_nodes(tmp_path, tiny_bert, glue_dir
     trials = [p for p in (storage / "ddp_pbt").iterdir() if p.name.startswith("train")]
     assert len(trials) == 3
     for trial in trials:
-        reported = rows(trial)
+        reported = read_results(trial)
         assert [r["samples_seen"] for r in reported] == [
             INTERVAL * r["training_iteration"] for r in reported]
         assert [r["training_iteration"] for r in reported].count(1) == 1
