@@ -73,7 +73,8 @@ def _wandb(context: TrackingContext) -> list:
 
     settings = context.config.tracking.wandb
     group = context.experiment_dir.rstrip("/").rsplit("/", 1)[-1]
-    return [WandbTracker(settings.project, group, settings.mode, settings.entity)]
+    return [WandbTracker(settings.project, group, settings.mode, settings.entity,
+                         context.experiment_dir, context.iterations)]
 
 
 TRACKERS: dict[str, Tracker] = {

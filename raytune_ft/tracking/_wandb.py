@@ -1,86 +1,154 @@
-"""Weights & Biases: Ray's `WandbLoggerCallback` (one run per trial, logged from a Ray actor
-of its own, so the driver never waits on W&B), with three changes for this project:
+"""Weights & Biases: one run per trial (id = the trial id) in a group named after the
+experiment, every reported metric against `samples_seen`, the trial's hyperparameters as its
+config, and its end status (terminated, stopped, diverged, errored) in the run summary.
 
-- the x axis is `samples_seen`, not W&B's step: Ray logs with step = training_iteration,
-  which a PBT exploit moves backwards (W&B then drops the points);
-- a resumed experiment continues each trial's run (`resume="allow"` with the trial id);
-- a logging actor that failed (W&B refused or unreachable) is a warning and a line in the
-  end summary, not a silent gap; Ray waits at most two minutes for uploads at the end.
+Ray's `WandbLoggerCallback` starts a Ray actor (a Python process that imports wandb) for every
+trial; on a machine whose cores the trials already fill, those start-ups alone cost several
+per cent of the quick experiment's wall time (benchmarks/RESULTS.md, "Tracking overhead").
+wandb keeps several runs open in one process (`reinit="create_new"`), so here one background
+thread of the driver (`_worker`) opens, logs to and finishes every trial's run, and one
+wandb-core service writes them all; the driver only queues calls. Two more changes from Ray's
+callback: the x axis is `samples_seen`, not W&B's step (Ray logs with step = iteration, which
+a PBT exploit moves backwards, and W&B then drops the points); a resumed experiment continues
+each trial's run (`resume="allow"` with the trial id).
 
-The API key is read by wandb from `WANDB_API_KEY` (Ray hands that variable to the actors);
-the callback never holds it, so the pickled experiment does not either.
+The API key is read by wandb from `WANDB_API_KEY` (or a `wandb login`); the callback never
+holds it, so the pickled experiment does not either. Offline runs land in `$WANDB_DIR/wandb/`,
+or without WANDB_DIR in `<experiment folder>/wandb/`.
 """
 
 from __future__ import annotations
 
-import ray
-from ray.air.integrations.wandb import WandbLoggerCallback, _WandbLoggingActor
-from ray.tune.result import TRAINING_ITERATION
+import os
 
+from ray import tune
+
+from raytune_ft.storage import is_uri
 from raytune_ft.tracking import _guard
-from raytune_ft.tracking._common import STEP
+from raytune_ft.tracking._common import STEP, end_status, hparam_values, metrics_of
 from raytune_ft.tracking._guard import Guarded
+from raytune_ft.tracking._worker import Worker
 
 TRACKER = "wandb"
 
 
-class _SamplesSeenActor(_WandbLoggingActor):
-    def _handle_result(self, result: dict):
-        if not getattr(self, "_axis_defined", False):
-            self._wandb.define_metric(STEP)
-            self._wandb.define_metric("*", step_metric=STEP)
-            self._axis_defined = True
-        log, config = super()._handle_result(result)
-        # Without TRAINING_ITERATION Ray's actor logs with W&B's own increasing step.
-        if TRAINING_ITERATION in log:
-            log["iteration"] = log.pop(TRAINING_ITERATION)
-        return log, config
-
-
-class WandbTracker(Guarded, WandbLoggerCallback):
-    """Every hook runs under the guard: an exception in a Tune callback would end the run."""
+class WandbTracker(Guarded, tune.Callback):
+    """Driver-side: queues every W&B call on its worker thread."""
 
     tracker = TRACKER
-    _logger_actor_cls = _SamplesSeenActor
 
-    def __init__(self, project: str, group: str, mode: str, entity: str | None):
-        extra = {"entity": entity} if entity else {}
-        super().__init__(project=project, group=group, mode=mode, resume="allow",
-                         upload_timeout=120, **extra)
+    def __init__(self, project: str, group: str, mode: str, entity: str | None,
+                 experiment_dir: str | None = None, iterations: int = 0):
+        self.project = project
+        self.group = group
+        self.mode = mode
+        self.entity = entity
+        self.experiment_dir = experiment_dir
+        self.iterations = iterations
+        self._reset()
 
-    def setup(self, *args, **kwargs):
-        if self.kwargs.get("mode") == "offline":
-            return  # Ray asks for an API key unless WANDB_MODE says offline; none is needed
-        self._guard("the setup", "its setup (the API key)", super().setup, *args, **kwargs)
+    def _reset(self) -> None:
+        self._worker: Worker | None = None
+        self._runs: dict[str, object] = {}  # trial id -> its open wandb Run (worker thread)
+        self._exploits: dict[str, int] = {}
 
-    def log_trial_start(self, trial):
-        self._guard("trial runs", f"trial {trial}: its run", super().log_trial_start, trial)
+    def __getstate__(self) -> dict:  # Tune pickles callbacks into the experiment folder
+        state = self.__dict__.copy()
+        for key in ("_worker", "_runs", "_exploits"):
+            state.pop(key)
+        return state
 
-    def log_trial_result(self, iteration, trial, result):
-        self._guard("results", f"trial {trial}: iteration {result.get(TRAINING_ITERATION)}",
-                    super().log_trial_result, iteration, trial, result)
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
 
-    def log_trial_save(self, trial):
-        self._guard("checkpoints", f"trial {trial}: a checkpoint", super().log_trial_save,
-                    trial)
+    # ------------------------------------------------------------------ Tune's hooks (driver)
 
-    def log_trial_end(self, trial, failed: bool = False):
-        self._guard("trial ends", f"trial {trial}: its end", super().log_trial_end, trial,
-                    failed)
+    def setup(self, **info):
+        self._worker = Worker(TRACKER)
+        if self.mode == "online":
+            self._worker.submit("the setup", "its setup (the API key)", _check_api_key)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._submit("trial runs", f"trial {trial}: its run", self._open, trial.trial_id,
+                     str(trial), dict(trial.config))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        # PBT decides on a result before the callbacks see it: `result["config"]` is what
+        # trained, `trial.config` what the trial continues with (another config: an exploit).
+        trained = dict(result.get("config") or trial.config)
+        self._submit("results", f"trial {trial}: iteration {result.get('training_iteration')}",
+                     self._log, trial.trial_id, str(trial), trained, dict(trial.config),
+                     dict(result))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._submit("trial ends", f"trial {trial}: its end", self._finish, trial.trial_id,
+                     end_status(trial.last_result, self.iterations))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._submit("trial ends", f"trial {trial}: its end", self._finish, trial.trial_id,
+                     end_status(trial.last_result, self.iterations, errored=True))
 
     def on_experiment_end(self, trials, **info):
-        if self._trial_logging_futures:  # wait for uploads even after a failure
-            try:
-                super().on_experiment_end(trials, **info)
-            except Exception as error:  # noqa: BLE001 - the experiment itself is complete
-                _guard.fail(TRACKER, "the final uploads", error)
+        if self._worker is None:
+            return
+        if not self._worker.close(timeout_s=120):
+            _guard.fail(TRACKER, "the final uploads", TimeoutError("still busy after 120 s"))
+            return
+        if self._runs:  # still open (an interrupted experiment): finished, so their files
+            # are complete; `raytune-ft resume` continues them
+            self._guard("trial ends", "the open runs", self._finish_open)
 
-    def _cleanup_logging_actor(self, trial) -> None:
-        future = self._trial_logging_futures.get(trial)
-        if future is not None:
-            try:
-                ray.get(future, timeout=0)
-            except Exception as error:  # noqa: BLE001 - a W&B failure must spare the run
-                _guard.fail(TRACKER, f"trial {trial}", error)
-                _guard.skip(TRACKER, "trial runs")
-        super()._cleanup_logging_actor(trial)
+    def _submit(self, what: str, doing: str, fn, *args) -> None:
+        if self._worker is None:  # Tune calls setup first; a guard for callers that do not
+            self.setup()
+        self._worker.submit(what, doing, fn, *args)
+
+    # ------------------------------------------------------------------ the worker thread
+
+    def _open(self, trial_id: str, name: str, config: dict):
+        run = self._runs.get(trial_id)
+        if run is not None:  # a trial restarted (a PBT exploit, a retry) keeps its run
+            return run
+        import wandb
+
+        extra = {"entity": self.entity} if self.entity else {}
+        directory = os.environ.get("WANDB_DIR") or (
+            self.experiment_dir if self.experiment_dir and not is_uri(self.experiment_dir)
+            else None)
+        run = wandb.init(project=self.project, group=self.group, name=name, id=trial_id,
+                         mode=self.mode, resume="allow", reinit="create_new", dir=directory,
+                         config=hparam_values(config), **extra)
+        run.define_metric(STEP)
+        run.define_metric("*", step_metric=STEP)
+        self._runs[trial_id] = run
+        return run
+
+    def _log(self, trial_id: str, name: str, trained: dict, now: dict, result: dict) -> None:
+        run = self._open(trial_id, name, trained)
+        metrics = metrics_of(result)
+        if "training_iteration" in metrics:  # W&B's own step stays its running count
+            metrics["iteration"] = metrics.pop("training_iteration")
+        run.log(metrics)
+        if now != trained:  # exploited at this result: it goes on with `now`
+            self._exploits[trial_id] = self._exploits.get(trial_id, 0) + 1
+            run.config.update(hparam_values(now), allow_val_change=True)
+            run.summary["pbt_exploits"] = self._exploits[trial_id]
+
+    def _finish(self, trial_id: str, status: str) -> None:
+        run = self._runs.pop(trial_id, None)
+        if run is not None:
+            run.summary["status"] = status
+            run.finish(exit_code=1 if status == "errored" else 0)
+
+    def _finish_open(self) -> None:
+        for trial_id in list(self._runs):
+            self._runs.pop(trial_id).finish()
+
+
+def _check_api_key() -> None:
+    """Online mode needs a key (`WANDB_API_KEY`, a `wandb login`, or Ray's key hook): without
+    one every run would fail; say so once, at the start."""
+    from ray.air.integrations.wandb import _set_api_key
+
+    _set_api_key()

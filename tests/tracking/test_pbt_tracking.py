@@ -1,6 +1,7 @@
-"""PBT through the real CLI with MLflow (local sqlite store) and TensorBoard: every exploit in
-Ray's `pbt_global.txt` is a `pbt.exploit.<n>` tag on the recipient's run, and every reported
-iteration, before and after the exploits, is in both trackers. Slow: a PBT population."""
+"""PBT through the real CLI with MLflow (local sqlite store), TensorBoard and W&B (offline):
+every exploit in Ray's `pbt_global.txt` is a `pbt.exploit.<n>` tag on the recipient's MLflow
+run and counted in its W&B summary, and every reported iteration, before and after the
+exploits, is in all three trackers. Slow: a PBT population."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from support import experiment_yaml
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _helpers import cli_env, results, run_cli, trial_dirs, trial_id  # noqa: E402
+from wandb_records import history as wandb_history  # noqa: E402
+from wandb_records import run_info, summary  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +36,8 @@ def test_pbt_exploits_are_tags_and_every_iteration_is_logged(tmp_path, tiny_bert
                    "mutations": ["learning_rate", "batch_size"]},
         search_alg={"type": "random", "seed": 3},
         run={"num_samples": 4, "storage_path": str(tmp_path / "results")},
-        tracking={"tensorboard": True, "mlflow": {"tracking_uri": store}})
+        tracking={"tensorboard": True, "mlflow": {"tracking_uri": store},
+                  "wandb": {"project": "pbt-tests", "mode": "offline"}})
     done = run_cli(["tune", str(path)], cli_env(tmp_path), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "warning: tracking" not in done.stderr
@@ -60,6 +64,18 @@ def test_pbt_exploits_are_tags_and_every_iteration_is_logged(tmp_path, tiny_bert
         scalars = events.Scalars("eval_loss")
         assert [s.step for s in scalars] == [r["samples_seen"] for r in rows]
         assert [s.value for s in scalars] == pytest.approx([r["eval_loss"] for r in rows])
+        # W&B: one run for the trial, all its points, its exploits counted, its final config
+        tid = trial_id(directory)
+        files = list((tmp_path / "wandb_dir" / "wandb").glob(f"*-run-*-{tid}/run-{tid}.wandb"))
+        assert len(files) == 1, files
+        assert run_info(files[0]).run_group == "pbt"
+        logged = wandb_history(files[0])
+        assert [(int(row["samples_seen"]), float(row["eval_loss"])) for row in logged] == [
+            (r["samples_seen"], r["eval_loss"]) for r in rows]
+        exploited = sum(k.startswith("pbt.exploit.") for k in child.data.tags)
+        final = summary(files[0])
+        assert json.loads(final.get("pbt_exploits", "0")) == exploited
+        assert json.loads(final["status"]) in ("terminated", "stopped")
         for tag in (v for k, v in child.data.tags.items() if k.startswith("pbt.exploit.")):
             exploit = json.loads(tag)
             # the recipient's new settings, and where it stood when they took force

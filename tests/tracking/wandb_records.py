@@ -62,3 +62,13 @@ def run_info(path: Path):
         if record.WhichOneof("record_type") == "run":
             return record.run
     return None
+
+
+def summary(path: Path) -> dict[str, str]:
+    """The run's summary as last written: key -> JSON text of the value."""
+    out = {}
+    for record in records(path):
+        if record.WhichOneof("record_type") == "summary":
+            out.update({item.key or "/".join(item.nested_key): item.value_json
+                        for item in record.summary.update})
+    return out
