@@ -7,6 +7,7 @@ No credentials: run ids, the tracking URI as configured, and the last step logge
 from __future__ import annotations
 
 import json
+import threading
 
 from raytune_ft.experiment import TRACKING_FILE
 from raytune_ft.storage import read_text, write_text
@@ -19,8 +20,12 @@ def read_runs(experiment_dir: str) -> dict:
         return {}
 
 
+_lock = threading.Lock()  # trackers write from their own threads: one read-modify-write at a time
+
+
 def write_runs(experiment_dir: str, tracker: str, runs: dict) -> None:
     """Replace `tracker`'s entry, atomically (a local file is written aside, then moved in)."""
-    record = read_runs(experiment_dir)
-    record[tracker] = runs
-    write_text(f"{experiment_dir}/{TRACKING_FILE}", json.dumps(record, indent=1))
+    with _lock:
+        record = read_runs(experiment_dir)
+        record[tracker] = runs
+        write_text(f"{experiment_dir}/{TRACKING_FILE}", json.dumps(record, indent=1))

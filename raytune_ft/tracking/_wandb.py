@@ -10,7 +10,8 @@ thread of the driver (`_worker`) opens, logs to and finishes every trial's run, 
 wandb-core service writes them all; the driver only queues calls. Two more changes from Ray's
 callback: the x axis is `samples_seen`, not W&B's step (Ray logs with step = iteration, which
 a PBT exploit moves backwards, and W&B then drops the points); a resumed experiment continues
-each trial's run (`resume="allow"` with the trial id).
+each trial's run (`resume="allow"` with the trial id) and logs no point twice (the last step
+logged per trial is kept in `raytune_ft_tracking.json`, as for MLflow).
 
 The API key is read by wandb from `WANDB_API_KEY` (or a `wandb login`); the callback never
 holds it, so the pickled experiment does not either. Offline runs land in `$WANDB_DIR/wandb/`,
@@ -25,8 +26,9 @@ from ray import tune
 
 from raytune_ft.storage import is_uri
 from raytune_ft.tracking import _guard
-from raytune_ft.tracking._common import STEP, end_status, hparam_values, metrics_of
+from raytune_ft.tracking._common import STEP, end_status, hparam_values, metrics_of, step_of
 from raytune_ft.tracking._guard import Guarded
+from raytune_ft.tracking._runs import read_runs, write_runs
 from raytune_ft.tracking._worker import Worker
 
 TRACKER = "wandb"
@@ -50,11 +52,11 @@ class WandbTracker(Guarded, tune.Callback):
     def _reset(self) -> None:
         self._worker: Worker | None = None
         self._runs: dict[str, object] = {}  # trial id -> its open wandb Run (worker thread)
-        self._exploits: dict[str, int] = {}
+        self._known: dict[str, dict] | None = None  # trial id -> last step logged, exploits
 
     def __getstate__(self) -> dict:  # Tune pickles callbacks into the experiment folder
         state = self.__dict__.copy()
-        for key in ("_worker", "_runs", "_exploits"):
+        for key in ("_worker", "_runs", "_known"):
             state.pop(key)
         return state
 
@@ -126,14 +128,26 @@ class WandbTracker(Guarded, tune.Callback):
 
     def _log(self, trial_id: str, name: str, trained: dict, now: dict, result: dict) -> None:
         run = self._open(trial_id, name, trained)
-        metrics = metrics_of(result)
-        if "training_iteration" in metrics:  # W&B's own step stays its running count
-            metrics["iteration"] = metrics.pop("training_iteration")
-        run.log(metrics)
+        if self._known is None:  # a resumed experiment: what its first run logged
+            self._known = read_runs(self.experiment_dir).get(TRACKER, {}).get(
+                "trials", {}) if self.experiment_dir else {}
+        known = self._known.setdefault(trial_id, {"last_step": -1, "exploits": 0})
+        step = step_of(result)
+        # A point at or before the last one logged is a restore re-reporting it (a resume),
+        # unless the trial was just exploited: a clone continues from its donor's position.
+        if step > known["last_step"] or known.get("exploited"):
+            metrics = metrics_of(result)
+            if "training_iteration" in metrics:  # W&B's own step stays its running count
+                metrics["iteration"] = metrics.pop("training_iteration")
+            run.log(metrics)
+            known["last_step"], known["exploited"] = step, False
         if now != trained:  # exploited at this result: it goes on with `now`
-            self._exploits[trial_id] = self._exploits.get(trial_id, 0) + 1
+            known["exploits"] += 1
+            known["exploited"] = True
             run.config.update(hparam_values(now), allow_val_change=True)
-            run.summary["pbt_exploits"] = self._exploits[trial_id]
+            run.summary["pbt_exploits"] = known["exploits"]
+        if self.experiment_dir:
+            write_runs(self.experiment_dir, TRACKER, {"trials": self._known})
 
     def _finish(self, trial_id: str, status: str) -> None:
         run = self._runs.pop(trial_id, None)

@@ -20,11 +20,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _helpers import (  # noqa: E402
     check_mlflow,
     cli_env,
+    results,
     run_cli,
     start_mlflow_server,
     stop,
     trial_dirs,
+    trial_id,
 )
+from wandb_records import history, run_info  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +40,17 @@ def server(tmp_path_factory):
     stop(proc)
 
 
-def _experiment(root: Path, tiny_bert, glue_dir, uri: str, name: str, **train) -> Path:
+def _experiment(root: Path, tiny_bert, glue_dir, uri: str, name: str, wandb: bool = False,
+                checkpoint_every: int = 1, **train) -> Path:
+    tracking = {"mlflow": {"tracking_uri": uri}}
+    if wandb:
+        tracking["wandb"] = {"project": "resume-tests", "mode": "offline"}
     return experiment_yaml(root / f"{name}.yaml", tiny_bert, glue_dir, root / "results",
                            name=name,
-                           run={"num_samples": 2, "storage_path": str(root / "results")},
+                           run={"num_samples": 2, "storage_path": str(root / "results"),
+                                "checkpoint_every": checkpoint_every},
                            train={"max_epochs": 2, "eval_every_epochs": 0.5, **train},
-                           tracking={"mlflow": {"tracking_uri": uri}})
+                           tracking=tracking)
 
 
 def test_a_server_holds_one_parent_two_nested_trials_and_the_artifacts(
@@ -96,7 +104,10 @@ def test_the_server_stopped_mid_run_costs_a_warning_not_the_experiment(
 def test_a_resumed_experiment_continues_the_same_runs_without_duplicates(
         tmp_path, tiny_bert, glue_dir):
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    path = _experiment(tmp_path, tiny_bert, glue_dir, store, "resumed", eval_every_epochs=0.25)
+    # a checkpoint every 3rd iteration: a trial interrupted past its last checkpoint reports
+    # those iterations again when resumed, which no tracker may log twice
+    path = _experiment(tmp_path, tiny_bert, glue_dir, store, "resumed", wandb=True,
+                       checkpoint_every=3, eval_every_epochs=0.25)
     experiment = tmp_path / "results" / "resumed"
     env = cli_env(tmp_path)
     cli = subprocess.Popen([sys.executable, "-m", "raytune_ft", "tune", str(path)],
@@ -130,3 +141,10 @@ def test_a_resumed_experiment_continues_the_same_runs_without_duplicates(
         assert after["trials"][trial]["run_id"] == known["run_id"]
     # one parent, one run per trial, and each history equal to result.json (no step twice)
     check_mlflow(store, experiment, "resumed")
+    # W&B: the resumed runs (same id, a new offline file) continue without a point twice
+    for directory in trial_dirs(experiment):
+        tid = trial_id(directory)
+        files = sorted((tmp_path / "wandb_dir" / "wandb").glob(f"*-run-*-{tid}/run-{tid}.wandb"))
+        assert files and all(run_info(f).run_id == tid for f in files), files
+        logged = [int(row["samples_seen"]) for f in files for row in history(f)]
+        assert logged == [r["samples_seen"] for r in results(directory)], (tid, logged)
