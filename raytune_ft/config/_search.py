@@ -11,6 +11,7 @@ Which combinations work (checked by `check_search`):
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -104,6 +105,11 @@ def _check_optuna(config: ExperimentConfig, n_objectives: int) -> None:
     if alg.multivariate is not None and sampler != "tpe":
         raise ValueError(f"search_alg.multivariate: only with sampler tpe (got sampler "
                          f"{sampler!r})")
+    logq = [key for key, domain in config.space().items() if domain.kind == "qloguniform"]
+    if logq:  # Optuna's FloatDistribution cannot combine log and step (Ray drops the q)
+        raise ValueError(f"search.{logq[0]}: qloguniform cannot be searched by Optuna (its "
+                         "log-scale distributions take no step q); use loguniform, or "
+                         "quniform")
     grids = [key for key, domain in config.space().items() if domain.kind == "grid"]
     if grids:
         raise ValueError(f"search.{grids[0]}: grid cannot be searched by Optuna; use choice, "
@@ -141,4 +147,13 @@ def domain_contains(domain, value: Any) -> bool:
     low, high = domain.args[0], domain.args[1]
     if domain.kind == "randint" and float(value) != int(value):
         return False
+    if domain.kind in ("quniform", "qloguniform") and not on_grid(value, domain.args[2]):
+        return False
     return low <= value <= high
+
+
+def on_grid(value: float, q: float) -> bool:
+    """Whether `value` is a multiple of `q`, as Ray's quantized samplers round to
+    (`round(x / q) * q`: 0.30000000000000004 for 0.3 with q 0.1 counts)."""
+    steps = value / q
+    return math.isclose(steps, round(steps), rel_tol=1e-9, abs_tol=1e-9)
