@@ -147,13 +147,15 @@ def domain_contains(domain, value: Any) -> bool:
     low, high = domain.args[0], domain.args[1]
     if domain.kind == "randint" and float(value) != int(value):
         return False
-    if domain.kind in ("quniform", "qloguniform") and not on_grid(value, domain.args[2]):
-        return False
+    if domain.kind in ("quniform", "qloguniform"):
+        return on_grid(value, low, high, domain.args[2])
     return low <= value <= high
 
 
-def on_grid(value: float, q: float) -> bool:
-    """Whether `value` is a multiple of `q`, as Ray's quantized samplers round to
-    (`round(x / q) * q`: 0.30000000000000004 for 0.3 with q 0.1 counts)."""
+def on_grid(value: float, low: float, high: float, q: float) -> bool:
+    """Whether `value` is a multiple of `q` within [low, high], as Ray's quantized samplers
+    produce them (`round(x / q) * q`: 3 x 0.1 = 0.30000000000000004 counts as 0.3)."""
     steps = value / q
-    return math.isclose(steps, round(steps), rel_tol=1e-9, abs_tol=1e-9)
+    if not math.isclose(steps, round(steps), rel_tol=1e-9, abs_tol=1e-9):
+        return False
+    return round(low / q) <= round(steps) <= round(high / q)
