@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hyperopt import JOB_STATE_DONE, STATUS_OK
@@ -65,9 +66,14 @@ def load_observations(config: ExperimentConfig, dirs: list[str]) -> Observations
     if config.search_alg.type not in ("optuna", "tpe"):
         raise ConfigError(f"--warm-start: search_alg.type {config.search_alg.type!r} learns "
                           "nothing from earlier trials; use optuna or tpe")
+    from raytune_ft.storage import is_uri
+
     found = Observations()
-    for directory in dirs:
-        _add_experiment(found, config, directory.rstrip("/"))
+    for directory in dirs:  # local folders recorded absolute: the record outlives the cwd
+        directory = directory.rstrip("/")
+        if not is_uri(directory):
+            directory = str(Path(directory).expanduser().resolve())
+        _add_experiment(found, config, directory)
     return found
 
 
