@@ -78,6 +78,7 @@ def check_search(config: ExperimentConfig) -> None:
             if getattr(alg, key) is not None:
                 raise ValueError(f"search_alg.{key}: only with search_alg.type: optuna "
                                  f"(got type {alg.type!r})")
+    _check_population(config)
     objectives = config.objective_list()
     if len(objectives) > 1 and alg.type == "tpe":
         raise ValueError(f"objectives: {len(objectives)} objectives, but search_alg.type "
@@ -87,6 +88,19 @@ def check_search(config: ExperimentConfig) -> None:
         _check_optuna(config, len(objectives))
     for i, point in enumerate(alg.points_to_evaluate):
         _check_point(config, i, point)
+
+
+def _check_population(config: ExperimentConfig) -> None:
+    """PBT and PB2 choose and mutate configurations themselves: Ray's
+    `PopulationBasedTraining` refuses a searcher when the first trial is added (a
+    traceback after the experiment folder is laid out), so refuse it here."""
+    from raytune_ft.config._schedulers import PbtConfig
+
+    alg = config.search_alg
+    if isinstance(config.scheduler, PbtConfig) and alg.type in ("tpe", "optuna"):
+        raise ValueError(f"search_alg.type: {alg.type!r} cannot drive scheduler.type "
+                         f"{config.scheduler.type!r}, which picks and mutates its own "
+                         "configurations; use search_alg.type random or grid with it")
 
 
 def _check_optuna(config: ExperimentConfig, n_objectives: int) -> None:

@@ -34,12 +34,22 @@ def test_a_population_based_source_is_refused_naming_its_scheduler(tmp_path, kin
 
 
 def test_a_population_based_target_is_refused_naming_its_scheduler(tmp_path):
-    target = experiment(scheduler=PBT, search_alg={"type": "tpe"})
+    target = experiment(scheduler=PBT)  # random search: the only kind PBT runs with
     with pytest.raises(ConfigError) as error:
         load_observations(target, [str(tmp_path)])  # refused before reading the folder
     assert str(error.value).startswith("--warm-start: scheduler.type 'pbt' picks and mutates "
                                        "its own configurations")
     assert "fifo, asha or hyperband" in str(error.value)
+
+
+@pytest.mark.parametrize("alg", ["tpe", "optuna"])
+def test_a_searcher_with_pbt_is_a_config_error(alg):
+    # Ray's PopulationBasedTraining raises on the first trial otherwise (a traceback)
+    with pytest.raises(ConfigError) as error:
+        experiment(scheduler=PBT, search_alg={"type": alg})
+    assert str(error.value) == (
+        f"config: search_alg.type: '{alg}' cannot drive scheduler.type 'pbt', which picks "
+        "and mutates its own configurations; use search_alg.type random or grid with it")
 
 
 def test_the_sources_are_in_the_record_and_the_report(tmp_path):
