@@ -232,6 +232,9 @@ def _print_header(prepared) -> None:
     if seen is not None:
         print(f"warm start   {len(seen.points)} trials imported from "
               f"{len(seen.sources)} experiments ({', '.join(seen.sources)})")
+        if len(seen.sources) > 1:
+            for source in seen.record():
+                print(f"  from       {source['experiment']}: {source['trials']} trials")
     stop = config.run.stop
     if stop.any:
         print(f"stop rules   {_stop_text(stop)} (on {config.metric})")

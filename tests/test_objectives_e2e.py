@@ -70,6 +70,9 @@ def test_deployment_figures_are_in_every_result_and_the_trials_table(two_goals, 
         kept = sorted(folder.glob("checkpoint_*"))[-1]
         size = sum(p.stat().st_size for p in kept.iterdir()) / 1e6
         assert row.checkpoint_mb == pytest.approx(size, abs=200 / 1e6)
+        # the weights alone: the whole tiny BERT in float32 plus safetensors' header
+        assert row.model_mb * 1e6 == (kept / "model.safetensors").stat().st_size
+        assert 0 < row.model_mb * 1e6 - 4 * total < 20_000 and row.model_mb < row.checkpoint_mb
         assert row.latency_ms_b1 == pytest.approx(last["latency_ms_b1"])
         assert row.latency_ms_b1 > 0 and row.latency_ms_eval_batch > 0
         assert row.latency_eval_batch == 64 and row.latency_device == "cpu"
@@ -141,6 +144,10 @@ def test_warm_start_imports_the_trials_and_a_stop_rule_ends_the_run(two_goals, t
     assert len(trials) == 1 and trials["status"].tolist() == ["stopped"]
     report = (root / "results" / "warm" / "analysis" / "report.html").read_text()
     assert "Search stopped early by run.stop.target" in report
+    record = json.loads((root / "results" / "warm" / "raytune_ft.json").read_text())
+    assert record["warm_start"] == [{"experiment": str(experiment), "trials": 4}]
+    assert f"Warm start: the searcher began with 4 earlier trials from {experiment} " \
+           "(4 trials)." in report
 
 
 def test_an_incompatible_warm_start_exits_2_naming_the_parameter(two_goals, tiny_bert,

@@ -97,7 +97,7 @@ def _pareto_front(tables: dict[str, pd.DataFrame], top: int) -> pd.DataFrame:
     on = front(trials, goals)
     hps = [c for c in trials.columns if c.startswith(HP)]
     objectives = [PREFIX + metric for metric, _ in goals]
-    extra = [c for c in ("param_count", "trainable_param_count", "checkpoint_mb",
+    extra = [c for c in ("param_count", "trainable_param_count", "model_mb", "checkpoint_mb",
                          "latency_ms_b1", "latency_ms_eval_batch")
              if c not in {metric for metric, _ in goals}]
     out = on[["trial_id", "status", *objectives, *hps, *extra]]

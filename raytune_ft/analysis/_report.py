@@ -27,6 +27,7 @@ from raytune_ft.analysis._pareto import PREFIX, front
 from raytune_ft.analysis._tables import HP, load_experiment
 from raytune_ft.experiment import (
     ANALYSIS_DIR,
+    CONFIG_FILE,
     CONFIRM_FILE,
     REPORT_FILE,
     STOP_FILE,
@@ -110,9 +111,9 @@ def _pareto(trials: pd.DataFrame) -> str:
     return _fig(_plots.pareto_front(trials, goals), "pareto") + _table(on[cols])
 
 
-DEPLOYMENT_SHOWN = ("param_count", "trainable_param_count", "checkpoint_mb", "latency_ms_b1",
-                    "latency_ms_eval_batch", "latency_eval_batch", "latency_threads",
-                    "latency_device")
+DEPLOYMENT_SHOWN = ("param_count", "trainable_param_count", "model_mb", "checkpoint_mb",
+                    "latency_ms_b1", "latency_ms_eval_batch", "latency_eval_batch",
+                    "latency_threads", "latency_device")
 
 
 def _deployment(trials: pd.DataFrame) -> str:
@@ -133,6 +134,20 @@ def _stop_note(exp_dir: Path) -> str:
         return _note(f"Search stopped early by run.stop.{reason['rule']}: {reason['detail']}.")
     except (OSError, ValueError, KeyError):
         return _note(f"{STOP_FILE} is unreadable.")
+
+
+def _warm_start_note(exp_dir: Path) -> str:
+    """Where the searcher's prior came from: the record's `warm_start` (--warm-start)."""
+    try:
+        sources = json.loads((exp_dir / CONFIG_FILE).read_text()).get("warm_start")
+    except (OSError, ValueError):
+        return ""
+    if not sources:
+        return ""
+    listed = "; ".join(f"{s['experiment']} ({s['trials']} trials)" for s in sources)
+    total = sum(s["trials"] for s in sources)
+    return _note(f"Warm start: the searcher began with {total} earlier trials from "
+                 f"{listed}.")
 
 
 def _confirmation(exp_dir: Path, metric: str, mode: str) -> str:
@@ -204,7 +219,7 @@ def _sections(exp_dir: Path, tables: dict[str, pd.DataFrame]) -> list[str]:
     no_its = _note("No trial has reported an iteration yet.")
     no_pbt = _note("No PBT exploits in this experiment.")
     bodies = {
-        "summary": lambda: _stop_note(exp_dir) + _summary(
+        "summary": lambda: _warm_start_note(exp_dir) + _stop_note(exp_dir) + _summary(
             trials, metric, mode, compute_to_reach(its, metric, mode, factor) if len(its) else {}
         ),
         "learning-curves": lambda: _plots.learning_curves(trials, its, metric),

@@ -321,7 +321,9 @@ class ExperimentConfig(_Strict):
         if isinstance(objectives, list) and objectives and isinstance(objectives[0], dict):
             first = objectives[0]  # metric and mode default to the first objective
             if first.get("metric") in REPORTED_METRICS:  # else objectives.0 says it is not
-                return {**values, "metric": first["metric"], "mode": first.get("mode")}
+                # a missing or unknown mode: objectives.0.mode says so, not the top-level mode
+                mode = {"mode": first["mode"]} if first.get("mode") in ("max", "min") else {}
+                return {**values, "metric": first["metric"], **mode}
             return values
         data = values.get("data")
         task = data.get("task") if isinstance(data, dict) else getattr(data, "task", None)

@@ -11,6 +11,7 @@ Which combinations work (checked by `check_search`):
 from __future__ import annotations
 
 import importlib.util
+import math
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -77,6 +78,7 @@ def check_search(config: ExperimentConfig) -> None:
             if getattr(alg, key) is not None:
                 raise ValueError(f"search_alg.{key}: only with search_alg.type: optuna "
                                  f"(got type {alg.type!r})")
+    _check_population(config)
     objectives = config.objective_list()
     if len(objectives) > 1 and alg.type == "tpe":
         raise ValueError(f"objectives: {len(objectives)} objectives, but search_alg.type "
@@ -86,6 +88,19 @@ def check_search(config: ExperimentConfig) -> None:
         _check_optuna(config, len(objectives))
     for i, point in enumerate(alg.points_to_evaluate):
         _check_point(config, i, point)
+
+
+def _check_population(config: ExperimentConfig) -> None:
+    """PBT and PB2 choose and mutate configurations themselves: Ray's
+    `PopulationBasedTraining` refuses a searcher when the first trial is added (a
+    traceback after the experiment folder is laid out), so refuse it here."""
+    from raytune_ft.config._schedulers import PbtConfig
+
+    alg = config.search_alg
+    if isinstance(config.scheduler, PbtConfig) and alg.type in ("tpe", "optuna"):
+        raise ValueError(f"search_alg.type: {alg.type!r} cannot drive scheduler.type "
+                         f"{config.scheduler.type!r}, which picks and mutates its own "
+                         "configurations; use search_alg.type random or grid with it")
 
 
 def _check_optuna(config: ExperimentConfig, n_objectives: int) -> None:
@@ -104,6 +119,11 @@ def _check_optuna(config: ExperimentConfig, n_objectives: int) -> None:
     if alg.multivariate is not None and sampler != "tpe":
         raise ValueError(f"search_alg.multivariate: only with sampler tpe (got sampler "
                          f"{sampler!r})")
+    logq = [key for key, domain in config.space().items() if domain.kind == "qloguniform"]
+    if logq:  # Optuna's FloatDistribution cannot combine log and step (Ray drops the q)
+        raise ValueError(f"search.{logq[0]}: qloguniform cannot be searched by Optuna (its "
+                         "log-scale distributions take no step q); use loguniform, or "
+                         "quniform")
     grids = [key for key, domain in config.space().items() if domain.kind == "grid"]
     if grids:
         raise ValueError(f"search.{grids[0]}: grid cannot be searched by Optuna; use choice, "
@@ -141,4 +161,15 @@ def domain_contains(domain, value: Any) -> bool:
     low, high = domain.args[0], domain.args[1]
     if domain.kind == "randint" and float(value) != int(value):
         return False
+    if domain.kind in ("quniform", "qloguniform"):
+        return on_grid(value, low, high, domain.args[2])
     return low <= value <= high
+
+
+def on_grid(value: float, low: float, high: float, q: float) -> bool:
+    """Whether `value` is a multiple of `q` within [low, high], as Ray's quantized samplers
+    produce them (`round(x / q) * q`: 3 x 0.1 = 0.30000000000000004 counts as 0.3)."""
+    steps = value / q
+    if not math.isclose(steps, round(steps), rel_tol=1e-9, abs_tol=1e-9):
+        return False
+    return round(low / q) <= round(steps) <= round(high / q)

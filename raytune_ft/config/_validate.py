@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -86,7 +86,7 @@ def _first_error(error: ValidationError) -> str:
         allowed = f"; allowed: {', '.join(parent.model_fields)}" if parent else ""
         return f"{path}: unknown key{hint}{allowed}"
     if kind == "missing":
-        return f"{path}: required field is missing"
+        return f"{path}: required field is missing{_allowed(loc, tag)}"
     if kind == "union_tag_invalid":
         given = value.get("type")
         return f"{path}.type: {given!r} is not a scheduler" \
@@ -105,9 +105,21 @@ def _first_error(error: ValidationError) -> str:
     return f"{path}: {message}{shown}" if path else f"{message}{shown}"
 
 
+def _allowed(loc: list[str], tag: str | None) -> str:
+    """"; allowed: max, min" for a field that takes one of fixed values, else ""."""
+    parent = _model_at(loc[:-1], tag) if loc else None
+    field = parent.model_fields.get(loc[-1]) if parent is not None else None
+    annotation = getattr(field, "annotation", None)
+    if get_origin(annotation) is not Literal:
+        return ""
+    return f"; allowed: {', '.join(str(a) for a in get_args(annotation))}"
+
+
 def _model_at(loc: list[str], scheduler_type: str | None = None) -> type[BaseModel] | None:
     model: type[BaseModel] = ExperimentConfig
     for part in loc:
+        if part.isdigit():  # an item of a list of models (objectives.0): the item's model
+            continue
         if part == "scheduler":
             return SCHEDULER_CLASSES.get(scheduler_type) if part == loc[-1] else None
         field = model.model_fields.get(part)

@@ -1,5 +1,5 @@
-"""Deployment figures of a trial's model: parameter counts, checkpoint size on disk, and
-inference latency on the trial's own device. No Ray in here.
+"""Deployment figures of a trial's model: parameter counts, checkpoint and model size on
+disk, and inference latency on the trial's own device. No Ray in here.
 
 Latency is a median of warm forward passes with the loop's precision, on real evaluation
 examples, per example (ms per pass / batch size): at batch 1 over `B1_REPEATS` timed passes
@@ -97,10 +97,21 @@ def measure_latency(loop) -> dict:
             "latency_device": device_name(device)}
 
 
+def model_mb(checkpoint_dir: str | os.PathLike) -> float:
+    """The saved weights alone, in 10^6 bytes: the checkpoint's model.safetensors, without
+    the optimizer's moments and trainer state. It is what `export` ships: the whole model
+    after full fine-tuning; with LoRA what trains (adapters and head), as `--adapter` writes
+    it (a merged export is the base model's size)."""
+    return (Path(checkpoint_dir) / "model.safetensors").stat().st_size / 1e6
+
+
 def deployment_figures(loop, checkpoint_dir: str | os.PathLike | None) -> dict:
     """Every figure of `training.metrics.DEPLOYMENT_METRICS` (and the device) for a loop
-    whose checkpoint was written to `checkpoint_dir` (None: no checkpoint, no size)."""
+    whose checkpoint was written to `checkpoint_dir` (None: no checkpoint, no sizes).
+    `checkpoint_mb` is the training state (weights, Adam moments, trainer state): what a
+    search keeps on disk per trial; `model_mb` the weights a deployment ships."""
     total, trainable = parameter_counts(loop.model)
-    size = folder_mb(checkpoint_dir) if checkpoint_dir is not None else None
+    saved = checkpoint_dir is not None
     return {"param_count": total, "trainable_param_count": trainable,
-            "checkpoint_mb": size, **measure_latency(loop)}
+            "checkpoint_mb": folder_mb(checkpoint_dir) if saved else None,
+            "model_mb": model_mb(checkpoint_dir) if saved else None, **measure_latency(loop)}

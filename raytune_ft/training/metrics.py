@@ -29,6 +29,7 @@ DEPLOYMENT_METRICS: dict[str, type] = {
     "param_count": int,  # every parameter of the model
     "trainable_param_count": int,  # those with requires_grad (frozen layers, adapters)
     "checkpoint_mb": float,  # the trial's checkpoint folder on disk, 10^6 bytes
+    "model_mb": float,  # the weights alone (what export ships; LoRA: adapters + head), 10^6 B
     "latency_ms_b1": float,  # median ms per example, one example per forward pass
     "latency_ms_eval_batch": float,  # median ms per example at train.eval_batch_size
     "latency_eval_batch": int,  # the batch size of that figure (smaller eval split: all)

@@ -9,26 +9,40 @@ configurations again (with trials finishing in the same order).
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
 from raytune_ft.config import ExperimentConfig
 
+log = logging.getLogger(__name__)
+NSGA2_MAX_POPULATION = 50  # Optuna's default population, kept for large budgets
 
-def make_sampler(name: str, seed: int | None, multivariate: bool, n_initial: int):
+
+def nsga2_population(num_samples: int) -> int:
+    """NSGA-II's population for a run of `num_samples` trials: a quarter of them (at least 2,
+    Optuna's minimum; at most its default 50), so the search breeds at least ~4 generations.
+    With Optuna's 50 a run of 6-20 trials never leaves its first, random, generation."""
+    return min(NSGA2_MAX_POPULATION, max(2, num_samples // 4))
+
+
+def make_sampler(name: str, seed: int | None, multivariate: bool, n_initial: int,
+                 population: int = NSGA2_MAX_POPULATION):
     """The Optuna sampler `search_alg.sampler` names, seeded; `n_initial` random trials
-    before a model-based sampler takes over."""
+    before a model-based sampler takes over; `population`: NSGA-II's generation size."""
     import warnings
 
     import optuna
 
     with warnings.catch_warnings():  # multivariate TPE and QMC are marked experimental
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return _sampler(optuna.samplers, name, seed, multivariate, n_initial)
+        return _sampler(optuna.samplers, name, seed, multivariate, n_initial, population)
 
 
-def _sampler(samplers, name: str, seed: int | None, multivariate: bool, n_initial: int):
+def _sampler(samplers, name: str, seed: int | None, multivariate: bool, n_initial: int,
+             population: int):
     if name == "tpe":
         return samplers.TPESampler(seed=seed, multivariate=multivariate,
                                    n_startup_trials=n_initial)
@@ -37,7 +51,7 @@ def _sampler(samplers, name: str, seed: int | None, multivariate: bool, n_initia
     if name == "cmaes":
         return samplers.CmaEsSampler(seed=seed, n_startup_trials=n_initial)
     if name == "nsga2":
-        return samplers.NSGAIISampler(seed=seed)
+        return samplers.NSGAIISampler(seed=seed, population_size=population)
     if name == "qmc":
         return samplers.QMCSampler(seed=seed, scramble=seed is not None)
     return samplers.RandomSampler(seed=seed)
@@ -70,10 +84,35 @@ class MultiObjectiveOptuna(OptunaSearch):
             self._ot_study.add_trial(trial)
         self._observations = []  # in the study now (a restored searcher has them there)
 
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        """A trial without a finite value for every objective (`checkpoint_mb`/`model_mb`
+        of a trial that diverged before its first checkpoint are None) is told to the study
+        as failed, which its samplers skip; Ray's own method would hand Optuna the None, fail
+        in `tell` and leave the trial running in the study forever."""
+        metrics = self._metric if isinstance(self._metric, list) else [self._metric]
+        values = [result.get(m) for m in metrics] if result and not error else None
+        if values is None or all(_finite(v) for v in values) or trial_id not in \
+                self._ot_trials or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result, error)
+            return
+        import optuna
+
+        missing = [m for m, v in zip(metrics, values) if not _finite(v)]
+        log.warning("trial %s reported no finite %s: told to Optuna as failed", trial_id,
+                    ", ".join(missing))
+        self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.FAIL)
+        self._completed_trials.add(trial_id)
+
     @property
     def study(self):
         """The Optuna study (tests read the trials it learned from)."""
         return self._ot_study
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
 
 
 def build_optuna_search(config: ExperimentConfig, observations=None) -> MultiObjectiveOptuna:
@@ -90,6 +129,6 @@ def build_optuna_search(config: ExperimentConfig, observations=None) -> MultiObj
     return MultiObjectiveOptuna(
         metric=metrics if several else metrics[0], mode=modes if several else modes[0],
         sampler=make_sampler(cfg.sampler or "tpe", cfg.seed, cfg.multivariate is not False,
-                             cfg.n_initial_points),
+                             cfg.n_initial_points, nsga2_population(config.run.num_samples)),
         points_to_evaluate=[dict(p) for p in cfg.points_to_evaluate] or None,
         observations=seen)

@@ -362,6 +362,8 @@ def write_experiment_record(prepared: Prepared) -> None:
         "train_samples": len(prepared.bundle.train),
         "eval_samples": len(prepared.bundle.eval),
         "plan": prepared.plan.record(),
+        **({"warm_start": prepared.observations.record()}
+           if prepared.observations is not None else {}),
     })
 
 

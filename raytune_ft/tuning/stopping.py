@@ -7,6 +7,14 @@ report read.
 as the plain `{"training_iteration": n}` stop does, and ends the experiment through
 `stop_all`) and a `Callback` (Tune tells callbacks, not stoppers, when a trial completes,
 including one a scheduler stopped early). The same object is passed as both.
+
+Its bookkeeping (device-hours spent, each trial's best, the best over finished trials, the
+plateau count) survives `raytune-ft resume`, so the rules continue where the interrupted
+run left off. Tune 2.60 saves it twice: as callback state (`get_state`, restored through
+`set_state`) and with the stopper, which the controller pickles into the experiment state
+(`TuneController.__getstate__` keeps `_stopper`). A resumed run so holds two copies of this
+object (the callbacks' from tuner.pkl, the controller's from the experiment state); on
+unpickling, copies of one stopper share one `__dict__`, so both roles see the same counts.
 """
 
 from __future__ import annotations
@@ -14,6 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import uuid
+import weakref
 
 from ray import tune
 
@@ -21,6 +31,8 @@ from raytune_ft.config import ExperimentConfig
 from raytune_ft.experiment import STOP_FILE
 
 log = logging.getLogger(__name__)
+# Unpickled stoppers by the `token` of the object they copy: copies share its state.
+_COPIES: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 class SearchStopper(tune.Stopper, tune.Callback):
@@ -43,6 +55,33 @@ class SearchStopper(tune.Stopper, tune.Callback):
         self.without_gain = 0  # finished trials in a row that did not improve it
         self.finished = 0
         self.reason: dict | None = None
+        self.token = uuid.uuid4().hex  # the same in every pickled copy of this object
+
+    # ---------------------------------------------------------------- saved state
+
+    STATE = ("device_hours", "trial_best", "best", "without_gain", "finished", "reason")
+
+    def get_state(self) -> dict:
+        """What the rules have counted so far (Tune saves it with the experiment)."""
+        return {key: getattr(self, key) for key in self.STATE}
+
+    def set_state(self, state: dict) -> None:
+        """Continue from a saved experiment's counts (`raytune-ft resume`)."""
+        for key in self.STATE:
+            if key in state:
+                setattr(self, key, state[key])
+
+    def __setstate__(self, state: dict) -> None:
+        token = state.get("token")  # None: pickled before copies shared their state
+        first = _COPIES.get(token) if token is not None else None
+        if first is None:
+            self.__dict__.update(state)
+            if token is not None:
+                _COPIES[token] = self
+            return
+        if state["device_hours"] > first.device_hours:  # the later save of the two
+            first.__dict__.update(state)
+        self.__dict__ = first.__dict__
 
     # ---------------------------------------------------------------- Stopper
 

@@ -8,12 +8,21 @@ a stop rule) and reported every objective; its values are its last reported ones
 searcher is told at a trial's end. Optuna adds them to its study as completed trials;
 hyperopt inserts them as evaluated points; random and grid search learn nothing from them,
 so a warm start there is refused.
+
+PBT and PB2 are refused on both sides. As a source: their trials change hyperparameters
+mid-run (exploit, explore), so a trial's (config, result) is no observation of one
+configuration. As the target: they pick and mutate configurations themselves and Ray runs
+them with no searcher to warm-start (`PopulationBasedTraining` refuses one).
+
+The folders read and how many trials each gave are kept (`Observations.record`) in the
+experiment record (`warm_start` in raytune_ft.json); the report's summary names them.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hyperopt import JOB_STATE_DONE, STATUS_OK
@@ -22,6 +31,7 @@ from ray.tune.search.hyperopt import HyperOptSearch
 from raytune_ft.config import ExperimentConfig
 from raytune_ft.config._search import domain_contains
 from raytune_ft.errors import ConfigError, ExperimentError
+from raytune_ft.tuning.schedulers import scheduler_spec
 
 USABLE = ("terminated", "stopped")  # statuses whose last values a searcher would have seen
 
@@ -33,6 +43,11 @@ class Observations:
     points: list[dict[str, Any]] = field(default_factory=list)
     metrics: list[dict[str, float]] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # the experiment folders read
+    imported: list[int] = field(default_factory=list)  # trials taken from each source
+
+    def record(self) -> list[dict]:
+        """What the experiment record keeps: each folder and the trials it gave."""
+        return [{"experiment": d, "trials": n} for d, n in zip(self.sources, self.imported)]
 
     def values(self, objectives: list[tuple[str, str]]) -> list[list[float]]:
         return [[row[metric] for metric, _ in objectives] for row in self.metrics]
@@ -43,12 +58,22 @@ class Observations:
 
 def load_observations(config: ExperimentConfig, dirs: list[str]) -> Observations:
     """Every usable trial of the experiments in `dirs`, checked against `config`'s space."""
+    if scheduler_spec(config.scheduler).population:
+        raise ConfigError(f"--warm-start: scheduler.type {config.scheduler.type!r} picks and "
+                          "mutates its own configurations, with no searcher to learn from "
+                          "earlier trials; warm-start a run whose scheduler.type is fifo, "
+                          "asha or hyperband")
     if config.search_alg.type not in ("optuna", "tpe"):
         raise ConfigError(f"--warm-start: search_alg.type {config.search_alg.type!r} learns "
                           "nothing from earlier trials; use optuna or tpe")
+    from raytune_ft.storage import is_uri
+
     found = Observations()
-    for directory in dirs:
-        _add_experiment(found, config, directory.rstrip("/"))
+    for directory in dirs:  # local folders recorded absolute: the record outlives the cwd
+        directory = directory.rstrip("/")
+        if not is_uri(directory):
+            directory = str(Path(directory).expanduser().resolve())
+        _add_experiment(found, config, directory)
     return found
 
 
@@ -65,6 +90,12 @@ def _add_experiment(found: Observations, config: ExperimentConfig, directory: st
     except ConfigError as error:
         raise ExperimentError(f"--warm-start {directory}: its experiment record no longer "
                               f"validates ({error})") from None
+    if scheduler_spec(earlier.scheduler).population:
+        raise ConfigError(f"--warm-start {directory}: its scheduler.type "
+                          f"{earlier.scheduler.type!r} changed trials' hyperparameters "
+                          "mid-run, so a trial's result belongs to no one configuration; "
+                          "warm-start from runs whose scheduler.type is fifo, asha or "
+                          "hyperband")
     space, before = _searched(config), _searched(earlier)
     for key in sorted({*space, *before}):
         if key not in before:
@@ -80,6 +111,7 @@ def _add_experiment(found: Observations, config: ExperimentConfig, directory: st
             raise ConfigError(f"--warm-start {directory}: objective {metric!r} was never "
                               "reported there")
     last = its.sort_values(["trial_id", "iteration"]).groupby("trial_id").last()
+    before_count = len(found.points)
     for row in trials.itertuples(index=False):
         row = row._asdict()
         if row["status"] not in USABLE or row["trial_id"] not in last.index:
@@ -96,6 +128,7 @@ def _add_experiment(found: Observations, config: ExperimentConfig, directory: st
         found.points.append(point)
         found.metrics.append({m: float(v) for m, v in values.items()})
     found.sources.append(directory)
+    found.imported.append(len(found.points) - before_count)
 
 
 def _plain(value: Any) -> Any:

@@ -90,3 +90,34 @@ def test_median_is_per_example_after_untimed_warmup(monkeypatch):
     ms = deployment.median_ms_per_example(run, 2, 3, torch.device("cpu"))
     assert ms == pytest.approx(4.0 / 2)  # median 4 ms per pass, 2 examples per pass
     assert np.isfinite(ms)
+
+
+def test_model_mb_is_the_weights_alone_checkpoint_mb_the_training_state(loop, tmp_path):
+    # the frozen fixture saves the whole model; the checkpoint adds optimizer and trainer state
+    loop.save(tmp_path)
+    figures = deployment_figures(loop, tmp_path)
+    weights = sum(p.numel() * p.element_size() for p in loop.model.parameters())
+    header = figures["model_mb"] * 1e6 - weights  # safetensors' JSON header
+    assert figures["model_mb"] * 1e6 == (tmp_path / "model.safetensors").stat().st_size
+    assert 0 < header < 20_000
+    others = sum(p.stat().st_size for p in tmp_path.iterdir() if p.name != "model.safetensors")
+    assert figures["checkpoint_mb"] == pytest.approx(figures["model_mb"] + others / 1e6)
+    assert others > 0
+
+
+def test_model_mb_of_lora_is_adapters_and_head(tiny_bert, glue_dir, tmp_path):
+    from raytune_ft.config import DataConfig
+    from raytune_ft.training.lora import apply_lora
+
+    task = get_task("sequence_classification")
+    data = DataConfig(task="sst2", path=str(glue_dir), max_train_samples=32,
+                      max_eval_samples=8)
+    bundle = task.load_data(data, str(tiny_bert), 32)
+    hp = TrainConfig(max_epochs=1, batch_size=16, eval_batch_size=8, lora_r=4)
+    model = apply_lora(task.load_model(str(tiny_bert), bundle.label_names, 0), hp)
+    lora = FineTuneLoop(model, bundle, hp)
+    lora.save(tmp_path)
+    figures = deployment_figures(lora, tmp_path)
+    trained = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
+    assert 0 < figures["model_mb"] * 1e6 - trained < 20_000
+    assert figures["model_mb"] * 1e6 < 4 * figures["param_count"] / 5  # not the base

@@ -127,3 +127,80 @@ def test_warm_hyperopt_trials_hold_the_rewards_as_losses():
     assert points[0] == point  # the user's starting point still comes first
     _, cold = suggestions(config, n=2)
     assert points[1] != cold[1]  # TPE's first own suggestion learned from the six
+
+
+@pytest.mark.parametrize("raw, message", [
+    # an objective without its mode: the full path and what is allowed (not `mode:`)
+    ({"objectives": [{"metric": "eval_accuracy"}]},
+     "config: objectives.0.mode: required field is missing; allowed: max, min"),
+    ({"objectives": [TWO[0], {"metric": "latency_ms_b1"}]},
+     "config: objectives.1.mode: required field is missing; allowed: max, min"),
+    ({"objectives": [{"metric": "eval_loss", "mode": "down"}]},
+     "config: objectives.0.mode: Input should be 'max' or 'min' (got 'down')"),
+    # Optuna's log-scale floats take no step: the q would be dropped
+    ({"search": {**SEARCH, "warmup_ratio": {"qloguniform": [0.01, 0.2, 0.01]}}},
+     "config: search.warmup_ratio: qloguniform cannot be searched by Optuna (its log-scale "
+     "distributions take no step q); use loguniform, or quniform"),
+    # a starting point off the q grid is not a value the domain can produce
+    ({"search": {**SEARCH, "warmup_ratio": {"quniform": [0.0, 0.2, 0.05]}},
+      "search_alg": {"type": "tpe", "points_to_evaluate": [
+          {"learning_rate": 2e-5, "batch_size": 16, "warmup_ratio": 0.07}]}},
+     "search_alg.points_to_evaluate.0.warmup_ratio: 0.07 is outside search.warmup_ratio"),
+])
+def test_review_faults_are_one_line_errors(raw, message):
+    with pytest.raises(ConfigError) as error:
+        experiment(**raw)
+    assert str(error.value) == message or message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_quantized_domains_hold_their_grid_only():
+    from raytune_ft.config._search import domain_contains
+    from raytune_ft.config._space import parse_domain
+
+    q = parse_domain("w", {"quniform": [0.0, 0.3, 0.1]})
+    assert domain_contains(q, 0.1) and domain_contains(q, 0.30000000000000004)  # Ray's 3*0.1
+    assert not domain_contains(q, 0.15) and not domain_contains(q, 0.4)
+    logq = parse_domain("b", {"qloguniform": [8, 128, 8]})
+    assert domain_contains(logq, 24) and not domain_contains(logq, 20)
+    point = {"learning_rate": 2e-5, "batch_size": 16, "warmup_ratio": 0.15}
+    on_grid = experiment({"type": "tpe", "points_to_evaluate": [point]},
+                         search={**SEARCH, "warmup_ratio": {"quniform": [0.0, 0.2, 0.05]}})
+    assert on_grid.search_alg.points_to_evaluate == [point]
+
+
+@pytest.mark.parametrize("num_samples, population", [(6, 2), (8, 2), (20, 5), (100, 25),
+                                                     (400, 50)])
+def test_nsga2_population_follows_the_budget(num_samples, population):
+    config = experiment({"type": "optuna", "sampler": "nsga2", "seed": 0}, objectives=TWO,
+                        run={"num_samples": num_samples})
+    searcher, _ = suggestions(config, n=1)
+    assert searcher._sampler._population_size == population
+
+
+def test_nsga2_breeds_a_second_generation_within_a_small_budget():
+    # 8 trials, population 2: trials 3+ are children of the first generation, so by the
+    # 8th trial the study holds trials of generations > 0 (with Optuna's 50: all of gen 0)
+    config = experiment({"type": "optuna", "sampler": "nsga2", "seed": 0}, objectives=TWO,
+                        run={"num_samples": 8})
+    searcher = build_search_alg(config)
+    searcher.set_search_properties(config.metric, config.mode, param_space(config))
+    for i in range(8):
+        searcher.suggest(f"t{i}")
+        searcher.on_trial_complete(f"t{i}", {"eval_accuracy": 0.5 + 0.01 * i,
+                                             "latency_ms_b1": 2.0 - 0.1 * i})
+    generations = {t.system_attrs.get("NSGAIISampler:generation") for t in searcher.study.trials}
+    assert max(g for g in generations if g is not None) >= 2
+
+
+@pytest.mark.parametrize("missing", [None, float("nan")])
+def test_a_trial_without_an_objective_value_fails_in_the_study(missing):
+    # a trial that diverged before its first checkpoint reports checkpoint_mb None
+    goals = [TWO[0], {"metric": "checkpoint_mb", "mode": "min"}]
+    searcher, _ = suggestions(experiment(objectives=goals), n=2)
+    searcher.on_trial_complete("t0", {"eval_accuracy": 0.0, "checkpoint_mb": missing})
+    searcher.on_trial_complete("t1", {"eval_accuracy": 0.8, "checkpoint_mb": 3.0})
+    states = [t.state.name for t in searcher.study.trials]
+    assert states == ["FAIL", "COMPLETE"]  # Ray's own method left t0 RUNNING
+    assert searcher.study.trials[1].values == [0.8, 3.0]
+    searcher.suggest("t2")  # the sampler carries on past the failed trial

@@ -87,3 +87,51 @@ def test_without_a_rule_firing_every_trial_runs_its_budget(tmp_path):
     ran, reason = run(tmp_path, {"target": 2.0}, [0.5, 0.6])
     assert reason is None and len(ran) == 2
     assert all(r.metrics["training_iteration"] == ITERATIONS for r in ran)
+
+
+def interrupts_once(config):
+    """`reports`, except that the trial with peak `stop_at` presses Ctrl-C in the driver the
+    first time it starts (a marker file remembers it), and waits there to be stopped."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    marker = Path(config["marker"])
+    if config["peak"] == config["stop_at"] and not marker.exists():
+        marker.write_text("interrupted")
+        os.kill(config["driver"], signal.SIGINT)
+        time.sleep(60)
+    reports(config)
+
+
+def test_the_rules_continue_after_a_resume(tmp_path):
+    # bests 0.5, 0.6 (a gain), then Ctrl-C during 0.605. Resumed, 0.605 and 0.6 are the 1st
+    # and 2nd finished trials without gain: the plateau rule fires. A stopper that forgot
+    # its counts would take 0.605 as its first best and count only 0.6 without gain.
+    import os
+
+    config = validate_config({
+        "name": "stop", "model": {"name": "m"}, "data": {"task": "sst2"},
+        "run": {"stop": {"plateau": {"patience": 2, "min_delta": 0.01}}}})
+    experiment = tmp_path / "stop"
+    stopper = SearchStopper(config, ITERATIONS, str(experiment))
+    space = {"peak": tune.grid_search([0.5, 0.6, 0.605, 0.6]), "stop_at": 0.605,
+             "marker": str(tmp_path / "interrupted"), "driver": os.getpid()}
+    tuner = tune.Tuner(
+        interrupts_once, param_space=space,
+        tune_config=tune.TuneConfig(metric="eval_accuracy", mode="max",
+                                    max_concurrent_trials=1, reuse_actors=True),
+        run_config=tune.RunConfig(name="stop", storage_path=str(tmp_path), stop=stopper,
+                                  callbacks=[stopper], verbose=0))
+    first = tuner.fit()
+    done = [r.config["peak"] for r in first if (r.metrics or {}).get("eval_accuracy")]
+    assert sorted(done) == [0.5, 0.6] and read_stop_reason(str(experiment)) is None
+    saved = stopper.get_state()
+    assert (saved["finished"], saved["best"], saved["without_gain"]) == (2, 0.6, 0)
+    # the resumed run's stopper is the one in tuner.pkl, as `raytune-ft resume` gets it
+    tune.Tuner.restore(str(experiment), interrupts_once, resume_unfinished=True).fit()
+    reason = read_stop_reason(str(experiment))
+    assert reason is not None and reason["rule"] == "plateau"
+    assert reason["finished_trials"] == 4 and "the best eval_accuracy (0.6)" in reason["detail"]
+    assert reason["device_hours"] > saved["device_hours"] > 0  # counted on, not anew
