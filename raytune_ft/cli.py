@@ -203,7 +203,7 @@ def _interrupted(experiment_dir: str) -> int:
 def _print_header(prepared) -> None:
     config, bundle, plan = prepared.config, prepared.bundle, prepared.plan
     print(f"experiment   {config.name} -> {prepared.experiment_dir}")
-    if prepared.models is not None:  # model.name or model.max_length searched
+    if "model.name" in config.search:  # each trial's model is its config's
         print(f"model        searched: {', '.join(prepared.models.paths)}")
     else:
         print(f"model        {config.model.name} ({prepared.model_path})")
