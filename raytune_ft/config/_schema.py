@@ -317,6 +317,21 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="before")
     @classmethod
+    def _model_name_from_search(cls, values: Any) -> Any:
+        """With `model.name` searched, `model:` may leave the name out: the first listed
+        name stands in for it (the run header and the record show it)."""
+        if not isinstance(values, dict) or not isinstance(values.get("search"), dict):
+            return values
+        model, search = values.get("model", {}), values["search"]
+        nested = search.get("model") if isinstance(search.get("model"), dict) else {}
+        spec = search.get("model.name", nested.get("name"))
+        if not isinstance(model, dict) or "name" in model or spec is None:
+            return values
+        domain = parse_domain("search.model.name", spec)
+        return {**values, "model": {**model, "name": domain.values[0]}}
+
+    @model_validator(mode="before")
+    @classmethod
     def _task_default_metric(cls, values: Any) -> Any:
         """A dataset's own default metric, where its task names one: GLUE scores CoLA by
         Matthews correlation, so without `metric:` CoLA tunes eval_mcc."""

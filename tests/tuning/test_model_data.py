@@ -110,3 +110,14 @@ def test_one_tokenization_per_tokenizer_and_length(family, glue_dir):
     # the swapped vocabulary gives other ids for the same sentences
     assert (pick["two"].train.ids != pick["swapped"].train.ids).any()
     assert data.describe()[1].startswith("3 searched, max_length [8, 32]: 4 tokenizations")
+
+
+def test_model_name_may_be_left_out_when_it_is_searched(family, glue_dir):
+    settings = raw(family, glue_dir)
+    settings["model"] = {"max_length": 64}
+    assert validate_config(settings).model.name == str(family["two"])  # the first listed
+    settings["search"] = {"model": {"name": {"grid": [str(family["one"])]}}}
+    assert validate_config(settings).model.name == str(family["one"])
+    del settings["search"]
+    with pytest.raises(ConfigError, match="model.name: required field is missing"):
+        validate_config(settings)
