@@ -43,6 +43,7 @@ from raytune_ft.config._validate import (
     apply_override,
     load_config,
     model_options,
+    narrow_model_search,
     searches_model,
     trial_hyperparameters,
     trial_model,
@@ -59,6 +60,6 @@ __all__ = [
     "MlflowConfig", "ResourcesConfig", "RunConfig", "SchedulerConfig", "SearchAlgConfig",
     "TrackingConfig", "TrainConfig", "WandbConfig",
     "apply_override", "check_batch_phases", "evaluation_count", "load_config", "parse_domain",
-    "model_options", "per_experiment_settings", "searches_model", "trial_hyperparameters",
-    "trial_model", "validate_config",
+    "model_options", "narrow_model_search", "per_experiment_settings", "searches_model",
+    "trial_hyperparameters", "trial_model", "validate_config",
 ]

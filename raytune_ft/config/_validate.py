@@ -179,3 +179,16 @@ def model_options(config: ExperimentConfig) -> tuple[list[str], list[int]]:
         return list(dict.fromkeys(space[key].values)) if key in space else [fixed]
 
     return values("model.name"), values("model.max_length")
+
+
+def narrow_model_search(config: ExperimentConfig, configs: list[dict[str, Any]]
+                        ) -> ExperimentConfig:
+    """`config` whose searched model keys list only the values `configs` (trial configs to
+    run again: confirm, replay) use, so `runner.prepare` tokenizes only what they need."""
+    search = dict(config.search)
+    for key in MODEL_SEARCH_KEYS:
+        if key in search:
+            used = list(dict.fromkeys(c[key] for c in configs if key in c))
+            search[key] = {"choice": used} if len(used) > 1 else used[0] if used else \
+                search[key]
+    return config.model_copy(update={"search": search})

@@ -121,3 +121,16 @@ def test_model_name_may_be_left_out_when_it_is_searched(family, glue_dir):
     del settings["search"]
     with pytest.raises(ConfigError, match="model.name: required field is missing"):
         validate_config(settings)
+
+
+def test_confirm_and_replay_tokenize_only_the_models_they_run(family, glue_dir):
+    from raytune_ft.config import model_options, narrow_model_search
+
+    config = validate_config(raw(family, glue_dir))
+    one, two = str(family["one"]), str(family["two"])
+    runs = [{"model.name": one, "model.max_length": 8}, {"model.name": two,
+                                                         "model.max_length": 8}]
+    narrowed = narrow_model_search(config, runs)
+    assert model_options(narrowed) == ([one, two], [8])
+    assert narrowed.search["model.max_length"] == 8  # one value: a constant
+    assert narrowed.search["model.name"] == {"choice": [one, two]}
