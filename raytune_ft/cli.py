@@ -203,7 +203,10 @@ def _interrupted(experiment_dir: str) -> int:
 def _print_header(prepared) -> None:
     config, bundle, plan = prepared.config, prepared.bundle, prepared.plan
     print(f"experiment   {config.name} -> {prepared.experiment_dir}")
-    print(f"model        {config.model.name} ({prepared.model_path})")
+    if "model.name" in config.search:  # each trial's model is its config's
+        print(f"model        searched: {', '.join(prepared.models.paths)}")
+    else:
+        print(f"model        {config.model.name} ({prepared.model_path})")
     print(f"data         {bundle.task}: {len(bundle.train)} train, {len(bundle.eval)} eval, "
           f"{len(bundle.label_names)} labels")
     for name, text in prepared.about_data:

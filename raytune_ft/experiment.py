@@ -61,7 +61,8 @@ def confirm_folder(experiment_dir: Path, name: str) -> Path:
 
 # Keys the runner adds to the validated config; the rest of the record is the config itself.
 DERIVED_KEYS = ("budget_samples", "model_path", "label_names", "train_samples", "eval_samples",
-                "plan", "warm_start")  # warm_start: [{experiment, trials}] (--warm-start)
+                "plan", "warm_start",  # warm_start: [{experiment, trials}] (--warm-start)
+                "model_paths")  # model_paths: model.name -> path, when searched
 
 
 def write_record(experiment_dir: str, config: ExperimentConfig, derived: dict) -> None:

@@ -17,7 +17,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raytune_ft.config import ExperimentConfig, TrainConfig, trial_hyperparameters
+from raytune_ft.config import (
+    MODEL_SEARCH_KEYS,
+    ExperimentConfig,
+    TrainConfig,
+    trial_hyperparameters,
+    trial_model,
+)
 from raytune_ft.errors import ConfigError, ExperimentError
 from raytune_ft.experiment import (
     EXPORT_RECORD,
@@ -120,6 +126,9 @@ def export_model(experiment_dir: str | Path, out: str | Path, trial: str | None 
     out = Path(out).expanduser().resolve()
     _check_out(out, overwrite)
     choice = choose_checkpoint(directory, config, trial, confirmed)
+    # the trial's own model and max_length where the search varied them
+    config = config.model_copy(update={"model": trial_model(
+        config, choice.report.get("config") or {})})
     hp = trial_hyperparameters(config, _hyperparameters(choice))
     if adapter and not hp.lora_r:
         raise ConfigError(f"--adapter: trial {choice.trial_id} trained every weight (train."
@@ -150,7 +159,9 @@ def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record
     label_names = record.get("label_names")
     if not label_names:
         raise ExperimentError("raytune_ft.json holds no label_names; cannot name the labels")
-    model_path = record.get("model_path") or resolve_model_path(config.model.name)
+    searched = record.get("model_paths") or {}  # model.name -> path, when it was searched
+    model_path = searched.get(config.model.name) or (
+        None if searched else record.get("model_path")) or resolve_model_path(config.model.name)
     task = task_for(config.data)
     model = task.load_model(model_path, label_names, seed=0)  # the head is overwritten next
     model = apply_lora(model, hp)  # unchanged without train.lora_r
@@ -195,6 +206,8 @@ def _hyperparameters(choice: Choice) -> dict:
 def _write_card(staging: Path, choice: Choice, config: ExperimentConfig, record: dict,
                 directory: Path, lora: dict | None = None) -> None:
     hp = _hyperparameters(choice)
+    hp.update({key: getattr(config.model, key.removeprefix("model."))
+               for key in MODEL_SEARCH_KEYS if key in config.search})
     n_train, n_eval = record.get("train_samples"), record.get("eval_samples")
     report = choice.report
     metrics = {k: report[k] for k in (config.metric, *card_metrics(task_for(config.data)))

@@ -151,3 +151,21 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def read_results(trial_dir: Path) -> list[dict]:
     """Every row a trial reported (its result.json, one JSON object per line)."""
     return [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines()]
+
+
+def build_model_family(root: Path) -> dict[str, Path]:
+    """Three tiny BERTs for a search over `model.name`: `two` (2 layers) and `one` (1 layer)
+    share the MiniLM tokenizer; `swapped` is `one` with the ids of "the" and "movie" swapped
+    in its vocabulary (same size, another tokenization)."""
+    import shutil
+
+    two = build_tiny_model(root / "two", layers=2)
+    one = build_tiny_model(root / "one", layers=1)
+    swapped = root / "swapped"
+    shutil.copytree(one, swapped)
+    tokenizer = json.loads((swapped / "tokenizer.json").read_text())
+    vocab = tokenizer["model"]["vocab"]
+    vocab["the"], vocab["movie"] = vocab["movie"], vocab["the"]
+    (swapped / "tokenizer.json").write_text(json.dumps(tokenizer))
+    (swapped / "vocab.txt").unlink(missing_ok=True)  # the fast tokenizer's file decides
+    return {"two": two, "one": one, "swapped": swapped}

@@ -20,6 +20,7 @@ from raytune_ft.config._schema import (
     GLUE_TASK_NAMES,
     INTEGER_DOMAINS,
     INTEGER_FIELDS,
+    MODEL_SEARCH_KEYS,
     PER_EXPERIMENT,
     REPORTED_METRICS,
     SCHEDULES,
@@ -41,18 +42,24 @@ from raytune_ft.config._tracking import MlflowConfig, TrackingConfig, WandbConfi
 from raytune_ft.config._validate import (
     apply_override,
     load_config,
+    model_options,
+    narrow_model_search,
+    searches_model,
     trial_hyperparameters,
+    trial_model,
     validate_config,
 )
 
 __all__ = [
     "DISTRIBUTIONS", "FIXED_IN_AN_EPOCH", "FIXED_IN_A_TRIAL", "GLUE_TASK_NAMES",
-    "INTEGER_DOMAINS", "INTEGER_FIELDS", "LOG_SCALED", "PER_EXPERIMENT", "REPORTED_METRICS",
+    "INTEGER_DOMAINS", "INTEGER_FIELDS", "LOG_SCALED", "MODEL_SEARCH_KEYS", "PER_EXPERIMENT",
+    "REPORTED_METRICS",
     "SCHEDULER_CLASSES", "SCHEDULER_CONFIGS", "SCHEDULER_TYPES", "SCHEDULES", "TASK_ALIASES",
     "AshaConfig", "BatchPhases", "DataConfig",
     "Domain", "ExperimentConfig", "FifoConfig", "HyperbandConfig", "ModelConfig", "PbtConfig",
     "MlflowConfig", "ResourcesConfig", "RunConfig", "SchedulerConfig", "SearchAlgConfig",
     "TrackingConfig", "TrainConfig", "WandbConfig",
     "apply_override", "check_batch_phases", "evaluation_count", "load_config", "parse_domain",
-    "per_experiment_settings", "trial_hyperparameters", "validate_config",
+    "model_options", "narrow_model_search", "per_experiment_settings", "searches_model",
+    "trial_hyperparameters", "trial_model", "validate_config",
 ]

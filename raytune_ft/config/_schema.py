@@ -26,7 +26,7 @@ from raytune_ft.config._search import (
     check_objectives,
     check_search,
 )
-from raytune_ft.config._space import Domain, did_you_mean, parse_domain
+from raytune_ft.config._space import DISTRIBUTIONS, Domain, did_you_mean, parse_domain
 from raytune_ft.config._tracking import TrackingConfig
 from raytune_ft.tasks import (
     TASKS,
@@ -191,6 +191,11 @@ class TrainConfig(_Strict):
 PER_EXPERIMENT = ("max_epochs", "eval_every_epochs")
 # Domains an integer setting may be searched with (choice and grid of integer values).
 INTEGER_DOMAINS = ("randint", "choice", "grid")
+# model settings a search may vary, trial by trial (`search: {model.name: {choice: [...]}}`):
+# the driver tokenizes the data once per distinct tokenizer and length, so only listed values
+# (choice, grid, a constant) are allowed, never a range.
+MODEL_SEARCH_KEYS = ("model.name", "model.max_length")
+MODEL_DOMAINS = ("constant", "choice", "grid")
 
 
 def _is_integer(annotation: Any) -> bool:
@@ -312,6 +317,21 @@ class ExperimentConfig(_Strict):
 
     @model_validator(mode="before")
     @classmethod
+    def _model_name_from_search(cls, values: Any) -> Any:
+        """With `model.name` searched, `model:` may leave the name out: the first listed
+        name stands in for it (the run header and the record show it)."""
+        if not isinstance(values, dict) or not isinstance(values.get("search"), dict):
+            return values
+        model, search = values.get("model", {}), values["search"]
+        nested = search.get("model") if isinstance(search.get("model"), dict) else {}
+        spec = search.get("model.name", nested.get("name"))
+        if not isinstance(model, dict) or "name" in model or spec is None:
+            return values
+        domain = parse_domain("search.model.name", spec)
+        return {**values, "model": {**model, "name": domain.values[0]}}
+
+    @model_validator(mode="before")
+    @classmethod
     def _task_default_metric(cls, values: Any) -> Any:
         """A dataset's own default metric, where its task names one: GLUE scores CoLA by
         Matthews correlation, so without `metric:` CoLA tunes eval_mcc."""
@@ -333,6 +353,19 @@ class ExperimentConfig(_Strict):
         if isinstance(kind, str) and kind in TASKS:  # a tagger scores eval_token_accuracy
             return {**values, "metric": get_task(kind).primary_metric}
         return values
+
+    @field_validator("search", mode="before")
+    @classmethod
+    def _dotted_model_keys(cls, value: Any) -> Any:
+        """`search: {model: {name: ...}}` (and `--set search.model.name=...`) is the dotted
+        `model.name` key; a later spelling wins."""
+        if not (isinstance(value, dict) and isinstance(value.get("model"), dict)):
+            return value
+        nested = value["model"]
+        if len(nested) == 1 and next(iter(nested)) in DISTRIBUTIONS:
+            return value  # `search.model: {choice: ...}`: refused as not a train setting
+        flat = {k: v for k, v in value.items() if k != "model"}
+        return {**flat, **{f"model.{key}": spec for key, spec in nested.items()}}
 
     @field_validator("metric")
     @classmethod
@@ -381,6 +414,9 @@ class ExperimentConfig(_Strict):
 
 def _check_domain_values(config: ExperimentConfig, key: str, domain: Domain) -> None:
     """Every value a search dimension can produce must be a valid train setting."""
+    if key.startswith("model."):
+        _check_model_domain(key, domain)
+        return
     if key not in TrainConfig.model_fields:
         hint = did_you_mean(key, TrainConfig.model_fields)
         raise ValueError(f"search.{key}: not a train setting{hint}")
@@ -400,6 +436,27 @@ def _check_domain_values(config: ExperimentConfig, key: str, domain: Domain) -> 
         except ValidationError as error:
             detail = error.errors()[0]["msg"]
             raise ValueError(f"search.{key}: value {value!r} is invalid: {detail}") from None
+
+
+def _check_model_domain(key: str, domain: Domain) -> None:
+    """`model.name` and `model.max_length` searched: listed values only, each one valid as
+    the fixed field (the position limit of each model is checked with the model, in
+    `runner.prepare`)."""
+    if key not in MODEL_SEARCH_KEYS:
+        raise ValueError(f"search.{key}: not searchable; allowed model keys: "
+                         f"{', '.join(MODEL_SEARCH_KEYS)}")
+    if domain.kind not in MODEL_DOMAINS:
+        raise ValueError(f"search.{key}: {domain.kind} {list(domain.args)} is a range, but "
+                         "each distinct value costs one tokenization of the data; allowed: "
+                         "choice or grid of listed values, or a constant")
+    for value in domain.values:
+        if key == "model.name" and not (isinstance(value, str) and value.strip()):
+            raise ValueError(f"search.model.name: value {value!r} is not a model name; "
+                             "allowed: hub ids, local directories or 'all-MiniLM-L6-v2'")
+        if key == "model.max_length" and (isinstance(value, bool) or not isinstance(
+                value, int) or value <= 0):
+            raise ValueError(f"search.model.max_length: value {value!r} is not a positive "
+                             "integer; allowed: whole numbers of tokens > 0")
 
 
 def _check_integer_domain(key: str, domain: Domain) -> None:

@@ -11,7 +11,13 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from raytune_ft.config._schedulers import SCHEDULER_CLASSES, SCHEDULER_TYPES
-from raytune_ft.config._schema import INTEGER_FIELDS, ExperimentConfig, TrainConfig
+from raytune_ft.config._schema import (
+    INTEGER_FIELDS,
+    MODEL_SEARCH_KEYS,
+    ExperimentConfig,
+    ModelConfig,
+    TrainConfig,
+)
 from raytune_ft.config._space import did_you_mean
 from raytune_ft.errors import ConfigError
 
@@ -155,3 +161,46 @@ def trial_hyperparameters(config: ExperimentConfig, sampled: dict[str, Any]) -> 
         return TrainConfig.model_validate(values)
     except ValidationError as error:
         raise ConfigError(f"trial config {sampled}: {_first_error(error)}") from None
+
+
+def trial_model(config: ExperimentConfig, sampled: dict[str, Any]) -> ModelConfig:
+    """The model settings of one trial: `model:` with a searched `model.name` and
+    `model.max_length` (dotted keys of the trial's config) on top. The one place a trial's
+    model is decided: the trainable, confirm, replay and export all ask here."""
+    update = {key.removeprefix("model."): sampled[key] for key in MODEL_SEARCH_KEYS
+              if key in sampled}
+    if not update:
+        return config.model
+    try:
+        return ModelConfig.model_validate({**config.model.model_dump(), **update})
+    except ValidationError as error:
+        raise ConfigError(f"trial config {sampled}: model.{_first_error(error)}") from None
+
+
+def searches_model(config: ExperimentConfig) -> bool:
+    """Whether trials may differ in model or tokenization (a model key under `search:`)."""
+    return any(key in config.search for key in MODEL_SEARCH_KEYS)
+
+
+def model_options(config: ExperimentConfig) -> tuple[list[str], list[int]]:
+    """Every model name and every max_length a trial can use, in the order written."""
+    space = config.space()
+
+    def values(key: str) -> list:
+        fixed = getattr(config.model, key.removeprefix("model."))
+        return list(dict.fromkeys(space[key].values)) if key in space else [fixed]
+
+    return values("model.name"), values("model.max_length")
+
+
+def narrow_model_search(config: ExperimentConfig, configs: list[dict[str, Any]]
+                        ) -> ExperimentConfig:
+    """`config` whose searched model keys list only the values `configs` (trial configs to
+    run again: confirm, replay) use, so `runner.prepare` tokenizes only what they need."""
+    search = dict(config.search)
+    for key in MODEL_SEARCH_KEYS:
+        if key in search:
+            used = list(dict.fromkeys(c[key] for c in configs if key in c))
+            search[key] = {"choice": used} if len(used) > 1 else used[0] if used else \
+                search[key]
+    return config.model_copy(update={"search": search})

@@ -25,7 +25,12 @@ from typing import Any
 
 import pandas as pd
 
-from raytune_ft.config import ExperimentConfig, FifoConfig, SearchAlgConfig
+from raytune_ft.config import (
+    ExperimentConfig,
+    FifoConfig,
+    SearchAlgConfig,
+    narrow_model_search,
+)
 from raytune_ft.errors import ConfigError, ExperimentError
 from raytune_ft.experiment import (
     ANALYSIS_DIR,
@@ -180,7 +185,10 @@ def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[
               "search_alg": SearchAlgConfig(type="random", seed=0)}
     if not pbt:  # under PBT the trainable must checkpoint every iteration, as in the search
         update["scheduler"] = FifoConfig(type="fifo")
-    confirm_config = config.model_copy(update=update)
+    points = [{**schedules[p["confirm_rank"]].initial, **p} for p in plan]
+    # the models and lengths of these configurations only: one tokenization each
+    changes = [c for schedule in schedules.values() for _, c in schedule.changes]
+    confirm_config = narrow_model_search(config.model_copy(update=update), points + changes)
     prepared = prepare(confirm_config, overwrite=True, address=address)
     # A previous confirm run goes, and its table, which would name deleted trials if this
     # run is interrupted.
@@ -190,7 +198,6 @@ def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[
          "schedules": {rank: dataclasses.asdict(s) for rank, s in schedules.items()}},
         indent=1, default=str)
     scheduler = MultiScheduleReplay(schedules, FIXED_KEYS) if pbt else FIFOScheduler()
-    points = [{**schedules[p["confirm_rank"]].initial, **p} for p in plan]
     outcome = run_presets(prepared, points, scheduler, address, files={PLAN_FILE: plan_file})
     return outcome.results, prepared, outcome.interrupted
 

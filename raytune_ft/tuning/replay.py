@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from raytune_ft.config import ExperimentConfig
+from raytune_ft.config import ExperimentConfig, narrow_model_search
 from raytune_ft.errors import ExperimentError
 from raytune_ft.experiment import (
     rank_trials,
@@ -57,6 +57,8 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
     name = f"{config.name}-replay-{trial_id}"
     config = config.model_copy(update={"name": name, "run": config.run.model_copy(
         update={"num_samples": 1})})
+    config = narrow_model_search(  # its model and length only: one tokenization
+        config, [schedule.initial, *(c for _, c in schedule.changes)])
     prepared = prepare(config, overwrite=True, address=address)
     # Ray's PopulationBasedTrainingReplay pauses while its own checkpoint save is in flight,
     # which ends the resumed trial early (Ray 2.60); MultiScheduleReplay pauses through Tune.

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import ExperimentConfig
+from raytune_ft.config import ExperimentConfig, searches_model
 from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
 from raytune_ft.experiment import read_record, write_record
 from raytune_ft.plan import TrialPlan, plan_experiment
@@ -53,6 +53,7 @@ class Prepared:
     warnings: list[str] = field(default_factory=list)  # for the run header
     about_data: list[tuple[str, str]] = field(default_factory=list)  # the task's header lines
     observations: Any = None  # earlier trials for the searcher (tuning.warm_start), or None
+    models: Any = None  # model.name/max_length searched: tuning.model_data.ModelData
 
 
 def storage_root(config: ExperimentConfig) -> str:
@@ -67,11 +68,18 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     Without `address` the run is local, so resources are checked against this machine here;
     a cluster's nodes are only known after joining it (`check_resources`).
     """
-    model_path = resolve_model_path(config.model.name)
-    limit = max_positions(model_path)
-    if limit is not None and config.model.max_length > limit:
-        raise ConfigError(f"model.max_length: {config.model.max_length} is above the model's "
-                          f"position limit {limit}")
+    paths = None
+    if searches_model(config):  # several models or lengths: each is checked, the first shown
+        from raytune_ft.tuning.model_data import resolve_models
+
+        paths = resolve_models(config)
+        model_path = next(iter(paths.values()))
+    else:
+        model_path = resolve_model_path(config.model.name)
+        limit = max_positions(model_path)
+        if limit is not None and config.model.max_length > limit:
+            raise ConfigError(f"model.max_length: {config.model.max_length} is above the "
+                              f"model's position limit {limit}")
     check_client_storage(config, address)
     root = storage_root(config)
     experiment_dir = f"{root.rstrip('/')}/{config.name}"
@@ -80,7 +88,14 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     if cluster_address(address) is None:
         check_local_resources(config)
     task = task_for(config.data)
-    bundle = task.load_data(config.data, model_path, config.model.max_length)
+    models = None
+    if paths is not None:  # once per distinct tokenizer and length
+        from raytune_ft.tuning.model_data import tokenize_models
+
+        models = tokenize_models(config, task, paths)
+        bundle = next(iter(models.bundles.values()))
+    else:
+        bundle = task.load_data(config.data, model_path, config.model.max_length)
     task.check_metric(config.metric, bundle, config.data)
     for i, objective in enumerate(config.objectives or []):  # the first is config.metric
         try:
@@ -89,11 +104,14 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
             raise ConfigError(f"objectives.{i}.metric: {str(error).removeprefix('metric: ')}"
                               ) from None
     lora = check_lora(task, model_path, bundle.label_names, config.train, config.space())
+    for other in list(paths or [])[1:]:  # every searched model takes the adapters
+        check_lora(task, paths[other], bundle.label_names, config.train, config.space())
     plan = plan_experiment(config, n_train=len(bundle.train))
     return Prepared(config, model_path, bundle, experiment_dir, plan,
                     _warnings(plan, bundle) + task.warnings(bundle, config.data)
                     + _batchnorm_warnings(config, plan, model_path),
-                    task.describe(bundle) + lora)
+                    task.describe(bundle) + lora + ([models.describe()] if models else []),
+                    models=models)
 
 
 def _warnings(plan: TrialPlan, bundle: DataBundle) -> list[str]:
@@ -213,7 +231,9 @@ def trainable_for(prepared: Prepared, presets: bool = False):
     config = prepared.config
     resources = config.resources
     data = {"bundle": prepared.bundle}
-    if resources.workers_per_trial > 1:  # one copy in the object store for every worker
+    if prepared.models is not None:  # each tokenization once in the object store
+        data = {"bundle": None, "models": prepared.models.to_object_store()}
+    elif resources.workers_per_trial > 1:  # one copy in the object store for every worker
         import ray
 
         data = {"bundle": None, "shared_bundle": (ray.put(prepared.bundle),)}
@@ -364,6 +384,7 @@ def write_experiment_record(prepared: Prepared) -> None:
         "plan": prepared.plan.record(),
         **({"warm_start": prepared.observations.record()}
            if prepared.observations is not None else {}),
+        **({"model_paths": prepared.models.paths} if prepared.models is not None else {}),
     })
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from ray import tune
 
-from raytune_ft.config import ExperimentConfig, trial_hyperparameters
+from raytune_ft.config import ExperimentConfig, trial_hyperparameters, trial_model
 from raytune_ft.plan import TrialPlan
 from raytune_ft.tasks import DataBundle, get_task
 from raytune_ft.training.deployment import deployment_figures
@@ -70,7 +70,8 @@ def build_loop(config: dict, bundle: DataBundle, experiment: ExperimentConfig,
     resources = experiment.resources
     device = choose_device(resources.worker_gpus)
     limit_cpu_threads(resources.worker_cpus)
-    model = get_task(bundle.kind).load_model(node_model_path(model_path, experiment.model.name),
+    name = trial_model(experiment, config).name  # model.name, or the trial's searched one
+    model = get_task(bundle.kind).load_model(node_model_path(model_path, name),
                                              bundle.label_names, hp.seed)
     model = apply_lora(model, hp)  # unchanged without train.lora_r
     scheduler = scheduler_spec(experiment.scheduler)
@@ -83,11 +84,20 @@ def build_loop(config: dict, bundle: DataBundle, experiment: ExperimentConfig,
 
 def train_trial(config: dict, *, bundle: DataBundle | None, experiment: ExperimentConfig,
                 model_path: str, plan: TrialPlan | None = None, presets: bool = False,
-                shared_bundle: tuple | None = None) -> None:
+                shared_bundle: tuple | None = None, models=None) -> None:
     """`shared_bundle`: (object ref of the bundle,) instead of `bundle` for data-parallel
-    trials, whose other workers read the same copy from the object store."""
+    trials, whose other workers read the same copy from the object store. `models` (a
+    `tuning.model_data.ModelData` of object references): the experiment searches model.name
+    or model.max_length, and the trial takes its model's path and tokenization from it."""
     started = time.perf_counter()
     trial_id = tune.get_context().get_trial_id()
+    if models is not None:
+        model_path, reference = models.for_trial(experiment, config)
+        shared_bundle = (reference,)
+        if experiment.resources.workers_per_trial == 1:
+            import ray
+
+            bundle = ray.get(reference)
     with WorkerGroup(config, bundle, shared_bundle, experiment, model_path, plan, presets,
                      trial_id) as group:
         bundle = group.bundle
@@ -109,6 +119,8 @@ def train_trial(config: dict, *, bundle: DataBundle | None, experiment: Experime
                 metrics = loop.run_interval()
             metrics = console_order(metrics, experiment.metric)
             metrics["startup_s"] = startup_s
+            if models is not None:  # the longest training example of its tokenization
+                metrics["max_tokens"] = int(bundle.train.lengths.max())
             due = loop.finished or loop.evaluations_done % every == 0
             if due and not loop.state.diverged:  # non-finite weights are never checkpointed
                 with tempfile.TemporaryDirectory() as directory:

@@ -112,8 +112,7 @@ def _add_experiment(found: Observations, config: ExperimentConfig, directory: st
                               "reported there")
     last = its.sort_values(["trial_id", "iteration"]).groupby("trial_id").last()
     before_count = len(found.points)
-    for row in trials.itertuples(index=False):
-        row = row._asdict()
+    for row in trials.to_dict("records"):  # not itertuples: it renames `hp_model.name`
         if row["status"] not in USABLE or row["trial_id"] not in last.index:
             continue
         values = {m: last.loc[row["trial_id"], m] for m, _ in objectives}

@@ -1,0 +1,162 @@
+"""Data for a search over `model.name` and `model.max_length`: one tokenization per distinct
+(tokenizer, max_length), made once in the driver and shared by every trial that needs it.
+
+Two model names whose tokenizer files are the same (a fingerprint of the files, not the name)
+share one tokenization. Every tokenization reads the same examples (the same subset), so the
+trial plan is the same for all; their label names must match, else the search is refused.
+Without a model key under `search:` none of this runs: `runner.prepare` tokenizes once, as it
+always did.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raytune_ft.config import ExperimentConfig, model_options, trial_model
+from raytune_ft.errors import ConfigError, ModelError
+from raytune_ft.tasks import DataBundle, Task
+
+log = logging.getLogger(__name__)
+
+# Files that decide how text becomes token ids (tokenizers' and image processors').
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "spiece.model",
+                   "sentencepiece.bpe.model", "tokenizer.model", "added_tokens.json",
+                   "special_tokens_map.json", "tokenizer_config.json",
+                   "preprocessor_config.json")
+# tokenizer_config.json keys that name or bound the files rather than change the ids
+# (max_length is the experiment's, passed at tokenization).
+IGNORED_CONFIG_KEYS = ("name_or_path", "model_max_length", "tokenizer_file")
+
+
+def tokenizer_fingerprint(model_path: str) -> str:
+    """A short hash of the model's tokenizer files; a hub id not on disk is its own name."""
+    folder = Path(model_path)
+    if not folder.is_dir():
+        return f"hub:{model_path}"
+    digest = hashlib.sha256()
+    found = False
+    for name in TOKENIZER_FILES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        found = True
+        data = path.read_bytes()
+        if name == "tokenizer_config.json":
+            try:
+                values = {k: v for k, v in json.loads(data).items()
+                          if k not in IGNORED_CONFIG_KEYS}
+                data = json.dumps(values, sort_keys=True).encode()
+            except (ValueError, AttributeError):
+                pass  # hashed as written
+        digest.update(name.encode() + b"\0" + data + b"\0")
+    return digest.hexdigest()[:12] if found else f"path:{folder.resolve()}"
+
+
+@dataclass
+class ModelData:
+    """The models a search may train and their tokenized data.
+
+    `bundles` is keyed by (tokenizer fingerprint, max_length); `refs` holds the same keys
+    with Ray object references once the bundles are in the object store (`to_object_store`),
+    and then `bundles` is emptied so the trials do not carry them.
+    """
+
+    paths: dict[str, str]  # model.name -> resolved path (on the driver)
+    tokenizers: dict[str, str]  # model.name -> tokenizer fingerprint
+    bundles: dict[tuple[str, int], DataBundle] = field(default_factory=dict)
+    refs: dict[tuple[str, int], Any] = field(default_factory=dict)
+
+    def key(self, name: str, max_length: int) -> tuple[str, int]:
+        return self.tokenizers[name], max_length
+
+    @property
+    def tokenizations(self) -> int:
+        return len(self.bundles) or len(self.refs)
+
+    def for_trial(self, experiment: ExperimentConfig, sampled: dict) -> tuple[str, Any]:
+        """(model path, bundle or object reference) of the trial with config `sampled`."""
+        model = trial_model(experiment, sampled)
+        key = self.key(model.name, model.max_length)
+        return self.paths[model.name], (self.refs or self.bundles)[key]
+
+    def to_object_store(self) -> ModelData:
+        """A copy holding one object reference per tokenization instead of the bundles."""
+        import ray
+
+        return ModelData(dict(self.paths), dict(self.tokenizers),
+                         refs={key: ray.put(bundle) for key, bundle in self.bundles.items()})
+
+    def describe(self) -> tuple[str, str]:
+        """The run header's line: models, lengths and how many tokenizations were made."""
+        groups: dict[str, list[str]] = {}
+        for name, fingerprint in self.tokenizers.items():
+            groups.setdefault(fingerprint, []).append(name)
+        lengths = sorted({length for _, length in self.bundles})
+        shared = "; ".join(f"tokenizer {i + 1}: {', '.join(names)}"
+                           for i, names in enumerate(groups.values()))
+        return ("models", f"{len(self.paths)} searched, max_length {lengths}: "
+                          f"{self.tokenizations} tokenizations ({shared})")
+
+
+def resolve_models(config: ExperimentConfig) -> dict[str, str]:
+    """Every searched model name's path, each checked against every searched max_length."""
+    from raytune_ft.training.model import max_positions, resolve_model_path
+
+    names, lengths = model_options(config)
+    where = "search.model.max_length" if "model.max_length" in config.search else \
+        "model.max_length"
+    paths = {}
+    for name in names:
+        try:
+            path = resolve_model_path(name)
+        except ModelError as error:  # name the searched key, not the fixed field
+            if "model.name" not in config.search:
+                raise
+            raise ModelError(f"search.{error}") from None
+        limit = max_positions(path)
+        too_long = [length for length in lengths if limit is not None and length > limit]
+        if too_long:
+            raise ConfigError(f"{where}: {too_long[0]} is above the position limit {limit} "
+                              f"of model {name}; allowed: <= {limit}")
+        paths[name] = path
+    return paths
+
+
+def tokenize_models(config: ExperimentConfig, task: Task, paths: dict[str, str]) -> ModelData:
+    """One `task.load_data` per distinct (tokenizer, max_length); label names must agree."""
+    _, lengths = model_options(config)
+    data = ModelData(paths, {name: tokenizer_fingerprint(path) for name, path in paths.items()})
+    first_path = {}
+    for name, fingerprint in data.tokenizers.items():
+        first_path.setdefault(fingerprint, (name, paths[name]))
+    for fingerprint, (name, path) in first_path.items():
+        for length in lengths:
+            log.info("tokenizing for %s at max_length %d", name, length)
+            data.bundles[(fingerprint, length)] = task.load_data(config.data, path, length)
+    _check_same_examples(data, first_path)
+    return data
+
+
+def _check_same_examples(data: ModelData, first_path: dict[str, tuple[str, str]]) -> None:
+    """Every tokenization holds the same examples under the same labels: the plan (n_train)
+    and the task head are shared by every trial."""
+    (key, reference), *others = data.bundles.items()
+    name_of = {fingerprint: name for fingerprint, (name, _) in first_path.items()}
+    for other_key, bundle in others:
+        if bundle.label_names != reference.label_names:
+            raise ConfigError(f"search.model.name: model {name_of[other_key[0]]} reads the "
+                              f"labels {bundle.label_names}, but model {name_of[key[0]]} "
+                              f"reads {reference.label_names}; every searched model must "
+                              "read the same labels")
+        sizes = (len(bundle.train), len(bundle.eval))
+        if sizes != (len(reference.train), len(reference.eval)):
+            raise ConfigError(f"search.model.name: model {name_of[other_key[0]]} kept "
+                              f"{sizes[0]} train / {sizes[1]} eval examples, model "
+                              f"{name_of[key[0]]} {len(reference.train)} / "
+                              f"{len(reference.eval)}; every tokenization must keep the same "
+                              "examples")

@@ -1,0 +1,136 @@
+"""model.name and model.max_length in the search space, without Ray: validation, the trial's
+model (`config.trial_model`), tokenizer fingerprints and one tokenization per distinct
+(tokenizer, max_length)."""
+
+from __future__ import annotations
+
+import pytest
+from support import build_model_family
+
+from raytune_ft.config import trial_model, validate_config
+from raytune_ft.errors import ConfigError
+from raytune_ft.tasks import task_for
+from raytune_ft.tuning.model_data import resolve_models, tokenize_models, tokenizer_fingerprint
+
+
+@pytest.fixture(scope="module")
+def family(tmp_path_factory):
+    return build_model_family(tmp_path_factory.mktemp("family"))
+
+
+def raw(family, glue_dir, **search):
+    return {"name": "m", "model": {"name": str(family["two"]), "max_length": 64},
+            "data": {"task": "sst2", "path": str(glue_dir), "max_train_samples": 64,
+                     "max_eval_samples": 32},
+            "search": {"model.name": {"choice": [str(p) for p in family.values()]},
+                       "model.max_length": {"choice": [8, 32]}, **search}}
+
+
+def test_trial_model_takes_the_searched_values_over_the_fixed_ones(family, glue_dir):
+    config = validate_config(raw(family, glue_dir))
+    assert trial_model(config, {}) == config.model
+    chosen = trial_model(config, {"model.name": str(family["one"]), "model.max_length": 8,
+                                  "learning_rate": 1e-3})
+    assert (chosen.name, chosen.max_length) == (str(family["one"]), 8)
+
+
+def test_nested_spelling_is_the_dotted_key(family, glue_dir):
+    settings = raw(family, glue_dir)
+    settings["search"] = {"model": {"max_length": {"grid": [8, 16]}}}
+    config = validate_config(settings)
+    assert list(config.search) == ["model.max_length"]
+
+
+@pytest.mark.parametrize(("search", "message"), [
+    ({"model.max_length": {"randint": [8, 64]}},
+     "search.model.max_length: randint [8, 64] is a range, but each distinct value costs one "
+     "tokenization of the data; allowed: choice or grid of listed values, or a constant"),
+    ({"model.max_length": {"choice": [8, 0]}},
+     "search.model.max_length: value 0 is not a positive integer"),
+    ({"model.max_length": {"choice": [8, 16.0]}},
+     "search.model.max_length: value 16.0 is not a positive integer"),
+    ({"model.name": {"choice": ["", "x"]}}, "search.model.name: value '' is not a model name"),
+    ({"model.dropout": 0.1}, "search.model.dropout: not searchable; allowed model keys: "
+                             "model.name, model.max_length"),
+])
+def test_refused_model_domains(family, glue_dir, search, message):
+    with pytest.raises(ConfigError) as error:
+        validate_config(raw(family, glue_dir, **search))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_model_key_cannot_be_mutated_by_pbt(family, glue_dir):
+    settings = raw(family, glue_dir, learning_rate={"loguniform": [1e-4, 1e-3]})
+    settings["train"] = {"max_epochs": 2, "eval_every_epochs": 0.5}
+    settings["scheduler"] = {"type": "pbt", "mutations": ["learning_rate", "model.max_length"]}
+    with pytest.raises(ConfigError, match=r"scheduler.mutations: 'model.max_length' cannot "
+                                          r"change inside a running trial"):
+        validate_config(settings)
+    settings["scheduler"]["mutations"] = ["learning_rate"]  # searched, not mutated: fine
+    validate_config(settings)
+
+
+def test_position_limit_names_the_searched_key_and_the_model(family, glue_dir):
+    config = validate_config(raw(family, glue_dir, **{"model.max_length": {"choice": [8, 513]}}))
+    with pytest.raises(ConfigError, match=r"^search.model.max_length: 513 is above the position "
+                                          r"limit 512 of model .*two; allowed: <= 512$"):
+        resolve_models(config)
+
+
+def test_fingerprint_follows_the_tokenizer_files_not_the_name(family):
+    two, one, swapped = (tokenizer_fingerprint(str(family[k])) for k in ("two", "one", "swapped"))
+    assert two == one != swapped
+
+
+class CountingTask:
+    """The real task, counting its tokenizations."""
+
+    def __init__(self, task):
+        self.task, self.calls = task, []
+
+    def load_data(self, data, model_path, max_length):
+        self.calls.append((model_path, max_length))
+        return self.task.load_data(data, model_path, max_length)
+
+
+def test_one_tokenization_per_tokenizer_and_length(family, glue_dir):
+    config = validate_config(raw(family, glue_dir))
+    task = CountingTask(task_for(config.data))
+    data = tokenize_models(config, task, resolve_models(config))
+    assert len(task.calls) == data.tokenizations == 4  # {two = one, swapped} x {8, 32}
+    for name in map(str, family.values()):
+        for length in (8, 32):
+            _, bundle = data.for_trial(config, {"model.name": name, "model.max_length": length})
+            assert int(bundle.train.lengths.max()) == length  # SST-2 has longer sentences
+            assert len(bundle.train) == 64 and len(bundle.eval) == 32
+    pick = {name: data.for_trial(config, {"model.name": str(family[name]),
+                                          "model.max_length": 32})[1]
+            for name in family}
+    assert pick["two"] is pick["one"] and pick["swapped"] is not pick["one"]
+    # the swapped vocabulary gives other ids for the same sentences
+    assert (pick["two"].train.ids != pick["swapped"].train.ids).any()
+    assert data.describe()[1].startswith("3 searched, max_length [8, 32]: 4 tokenizations")
+
+
+def test_model_name_may_be_left_out_when_it_is_searched(family, glue_dir):
+    settings = raw(family, glue_dir)
+    settings["model"] = {"max_length": 64}
+    assert validate_config(settings).model.name == str(family["two"])  # the first listed
+    settings["search"] = {"model": {"name": {"grid": [str(family["one"])]}}}
+    assert validate_config(settings).model.name == str(family["one"])
+    del settings["search"]
+    with pytest.raises(ConfigError, match="model.name: required field is missing"):
+        validate_config(settings)
+
+
+def test_confirm_and_replay_tokenize_only_the_models_they_run(family, glue_dir):
+    from raytune_ft.config import model_options, narrow_model_search
+
+    config = validate_config(raw(family, glue_dir))
+    one, two = str(family["one"]), str(family["two"])
+    runs = [{"model.name": one, "model.max_length": 8}, {"model.name": two,
+                                                         "model.max_length": 8}]
+    narrowed = narrow_model_search(config, runs)
+    assert model_options(narrowed) == ([one, two], [8])
+    assert narrowed.search["model.max_length"] == 8  # one value: a constant
+    assert narrowed.search["model.name"] == {"choice": [one, two]}
