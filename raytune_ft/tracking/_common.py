@@ -60,3 +60,13 @@ def hparam_values(config: dict[str, Any]) -> dict[str, float | int | str | bool]
     """A trial's hyperparameters as scalars (a batch schedule's phases as text)."""
     return {key: value if isinstance(value, (int, float, str, bool)) else json.dumps(value)
             for key, value in config.items()}
+
+
+def exploited(known: dict, trained: dict) -> bool:
+    """Whether a trial's result trained with another config than its previous result: PBT
+    replaced the trial in between (an exploit), whether it decided on the trial's own result
+    (asynchronous) or on another trial's (`synch: true`). Keeps `trained` in `known`."""
+    trained = json.loads(json.dumps(trained))  # as `known` holds it after a resume
+    previous = known.get("config")
+    known["config"] = trained
+    return previous is not None and previous != trained

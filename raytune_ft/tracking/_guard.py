@@ -71,6 +71,10 @@ class Guarded:
         if broken(self.tracker):
             skip(self.tracker, what)
             return
+        self._attempt(what, doing, fn, *args, **kwargs)
+
+    def _attempt(self, what: str, doing: str, fn, *args, **kwargs) -> None:
+        """`fn` even after a failure (to close what is open); an error is recorded."""
         try:
             fn(*args, **kwargs)
         except Exception as error:  # noqa: BLE001 - any tracker error must spare the trial

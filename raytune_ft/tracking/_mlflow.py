@@ -4,7 +4,9 @@ Ray's `MLflowLoggerCallback` opens a top-level run per trial (no parent: ray#199
 against the iteration. Here the parent holds the validated experiment (params and
 `raytune_ft.json`), at the end the analysis tables, report.html and the best metric; each child
 holds its trial's hyperparameters, every reported metric with step = samples_seen, its end
-status (terminated, stopped, diverged, errored) and its PBT exploits as tags. The run ids are
+status (terminated, stopped, diverged, errored) and its PBT exploits as tags (at the first
+result trained with the new config, so exploits decided on another trial's result under
+`synch: true` count too). The run ids are
 kept in `raytune_ft_tracking.json`, so a resumed experiment continues the same runs, and a
 point already logged for a trial is not logged again.
 
@@ -23,7 +25,13 @@ from ray import tune
 
 from raytune_ft.experiment import CONFIG_FILE
 from raytune_ft.tracking import _guard
-from raytune_ft.tracking._common import end_status, flat_params, metrics_of, step_of
+from raytune_ft.tracking._common import (
+    end_status,
+    exploited,
+    flat_params,
+    metrics_of,
+    step_of,
+)
 from raytune_ft.tracking._runs import read_runs, write_runs
 from raytune_ft.tracking._worker import Worker
 
@@ -100,12 +108,9 @@ class MlflowTracker(tune.Callback):
                      trial.trial_id, str(trial), dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        # PBT decides on a result before the callbacks see it: `result["config"]` is what
-        # trained, `trial.config` what the trial continues with (another config: an exploit).
-        trained = dict(result.get("config") or trial.config)
+        trained = dict(result.get("config") or trial.config)  # what this result trained with
         self._submit("results", f"trial {trial}: iteration {result.get('training_iteration')}",
-                     self._log_result, trial.trial_id, str(trial), trained, dict(trial.config),
-                     dict(result))
+                     self._log_result, trial.trial_id, str(trial), trained, dict(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._submit("trial ends", f"trial {trial}: its end", self._end_trial, trial.trial_id,
@@ -165,25 +170,24 @@ class MlflowTracker(tune.Callback):
     def _start_trial(self, trial_id: str, name: str, config: dict) -> None:
         self._trial_run(trial_id, name, config)
 
-    def _log_result(self, trial_id: str, name: str, trained: dict, now: dict,
-                     result: dict) -> None:
+    def _log_result(self, trial_id: str, name: str, trained: dict, result: dict) -> None:
         from mlflow.entities import Metric
 
         known = self._trial_run(trial_id, name, trained)
         step = step_of(result)
+        clone = exploited(known, trained)
+        if clone:  # PBT replaced it since its last result: the config it goes on with
+            known["exploits"] += 1
+            self._client.set_tag(known["run_id"], f"pbt.exploit.{known['exploits']}",
+                                 json.dumps({"samples_seen": step, "config": trained})[:5000])
         # A point at or before the last one logged is a restore re-reporting it (a resume),
         # unless the trial was just exploited: a clone continues from its donor's position.
-        if step > known["last_step"] or known.get("exploited"):
+        if step > known["last_step"] or clone:
             now_ms = int(time.time() * 1000)
             metrics = [Metric(key, value, now_ms, step)
                        for key, value in metrics_of(result).items()]
             self._client.log_batch(known["run_id"], metrics=metrics)
-            known["last_step"], known["exploited"] = step, False
-        if now != trained:  # exploited at this result: it goes on with `now`
-            known["exploits"] += 1
-            self._client.set_tag(known["run_id"], f"pbt.exploit.{known['exploits']}",
-                                 json.dumps({"samples_seen": step, "config": now})[:5000])
-            known["exploited"] = True
+            known["last_step"] = step
         write_runs(self.experiment_dir, TRACKER, self._runs)
 
     def _end_trial(self, trial_id: str, status: str) -> None:

@@ -26,7 +26,14 @@ from ray import tune
 
 from raytune_ft.storage import is_uri
 from raytune_ft.tracking import _guard
-from raytune_ft.tracking._common import STEP, end_status, hparam_values, metrics_of, step_of
+from raytune_ft.tracking._common import (
+    STEP,
+    end_status,
+    exploited,
+    hparam_values,
+    metrics_of,
+    step_of,
+)
 from raytune_ft.tracking._guard import Guarded
 from raytune_ft.tracking._runs import read_runs, write_runs
 from raytune_ft.tracking._worker import Worker
@@ -76,20 +83,19 @@ class WandbTracker(Guarded, tune.Callback):
                      str(trial), dict(trial.config))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        # PBT decides on a result before the callbacks see it: `result["config"]` is what
-        # trained, `trial.config` what the trial continues with (another config: an exploit).
-        trained = dict(result.get("config") or trial.config)
+        trained = dict(result.get("config") or trial.config)  # what this result trained with
         self._submit("results", f"trial {trial}: iteration {result.get('training_iteration')}",
-                     self._log, trial.trial_id, str(trial), trained, dict(trial.config),
-                     dict(result))
+                     self._log, trial.trial_id, str(trial), trained, dict(result))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
+        # A run is finished even after a W&B failure (the guard would skip it): its files
+        # are then complete as far as they go.
         self._submit("trial ends", f"trial {trial}: its end", self._finish, trial.trial_id,
-                     end_status(trial.last_result, self.iterations))
+                     end_status(trial.last_result, self.iterations), always=True)
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._submit("trial ends", f"trial {trial}: its end", self._finish, trial.trial_id,
-                     end_status(trial.last_result, self.iterations, errored=True))
+                     end_status(trial.last_result, self.iterations, errored=True), always=True)
 
     def on_experiment_end(self, trials, **info):
         if self._worker is None:
@@ -99,12 +105,12 @@ class WandbTracker(Guarded, tune.Callback):
             return
         if self._runs:  # still open (an interrupted experiment): finished, so their files
             # are complete; `raytune-ft resume` continues them
-            self._guard("trial ends", "the open runs", self._finish_open)
+            self._attempt("trial ends", "the open runs", self._finish_open)
 
-    def _submit(self, what: str, doing: str, fn, *args) -> None:
+    def _submit(self, what: str, doing: str, fn, *args, always: bool = False) -> None:
         if self._worker is None:  # Tune calls setup first; a guard for callers that do not
             self.setup()
-        self._worker.submit(what, doing, fn, *args)
+        self._worker.submit(what, doing, fn, *args, always=always)
 
     # ------------------------------------------------------------------ the worker thread
 
@@ -118,34 +124,38 @@ class WandbTracker(Guarded, tune.Callback):
         directory = os.environ.get("WANDB_DIR") or (
             self.experiment_dir if self.experiment_dir and not is_uri(self.experiment_dir)
             else None)
+        # console off: every open run would otherwise copy the driver's whole console (Ray's
+        # table, every trial's lines) into its output.log; no stats: they would be the
+        # driver's machine, not the trial's node
         run = wandb.init(project=self.project, group=self.group, name=name, id=trial_id,
                          mode=self.mode, resume="allow", reinit="create_new", dir=directory,
-                         config=hparam_values(config), **extra)
+                         config=hparam_values(config),
+                         settings=wandb.Settings(console="off", x_disable_stats=True), **extra)
         run.define_metric(STEP)
         run.define_metric("*", step_metric=STEP)
         self._runs[trial_id] = run
         return run
 
-    def _log(self, trial_id: str, name: str, trained: dict, now: dict, result: dict) -> None:
+    def _log(self, trial_id: str, name: str, trained: dict, result: dict) -> None:
         run = self._open(trial_id, name, trained)
         if self._known is None:  # a resumed experiment: what its first run logged
             self._known = read_runs(self.experiment_dir).get(TRACKER, {}).get(
                 "trials", {}) if self.experiment_dir else {}
         known = self._known.setdefault(trial_id, {"last_step": -1, "exploits": 0})
         step = step_of(result)
+        clone = exploited(known, trained)
+        if clone:  # PBT replaced it since its last result: the config it goes on with
+            known["exploits"] += 1
+            run.config.update(hparam_values(trained), allow_val_change=True)
+            run.summary["pbt_exploits"] = known["exploits"]
         # A point at or before the last one logged is a restore re-reporting it (a resume),
         # unless the trial was just exploited: a clone continues from its donor's position.
-        if step > known["last_step"] or known.get("exploited"):
+        if step > known["last_step"] or clone:
             metrics = metrics_of(result)
             if "training_iteration" in metrics:  # W&B's own step stays its running count
                 metrics["iteration"] = metrics.pop("training_iteration")
             run.log(metrics)
-            known["last_step"], known["exploited"] = step, False
-        if now != trained:  # exploited at this result: it goes on with `now`
-            known["exploits"] += 1
-            known["exploited"] = True
-            run.config.update(hparam_values(now), allow_val_change=True)
-            run.summary["pbt_exploits"] = known["exploits"]
+            known["last_step"] = step
         if self.experiment_dir:
             write_runs(self.experiment_dir, TRACKER, {"trials": self._known})
 

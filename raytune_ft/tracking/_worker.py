@@ -23,8 +23,10 @@ class Worker(Guarded):
                                          daemon=True)
         self._thread.start()
 
-    def submit(self, what: str, doing: str, fn, *args) -> None:
-        self._queue.put((what, doing, fn, args))
+    def submit(self, what: str, doing: str, fn, *args, always: bool = False) -> None:
+        """`always`: run it even after the tracker failed (closing what is open), still
+        under the guard's try."""
+        self._queue.put((what, doing, fn, args, always))
 
     def close(self, timeout_s: float) -> bool:
         """Finish what is queued (at most `timeout_s`); False if it did not finish."""
@@ -37,5 +39,5 @@ class Worker(Guarded):
             item = self._queue.get()
             if item is _STOP:
                 return
-            what, doing, fn, args = item
-            self._guard(what, doing, fn, *args)
+            what, doing, fn, args, always = item
+            (self._attempt if always else self._guard)(what, doing, fn, *args)

@@ -54,8 +54,8 @@ def test_exploits_restores_and_a_resume_log_each_point_once(tmp_path):
     tracker.on_trial_start(0, [], trial)
     tracker.on_trial_result(0, [], trial, _result(1, 100, 0.5))
     tracker.on_trial_result(0, [], trial, _result(2, 200, 0.6))
-    # PBT decides on a result before the callbacks see it: the trial holds its new config
-    # while its last result under the old one is logged
+    # PBT decides on a result before the callbacks see it (or, with `synch: true`, on another
+    # trial's later result): the tracker goes by the config each result trained with
     trial.config = NEW
     tracker.on_trial_result(0, [], trial, _result(3, 300, 0.65))
     # the clone restarts from its donor's checkpoint (200 samples) with the new settings
@@ -79,7 +79,9 @@ def test_exploits_restores_and_a_resume_log_each_point_once(tmp_path):
     assert sorted((m.step, m.value) for m in history) == [
         (100, 0.5), (200, 0.6), (200, 0.7), (300, 0.65), (300, 0.8)]
     exploit = json.loads(child.data.tags["pbt.exploit.1"])
-    assert exploit == {"samples_seen": 300, "config": NEW}  # where it stood; what it goes on with
+    # the first result trained with the new settings, and those settings; once, over a resume
+    assert exploit == {"samples_seen": 200, "config": NEW}
+    assert not any(key.startswith("pbt.exploit.2") for key in child.data.tags)
     assert child.data.tags["status"] == "stopped"  # 3 of 4 iterations: a scheduler's stop
     assert child.data.params == {"learning_rate": "0.0001", "batch_size": "16"}
 
