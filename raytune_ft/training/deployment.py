@@ -42,8 +42,10 @@ def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
 
 
 def folder_mb(directory: str | os.PathLike) -> float:
-    """Bytes of every file under `directory`, in 10^6 bytes."""
-    return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file()) / 1e6
+    """Bytes of every file under `directory`, in 10^6 bytes, to the kB: checkpoints of the
+    same shape differ by a few bytes of trainer state, which no Pareto front should weigh."""
+    return round(sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
+                 / 1e6, 3)
 
 
 def device_name(device: torch.device) -> str:
@@ -102,7 +104,7 @@ def model_mb(checkpoint_dir: str | os.PathLike) -> float:
     the optimizer's moments and trainer state. It is what `export` ships: the whole model
     after full fine-tuning; with LoRA what trains (adapters and head), as `--adapter` writes
     it (a merged export is the base model's size)."""
-    return (Path(checkpoint_dir) / "model.safetensors").stat().st_size / 1e6
+    return round((Path(checkpoint_dir) / "model.safetensors").stat().st_size / 1e6, 3)  # kB
 
 
 def deployment_figures(loop, checkpoint_dir: str | os.PathLike | None) -> dict:
