@@ -99,7 +99,9 @@ class ModelData:
         lengths = sorted({length for _, length in self.bundles})
         shared = "; ".join(f"tokenizer {i + 1}: {', '.join(names)}"
                            for i, names in enumerate(groups.values()))
-        return ("models", f"{len(self.paths)} searched, max_length {lengths}: "
+        models = (f"{len(self.paths)} searched" if len(self.paths) > 1
+                  else next(iter(self.paths)))
+        return ("models", f"{models}, max_length {lengths}: "
                           f"{self.tokenizations} tokenizations ({shared})")
 
 
