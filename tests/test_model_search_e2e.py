@@ -130,6 +130,12 @@ def test_confirm_retrains_the_best_trials_model_then_exports_it(searched, tmp_pa
      "search.model.max_length: 600 is above the position limit 512 of model"),
     ({"scheduler": {"type": "pbt", "mutations": ["model.name"]}, "train.max_epochs": 2},
      "scheduler.mutations: 'model.name' cannot change inside a running trial"),
+    # model `one` has 1 layer: refused here, not in the trials that draw it
+    ({"train.freeze_layers": 2}, "train.freeze_layers: 2 is above the 1 encoder layers of "
+                                 "model "),
+    # a fixed name the search never draws would be shown as the model, yet never trained
+    ({"model.name": "all-MiniLM-L6-v2"},
+     "model.name: 'all-MiniLM-L6-v2' is not among search.model.name ["),
 ])
 def test_refusals_exit_2_with_one_line(tmp_path, family, glue_dir, change, message):
     path = write(tmp_path, family, glue_dir)

@@ -164,6 +164,7 @@ def test_an_incompatible_warm_start_exits_2_naming_the_parameter(two_goals, tiny
         "was not searched there; the spaces must search the same keys"]
     narrower = {**SEARCH, "freeze_layers": {"choice": [0, 1]}}
     path = write(root, "narrow", model=tiny_bert, glue=glue_dir, search=narrower,
+                 metric="eval_loss", mode="min",  # its metric: another would be refused
                  search_alg={"type": "tpe", "seed": 0})
     done = run_cli("validate", str(path), "--warm-start", str(experiment))
     trials = pd.read_parquet(experiment / "analysis" / "trials.parquet")

@@ -319,12 +319,14 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _model_name_from_search(cls, values: Any) -> Any:
         """With `model.name` searched, `model:` may leave the name out: the first listed
-        name stands in for it (the run header and the record show it)."""
+        name stands in for it (the run header and the record show it). A fixed name must be
+        one of the searched names (checked after the names): any other would never be
+        trained, yet shown as the model."""
         if not isinstance(values, dict) or not isinstance(values.get("search"), dict):
             return values
         model, search = values.get("model", {}), values["search"]
         nested = search.get("model") if isinstance(search.get("model"), dict) else {}
-        spec = search.get("model.name", nested.get("name"))
+        spec = nested.get("name", search.get("model.name"))  # nested wins: _dotted_model_keys
         if not isinstance(model, dict) or "name" in model or spec is None:
             return values
         domain = parse_domain("search.model.name", spec)
@@ -358,7 +360,9 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _dotted_model_keys(cls, value: Any) -> Any:
         """`search: {model: {name: ...}}` (and `--set search.model.name=...`) is the dotted
-        `model.name` key; a later spelling wins."""
+        `model.name` key. Given both ways, the nested spelling wins, whatever the order:
+        `--set search.model.name=...` writes the nested one, so it overrides a file's
+        dotted key."""
         if not (isinstance(value, dict) and isinstance(value.get("model"), dict)):
             return value
         nested = value["model"]
@@ -382,6 +386,9 @@ class ExperimentConfig(_Strict):
         space = self.space()
         for key, domain in space.items():
             _check_domain_values(self, key, domain)
+        if "model.name" in space and self.model.name not in space["model.name"].values:
+            raise ValueError(f"model.name: {self.model.name!r} is not among search.model.name "
+                             f"{space['model.name'].values}; leave model.name out or list it")
         schedule = self.train.batch_schedule
         if isinstance(schedule, str) and schedule not in (*self.batch_schedules, "none"):
             raise ValueError(f"train.batch_schedule: {schedule!r} is not in batch_schedules "

@@ -196,11 +196,15 @@ def model_options(config: ExperimentConfig) -> tuple[list[str], list[int]]:
 def narrow_model_search(config: ExperimentConfig, configs: list[dict[str, Any]]
                         ) -> ExperimentConfig:
     """`config` whose searched model keys list only the values `configs` (trial configs to
-    run again: confirm, replay) use, so `runner.prepare` tokenizes only what they need."""
-    search = dict(config.search)
+    run again: confirm, replay) use, so `runner.prepare` tokenizes only what they need. The
+    fixed model.name becomes the first of them when it is not among them (the schema's rule,
+    checked again when the run's record is read)."""
+    search, model = dict(config.search), config.model
     for key in MODEL_SEARCH_KEYS:
         if key in search:
             used = list(dict.fromkeys(c[key] for c in configs if key in c))
             search[key] = {"choice": used} if len(used) > 1 else used[0] if used else \
                 search[key]
-    return config.model_copy(update={"search": search})
+            if key == "model.name" and used and model.name not in used:
+                model = model.model_copy(update={"name": used[0]})
+    return config.model_copy(update={"search": search, "model": model})

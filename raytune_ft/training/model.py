@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from raytune_ft.config import TrainConfig
-from raytune_ft.errors import ModelError
+from raytune_ft.errors import ConfigError, ModelError
 
 PEFT_PREFIX = "base_model.model."  # what a peft model puts before the wrapped model's names
 PACKAGED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -182,6 +182,30 @@ def layer_count(config) -> int:
         if hasattr(config, key):
             return getattr(config, key)
     return len(config.depths)
+
+
+def config_layer_count(path: str) -> int | None:
+    """`layer_count` of the model at `path` read from its config alone (no weights), or None
+    where the config cannot be read here (a hub id not in the cache) or names no layers."""
+    from transformers import AutoConfig
+
+    try:
+        return layer_count(AutoConfig.from_pretrained(path))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def check_freeze_layers(paths: dict[str, str], largest: int, where: str) -> None:
+    """Before any trial: `largest`, the most encoder layers (or stages) a trial may freeze,
+    is at most each model's layer count (`paths`: model.name -> path), so a model shallower
+    than a searched or fixed `freeze_layers` is refused here, not in its trials."""
+    if largest <= 0:
+        return
+    for name, path in paths.items():
+        layers = config_layer_count(path)
+        if layers is not None and largest > layers:
+            raise ConfigError(f"{where}: {largest} is above the {layers} encoder layers of "
+                              f"model {name}; allowed: <= {layers}")
 
 
 def _no_decay(name: str, param: torch.nn.Parameter) -> bool:

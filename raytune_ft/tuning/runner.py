@@ -28,7 +28,12 @@ from raytune_ft.plan import TrialPlan, plan_experiment
 from raytune_ft.storage import is_uri, write_text
 from raytune_ft.tasks import DataBundle, task_for
 from raytune_ft.training.lora import check_experiment as check_lora
-from raytune_ft.training.model import has_batchnorm, max_positions, resolve_model_path
+from raytune_ft.training.model import (
+    check_freeze_layers,
+    has_batchnorm,
+    max_positions,
+    resolve_model_path,
+)
 from raytune_ft.tuning.cluster import (
     check_client_storage,
     check_local_resources,
@@ -80,6 +85,7 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
         if limit is not None and config.model.max_length > limit:
             raise ConfigError(f"model.max_length: {config.model.max_length} is above the "
                               f"model's position limit {limit}")
+    _check_freeze_layers(config, paths or {config.model.name: model_path})
     check_client_storage(config, address)
     root = storage_root(config)
     experiment_dir = f"{root.rstrip('/')}/{config.name}"
@@ -112,6 +118,15 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
                     + _batchnorm_warnings(config, plan, model_path),
                     task.describe(bundle) + lora + ([models.describe()] if models else []),
                     models=models)
+
+
+def _check_freeze_layers(config: ExperimentConfig, paths: dict[str, str]) -> None:
+    """The largest freeze_layers a trial may use (fixed or searched) against every model a
+    trial may train (`paths`: model.name -> path): one check for one model or a search."""
+    domain = config.space().get("freeze_layers")
+    largest = max(domain.values) if domain is not None else config.train.freeze_layers
+    where = "search.freeze_layers" if domain is not None else "train.freeze_layers"
+    check_freeze_layers(paths, largest, where)
 
 
 def _warnings(plan: TrialPlan, bundle: DataBundle) -> list[str]:

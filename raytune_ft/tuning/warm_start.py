@@ -1,10 +1,20 @@
 """Warm start: the finished trials of earlier experiments, given to the searcher as
 observations before it samples (`raytune-ft tune FILE --warm-start DIR [DIR ...]`).
 
-An earlier experiment is compatible when it searched the same keys and every value its
-trials ran with is one the new domain can produce; anything else is refused naming the
-parameter. A trial counts when it ended normally (terminated, or stopped by a scheduler or
-a stop rule) and reported every objective; its values are its last reported ones, as a
+An earlier experiment is compatible when its trials are observations of the same objective:
+- every key searched now was searched there, and every value its trials ran with is one the
+  new domain can produce;
+- every setting not searched now is what each of its trials ran with: the model and train
+  settings compared per trial (`trial_model`, `trial_hyperparameters`: a key searched there
+  is fine when each imported trial ran the value fixed now), the data and any other section
+  as a whole; where a run happens and how it is searched, scheduled and tracked
+  (`NOT_COMPARED`) changes no trial's result;
+- it had the same metric and mode (its trials were stopped by them), and every objective now
+  was an objective there.
+Anything else is refused in one line naming the field, both values and the folder.
+
+A trial counts when it ended normally (terminated, or stopped by a scheduler or a stop
+rule) and reported every objective; its values are its last reported ones, as a
 searcher is told at a trial's end. Optuna adds them to its study as completed trials;
 hyperopt inserts them as evaluated points; random and grid search learn nothing from them,
 so a warm start there is refused.
@@ -20,6 +30,7 @@ experiment record (`warm_start` in raytune_ft.json); the report's summary names 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +39,21 @@ from typing import Any
 from hyperopt import JOB_STATE_DONE, STATUS_OK
 from ray.tune.search.hyperopt import HyperOptSearch
 
-from raytune_ft.config import ExperimentConfig
+from raytune_ft.config import ExperimentConfig, trial_hyperparameters, trial_model
 from raytune_ft.config._search import domain_contains
-from raytune_ft.errors import ConfigError, ExperimentError
+from raytune_ft.errors import ConfigError, ExperimentError, ModelError
 from raytune_ft.tuning.schedulers import scheduler_spec
 
 USABLE = ("terminated", "stopped")  # statuses whose last values a searcher would have seen
+# Sections that change no trial's result: where it runs, how it is searched, scheduled and
+# tracked. Every other setting must agree between an earlier experiment and this one.
+NOT_COMPARED = ("name", "run", "resources", "tracking", "search_alg", "scheduler")
+# Compared another way: the space (`search`), per trial (`model`, `train` with the named
+# `batch_schedules` resolved), as objectives (`metric`, `mode`, `objectives`).
+COMPARED_APART = ("search", "model", "train", "batch_schedules", "metric", "mode", "objectives")
+# A limit that refuses data rather than changing it; paths compared once resolved.
+NOT_COMPUTED = ("data.max_object_store_mb",)
+PATH_KEYS = ("data.path", "data.train_file", "data.eval_file", "model.name")
 
 
 @dataclass
@@ -86,7 +106,7 @@ def _add_experiment(found: Observations, config: ExperimentConfig, directory: st
     from raytune_ft.experiment import HP, read_record
 
     try:
-        earlier, _ = read_record(directory)
+        earlier, record = read_record(directory)
     except ConfigError as error:
         raise ExperimentError(f"--warm-start {directory}: its experiment record no longer "
                               f"validates ({error})") from None
@@ -97,13 +117,24 @@ def _add_experiment(found: Observations, config: ExperimentConfig, directory: st
                           "warm-start from runs whose scheduler.type is fifo, asha or "
                           "hyperband")
     space, before = _searched(config), _searched(earlier)
-    for key in sorted({*space, *before}):
+    for key in sorted(space):  # one searched there and fixed now: compared per trial below
         if key not in before:
             raise ConfigError(f"--warm-start {directory}: search.{key} is searched now but "
                               "was not searched there; the spaces must search the same keys")
-        if key not in space:
-            raise ConfigError(f"--warm-start {directory}: search.{key} was searched there but "
-                              "is not now; the spaces must search the same keys")
+    _check_objectives(config, earlier, directory)
+    _check_sections(config, earlier, directory)
+    fixed_now = _trial_settings(config, _constants(config))
+    fixed_there = _trial_settings(earlier, _constants(earlier))
+    # searched there, fixed now: each imported trial must have run the value fixed now
+    per_trial = sorted(key for key in fixed_now
+                       if _searched_key(key) in before and _searched_key(key) not in space)
+    for key, now in fixed_now.items():
+        if _searched_key(key) in space or key in per_trial:
+            continue
+        if not _same(key, now, fixed_there[key], record):
+            raise ConfigError(f"--warm-start {directory}: {key} differs: {now!r} now, "
+                              f"{fixed_there[key]!r} there; a warm start takes trials run "
+                              "with the settings fixed now")
     trials, its = trials_table(directory), iterations_table(directory)
     objectives = config.objective_list()
     for metric, _ in objectives:
@@ -124,10 +155,123 @@ def _add_experiment(found: Observations, config: ExperimentConfig, directory: st
                 raise ConfigError(f"--warm-start {directory}: search.{key} differs: trial "
                                   f"{row['trial_id']} ran {key}={value!r}, outside "
                                   f"{space[key].kind} {list(space[key].args)}")
+        ran = _trial_settings(earlier, _sampled(earlier, row))
+        for key in per_trial:
+            if not _same(key, fixed_now[key], ran[key], record):
+                raise ConfigError(f"--warm-start {directory}: {key} differs: "
+                                  f"{fixed_now[key]!r} now, but trial {row['trial_id']} "
+                                  f"there ran {ran[key]!r} (searched there); a warm start "
+                                  "takes trials run with the settings fixed now")
         found.points.append(point)
         found.metrics.append({m: float(v) for m, v in values.items()})
     found.sources.append(directory)
     found.imported.append(len(found.points) - before_count)
+
+
+def _check_objectives(config: ExperimentConfig, earlier: ExperimentConfig,
+                      directory: str) -> None:
+    """The same metric and mode (schedulers stopped its trials by them, so a stopped trial's
+    last value means the same), and every objective now an objective there."""
+    if (config.metric, config.mode) != (earlier.metric, earlier.mode):
+        raise ConfigError(f"--warm-start {directory}: metric differs: {config.metric!r} "
+                          f"({config.mode}) now, {earlier.metric!r} ({earlier.mode}) there; its "
+                          "trials were stopped and ranked by its metric, so a warm start needs "
+                          "the same one")
+    there = earlier.objective_list()
+    for i, (metric, mode) in enumerate(config.objective_list()):
+        if (metric, mode) not in there:
+            shown = ", ".join(f"{m} ({d})" for m, d in there)
+            raise ConfigError(f"--warm-start {directory}: objectives.{i} differs: {metric} "
+                              f"({mode}) is an objective now, not there (objectives there: "
+                              f"{shown}); a warm start needs objectives it had")
+
+
+def _check_sections(config: ExperimentConfig, earlier: ExperimentConfig,
+                    directory: str) -> None:
+    """Every section compared as a whole (the data, and any section added later) agrees."""
+    skip = (*NOT_COMPARED, *COMPARED_APART)
+    for section in type(config).model_fields:
+        if section in skip:
+            continue
+        now, there = _dotted(config, section), _dotted(earlier, section)
+        for key in sorted({*now, *there}):
+            if key in NOT_COMPUTED or _same(key, now.get(key), there.get(key), {}):
+                continue
+            raise ConfigError(f"--warm-start {directory}: {key} differs: {now.get(key)!r} "
+                              f"now, {there.get(key)!r} there; a warm start takes trials of "
+                              "the same data and settings")
+
+
+def _dotted(config: ExperimentConfig, section: str) -> dict[str, Any]:
+    """`section`'s settings as dotted keys, the data's task and kind as the tasks read them."""
+    value = getattr(config, section)
+    if section == "data":
+        from raytune_ft.tasks import canonical_dataset, task_for
+
+        value = {**value.model_dump(), "kind": task_for(value).name,
+                 "task": value.task and canonical_dataset(value.task)}
+    elif hasattr(value, "model_dump"):
+        value = value.model_dump()
+    if not isinstance(value, dict):
+        return {section: value}
+    return {f"{section}.{key}": item for key, item in value.items()}
+
+
+def _constants(config: ExperimentConfig) -> dict[str, Any]:
+    """The constants written under `search:`: fixed settings, as every trial gets them."""
+    return {key: d.args[0] for key, d in config.space().items() if d.kind == "constant"}
+
+
+def _sampled(earlier: ExperimentConfig, row: dict) -> dict[str, Any]:
+    """The config an earlier trial ran with (its searched keys) from its trials-table row."""
+    from raytune_ft.experiment import HP
+
+    sampled = {}
+    for key, domain in earlier.space().items():
+        value = domain.args[0] if domain.kind == "constant" else _plain(row.get(HP + key))
+        if isinstance(value, str) and any(isinstance(v, list) for v in domain.values):
+            value = json.loads(value)  # a list (batch phases): JSON text in the table
+        sampled[key] = value
+    return sampled
+
+
+def _trial_settings(config: ExperimentConfig, sampled: dict[str, Any]) -> dict[str, Any]:
+    """What one trial computes with: its model and train settings, as dotted keys (named
+    batch schedules resolved to their phases)."""
+    model, train = trial_model(config, sampled), trial_hyperparameters(config, sampled)
+    return {**{f"model.{k}": v for k, v in model.model_dump().items()},
+            **{f"train.{k}": v for k, v in train.model_dump().items()}}
+
+
+def _searched_key(key: str) -> str:
+    """The `search:` key of a dotted setting: train.learning_rate -> learning_rate."""
+    return key.removeprefix("train.")
+
+
+def _same(key: str, now: Any, there: Any, record: dict) -> bool:
+    """Equal, or (paths and model names) the same file once resolved: a relative path, the
+    earlier run's resolved model path (its record) and the packaged MiniLM's aliases."""
+    if now == there:
+        return True
+    if key not in PATH_KEYS or not (isinstance(now, str) and isinstance(there, str)):
+        return False
+    return _resolved(key, now, {}) == _resolved(key, there, record)
+
+
+def _resolved(key: str, value: str, record: dict) -> str | None:
+    from raytune_ft.storage import is_uri
+    from raytune_ft.training.model import resolve_model_path
+
+    if key == "model.name":  # the earlier run's paths as its record kept them
+        known = record.get("model_paths") or (
+            {record["model"]["name"]: record["model_path"]} if record.get("model_path") else {})
+        if value in known:
+            return known[value]
+        try:
+            return resolve_model_path(value)
+        except ModelError:
+            return None
+    return value if is_uri(value) else str(Path(value).expanduser().resolve())
 
 
 def _plain(value: Any) -> Any:

@@ -134,3 +134,75 @@ def test_confirm_and_replay_tokenize_only_the_models_they_run(family, glue_dir):
     assert model_options(narrowed) == ([one, two], [8])
     assert narrowed.search["model.max_length"] == 8  # one value: a constant
     assert narrowed.search["model.name"] == {"choice": [one, two]}
+
+
+# ------------------------------------------------------------- review faults (issue 18c)
+
+def test_a_fixed_name_outside_the_searched_names_is_refused(family, glue_dir):
+    settings = raw(family, glue_dir)
+    settings["search"]["model.name"] = {"choice": [str(family["one"]), str(family["swapped"])]}
+    with pytest.raises(ConfigError) as error:
+        validate_config(settings)  # model.name is family["two"]: never trained
+    assert str(error.value) == (
+        f"config: model.name: {str(family['two'])!r} is not among search.model.name "
+        f"[{str(family['one'])!r}, {str(family['swapped'])!r}]; leave model.name out or "
+        "list it")
+    settings["search"]["model.name"] = {"choice": [str(family["one"]), str(family["two"])]}
+    assert validate_config(settings).model.name == str(family["two"])  # listed: it stays
+
+
+def test_nested_spelling_wins_over_the_dotted_one_as_documented(family, glue_dir, tmp_path):
+    import yaml
+
+    from raytune_ft.config import load_config
+
+    settings = raw(family, glue_dir)
+    del settings["model"]["name"]
+    one, swapped = str(family["one"]), str(family["swapped"])
+    settings["search"] = {"model": {"name": {"choice": [one]}},
+                          "model.name": {"choice": [swapped]}}  # written second, still loses
+    config = validate_config(settings)
+    assert config.search["model.name"] == {"choice": [one]} and config.model.name == one
+    # so --set (which writes the nested spelling) overrides a file's dotted key
+    settings["search"] = {"model.name": {"choice": [swapped]}}
+    path = tmp_path / "e.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    config = load_config(path, [f"search.model.name={{choice: [{one}]}}"])
+    assert config.search["model.name"] == {"choice": [one]} and config.model.name == one
+
+
+def test_narrowing_keeps_the_fixed_name_among_the_searched(family, glue_dir):
+    from raytune_ft.config import narrow_model_search
+
+    config = validate_config(raw(family, glue_dir))  # model.name: two
+    one = str(family["one"])
+    narrowed = narrow_model_search(config, [{"model.name": one, "model.max_length": 8}])
+    assert narrowed.search["model.name"] == one and narrowed.model.name == one
+    # what confirm and replay record is read back through the schema
+    validate_config(narrowed.model_dump(mode="json"))
+
+
+def test_freeze_layers_above_a_searched_model_depth_is_refused_before_training(
+        family, glue_dir, tmp_path):
+    from raytune_ft.tuning.runner import prepare
+
+    settings = raw(family, glue_dir, freeze_layers={"choice": [0, 2]})
+    settings["run"] = {"storage_path": str(tmp_path / "results")}
+    with pytest.raises(ConfigError) as error:  # model `one` has 1 layer
+        prepare(validate_config(settings))
+    assert str(error.value) == (f"search.freeze_layers: 2 is above the 1 encoder layers of "
+                                f"model {family['one']}; allowed: <= 1")
+    settings["search"]["freeze_layers"] = {"randint": [0, 2]}  # bounds inclusive: 2 too
+    with pytest.raises(ConfigError, match=r"^search.freeze_layers: 2 is above"):
+        prepare(validate_config(settings))
+    # one model (no model search): the same check, naming the fixed field
+    settings = raw(family, glue_dir)
+    settings["model"]["name"] = str(family["two"])
+    settings["search"] = {}
+    settings["train"] = {"freeze_layers": 3}
+    settings["run"] = {"storage_path": str(tmp_path / "results")}
+    with pytest.raises(ConfigError) as error:
+        prepare(validate_config(settings))
+    assert str(error.value) == (f"train.freeze_layers: 3 is above the 2 encoder layers of "
+                                f"model {family['two']}; allowed: <= 2")
+    assert not (tmp_path / "results").exists()  # refused before anything was written

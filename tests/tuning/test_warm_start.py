@@ -67,3 +67,119 @@ def test_the_sources_are_in_the_record_and_the_report(tmp_path):
     plain.mkdir()
     (plain / CONFIG_FILE).write_text(json.dumps(experiment().model_dump(mode="json")))
     assert _warm_start_note(plain) == ""
+
+
+# ------------------------------------------------------------------- fixed settings compared
+# An earlier experiment as Ray leaves it (params.json, result.json per trial), written here:
+# the comparison reads only the record and the analysis tables.
+
+def earlier_run(folder, config, params: list[dict]):
+    """`config`'s record and one finished trial per entry of `params` (its searched values),
+    each reporting eval_accuracy 0.6 + 0.1 i at the end of its budget."""
+    write_record(str(folder), config, {"model_path": "/models/m"})
+    for i, values in enumerate(params):
+        trial = folder / f"train_abcde_{i:05d}_{i}_x"
+        trial.mkdir()
+        (trial / "params.json").write_text(json.dumps(values))
+        line = {"training_iteration": 1, "trial_id": f"abcde_{i:05d}", "done": True,
+                "eval_accuracy": 0.6 + 0.1 * i, "eval_loss": 0.5, "epoch": 3.0,
+                "samples_seen": 100, "diverged": False}
+        (trial / "result.json").write_text(json.dumps(line) + "\n")
+    return str(folder)
+
+
+def refusal(target, folder) -> str:
+    with pytest.raises(ConfigError) as error:
+        load_observations(target, [folder])
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+TPE = {"type": "tpe"}
+LRS = [{"learning_rate": 1e-4}, {"learning_rate": 2e-4}]
+
+
+def test_same_fixed_settings_import_every_trial(tmp_path):
+    folder = earlier_run(tmp_path, experiment(), LRS)
+    seen = load_observations(experiment(search_alg=TPE), [folder])
+    assert seen.points == LRS
+    assert seen.metrics == [{"eval_accuracy": pytest.approx(0.6)},
+                            {"eval_accuracy": pytest.approx(0.7)}]
+    # where and how it ran, how it was searched and tracked change no trial's result
+    other = experiment(search_alg=TPE, run={"num_samples": 3, "storage_path": "/elsewhere"},
+                       resources={"cpus_per_trial": 2}, scheduler={"type": "asha"},
+                       name="y")
+    assert load_observations(other, [folder]).imported == [2]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": {"name": "other"}}, "model.name differs: 'other' now, 'm' there"),
+    ({"model": {"name": "m", "max_length": 64}}, "model.max_length differs: 64 now, 128 there"),
+    ({"train": {"max_epochs": 2}}, "train.max_epochs differs: 2.0 now, 3.0 there"),
+    ({"train": {"weight_decay": 0.1}}, "train.weight_decay differs: 0.1 now, 0.01 there"),
+    ({"search": {**SEARCH, "weight_decay": 0.0}},  # a constant under search: fixed too
+     "train.weight_decay differs: 0.0 now, 0.01 there"),
+    ({"data": {"task": "mrpc"}}, "data.task differs: 'mrpc' now, 'sst2' there"),
+    ({"data": {"task": "sst2", "max_train_samples": 500}},
+     "data.max_train_samples differs: 500 now, None there"),
+    ({"metric": "eval_loss", "mode": "min"},
+     "metric differs: 'eval_loss' (min) now, 'eval_accuracy' (max) there"),
+    ({"objectives": [{"metric": "eval_accuracy", "mode": "max"},
+                     {"metric": "latency_ms_b1", "mode": "min"}]},
+     "objectives.1 differs: latency_ms_b1 (min) is an objective now, not there (objectives "
+     "there: eval_accuracy (max))"),
+])
+def test_a_different_fixed_setting_is_refused_naming_it(tmp_path, change, message):
+    folder = earlier_run(tmp_path, experiment(), LRS)
+    target = experiment(**{"search_alg": {"type": "optuna"}, **change})
+    assert refusal(target, folder).startswith(f"--warm-start {folder}: {message}")
+
+
+def test_a_different_batch_schedule_is_compared_by_its_phases(tmp_path):
+    phases = {"ramp": [[0.0, 16], [0.5, 32]], "same": [[0.0, 16], [0.5, 32]],
+              "other": [[0.0, 16], [0.25, 32]]}
+    folder = earlier_run(tmp_path, experiment(batch_schedules=phases,
+                                              train={"batch_schedule": "ramp"}), LRS)
+    renamed = experiment(search_alg=TPE, batch_schedules=phases,
+                         train={"batch_schedule": "same"})
+    assert load_observations(renamed, [folder]).imported == [2]
+    moved = experiment(search_alg=TPE, batch_schedules=phases,
+                       train={"batch_schedule": "other"})
+    assert "train.batch_schedule differs: [(0.0, 16), (0.25, 32)] now, [(0.0, 16), " \
+           "(0.5, 32)] there" in refusal(moved, folder)
+
+
+def test_a_key_searched_there_and_fixed_now_is_compared_per_trial(tmp_path):
+    searched = {**SEARCH, "model.name": {"choice": ["m", "small"]},
+                "model.max_length": {"choice": [64, 128]}}
+    earlier = experiment(search=searched)
+    both = earlier_run(tmp_path / "both", earlier, [
+        {"learning_rate": 1e-4, "model.name": "m", "model.max_length": 64},
+        {"learning_rate": 2e-4, "model.name": "small", "model.max_length": 64}])
+    (tmp_path / "one").mkdir()
+    one = earlier_run(tmp_path / "one", earlier, [
+        {"learning_rate": 1e-4, "model.name": "small", "model.max_length": 64},
+        {"learning_rate": 2e-4, "model.name": "small", "model.max_length": 64}])
+    target = experiment(search_alg=TPE, model={"name": "small", "max_length": 64})
+    seen = load_observations(target, [one])  # every trial ran the model fixed now
+    assert seen.points == LRS and seen.imported == [2]
+    assert refusal(target, both) == (
+        f"--warm-start {both}: model.name differs: 'small' now, but trial abcde_00000 there "
+        "ran 'm' (searched there); a warm start takes trials run with the settings fixed now")
+    longer = experiment(search_alg=TPE, model={"name": "small", "max_length": 128})
+    assert "model.max_length differs: 128 now, but trial abcde_00000 there ran 64" in \
+        refusal(longer, one)
+
+
+def test_a_model_named_by_another_path_to_the_same_folder_is_the_same(tmp_path, monkeypatch):
+    model = tmp_path / "models" / "tiny"
+    model.mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    folder = earlier_run(tmp_path / "run", experiment(model={"name": "models/tiny"}), LRS)
+    record = json.loads((tmp_path / "run" / CONFIG_FILE).read_text())
+    record["model_path"] = str(model)  # as runner.prepare records it: resolved
+    (tmp_path / "run" / CONFIG_FILE).write_text(json.dumps(record))
+    target = experiment(search_alg=TPE, model={"name": str(model)})
+    assert load_observations(target, [folder]).imported == [2]
