@@ -210,7 +210,11 @@ def finish(experiment_dir: str, analysis_dir: Path | None, best: tuple[str, floa
            interrupted: bool) -> None:
     """The end of a run: the analysis tables and report.html as the parent's artifacts, the
     best metric, and the parent's status (an interrupted run stays open for its resume)."""
-    runs = read_runs(experiment_dir).get(TRACKER)
+    try:
+        runs = read_runs(experiment_dir).get(TRACKER)
+    except Exception as error:  # noqa: BLE001 - the experiment itself is complete
+        _guard.fail(TRACKER, "the parent run's artifacts", error)
+        return
     if not runs or _guard.broken(TRACKER):
         if runs:
             _guard.skip(TRACKER, "parent-run artifacts")

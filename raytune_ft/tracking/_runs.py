@@ -14,10 +14,14 @@ from raytune_ft.storage import read_text, write_text
 
 
 def read_runs(experiment_dir: str) -> dict:
+    """The file's record; {} for a new experiment. A file that exists but cannot be read
+    raises (the tracker then fails with a warning): read as empty, the next write would drop
+    the other trackers' run ids, and a resume would open duplicate runs."""
     try:
-        return json.loads(read_text(f"{experiment_dir}/{TRACKING_FILE}"))
-    except (OSError, ValueError):  # none yet (a new experiment), or unreadable: start afresh
+        text = read_text(f"{experiment_dir}/{TRACKING_FILE}")
+    except FileNotFoundError:  # none yet: a new experiment
         return {}
+    return json.loads(text)
 
 
 _lock = threading.Lock()  # trackers write from their own threads: one read-modify-write at a time

@@ -165,3 +165,18 @@ def test_wandb_without_an_api_key_runs_offline_and_online_is_one_warning(tmp_pat
                                                    "key) on (No WandB API key found"), lines
     assert lines[0].endswith("skipped 1 the setup, 1 results"), lines
     _guard.reset()
+
+
+def test_an_unreadable_tracking_file_is_an_error_not_a_fresh_start(tmp_path):
+    from raytune_ft.experiment import TRACKING_FILE
+    from raytune_ft.tracking._runs import read_runs, write_runs
+
+    assert read_runs(str(tmp_path)) == {}  # a new experiment
+    write_runs(str(tmp_path), "mlflow", {"parent_run_id": "p1"})
+    write_runs(str(tmp_path), "wandb", {"trials": {}})
+    assert read_runs(str(tmp_path)) == {"mlflow": {"parent_run_id": "p1"}, "wandb": {"trials": {}}}
+    path = tmp_path / TRACKING_FILE
+    path.write_text('{"mlflow": {"parent_run_id": "p1"')  # cut short
+    with pytest.raises(ValueError):
+        write_runs(str(tmp_path), "wandb", {"trials": {"t": {}}})
+    assert path.read_text() == '{"mlflow": {"parent_run_id": "p1"'  # MLflow's ids not dropped
