@@ -1,7 +1,7 @@
 """Wall time of the quick experiment with tracking off and on, side by side.
 
-Runs `raytune-ft tune experiments/sst2_quick.yaml` through the real CLI in alternated pairs
-(off, on, off, on, ...), each a fresh process with its own Ray, and prints every wall time,
+Runs `raytune-ft tune experiments/sst2_quick.yaml` through the real CLI in pairs (off then
+on, then on then off, ...), each a fresh process with its own Ray, and prints every wall time,
 each pair's on/off ratio and the median ratio. "On" turns on the trackers given (default all
 three): TensorBoard event files, MLflow against an `mlflow server` this script starts on
 127.0.0.1 before the timed runs (sqlite store in a temporary folder; `--mlflow sqlite` logs
@@ -86,11 +86,20 @@ def main() -> None:
         try:
             on = tracking_overrides(args.trackers, uri)
             ratios = []
+            totals = {"off": 0.0, "on": 0.0}
             for pair in range(1, args.pairs + 1):
-                off_s = timed_run(tmp, f"off_{pair}", args.sets)
-                on_s = timed_run(tmp, f"on_{pair}", [*args.sets, *on])
-                ratios.append(on_s / off_s)
+                # alternate which goes first, so a warm cache or a drifting load favours
+                # neither side
+                order = ["off", "on"] if pair % 2 else ["on", "off"]
+                walls = {side: timed_run(tmp, f"{side}_{pair}",
+                                         args.sets if side == "off" else [*args.sets, *on])
+                         for side in order}
+                for side, wall in walls.items():
+                    totals[side] += wall
+                ratios.append(walls["on"] / walls["off"])
                 print(f"pair {pair}: on/off {ratios[-1]:.3f}", flush=True)
+            print(f"all pairs: on {totals['on']:.1f} s / off {totals['off']:.1f} s = "
+                  f"{totals['on'] / totals['off']:.3f}", flush=True)
         finally:
             if server is not None:
                 from _helpers import stop
