@@ -77,7 +77,7 @@ class Observations:
 
     def record(self) -> list[dict]:
         """What the experiment record keeps: each folder, the trials it gave, and how many of
-        its finished trials were left out, by reason (`{"train.freeze_layers != 0": 2}`)."""
+        its finished trials were left out, by reason (`{"ran train.freeze_layers != 0": 2}`)."""
         return [{"experiment": d, "trials": n, "skipped": sum(why.values()), "why": why}
                 for d, n, why in zip(self.sources, self.imported, self.skipped)]
 
@@ -139,16 +139,7 @@ def _add_experiment(found: Observations, config: ExperimentConfig, directory: st
                               "was not searched there; the spaces must search the same keys")
     _check_objectives(config, earlier, directory)
     _check_sections(config, earlier, directory)
-    fixed_now = _trial_settings(config, _constants(config))
-    fixed_there = _trial_settings(earlier, _constants(earlier))
-    varied = {key for key in fixed_now if _searched_key(key) in {*before, *space}}
-    for key, now in fixed_now.items():  # fixed on both sides: the whole folder or nothing
-        if key in varied or _ignored(key, fixed_now, fixed_there):
-            continue
-        if not _same(key, now, fixed_there[key], record):
-            raise ConfigError(f"--warm-start {directory}: {key} differs: {now!r} now, "
-                              f"{fixed_there[key]!r} there; a warm start takes trials run "
-                              "with the settings fixed now")
+    varied = _check_fixed(config, earlier, record, {*before, *space}, directory)
     trials, its = trials_table(directory), iterations_table(directory)
     objectives = config.objective_list()
     for metric, _ in objectives:
@@ -178,11 +169,28 @@ def _add_experiment(found: Observations, config: ExperimentConfig, directory: st
     found.skipped.append(dict(skipped))
 
 
+def _check_fixed(config: ExperimentConfig, earlier: ExperimentConfig, record: dict,
+                 searched: set[str], directory: str) -> set[str]:
+    """Every model and train setting fixed on both sides agrees (else the whole folder is
+    refused); returns the settings that vary by trial (a key searched there or now)."""
+    fixed_now = _trial_settings(config, _constants(config))
+    fixed_there = _trial_settings(earlier, _constants(earlier))
+    varied = {key for key in fixed_now if _searched_key(key) in searched}
+    for key, now in fixed_now.items():
+        if key in varied or _ignored(key, fixed_now, fixed_there):
+            continue
+        if not _same(key, now, fixed_there[key], record):
+            raise ConfigError(f"--warm-start {directory}: {key} differs: {now!r} now, "
+                              f"{fixed_there[key]!r} there; a warm start takes trials run "
+                              "with the settings fixed now")
+    return varied
+
+
 def _unfinite(values: dict[str, Any]) -> str | None:
     """Why a trial's last results cannot be an observation: an objective without a value."""
     for metric, value in values.items():
         if value is None or not math.isfinite(float(value)):
-            return f"no finite {metric}"
+            return f"reported no finite {metric}"
     return None
 
 
@@ -194,22 +202,22 @@ def _mismatch(config: ExperimentConfig, earlier: ExperimentConfig, record: dict,
     model folder) that the same point, or the value fixed now, does not give."""
     for key, value in point.items():
         if not domain_contains(space[key], value):
-            return f"{key} outside {space[key].kind} {list(space[key].args)}"
+            return f"ran {key} outside {space[key].kind} {list(space[key].args)}"
     now = _trial_settings(config, {**_constants(config), **point})
     there = _trial_settings(earlier, ran)
     for key in sorted(varied):
         if _ignored(key, now, there) or _same(key, now[key], there[key], record):
             continue
         if _searched_key(key) not in space:
-            return f"{key} != {now[key]!r}"
-        return (f"{key} {point[_searched_key(key)]!r} is {_shown(key, now[key], {})!r} now, "
+            return f"ran {key} != {now[key]!r}"
+        return (f"ran {key} {point[_searched_key(key)]!r}: {_shown(key, now[key], {})!r} now, "
                 f"{_shown(key, there[key], record)!r} there")
     return None
 
 
 def _skip_text(skipped: dict[str, int]) -> str:
-    """`2 ran train.freeze_layers != 0; 1 ran no finite latency_ms_b1`: why trials were left."""
-    return "; ".join(f"{n} ran {why}" for why, n in sorted(skipped.items()))
+    """`2 ran train.freeze_layers != 0; 1 reported no finite latency_ms_b1`: trials left."""
+    return "; ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
 
 
 def _ignored(key: str, now: dict[str, Any], there: dict[str, Any]) -> bool:

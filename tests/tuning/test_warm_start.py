@@ -56,17 +56,17 @@ def test_the_sources_are_in_the_record_and_the_report(tmp_path):
     seen = Observations(points=[{"learning_rate": 1e-4}] * 3,
                         metrics=[{"eval_accuracy": 0.5}] * 3,
                         sources=["/r/first", "/r/second"], imported=[2, 1],
-                        skipped=[{"train.freeze_layers != 0": 1}, {}])
+                        skipped=[{"ran train.freeze_layers != 0": 1}, {}])
     write_record(str(tmp_path), experiment(), {"warm_start": seen.record()})
     _, record = read_record(str(tmp_path))  # the key is derived, not a config error
     assert record["warm_start"] == [
         {"experiment": "/r/first", "trials": 2, "skipped": 1,
-         "why": {"train.freeze_layers != 0": 1}},
+         "why": {"ran train.freeze_layers != 0": 1}},
         {"experiment": "/r/second", "trials": 1, "skipped": 0, "why": {}}]
     assert seen.skip_text() == "1 ran train.freeze_layers != 0" and seen.skip_text(1) == ""
     note = _warm_start_note(tmp_path)
     assert "Warm start: the searcher began with 3 earlier trials from /r/first (2 trials, " \
-           "1 skipped: train.freeze_layers != 0 (1)); /r/second (1 trials)." in note
+           "1 skipped: ran train.freeze_layers != 0 (1)); /r/second (1 trials)." in note
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / CONFIG_FILE).write_text(json.dumps(experiment().model_dump(mode="json")))
@@ -168,7 +168,7 @@ def test_a_key_searched_there_and_fixed_now_skips_the_trials_that_ran_another(tm
     assert seen.points == LRS and seen.imported == [2] and seen.skipped == [{}]
     seen = load_observations(target, [both])  # narrowing a search: the other model's left
     assert seen.points == LRS[1:] and seen.imported == [1]
-    assert seen.skipped == [{"model.name != 'small'": 1}]
+    assert seen.skipped == [{"ran model.name != 'small'": 1}]
     assert seen.record()[0]["skipped"] == 1
     longer = experiment(search_alg=TPE, model={"name": "small", "max_length": 128})
     assert refusal(longer, one) == (
@@ -186,7 +186,7 @@ def test_fixing_a_searched_key_skips_and_counts_the_trials_that_ran_another_valu
     seen = load_observations(experiment(search_alg=TPE, train={"freeze_layers": 0}), [folder])
     assert seen.points == [{"learning_rate": 1e-4}] and seen.imported == [1]
     assert seen.metrics == [{"eval_accuracy": pytest.approx(0.6)}]
-    assert seen.skipped == [{"train.freeze_layers != 0": 2}]
+    assert seen.skipped == [{"ran train.freeze_layers != 0": 2}]
     assert seen.skip_text() == "2 ran train.freeze_layers != 0"
 
 
@@ -195,7 +195,7 @@ def test_a_value_outside_the_domain_now_skips_and_counts_the_trial(tmp_path):
     narrower = {**SEARCH, "freeze_layers": {"choice": [0, 1]}}
     seen = load_observations(experiment(search_alg=TPE, search=narrower), [folder])
     assert seen.points == [FROZEN[0], FROZEN[2]] and seen.imported == [2]
-    assert seen.skipped == [{"freeze_layers outside choice [0, 1]": 1}]
+    assert seen.skipped == [{"ran freeze_layers outside choice [0, 1]": 1}]
     none = {**SEARCH, "freeze_layers": {"choice": [3]}}
     assert refusal(experiment(search_alg=TPE, search=none), folder) == (
         f"--warm-start {folder}: none of its 3 finished trials ran with the settings now: "
@@ -215,7 +215,7 @@ def test_a_searched_schedule_name_is_compared_by_its_phases_per_trial(tmp_path):
                        batch_schedules={"ramp": [[0.0, 16], [0.25, 64]]})
     seen = load_observations(moved, [folder])  # the name is the same, the phases are not
     assert seen.points == [{"learning_rate": 2e-4, "batch_schedule": "none"}]
-    assert seen.skipped == [{"train.batch_schedule 'ramp' is [(0.0, 16), (0.25, 64)] now, "
+    assert seen.skipped == [{"ran train.batch_schedule 'ramp': [(0.0, 16), (0.25, 64)] now, "
                              "[(0.0, 16), (0.5, 32)] there": 1}]
 
 
@@ -238,7 +238,7 @@ def test_a_searched_model_name_is_compared_by_its_folder_per_trial(tmp_path, mon
                          derived={"model_paths": moved})
     seen = load_observations(experiment(search_alg=TPE, **names), [folder])
     assert seen.points == params[:1]
-    assert seen.skipped == [{f"model.name 'models/small' is {str(small)!r} now, "
+    assert seen.skipped == [{f"ran model.name 'models/small': {str(small)!r} now, "
                              "'/elsewhere/small' there": 1}]
 
 
@@ -275,7 +275,7 @@ def test_another_objective_needs_only_to_have_been_reported_there(tmp_path):
     assert seen.points == LRS  # the third reported no latency: skipped, named
     assert seen.values(experiment(objectives=GOALS).objective_list()) == [
         [pytest.approx(0.6), 2.5], [pytest.approx(0.7), 1.5]]
-    assert seen.skipped == [{"no finite latency_ms_b1": 1}]
+    assert seen.skipped == [{"reported no finite latency_ms_b1": 1}]
     first = [{"metric": "eval_loss", "mode": "min"}, {"metric": "eval_accuracy", "mode": "max"}]
     other = experiment(search_alg={"type": "optuna"}, objectives=first, metric="eval_loss",
                        mode="min")  # the first objective is the one trials were stopped on
