@@ -233,11 +233,14 @@ def _print_header(prepared) -> None:
         print(f"  start      {len(config.search_alg.points_to_evaluate)} points first")
     seen = prepared.observations
     if seen is not None:
-        print(f"warm start   {len(seen.points)} trials imported from "
-              f"{len(seen.sources)} experiments ({', '.join(seen.sources)})")
+        skipped = sum(s["skipped"] for s in seen.record())
+        print(f"warm start   {len(seen.points)} of {len(seen.points) + skipped} trials "
+              f"imported from {len(seen.sources)} experiments ({', '.join(seen.sources)})"
+              + (f"; skipped: {seen.skip_text()}" if skipped else ""))
         if len(seen.sources) > 1:
-            for source in seen.record():
-                print(f"  from       {source['experiment']}: {source['trials']} trials")
+            for i, source in enumerate(seen.record()):
+                why = f" (skipped: {seen.skip_text(i)})" if source["skipped"] else ""
+                print(f"  from       {source['experiment']}: {source['trials']} trials{why}")
     stop = config.run.stop
     if stop.any:
         print(f"stop rules   {_stop_text(stop)} (on {config.metric})")

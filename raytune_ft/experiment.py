@@ -61,7 +61,7 @@ def confirm_folder(experiment_dir: Path, name: str) -> Path:
 
 # Keys the runner adds to the validated config; the rest of the record is the config itself.
 DERIVED_KEYS = ("budget_samples", "model_path", "label_names", "train_samples", "eval_samples",
-                "plan", "warm_start",  # warm_start: [{experiment, trials}] (--warm-start)
+                "plan", "warm_start",  # warm_start: [{experiment, trials, skipped, why}]
                 "model_paths")  # model_paths: model.name -> path, when searched
 
 

@@ -15,7 +15,12 @@ import pytest
 from support import experiment_yaml, run_cli
 
 GOALS = [{"metric": "eval_loss", "mode": "min"}, {"metric": "latency_ms_b1", "mode": "min"}]
-SEARCH = {"learning_rate": {"loguniform": [1e-4, 1e-3]}, "freeze_layers": {"choice": [0, 1, 2]}}
+SEARCH_LR = {"learning_rate": {"loguniform": [1e-4, 1e-3]}}
+SEARCH = {**SEARCH_LR, "freeze_layers": {"choice": [0, 1, 2]}}
+# tried first, so the warm starts below know a trial ran freeze_layers 2 and one ran 0
+# (batch_size: searched by support.experiment_yaml)
+PINNED = [{"learning_rate": 3e-4, "batch_size": 16, "freeze_layers": 2},
+          {"learning_rate": 1e-4, "batch_size": 32, "freeze_layers": 0}]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
@@ -36,7 +41,8 @@ def two_goals(tmp_path_factory, tiny_bert, glue_dir):
     root = tmp_path_factory.mktemp("pareto")
     path = write(root, "front", model=tiny_bert, glue=glue_dir, search=SEARCH,
                  objectives=GOALS, search_alg={"type": "optuna", "sampler": "tpe", "seed": 0,
-                                               "n_initial_points": 2})
+                                               "n_initial_points": 2,
+                                               "points_to_evaluate": PINNED})
     return run_cli("tune", str(path)), root, root / "results" / "front"
 
 
@@ -137,7 +143,8 @@ def test_warm_start_imports_the_trials_and_a_stop_rule_ends_the_run(two_goals, t
                       "stop": {"target": 5.0}})  # any eval loss of 2 labels is below 5
     done = run_cli("tune", str(path), "--warm-start", str(experiment))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"warm start   4 trials imported from 1 experiments ({experiment})" in done.stdout
+    assert f"warm start   4 of 4 trials imported from 1 experiments ({experiment})\n" \
+        in done.stdout
     assert "stopped by   target: trial " in done.stdout
     reason = json.loads((root / "results" / "warm" / "stop_reason.json").read_text())
     assert reason["rule"] == "target"
@@ -146,7 +153,8 @@ def test_warm_start_imports_the_trials_and_a_stop_rule_ends_the_run(two_goals, t
     report = (root / "results" / "warm" / "analysis" / "report.html").read_text()
     assert "Search stopped early by run.stop.target" in report
     record = json.loads((root / "results" / "warm" / "raytune_ft.json").read_text())
-    assert record["warm_start"] == [{"experiment": str(experiment), "trials": 4}]
+    assert record["warm_start"] == [{"experiment": str(experiment), "trials": 4, "skipped": 0,
+                                     "why": {}}]
     assert f"Warm start: the searcher began with 4 earlier trials from {experiment} " \
            "(4 trials)." in report
 
@@ -162,16 +170,24 @@ def test_an_incompatible_warm_start_exits_2_naming_the_parameter(two_goals, tiny
     assert done.stderr.strip().splitlines() == [
         f"error: {path}: --warm-start {experiment}: search.warmup_ratio is searched now but "
         "was not searched there; the spaces must search the same keys"]
-    narrower = {**SEARCH, "freeze_layers": {"choice": [0, 1]}}
+    trials = pd.read_parquet(experiment / "analysis" / "trials.parquet")
+    ran = trials["hp_freeze_layers"].value_counts().to_dict()
+    assert ran.get(2, 0) >= 1 and ran.get(0, 0) >= 1  # the pinned points
+    narrower = {**SEARCH, "freeze_layers": {"choice": [0, 1]}}  # narrowing: skip, count
     path = write(root, "narrow", model=tiny_bert, glue=glue_dir, search=narrower,
                  metric="eval_loss", mode="min",  # its metric: another would be refused
                  search_alg={"type": "tpe", "seed": 0})
     done = run_cli("validate", str(path), "--warm-start", str(experiment))
-    trials = pd.read_parquet(experiment / "analysis" / "trials.parquet")
-    if (trials["hp_freeze_layers"] == 2).any():
-        assert done.returncode == 2 and "search.freeze_layers differs: trial" in done.stderr
-    else:
-        assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (f"warm start   {4 - ran[2]} of 4 trials imported from 1 experiments ({experiment}); "
+            f"skipped: {ran[2]} ran freeze_layers outside choice [0, 1]") in done.stdout
+    path = write(root, "fixed", model=tiny_bert, glue=glue_dir, search=SEARCH_LR,
+                 metric="eval_loss", mode="min", search_alg={"type": "tpe", "seed": 0})
+    done = run_cli("validate", str(path), "--set", "train.freeze_layers=0",
+                   "--warm-start", str(experiment))  # searched there, fixed now
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (f"warm start   {ran[0]} of 4 trials imported from 1 experiments ({experiment}); "
+            f"skipped: {4 - ran[0]} ran train.freeze_layers != 0") in done.stdout
 
 
 def test_an_objective_the_data_never_reports_exits_2_before_training(tmp_path, tiny_bert,

@@ -144,10 +144,19 @@ def _warm_start_note(exp_dir: Path) -> str:
         return ""
     if not sources:
         return ""
-    listed = "; ".join(f"{s['experiment']} ({s['trials']} trials)" for s in sources)
+    listed = "; ".join(f"{s['experiment']} ({s['trials']} trials{_skipped(s)})"
+                       for s in sources)
     total = sum(s["trials"] for s in sources)
     return _note(f"Warm start: the searcher began with {total} earlier trials from "
                  f"{listed}.")
+
+
+def _skipped(source: dict) -> str:
+    """`, 1 skipped: train.freeze_layers != 0 (1)`: trials of a source left out, and why."""
+    if not source.get("skipped"):
+        return ""
+    why = ", ".join(f"{reason} ({n})" for reason, n in sorted(source.get("why", {}).items()))
+    return f", {source['skipped']} skipped: {why}"
 
 
 def _confirmation(exp_dir: Path, metric: str, mode: str) -> str:

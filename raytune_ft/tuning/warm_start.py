@@ -2,36 +2,42 @@
 observations before it samples (`raytune-ft tune FILE --warm-start DIR [DIR ...]`).
 
 An earlier experiment is compatible when its trials are observations of the same objective:
-- every key searched now was searched there, and every value its trials ran with is one the
-  new domain can produce;
-- every setting not searched now is what each of its trials ran with: the model and train
-  settings compared per trial (`trial_model`, `trial_hyperparameters`: a key searched there
-  is fine when each imported trial ran the value fixed now), the data and any other section
-  as a whole; where a run happens and how it is searched, scheduled and tracked
-  (`NOT_COMPARED`) changes no trial's result;
-- it had the same metric and mode (its trials were stopped by them), and every objective now
-  was an objective there.
-Anything else is refused in one line naming the field, both values and the folder.
+- every key searched now was searched there;
+- every setting fixed on both sides (the data, any other section as a whole, the model and
+  train settings with named batch schedules resolved and model names resolved to folders)
+  agrees; one that differs refuses the whole folder. Where a run happens and how it is
+  searched, scheduled and tracked (`NOT_COMPARED`), and what changes speed only
+  (`NOT_MEASURED`; `train.max_micro_batch` unless BatchNorm trains per micro-batch on
+  either side) is not compared;
+- it had the same metric and mode (its trials were stopped and searched by them); any other
+  objective need only have been reported there.
+A trial is checked on its own where settings vary (a key searched there or now): its value
+of a key searched now must be one the new domain can produce and mean the same once
+resolved (batch phases, model folder); a key searched there and fixed now must have run
+the value fixed now. A trial that fails that, or lacks a finite value of an objective, is
+skipped and counted (`Observations.skipped`: the header and the record say how many and
+why); a folder none of whose finished trials remain is refused in one line.
 
 A trial counts when it ended normally (terminated, or stopped by a scheduler or a stop
-rule) and reported every objective; its values are its last reported ones, as a
-searcher is told at a trial's end. Optuna adds them to its study as completed trials;
-hyperopt inserts them as evaluated points; random and grid search learn nothing from them,
-so a warm start there is refused.
+rule); its values are its last reported ones, as a searcher is told at a trial's end.
+Optuna adds them to its study as completed trials; hyperopt inserts them as evaluated
+points; random and grid search learn nothing from them, so a warm start there is refused.
 
 PBT and PB2 are refused on both sides. As a source: their trials change hyperparameters
 mid-run (exploit, explore), so a trial's (config, result) is no observation of one
 configuration. As the target: they pick and mutate configurations themselves and Ray runs
 them with no searcher to warm-start (`PopulationBasedTraining` refuses one).
 
-The folders read and how many trials each gave are kept (`Observations.record`) in the
-experiment record (`warm_start` in raytune_ft.json); the report's summary names them.
+The folders read, how many trials each gave and how many it skipped (why) are kept
+(`Observations.record`) in the experiment record (`warm_start` in raytune_ft.json); the
+report's summary names them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,7 @@ from ray.tune.search.hyperopt import HyperOptSearch
 from raytune_ft.config import ExperimentConfig, trial_hyperparameters, trial_model
 from raytune_ft.config._search import domain_contains
 from raytune_ft.errors import ConfigError, ExperimentError, ModelError
+from raytune_ft.experiment import HP, read_record
 from raytune_ft.tuning.schedulers import scheduler_spec
 
 USABLE = ("terminated", "stopped")  # statuses whose last values a searcher would have seen
@@ -53,6 +60,8 @@ NOT_COMPARED = ("name", "run", "resources", "tracking", "search_alg", "scheduler
 COMPARED_APART = ("search", "model", "train", "batch_schedules", "metric", "mode", "objectives")
 # A limit that refuses data rather than changing it; paths compared once resolved.
 NOT_COMPUTED = ("data.max_object_store_mb",)
+# Train settings that change no trial's objective (`_ignored`; max_micro_batch there too).
+NOT_MEASURED = ("train.seed", "train.eval_batch_size", "train.precision")
 PATH_KEYS = ("data.path", "data.train_file", "data.eval_file", "model.name")
 
 
@@ -64,10 +73,18 @@ class Observations:
     metrics: list[dict[str, float]] = field(default_factory=list)
     sources: list[str] = field(default_factory=list)  # the experiment folders read
     imported: list[int] = field(default_factory=list)  # trials taken from each source
+    skipped: list[dict[str, int]] = field(default_factory=list)  # per source: why -> trials
 
     def record(self) -> list[dict]:
-        """What the experiment record keeps: each folder and the trials it gave."""
-        return [{"experiment": d, "trials": n} for d, n in zip(self.sources, self.imported)]
+        """What the experiment record keeps: each folder, the trials it gave, and how many of
+        its finished trials were left out, by reason (`{"ran train.freeze_layers != 0": 2}`)."""
+        return [{"experiment": d, "trials": n, "skipped": sum(why.values()), "why": why}
+                for d, n, why in zip(self.sources, self.imported, self.skipped)]
+
+    def skip_text(self, index: int | None = None) -> str:
+        """Why trials were left out (all sources, or source `index`); '' when none were."""
+        whys = self.skipped if index is None else [self.skipped[index]]
+        return _skip_text(sum((Counter(why) for why in whys), Counter()))
 
     def values(self, objectives: list[tuple[str, str]]) -> list[list[float]]:
         return [[row[metric] for metric, _ in objectives] for row in self.metrics]
@@ -103,7 +120,6 @@ def _searched(config: ExperimentConfig) -> dict:
 
 def _add_experiment(found: Observations, config: ExperimentConfig, directory: str) -> None:
     from raytune_ft.analysis import iterations_table, trials_table
-    from raytune_ft.experiment import HP, read_record
 
     try:
         earlier, record = read_record(directory)
@@ -123,18 +139,7 @@ def _add_experiment(found: Observations, config: ExperimentConfig, directory: st
                               "was not searched there; the spaces must search the same keys")
     _check_objectives(config, earlier, directory)
     _check_sections(config, earlier, directory)
-    fixed_now = _trial_settings(config, _constants(config))
-    fixed_there = _trial_settings(earlier, _constants(earlier))
-    # searched there, fixed now: each imported trial must have run the value fixed now
-    per_trial = sorted(key for key in fixed_now
-                       if _searched_key(key) in before and _searched_key(key) not in space)
-    for key, now in fixed_now.items():
-        if _searched_key(key) in space or key in per_trial:
-            continue
-        if not _same(key, now, fixed_there[key], record):
-            raise ConfigError(f"--warm-start {directory}: {key} differs: {now!r} now, "
-                              f"{fixed_there[key]!r} there; a warm start takes trials run "
-                              "with the settings fixed now")
+    varied = _check_fixed(config, earlier, record, {*before, *space}, directory)
     trials, its = trials_table(directory), iterations_table(directory)
     objectives = config.objective_list()
     for metric, _ in objectives:
@@ -142,48 +147,99 @@ def _add_experiment(found: Observations, config: ExperimentConfig, directory: st
             raise ConfigError(f"--warm-start {directory}: objective {metric!r} was never "
                               "reported there")
     last = its.sort_values(["trial_id", "iteration"]).groupby("trial_id").last()
-    before_count = len(found.points)
+    finished, skipped = 0, Counter()
     for row in trials.to_dict("records"):  # not itertuples: it renames `hp_model.name`
         if row["status"] not in USABLE or row["trial_id"] not in last.index:
             continue
+        finished += 1
         values = {m: last.loc[row["trial_id"], m] for m, _ in objectives}
-        if any(v is None or not math.isfinite(float(v)) for v in values.values()):
+        ran = _sampled(earlier, row)
+        point = {key: ran[key] for key in space}
+        why = _unfinite(values) or _mismatch(config, earlier, record, space, varied, ran, point)
+        if why:
+            skipped[why] += 1
             continue
-        point = {key: _plain(row[HP + key]) for key in space}
-        for key, value in point.items():
-            if not domain_contains(space[key], value):
-                raise ConfigError(f"--warm-start {directory}: search.{key} differs: trial "
-                                  f"{row['trial_id']} ran {key}={value!r}, outside "
-                                  f"{space[key].kind} {list(space[key].args)}")
-        ran = _trial_settings(earlier, _sampled(earlier, row))
-        for key in per_trial:
-            if not _same(key, fixed_now[key], ran[key], record):
-                raise ConfigError(f"--warm-start {directory}: {key} differs: "
-                                  f"{fixed_now[key]!r} now, but trial {row['trial_id']} "
-                                  f"there ran {ran[key]!r} (searched there); a warm start "
-                                  "takes trials run with the settings fixed now")
         found.points.append(point)
         found.metrics.append({m: float(v) for m, v in values.items()})
+    if finished and sum(skipped.values()) == finished:
+        raise ConfigError(f"--warm-start {directory}: none of its {finished} finished trials "
+                          f"ran with the settings now: {_skip_text(skipped)}")
     found.sources.append(directory)
-    found.imported.append(len(found.points) - before_count)
+    found.imported.append(finished - sum(skipped.values()))
+    found.skipped.append(dict(skipped))
+
+
+def _check_fixed(config: ExperimentConfig, earlier: ExperimentConfig, record: dict,
+                 searched: set[str], directory: str) -> set[str]:
+    """Every model and train setting fixed on both sides agrees (else the whole folder is
+    refused); returns the settings that vary by trial (a key searched there or now)."""
+    fixed_now = _trial_settings(config, _constants(config))
+    fixed_there = _trial_settings(earlier, _constants(earlier))
+    varied = {key for key in fixed_now if _searched_key(key) in searched}
+    for key, now in fixed_now.items():
+        if key in varied or _ignored(key, fixed_now, fixed_there):
+            continue
+        if not _same(key, now, fixed_there[key], record):
+            raise ConfigError(f"--warm-start {directory}: {key} differs: {now!r} now, "
+                              f"{fixed_there[key]!r} there; a warm start takes trials run "
+                              "with the settings fixed now")
+    return varied
+
+
+def _unfinite(values: dict[str, Any]) -> str | None:
+    """Why a trial's last results cannot be an observation: an objective without a value."""
+    for metric, value in values.items():
+        if value is None or not math.isfinite(float(value)):
+            return f"reported no finite {metric}"
+    return None
+
+
+def _mismatch(config: ExperimentConfig, earlier: ExperimentConfig, record: dict,
+              space: dict, varied: set[str], ran: dict[str, Any], point: dict[str, Any]
+              ) -> str | None:
+    """Why one earlier trial is no observation of the space now (None: it is): a searched
+    value outside the domain now, or a setting it computed with (resolved: batch phases,
+    model folder) that the same point, or the value fixed now, does not give."""
+    for key, value in point.items():
+        if not domain_contains(space[key], value):
+            return f"ran {key} outside {space[key].kind} {list(space[key].args)}"
+    now = _trial_settings(config, {**_constants(config), **point})
+    there = _trial_settings(earlier, ran)
+    for key in sorted(varied):
+        if _ignored(key, now, there) or _same(key, now[key], there[key], record):
+            continue
+        if _searched_key(key) not in space:
+            return f"ran {key} != {now[key]!r}"
+        return (f"ran {key} {point[_searched_key(key)]!r}: {_shown(key, now[key], {})!r} now, "
+                f"{_shown(key, there[key], record)!r} there")
+    return None
+
+
+def _skip_text(skipped: dict[str, int]) -> str:
+    """`2 ran train.freeze_layers != 0; 1 reported no finite latency_ms_b1`: trials left."""
+    return "; ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
+
+
+def _ignored(key: str, now: dict[str, Any], there: dict[str, Any]) -> bool:
+    """Settings that change no trial's objective: another seed is another draw of it, the
+    eval batch and precision change speed only, and the micro-batch leaves the effective
+    batch alone unless BatchNorm computes statistics per micro-batch on either side."""
+    if key in NOT_MEASURED:
+        return True
+    return key == "train.max_micro_batch" and "train" not in (
+        now["train.batchnorm"], there["train.batchnorm"])
 
 
 def _check_objectives(config: ExperimentConfig, earlier: ExperimentConfig,
                       directory: str) -> None:
-    """The same metric and mode (schedulers stopped its trials by them, so a stopped trial's
-    last value means the same), and every objective now an objective there."""
+    """The same metric and mode: schedulers stopped its trials by them and the searcher there
+    followed them, so a stopped trial's last value means the same. Other objectives need
+    only have been reported there (checked with its results)."""
     if (config.metric, config.mode) != (earlier.metric, earlier.mode):
         raise ConfigError(f"--warm-start {directory}: metric differs: {config.metric!r} "
                           f"({config.mode}) now, {earlier.metric!r} ({earlier.mode}) there; its "
                           "trials were stopped and ranked by its metric, so a warm start needs "
                           "the same one")
-    there = earlier.objective_list()
-    for i, (metric, mode) in enumerate(config.objective_list()):
-        if (metric, mode) not in there:
-            shown = ", ".join(f"{m} ({d})" for m, d in there)
-            raise ConfigError(f"--warm-start {directory}: objectives.{i} differs: {metric} "
-                              f"({mode}) is an objective now, not there (objectives there: "
-                              f"{shown}); a warm start needs objectives it had")
 
 
 def _check_sections(config: ExperimentConfig, earlier: ExperimentConfig,
@@ -224,8 +280,6 @@ def _constants(config: ExperimentConfig) -> dict[str, Any]:
 
 def _sampled(earlier: ExperimentConfig, row: dict) -> dict[str, Any]:
     """The config an earlier trial ran with (its searched keys) from its trials-table row."""
-    from raytune_ft.experiment import HP
-
     sampled = {}
     for key, domain in earlier.space().items():
         value = domain.args[0] if domain.kind == "constant" else _plain(row.get(HP + key))
@@ -251,11 +305,19 @@ def _searched_key(key: str) -> str:
 def _same(key: str, now: Any, there: Any, record: dict) -> bool:
     """Equal, or (paths and model names) the same file once resolved: a relative path, the
     earlier run's resolved model path (its record) and the packaged MiniLM's aliases."""
-    if now == there:
-        return True
     if key not in PATH_KEYS or not (isinstance(now, str) and isinstance(there, str)):
-        return False
-    return _resolved(key, now, {}) == _resolved(key, there, record)
+        return now == there
+    resolved = _resolved(key, now, {})
+    if now == there and resolved in (None, now):  # a hub id: the same name, the same model
+        return True
+    return resolved == _resolved(key, there, record)
+
+
+def _shown(key: str, value: Any, record: dict) -> Any:
+    """A setting as compared: a path or model name resolved, anything else as it is."""
+    if key in PATH_KEYS and isinstance(value, str):
+        return _resolved(key, value, record) or value
+    return value
 
 
 def _resolved(key: str, value: str, record: dict) -> str | None:

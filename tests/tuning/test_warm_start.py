@@ -55,14 +55,18 @@ def test_a_searcher_with_pbt_is_a_config_error(alg):
 def test_the_sources_are_in_the_record_and_the_report(tmp_path):
     seen = Observations(points=[{"learning_rate": 1e-4}] * 3,
                         metrics=[{"eval_accuracy": 0.5}] * 3,
-                        sources=["/r/first", "/r/second"], imported=[2, 1])
+                        sources=["/r/first", "/r/second"], imported=[2, 1],
+                        skipped=[{"ran train.freeze_layers != 0": 1}, {}])
     write_record(str(tmp_path), experiment(), {"warm_start": seen.record()})
     _, record = read_record(str(tmp_path))  # the key is derived, not a config error
-    assert record["warm_start"] == [{"experiment": "/r/first", "trials": 2},
-                                    {"experiment": "/r/second", "trials": 1}]
+    assert record["warm_start"] == [
+        {"experiment": "/r/first", "trials": 2, "skipped": 1,
+         "why": {"ran train.freeze_layers != 0": 1}},
+        {"experiment": "/r/second", "trials": 1, "skipped": 0, "why": {}}]
+    assert seen.skip_text() == "1 ran train.freeze_layers != 0" and seen.skip_text(1) == ""
     note = _warm_start_note(tmp_path)
-    assert "Warm start: the searcher began with 3 earlier trials from /r/first (2 trials); " \
-           "/r/second (1 trials)." in note
+    assert "Warm start: the searcher began with 3 earlier trials from /r/first (2 trials, " \
+           "1 skipped: ran train.freeze_layers != 0 (1)); /r/second (1 trials)." in note
     plain = tmp_path / "plain"
     plain.mkdir()
     (plain / CONFIG_FILE).write_text(json.dumps(experiment().model_dump(mode="json")))
@@ -73,17 +77,17 @@ def test_the_sources_are_in_the_record_and_the_report(tmp_path):
 # An earlier experiment as Ray leaves it (params.json, result.json per trial), written here:
 # the comparison reads only the record and the analysis tables.
 
-def earlier_run(folder, config, params: list[dict]):
+def earlier_run(folder, config, params: list[dict], derived=None, reported=None):
     """`config`'s record and one finished trial per entry of `params` (its searched values),
-    each reporting eval_accuracy 0.6 + 0.1 i at the end of its budget."""
-    write_record(str(folder), config, {"model_path": "/models/m"})
+    each reporting eval_accuracy 0.6 + 0.1 i (and `reported[i]`) at the end of its budget."""
+    write_record(str(folder), config, {"model_path": "/models/m", **(derived or {})})
     for i, values in enumerate(params):
         trial = folder / f"train_abcde_{i:05d}_{i}_x"
         trial.mkdir()
         (trial / "params.json").write_text(json.dumps(values))
         line = {"training_iteration": 1, "trial_id": f"abcde_{i:05d}", "done": True,
                 "eval_accuracy": 0.6 + 0.1 * i, "eval_loss": 0.5, "epoch": 3.0,
-                "samples_seen": 100, "diverged": False}
+                "samples_seen": 100, "diverged": False, **(reported or {}).get(i, {})}
         (trial / "result.json").write_text(json.dumps(line) + "\n")
     return str(folder)
 
@@ -126,8 +130,7 @@ def test_same_fixed_settings_import_every_trial(tmp_path):
      "metric differs: 'eval_loss' (min) now, 'eval_accuracy' (max) there"),
     ({"objectives": [{"metric": "eval_accuracy", "mode": "max"},
                      {"metric": "latency_ms_b1", "mode": "min"}]},
-     "objectives.1 differs: latency_ms_b1 (min) is an objective now, not there (objectives "
-     "there: eval_accuracy (max))"),
+     "objective 'latency_ms_b1' was never reported there"),
 ])
 def test_a_different_fixed_setting_is_refused_naming_it(tmp_path, change, message):
     folder = earlier_run(tmp_path, experiment(), LRS)
@@ -149,7 +152,7 @@ def test_a_different_batch_schedule_is_compared_by_its_phases(tmp_path):
            "(0.5, 32)] there" in refusal(moved, folder)
 
 
-def test_a_key_searched_there_and_fixed_now_is_compared_per_trial(tmp_path):
+def test_a_key_searched_there_and_fixed_now_skips_the_trials_that_ran_another(tmp_path):
     searched = {**SEARCH, "model.name": {"choice": ["m", "small"]},
                 "model.max_length": {"choice": [64, 128]}}
     earlier = experiment(search=searched)
@@ -162,13 +165,122 @@ def test_a_key_searched_there_and_fixed_now_is_compared_per_trial(tmp_path):
         {"learning_rate": 2e-4, "model.name": "small", "model.max_length": 64}])
     target = experiment(search_alg=TPE, model={"name": "small", "max_length": 64})
     seen = load_observations(target, [one])  # every trial ran the model fixed now
-    assert seen.points == LRS and seen.imported == [2]
-    assert refusal(target, both) == (
-        f"--warm-start {both}: model.name differs: 'small' now, but trial abcde_00000 there "
-        "ran 'm' (searched there); a warm start takes trials run with the settings fixed now")
+    assert seen.points == LRS and seen.imported == [2] and seen.skipped == [{}]
+    seen = load_observations(target, [both])  # narrowing a search: the other model's left
+    assert seen.points == LRS[1:] and seen.imported == [1]
+    assert seen.skipped == [{"ran model.name != 'small'": 1}]
+    assert seen.record()[0]["skipped"] == 1
     longer = experiment(search_alg=TPE, model={"name": "small", "max_length": 128})
-    assert "model.max_length differs: 128 now, but trial abcde_00000 there ran 64" in \
-        refusal(longer, one)
+    assert refusal(longer, one) == (
+        f"--warm-start {one}: none of its 2 finished trials ran with the settings now: "
+        "2 ran model.max_length != 128")
+
+
+FREEZE = {**SEARCH, "freeze_layers": {"choice": [0, 1, 2]}}
+FROZEN = [{"learning_rate": 1e-4, "freeze_layers": 0}, {"learning_rate": 2e-4, "freeze_layers": 2},
+          {"learning_rate": 3e-4, "freeze_layers": 1}]
+
+
+def test_fixing_a_searched_key_skips_and_counts_the_trials_that_ran_another_value(tmp_path):
+    folder = earlier_run(tmp_path, experiment(search=FREEZE), FROZEN)
+    seen = load_observations(experiment(search_alg=TPE, train={"freeze_layers": 0}), [folder])
+    assert seen.points == [{"learning_rate": 1e-4}] and seen.imported == [1]
+    assert seen.metrics == [{"eval_accuracy": pytest.approx(0.6)}]
+    assert seen.skipped == [{"ran train.freeze_layers != 0": 2}]
+    assert seen.skip_text() == "2 ran train.freeze_layers != 0"
+
+
+def test_a_value_outside_the_domain_now_skips_and_counts_the_trial(tmp_path):
+    folder = earlier_run(tmp_path, experiment(search=FREEZE), FROZEN)
+    narrower = {**SEARCH, "freeze_layers": {"choice": [0, 1]}}
+    seen = load_observations(experiment(search_alg=TPE, search=narrower), [folder])
+    assert seen.points == [FROZEN[0], FROZEN[2]] and seen.imported == [2]
+    assert seen.skipped == [{"ran freeze_layers outside choice [0, 1]": 1}]
+    none = {**SEARCH, "freeze_layers": {"choice": [3]}}
+    assert refusal(experiment(search_alg=TPE, search=none), folder) == (
+        f"--warm-start {folder}: none of its 3 finished trials ran with the settings now: "
+        "3 ran freeze_layers outside choice [3]")
+
+
+def test_a_searched_schedule_name_is_compared_by_its_phases_per_trial(tmp_path):
+    schedules = {"search": {**SEARCH, "batch_schedule": {"choice": ["ramp", "none"]}}}
+    folder = earlier_run(tmp_path, experiment(
+        **schedules, batch_schedules={"ramp": [[0.0, 16], [0.5, 32]]}), [
+        {"learning_rate": 1e-4, "batch_schedule": "ramp"},
+        {"learning_rate": 2e-4, "batch_schedule": "none"}])
+    same = experiment(search_alg=TPE, **schedules,
+                      batch_schedules={"ramp": [[0.0, 16], [0.5, 32]]})
+    assert load_observations(same, [folder]).imported == [2]
+    moved = experiment(search_alg=TPE, **schedules,
+                       batch_schedules={"ramp": [[0.0, 16], [0.25, 64]]})
+    seen = load_observations(moved, [folder])  # the name is the same, the phases are not
+    assert seen.points == [{"learning_rate": 2e-4, "batch_schedule": "none"}]
+    assert seen.skipped == [{"ran train.batch_schedule 'ramp': [(0.0, 16), (0.25, 64)] now, "
+                             "[(0.0, 16), (0.5, 32)] there": 1}]
+
+
+def test_a_searched_model_name_is_compared_by_its_folder_per_trial(tmp_path, monkeypatch):
+    small = tmp_path / "models" / "small"
+    small.mkdir(parents=True)
+    (small / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "run").mkdir()
+    names = {"search": {**SEARCH, "model.name": {"choice": ["m", "models/small"]}}}
+    params = [{"learning_rate": 1e-4, "model.name": "m"},
+              {"learning_rate": 2e-4, "model.name": "models/small"}]
+    there = {"m": "/models/m", "models/small": str(small)}
+    folder = earlier_run(tmp_path / "run", experiment(**names), params,
+                         derived={"model_paths": there})
+    assert load_observations(experiment(search_alg=TPE, **names), [folder]).imported == [2]
+    moved = {**there, "models/small": "/elsewhere/small"}  # the name meant another folder
+    (tmp_path / "moved").mkdir()
+    folder = earlier_run(tmp_path / "moved", experiment(**names), params,
+                         derived={"model_paths": moved})
+    seen = load_observations(experiment(search_alg=TPE, **names), [folder])
+    assert seen.points == params[:1]
+    assert seen.skipped == [{f"ran model.name 'models/small': {str(small)!r} now, "
+                             "'/elsewhere/small' there": 1}]
+
+
+@pytest.mark.parametrize("key, value", [("seed", 7), ("eval_batch_size", 16),
+                                        ("precision", "fp32")])
+def test_settings_that_change_no_objective_are_not_compared(tmp_path, key, value):
+    folder = earlier_run(tmp_path, experiment(), LRS)
+    seen = load_observations(experiment(search_alg=TPE, train={key: value}), [folder])
+    assert seen.points == LRS and seen.skipped == [{}]
+
+
+def test_the_micro_batch_is_compared_only_where_batchnorm_trains(tmp_path):
+    (tmp_path / "eval").mkdir()
+    folder = earlier_run(tmp_path / "eval", experiment(train={"batchnorm": "eval"}), LRS)
+    gpu = experiment(search_alg=TPE, train={"batchnorm": "eval", "max_micro_batch": 128})
+    assert load_observations(gpu, [folder]).imported == [2]  # the same effective batch
+    trains = experiment(search_alg=TPE, train={"batchnorm": "train", "max_micro_batch": 128})
+    assert "train.max_micro_batch differs: 128 now, 32 there" in refusal(trains, folder)
+    (tmp_path / "train").mkdir()
+    folder = earlier_run(tmp_path / "train", experiment(), LRS)  # batchnorm: train there
+    frozen = experiment(search_alg=TPE, train={"batchnorm": "eval", "max_micro_batch": 128})
+    assert "train.max_micro_batch differs: 128 now, 32 there" in refusal(frozen, folder)
+
+
+GOALS = [{"metric": "eval_accuracy", "mode": "max"}, {"metric": "latency_ms_b1", "mode": "min"}]
+
+
+def test_another_objective_needs_only_to_have_been_reported_there(tmp_path):
+    # a single-objective run whose trials recorded latency warm-starts a two-objective one
+    folder = earlier_run(tmp_path, experiment(), LRS + [{"learning_rate": 3e-4}],
+                         reported={0: {"latency_ms_b1": 2.5}, 1: {"latency_ms_b1": 1.5}})
+    seen = load_observations(experiment(search_alg={"type": "optuna"}, objectives=GOALS),
+                             [folder])
+    assert seen.points == LRS  # the third reported no latency: skipped, named
+    assert seen.values(experiment(objectives=GOALS).objective_list()) == [
+        [pytest.approx(0.6), 2.5], [pytest.approx(0.7), 1.5]]
+    assert seen.skipped == [{"reported no finite latency_ms_b1": 1}]
+    first = [{"metric": "eval_loss", "mode": "min"}, {"metric": "eval_accuracy", "mode": "max"}]
+    other = experiment(search_alg={"type": "optuna"}, objectives=first, metric="eval_loss",
+                       mode="min")  # the first objective is the one trials were stopped on
+    assert "metric differs: 'eval_loss' (min) now, 'eval_accuracy' (max) there" in \
+        refusal(other, folder)
 
 
 def test_a_model_named_by_another_path_to_the_same_folder_is_the_same(tmp_path, monkeypatch):
