@@ -235,7 +235,8 @@ def _print_header(prepared) -> None:
     if seen is not None:
         skipped = sum(s["skipped"] for s in seen.record())
         print(f"warm start   {len(seen.points)} of {len(seen.points) + skipped} trials "
-              f"imported from {len(seen.sources)} experiments ({', '.join(seen.sources)})"
+              f"imported from {len(seen.sources)} experiment"
+              f"{'s' if len(seen.sources) > 1 else ''} ({', '.join(seen.sources)})"
               + (f"; skipped: {seen.skip_text()}" if skipped else ""))
         if len(seen.sources) > 1:
             for i, source in enumerate(seen.record()):

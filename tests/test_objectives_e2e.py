@@ -143,7 +143,7 @@ def test_warm_start_imports_the_trials_and_a_stop_rule_ends_the_run(two_goals, t
                       "stop": {"target": 5.0}})  # any eval loss of 2 labels is below 5
     done = run_cli("tune", str(path), "--warm-start", str(experiment))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"warm start   4 of 4 trials imported from 1 experiments ({experiment})\n" \
+    assert f"warm start   4 of 4 trials imported from 1 experiment ({experiment})\n" \
         in done.stdout
     assert "stopped by   target: trial " in done.stdout
     reason = json.loads((root / "results" / "warm" / "stop_reason.json").read_text())
@@ -179,14 +179,14 @@ def test_an_incompatible_warm_start_exits_2_naming_the_parameter(two_goals, tiny
                  search_alg={"type": "tpe", "seed": 0})
     done = run_cli("validate", str(path), "--warm-start", str(experiment))
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (f"warm start   {4 - ran[2]} of 4 trials imported from 1 experiments ({experiment}); "
+    assert (f"warm start   {4 - ran[2]} of 4 trials imported from 1 experiment ({experiment}); "
             f"skipped: {ran[2]} ran freeze_layers outside choice [0, 1]") in done.stdout
     path = write(root, "fixed", model=tiny_bert, glue=glue_dir, search=SEARCH_LR,
                  metric="eval_loss", mode="min", search_alg={"type": "tpe", "seed": 0})
     done = run_cli("validate", str(path), "--set", "train.freeze_layers=0",
                    "--warm-start", str(experiment))  # searched there, fixed now
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (f"warm start   {ran[0]} of 4 trials imported from 1 experiments ({experiment}); "
+    assert (f"warm start   {ran[0]} of 4 trials imported from 1 experiment ({experiment}); "
             f"skipped: {4 - ran[0]} ran train.freeze_layers != 0") in done.stdout
 
 
