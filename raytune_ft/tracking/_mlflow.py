@@ -33,7 +33,7 @@ from raytune_ft.tracking._common import (
     step_of,
 )
 from raytune_ft.tracking._runs import read_runs, write_runs
-from raytune_ft.tracking._worker import Worker
+from raytune_ft.tracking._worker import Threaded, Worker
 
 TRACKER = "mlflow"
 _BATCH = 100  # MLflow's log_batch takes at most 100 params (1000 metrics) per call
@@ -69,8 +69,10 @@ def client_for(uri: str | None):
     return MlflowClient(tracking_uri=uri)
 
 
-class MlflowTracker(tune.Callback):
+class MlflowTracker(Threaded, tune.Callback):
     """Driver-side: queues every MLflow call on its worker thread."""
+
+    tracker = TRACKER
 
     def __init__(self, uri: str | None, experiment_name: str, experiment_dir: str,
                  run_name: str, iterations: int, params: dict):
@@ -82,20 +84,12 @@ class MlflowTracker(tune.Callback):
         self.params = params  # the validated experiment, flattened
         self._reset()
 
+    TRANSIENT = ("_client", "_runs")
+
     def _reset(self) -> None:
-        self._worker: Worker | None = None
+        super()._reset()
         self._client = None
         self._runs: dict = {}
-
-    def __getstate__(self) -> dict:  # Tune pickles callbacks into the experiment folder
-        state = self.__dict__.copy()
-        for key in ("_worker", "_client", "_runs"):
-            state.pop(key)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._reset()
 
     # ------------------------------------------------------------------ Tune's hooks (driver)
 
@@ -123,11 +117,6 @@ class MlflowTracker(tune.Callback):
     def on_experiment_end(self, trials, **info):
         if self._worker is not None and not self._worker.close(timeout_s=120):
             _guard.fail(TRACKER, "the queued results", TimeoutError("still busy after 120 s"))
-
-    def _submit(self, what: str, doing: str, fn, *args) -> None:
-        if self._worker is None:  # Tune calls setup first; a guard for callers that do not
-            self.setup()
-        self._worker.submit(what, doing, fn, *args)
 
     # ------------------------------------------------------------------ the worker thread
 

@@ -34,14 +34,13 @@ from raytune_ft.tracking._common import (
     metrics_of,
     step_of,
 )
-from raytune_ft.tracking._guard import Guarded
 from raytune_ft.tracking._runs import read_runs, write_runs
-from raytune_ft.tracking._worker import Worker
+from raytune_ft.tracking._worker import Threaded, Worker
 
 TRACKER = "wandb"
 
 
-class WandbTracker(Guarded, tune.Callback):
+class WandbTracker(Threaded, tune.Callback):
     """Driver-side: queues every W&B call on its worker thread."""
 
     tracker = TRACKER
@@ -56,20 +55,12 @@ class WandbTracker(Guarded, tune.Callback):
         self.iterations = iterations
         self._reset()
 
+    TRANSIENT = ("_runs", "_known")
+
     def _reset(self) -> None:
-        self._worker: Worker | None = None
+        super()._reset()
         self._runs: dict[str, object] = {}  # trial id -> its open wandb Run (worker thread)
         self._known: dict[str, dict] | None = None  # trial id -> last step logged, exploits
-
-    def __getstate__(self) -> dict:  # Tune pickles callbacks into the experiment folder
-        state = self.__dict__.copy()
-        for key in ("_worker", "_runs", "_known"):
-            state.pop(key)
-        return state
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self._reset()
 
     # ------------------------------------------------------------------ Tune's hooks (driver)
 
@@ -106,11 +97,6 @@ class WandbTracker(Guarded, tune.Callback):
         if self._runs:  # still open (an interrupted experiment): finished, so their files
             # are complete; `raytune-ft resume` continues them
             self._attempt("trial ends", "the open runs", self._finish_open)
-
-    def _submit(self, what: str, doing: str, fn, *args, always: bool = False) -> None:
-        if self._worker is None:  # Tune calls setup first; a guard for callers that do not
-            self.setup()
-        self._worker.submit(what, doing, fn, *args, always=always)
 
     # ------------------------------------------------------------------ the worker thread
 

@@ -41,3 +41,29 @@ class Worker(Guarded):
                 return
             what, doing, fn, args, always = item
             (self._attempt if always else self._guard)(what, doing, fn, *args)
+
+
+class Threaded(Guarded):
+    """A tracker callback whose calls run on its own `Worker` thread (the driver only queues
+    them). What lives only in this driver (the thread, clients, open runs) is set by
+    `_reset` and left out when Tune pickles the callback into the experiment folder."""
+
+    TRANSIENT: tuple[str, ...] = ()  # a subclass's attributes that `_reset` sets
+
+    def _reset(self) -> None:
+        self._worker: Worker | None = None
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        for key in ("_worker", *self.TRANSIENT):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def _submit(self, what: str, doing: str, fn, *args, always: bool = False) -> None:
+        if self._worker is None:  # Tune calls setup first; a guard for callers that do not
+            self.setup()
+        self._worker.submit(what, doing, fn, *args, always=always)
