@@ -9,15 +9,10 @@ about training or needs Ray; pandas and the config schema are imported where the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import re
-import shutil
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,51 +100,6 @@ def open_experiment(experiment_dir: str | Path) -> tuple[Path, ExperimentConfig,
         raise ExperimentError(f"{experiment_dir}: no such experiment directory")
     config, record = read_record(str(directory))
     return directory, config, record
-
-
-# ---------------------------------------------------------------------------- atomic writes
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary sibling of `path` to write a file or a folder into. On a clean exit it takes
-    `path`'s place; on an error it is removed and whatever was at `path` stays as it was. So
-    nothing half-written is ever at `path`, and readers see the old or the new, never a mix.
-
-    A file moves in with one `os.replace`. A folder cannot replace a non-empty one in one step:
-    the old one is renamed aside, the new one renamed in, and only then the old one removed.
-    """
-    path = Path(path)
-    # Unique, in the same folder (a rename within a filesystem is atomic); not mkstemp, which
-    # would leave a file mode 0600.
-    staging = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield staging
-        if staging.is_dir():
-            _replace_folder(staging, path)
-        else:
-            os.replace(staging, path)
-    except BaseException:
-        if staging.is_dir() and not staging.is_symlink():
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            staging.unlink(missing_ok=True)
-        raise
-
-
-def _replace_folder(staging: Path, path: Path) -> None:
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old")
-        path.rename(old)
-    try:
-        staging.rename(path)
-    except BaseException:
-        if old is not None:
-            old.rename(path)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------- trial rows

@@ -27,13 +27,13 @@ from raytune_ft.config import (
 from raytune_ft.errors import ConfigError, ExperimentError
 from raytune_ft.experiment import (
     EXPORT_RECORD,
-    atomic_write,
     confirm_folder,
     confirm_summary,
     open_experiment,
     read_confirm_rows,
     trial_results,
 )
+from raytune_ft.storage import atomic_write
 from raytune_ft.tasks import Task, task_for
 from raytune_ft.tuning.confirm import finished_trials
 

@@ -13,7 +13,6 @@ from raytune_ft.config import validate_config
 from raytune_ft.errors import ExperimentError
 from raytune_ft.experiment import (
     CONFIG_FILE,
-    atomic_write,
     confirm_summary,
     open_experiment,
     rank_trials,
@@ -21,6 +20,7 @@ from raytune_ft.experiment import (
     read_record,
     write_record,
 )
+from raytune_ft.storage import atomic_write
 
 ASHA = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
 PBT = {"type": "pbt", "perturbation_interval": 1, "mutations": ["learning_rate"]}

@@ -31,12 +31,12 @@ from raytune_ft.experiment import (
     CONFIRM_FILE,
     REPORT_FILE,
     STOP_FILE,
-    atomic_write,
     confirm_summary,
     rank_by,
     ranking_column,
     read_confirm_rows,
 )
+from raytune_ft.storage import atomic_write
 
 logger = logging.getLogger(__name__)
 

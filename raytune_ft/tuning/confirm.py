@@ -40,13 +40,13 @@ from raytune_ft.experiment import (
     PARAMS_FILE,
     PLAN_FILE,
     RESULT_FILE,
-    atomic_write,
     confirm_summary,
     open_experiment,
     pbt_policy_file,
     rank_trials,
     trial_results,
 )
+from raytune_ft.storage import atomic_write
 from raytune_ft.tuning.schedulers import scheduler_spec
 
 log = logging.getLogger(__name__)
