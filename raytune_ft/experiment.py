@@ -21,7 +21,7 @@ from raytune_ft.errors import ExperimentError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from raytune_ft.config import ExperimentConfig
+    from raytune_ft.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def write_record(experiment_dir: str, config: ExperimentConfig, derived: dict) -
 
 def read_record(experiment_dir: str) -> tuple[ExperimentConfig, dict]:
     """The experiment's validated config and the whole record, DERIVED_KEYS included."""
-    from raytune_ft.config import validate_config
+    from raytune_ft.schema import validate_config
     from raytune_ft.storage import read_text
 
     path = f"{experiment_dir.rstrip('/')}/{CONFIG_FILE}"
@@ -137,7 +137,7 @@ def ranking_column(config: ExperimentConfig | str | None) -> str:
     weights an exploit may since have replaced. Other trials keep one configuration, so
     their best evaluation is what that configuration reached.
     """
-    from raytune_ft.tuning.schedulers import scheduler_spec
+    from raytune_ft.schedulers import scheduler_spec
 
     if not config:  # an experiment without its record: no scheduler known
         return "best_metric"

@@ -17,13 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raytune_ft.config import (
-    MODEL_SEARCH_KEYS,
-    ExperimentConfig,
-    TrainConfig,
-    trial_hyperparameters,
-    trial_model,
-)
+from raytune_ft.config import MODEL_SEARCH_KEYS, TrainConfig
 from raytune_ft.errors import ConfigError, ExperimentError
 from raytune_ft.experiment import (
     EXPORT_RECORD,
@@ -33,6 +27,7 @@ from raytune_ft.experiment import (
     read_confirm_rows,
     trial_results,
 )
+from raytune_ft.schema import ExperimentConfig, trial_hyperparameters, trial_model
 from raytune_ft.storage import atomic_write
 from raytune_ft.tasks import Task, task_for
 from raytune_ft.tuning.confirm import finished_trials

@@ -183,7 +183,7 @@ def test_fractional_gpus_and_custom_resources_reach_the_trial_unrounded(tiny_ber
                                                                         tmp_path, monkeypatch):
     from ray import tune
 
-    from raytune_ft.config import load_config
+    from raytune_ft.schema import load_config
     from raytune_ft.tuning.cluster import trial_resources
     from raytune_ft.tuning.runner import Prepared, trainable_for
 

@@ -12,6 +12,8 @@ import pytest
 import torch
 from support import REPO
 
+from raytune_ft.tasks import get_task
+
 EWT = REPO.parent / "shared" / "data" / "ud_ewt"
 TRAIN_SENTENCES, EVAL_SENTENCES = 64, 32
 UPOS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON",
@@ -110,7 +112,8 @@ def test_export_loads_with_the_auto_class_and_the_pipeline(tagging_run, tmp_path
     config = read_experiment_record(str(experiment))
     task = task_for(config.data)
     bundle = task.load_data(config.data, str(out), config.model.max_length)
-    loop = FineTuneLoop(model, bundle, TrainConfig(), config.metric, config.mode)
+    loop = FineTuneLoop(model, bundle, TrainConfig(), config.metric, config.mode,
+                        task=get_task(bundle.kind))
     scores = loop.evaluate()
     expected = record["metrics"]["eval_token_accuracy"]
     assert scores["eval_token_accuracy"] == pytest.approx(expected, abs=1e-12)

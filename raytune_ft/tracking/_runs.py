@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import threading
 
-from raytune_ft.experiment import TRACKING_FILE
 from raytune_ft.storage import read_text, write_text
+
+TRACKING_FILE = "raytune_ft_tracking.json"  # in the experiment folder
 
 
 def read_runs(experiment_dir: str) -> dict:

@@ -37,6 +37,12 @@ LAYOUTS = {
 SUPPORTED_LAYOUTS = "BERT, RoBERTa, DistilBERT, MiniLM, ELECTRA, ResNet, ConvNeXt, ViT"
 
 
+def is_lora(model: torch.nn.Module) -> bool:
+    """Whether `model` carries adapters (a peft model, `training.lora`), without importing
+    peft."""
+    return type(model).__module__.startswith("peft.")
+
+
 def resolve_model_path(name: str) -> str:
     """A local directory, the packaged MiniLM, or a hub id (returned unchanged)."""
     path = Path(name).expanduser()
@@ -221,8 +227,6 @@ def parameter_groups(model: torch.nn.Module, hp: TrainConfig) -> list[dict]:
     With LoRA (`training.lora`) the adapters take the decay of the layer they sit in, the
     head trains at lr, and what peft froze (the base) stays out of the optimizer.
     """
-    from raytune_ft.training.lora import is_lora
-
     adapted = is_lora(model)
     known = getattr(model, "base_model_prefix", "") in LAYOUTS
     if not known and (hp.layer_decay != 1.0 or hp.freeze_layers or hp.freeze_embeddings):
@@ -266,8 +270,6 @@ def _batchnorm_grads(model: torch.nn.Module, hp: TrainConfig) -> None:
     in their optimizer group either way (without a gradient AdamW skips them), so the groups
     keep one structure whatever the policy and a PBT change of it loads any checkpoint.
     With LoRA adapters, peft decided what trains."""
-    from raytune_ft.training.lora import is_lora
-
     if is_lora(model):
         return
     for name, module in batchnorm_layers(model):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 
-from raytune_ft.config import ExperimentConfig
 from raytune_ft.errors import ConfigError, ResourceError, last_line
+from raytune_ft.schema import ExperimentConfig
 from raytune_ft.storage import is_uri
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import ExperimentConfig, model_options, trial_model
 from raytune_ft.errors import ConfigError, ModelError
+from raytune_ft.schema import ExperimentConfig, model_options, trial_model
 from raytune_ft.tasks import DataBundle, Task
 
 log = logging.getLogger(__name__)

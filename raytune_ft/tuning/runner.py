@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import ExperimentConfig, searches_model
 from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
 from raytune_ft.experiment import read_record, write_record
-from raytune_ft.plan import TrialPlan, plan_experiment
+from raytune_ft.plan import TrialPlan
+from raytune_ft.schema import ExperimentConfig, searches_model
 from raytune_ft.storage import is_uri, write_text
 from raytune_ft.tasks import DataBundle, task_for
 from raytune_ft.training.lora import check_experiment as check_lora
@@ -54,7 +54,7 @@ class Prepared:
     model_path: str
     bundle: DataBundle
     experiment_dir: str  # <storage_path>/<name>, a local path or a URI
-    plan: TrialPlan | None = None  # what every trial shares: budget, evaluations, batches
+    plan: TrialPlan  # what every trial shares: budget, evaluations, batches
     warnings: list[str] = field(default_factory=list)  # for the run header
     about_data: list[tuple[str, str]] = field(default_factory=list)  # the task's header lines
     observations: Any = None  # earlier trials for the searcher (tuning.warm_start), or None
@@ -112,7 +112,7 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     lora = check_lora(task, model_path, bundle.label_names, config.train, config.space())
     for other in list(paths or [])[1:]:  # every searched model takes the adapters
         check_lora(task, paths[other], bundle.label_names, config.train, config.space())
-    plan = plan_experiment(config, n_train=len(bundle.train))
+    plan = config.plan(len(bundle.train))
     return Prepared(config, model_path, bundle, experiment_dir, plan,
                     _warnings(plan, bundle) + task.warnings(bundle, config.data)
                     + _batchnorm_warnings(config, plan, model_path),
@@ -177,24 +177,22 @@ def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: 
                               "to replace it")
 
 
-def tune_settings(config: ExperimentConfig, experiment_dir: str,
-                  plan: TrialPlan | None = None):
+def tune_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan):
     """The `TuneConfig` and `RunConfig` raytune_ft runs with, for any trainable.
 
     `build_tuner` uses it; benchmarks reuse it to drive a stand-in trainable the same way.
-    `plan`: the prepared experiment's (without one the scheduler computes it from `config`).
     """
     from ray import tune
 
-    from raytune_ft.tracking import TrackingContext, tracking_callbacks
-    from raytune_ft.tuning.schedulers import build_scheduler
+    from raytune_ft.schedulers import build_scheduler
+    from raytune_ft.tracking import tracking_callbacks
     from raytune_ft.tuning.search import build_search_alg
     from raytune_ft.tuning.tune_logs import result_loggers
 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # ours replace Ray's defaults
 
     root, name = experiment_dir.rsplit("/", 1)
-    iterations = plan.iterations if plan is not None else config.iterations
+    iterations = plan.iterations
     run_config = tune.RunConfig(
         name=name, storage_path=root, verbose=config.run.verbose,
         # Tune ends a trial at its last iteration itself: HyperBand would otherwise keep it
@@ -204,15 +202,25 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(config)),
         failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
         callbacks=[*result_loggers(), _sigint_watch(),
-                   *tracking_callbacks(TrackingContext(config, experiment_dir, iterations))],
+                   *tracking_callbacks(config.tracking,
+                                       tracking_run(config, experiment_dir, iterations))],
     )
     tune_config = tune.TuneConfig(
-        metric=config.metric, mode=config.mode, scheduler=build_scheduler(config, plan),
+        metric=config.metric, mode=config.mode, scheduler=build_scheduler(config.scheduler, plan),
         search_alg=build_search_alg(config), num_samples=config.run.num_samples,
         max_concurrent_trials=config.run.max_concurrent_trials,
         time_budget_s=config.run.time_budget_s, reuse_actors=True,
     )
     return tune_config, run_config
+
+
+def tracking_run(config: ExperimentConfig, experiment_dir: str, iterations: int):
+    """The run as the trackers see it (each gets its own settings on top)."""
+    from raytune_ft.experiment import CONFIG_FILE
+    from raytune_ft.tracking import TrackingContext
+
+    return TrackingContext(None, config.name, config.metric, config.model_dump(mode="json"),
+                           experiment_dir, f"{experiment_dir}/{CONFIG_FILE}", iterations)
 
 
 def checkpoints_to_keep(config: ExperimentConfig) -> int | None:
@@ -223,7 +231,7 @@ def checkpoints_to_keep(config: ExperimentConfig) -> int | None:
     checkpoint is kept (None) unless the user sets a cap, and a cap is raised to cover two
     perturbation intervals.
     """
-    from raytune_ft.tuning.schedulers import scheduler_spec
+    from raytune_ft.schedulers import scheduler_spec
 
     keep = config.run.checkpoints_to_keep
     if not scheduler_spec(config.scheduler).population:
@@ -283,7 +291,7 @@ def build_tuner(prepared: Prepared, restore: bool = False):
                                   resume_errored=True)
     tune_config, run_config = tune_settings(config, prepared.experiment_dir, prepared.plan)
     tune_config, run_config = _search_settings(prepared, tune_config, run_config)
-    return tune.Tuner(trainable, param_space=param_space(config, prepared.plan),
+    return tune.Tuner(trainable, param_space=param_space(prepared.plan),
                       tune_config=tune_config, run_config=run_config)
 
 
@@ -325,7 +333,7 @@ class Outcome:
 def finish_trackers(prepared: Prepared, summary: RunSummary) -> list[str]:
     """The trackers' end-of-run step; what they could not log, one line per tracker."""
     from raytune_ft.experiment import ANALYSIS_DIR
-    from raytune_ft.tracking import End, TrackingContext, finish_tracking
+    from raytune_ft.tracking import End, finish_tracking
 
     config = prepared.config
     if not config.tracking.enabled():
@@ -334,8 +342,8 @@ def finish_trackers(prepared: Prepared, summary: RunSummary) -> list[str]:
     best = summary.best
     end = End(Path(prepared.experiment_dir, ANALYSIS_DIR) if local else None,
               (best.metric, best.value) if best is not None else None, summary.interrupted)
-    iterations = prepared.plan.iterations if prepared.plan is not None else config.iterations
-    return finish_tracking(TrackingContext(config, prepared.experiment_dir, iterations), end)
+    run = tracking_run(config, prepared.experiment_dir, prepared.plan.iterations)
+    return finish_tracking(config.tracking, run, end)
 
 
 def fit_tuner(tuner) -> tuple[Any, bool]:

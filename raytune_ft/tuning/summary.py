@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import ExperimentConfig
 from raytune_ft.errors import last_line
 from raytune_ft.experiment import ANALYSIS_DIR, REPORT_FILE, rank_trials
+from raytune_ft.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 from ray import tune
 
-from raytune_ft.config import ExperimentConfig, trial_hyperparameters, trial_model
 from raytune_ft.plan import TrialPlan
+from raytune_ft.schedulers import scheduler_spec
+from raytune_ft.schema import ExperimentConfig, trial_hyperparameters, trial_model
 from raytune_ft.tasks import DataBundle, get_task
 from raytune_ft.training.deployment import deployment_figures
 from raytune_ft.training.device import choose_device, limit_cpu_threads, out_of_memory_advice
@@ -26,7 +27,6 @@ from raytune_ft.training.distributed import SINGLE, World
 from raytune_ft.training.loop import FineTuneLoop
 from raytune_ft.training.lora import apply_lora
 from raytune_ft.training.model import resolve_model_path
-from raytune_ft.tuning.schedulers import scheduler_spec
 from raytune_ft.tuning.workers import WorkerGroup
 
 
@@ -71,15 +71,16 @@ def build_loop(config: dict, bundle: DataBundle, experiment: ExperimentConfig,
     device = choose_device(resources.worker_gpus)
     limit_cpu_threads(resources.worker_cpus)
     name = trial_model(experiment, config).name  # model.name, or the trial's searched one
-    model = get_task(bundle.kind).load_model(node_model_path(model_path, name),
-                                             bundle.label_names, hp.seed)
+    task = get_task(bundle.kind)
+    model = task.load_model(node_model_path(model_path, name), bundle.label_names, hp.seed)
     model = apply_lora(model, hp)  # unchanged without train.lora_r
     scheduler = scheduler_spec(experiment.scheduler)
     return FineTuneLoop(model, bundle, hp, experiment.metric, experiment.mode, device,
                         dropout_seed=trial_dropout_seed(hp.seed, scheduler.population,
                                                         trial_id),
                         keep_diverged=scheduler.keeps_diverged and not presets,
-                        budget=plan.budget if plan is not None else None, world=world)
+                        budget=plan.budget if plan is not None else None, world=world,
+                        task=task)
 
 
 def train_trial(config: dict, *, bundle: DataBundle | None, experiment: ExperimentConfig,

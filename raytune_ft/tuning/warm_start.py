@@ -45,11 +45,11 @@ from typing import Any
 from hyperopt import JOB_STATE_DONE, STATUS_OK
 from ray.tune.search.hyperopt import HyperOptSearch
 
-from raytune_ft.config import ExperimentConfig, trial_hyperparameters, trial_model
-from raytune_ft.config._search import domain_contains
+from raytune_ft.config import domain_contains
 from raytune_ft.errors import ConfigError, ExperimentError, ModelError
 from raytune_ft.experiment import HP, read_record
-from raytune_ft.tuning.schedulers import scheduler_spec
+from raytune_ft.schedulers import scheduler_spec
+from raytune_ft.schema import ExperimentConfig, trial_hyperparameters, trial_model
 
 USABLE = ("terminated", "stopped")  # statuses whose last values a searcher would have seen
 # Sections that change no trial's result: where it runs, how it is searched, scheduled and

@@ -17,8 +17,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from raytune_ft.config import ExperimentConfig
 from raytune_ft.plan import TrialPlan
+from raytune_ft.schema import ExperimentConfig
 from raytune_ft.tasks import DataBundle
 from raytune_ft.training.device import choose_device, out_of_memory_advice
 from raytune_ft.training.distributed import SINGLE, backend_for, init_world, leave_world

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from support import experiment_yaml
 
-from raytune_ft.config import load_config
 from raytune_ft.errors import ConfigError
+from raytune_ft.schema import load_config
 from raytune_ft.tracking import _guard
 from raytune_ft.tracking._common import end_status, flat_params, metrics_of
 

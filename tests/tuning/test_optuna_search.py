@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from raytune_ft.config import validate_config
 from raytune_ft.errors import ConfigError
+from raytune_ft.schema import validate_config
 from raytune_ft.tuning.search import build_search_alg, param_space
 from raytune_ft.tuning.warm_start import Observations
 
@@ -24,7 +24,7 @@ def experiment(search_alg=None, **extra):
 
 def suggestions(config, n=6, observations=None):
     searcher = build_search_alg(config, observations)
-    searcher.set_search_properties(config.metric, config.mode, param_space(config))
+    searcher.set_search_properties(config.metric, config.mode, param_space(config.plan()))
     return searcher, [searcher.suggest(f"t{i}") for i in range(n)]
 
 
@@ -93,7 +93,7 @@ def test_points_to_evaluate_come_first():
         if alg["type"] == "random":
             assert searcher._points_to_evaluate == [point]
             continue
-        searcher.set_search_properties(config.metric, config.mode, param_space(config))
+        searcher.set_search_properties(config.metric, config.mode, param_space(config.plan()))
         assert searcher.suggest("t0") == point, alg
 
 
@@ -155,8 +155,7 @@ def test_review_faults_are_one_line_errors(raw, message):
 
 
 def test_quantized_domains_hold_their_grid_only():
-    from raytune_ft.config._search import domain_contains
-    from raytune_ft.config._space import parse_domain
+    from raytune_ft.config import domain_contains, parse_domain
 
     q = parse_domain("w", {"quniform": [0.0, 0.3, 0.1]})
     assert domain_contains(q, 0.1) and domain_contains(q, 0.30000000000000004)  # Ray's 3*0.1
@@ -184,7 +183,7 @@ def test_nsga2_breeds_a_second_generation_within_a_small_budget():
     config = experiment({"type": "optuna", "sampler": "nsga2", "seed": 0}, objectives=TWO,
                         run={"num_samples": 8})
     searcher = build_search_alg(config)
-    searcher.set_search_properties(config.metric, config.mode, param_space(config))
+    searcher.set_search_properties(config.metric, config.mode, param_space(config.plan()))
     for i in range(8):
         searcher.suggest(f"t{i}")
         searcher.on_trial_complete(f"t{i}", {"eval_accuracy": 0.5 + 0.01 * i,

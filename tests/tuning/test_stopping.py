@@ -12,8 +12,8 @@ import json
 import pytest
 from ray import tune
 
-from raytune_ft.config import validate_config
 from raytune_ft.experiment import STOP_FILE
+from raytune_ft.schema import validate_config
 from raytune_ft.tuning.stopping import SearchStopper, read_stop_reason
 
 ITERATIONS = 4

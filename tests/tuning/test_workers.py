@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from support import experiment_yaml, read_results, run_cli
 
-from raytune_ft.config import validate_config
 from raytune_ft.errors import ResourceError
+from raytune_ft.schema import validate_config
 from raytune_ft.tuning.cluster import check_local_resources, local_cpus
 
 INTERVAL = 64  # samples per evaluation: 128 train samples, eval every 0.5 epoch
@@ -123,7 +123,7 @@ def test_the_multi_gpu_node_type_fits_the_data_parallel_example():
     import yaml
     from support import REPO
 
-    from raytune_ft.config import load_config
+    from raytune_ft.schema import load_config
     from raytune_ft.tuning.cluster import _how_many_fit, trial_resources
 
     config = load_config(REPO / "experiments" / "mrpc_ddp.yaml")
