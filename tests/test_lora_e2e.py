@@ -66,7 +66,7 @@ def test_a_clone_continues_exactly_from_its_donors_adapters(pbt_lora):
     from raytune_ft.tasks import task_for
     from raytune_ft.training.loop import FineTuneLoop
     from raytune_ft.training.lora import apply_lora
-    from raytune_ft.tuning.trainable import trial_dropout_seed
+    from raytune_ft.tuning.trial import trial_dropout_seed
 
     config, record = read_record(str(pbt_lora))
     results = trials(pbt_lora)

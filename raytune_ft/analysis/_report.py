@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from raytune_ft.analysis import _plots
+import raytune_ft.analysis._plots as _plots
 from raytune_ft.analysis._compare import compute_to_reach, device_factor, goals_of
 from raytune_ft.analysis._export import (
     build_tables,

@@ -71,6 +71,11 @@ class ModelData:
     bundles: dict[tuple[str, int], DataBundle] = field(default_factory=dict)
     refs: dict[tuple[str, int], Any] = field(default_factory=dict)
 
+    @classmethod
+    def single(cls, name: str, path: str, max_length: int, bundle: DataBundle) -> ModelData:
+        """The one tokenization of an experiment that searches no model key."""
+        return cls({name: path}, {name: "fixed"}, bundles={("fixed", max_length): bundle})
+
     def key(self, name: str, max_length: int) -> tuple[str, int]:
         return self.tokenizers[name], max_length
 

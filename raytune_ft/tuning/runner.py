@@ -242,30 +242,24 @@ def checkpoints_to_keep(config: ExperimentConfig) -> int | None:
 
 
 def trainable_for(prepared: Prepared, presets: bool = False):
-    """The trial function with the tokenized data in the object store and its resources.
+    """The trial function with its `TrialSetup` (the data in the object store, one copy per
+    tokenization) and its resources.
 
     `presets`: the trials replay fixed configurations (replay, confirm) under a preset
     scheduler, so no population can rescue a diverged one: it ends.
     """
     from ray import tune
 
+    from raytune_ft.tuning.model_data import ModelData
     from raytune_ft.tuning.trainable import train_trial
+    from raytune_ft.tuning.trial import TrialSetup
 
     config = prepared.config
-    resources = config.resources
-    data = {"bundle": prepared.bundle}
-    if prepared.models is not None:  # each tokenization once in the object store
-        data = {"bundle": None, "models": prepared.models.to_object_store()}
-    elif resources.workers_per_trial > 1:  # one copy in the object store for every worker
-        import ray
-
-        data = {"bundle": None, "shared_bundle": (ray.put(prepared.bundle),)}
-    return tune.with_resources(
-        tune.with_parameters(train_trial, **data, experiment=config,
-                             model_path=prepared.model_path, plan=prepared.plan,
-                             presets=presets),
-        trial_placement(config),
-    )
+    data = prepared.models or ModelData.single(config.model.name, prepared.model_path,
+                                               config.model.max_length, prepared.bundle)
+    setup = TrialSetup(config, prepared.plan, data.to_object_store(), presets)
+    return tune.with_resources(tune.with_parameters(train_trial, setup=setup),
+                               trial_placement(config))
 
 
 def trial_placement(config: ExperimentConfig):
