@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -71,7 +72,7 @@ def write_record(experiment_dir: str, config: ExperimentConfig, derived: dict) -
 
 def read_record(experiment_dir: str) -> tuple[ExperimentConfig, dict]:
     """The experiment's validated config and the whole record, DERIVED_KEYS included."""
-    from raytune_ft.schema import validate_config
+    from raytune_ft.schema import validate_record
     from raytune_ft.storage import read_text
 
     path = f"{experiment_dir.rstrip('/')}/{CONFIG_FILE}"
@@ -85,7 +86,7 @@ def read_record(experiment_dir: str) -> tuple[ExperimentConfig, dict]:
     except json.JSONDecodeError as error:
         raise ExperimentError(f"{path}: not valid JSON ({error})") from None
     settings = {key: value for key, value in record.items() if key not in DERIVED_KEYS}
-    return validate_config(settings, source=str(path)), record
+    return validate_record(settings, source=str(path)), record
 
 
 def read_experiment_record(experiment_dir: str) -> ExperimentConfig:
@@ -105,6 +106,33 @@ def open_experiment(experiment_dir: str | Path) -> tuple[Path, ExperimentConfig,
 # ---------------------------------------------------------------------------- trial rows
 
 
+def result_lines(path: Path) -> bytes:
+    """A trial's RESULT_FILE as its complete lines, one JSON object per reported iteration:
+    blank lines go, and a truncated last line (a trial killed while writing) is dropped with
+    a warning. The one reader of the format: `trial_results` parses these lines, the analysis
+    its typed tables."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:  # a trial that never reported
+        return b""
+    except OSError as e:
+        log.warning("%s: unreadable (%s); trial has no iterations", path, e)
+        return b""
+    if not data.endswith(b"\n") or b"\n\n" in data or data[:1].isspace():
+        # blank lines would break the line count that maps rows back to files
+        data = b"\n".join(line for line in data.split(b"\n") if line.strip())
+        if not data:
+            return b""
+        data += b"\n"
+    head, _, last = data[:-1].rpartition(b"\n")
+    try:
+        json.loads(last)
+    except ValueError:
+        log.warning("%s: skipping truncated or corrupt last line (%d bytes)", path, len(last))
+        return head + b"\n" if head else b""
+    return data
+
+
 def trial_results(experiment_dir: Path) -> dict[str, tuple[Path, list[dict]]]:
     """trial_id -> (trial folder, reported rows) for every trial that reported.
 
@@ -114,14 +142,59 @@ def trial_results(experiment_dir: Path) -> dict[str, tuple[Path, list[dict]]]:
     trials = {}
     for folder in sorted(p for p in experiment_dir.iterdir() if (p / RESULT_FILE).is_file()):
         rows = []
-        for line in (folder / RESULT_FILE).read_text().splitlines():
+        for number, line in enumerate(result_lines(folder / RESULT_FILE).splitlines(), 1):
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
-                log.warning("%s: skipping a truncated line", folder / RESULT_FILE)
+                log.warning("%s: skipping corrupt line %d", folder / RESULT_FILE, number)
         if rows:
             trials[rows[-1]["trial_id"]] = (folder, rows)
     return trials
+
+
+# ---------------------------------------------------------------------------- PBT logs
+
+PBT_GLOBAL_FILE = "pbt_global.txt"  # Ray's, under PBT: every exploit of the experiment
+
+
+@dataclass(frozen=True)
+class PbtEntry:
+    """One line of Ray's PBT logs (`pbt_global.txt`, `pbt_policy_<trial>.txt`), written by
+    `PopulationBasedTraining._log_config_on_step`: the trial that exploited (target) and the
+    one it cloned (donor), by their experiment tags, the iterations of both, the donor's
+    config and the config the target continues with."""
+
+    target_tag: str
+    donor_tag: str
+    target_iteration: int
+    donor_iteration: int
+    donor_config: dict
+    new_config: dict
+
+
+def read_pbt_log(path: Path, strict: bool) -> list[PbtEntry]:
+    """Every entry of a PBT log, in the order Ray wrote them ([] when the file is absent).
+
+    `strict`: a line that is not an entry is an ExperimentError naming it (a schedule to
+    replay must be whole); otherwise it is skipped with a warning (the analysis of a run cut
+    while writing)."""
+    if not path.is_file():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            target, donor, target_it, donor_it, donor_config, new_config = json.loads(line)
+            entries.append(PbtEntry(str(target), str(donor), int(target_it), int(donor_it),
+                                    donor_config or {}, new_config or {}))
+        except (ValueError, TypeError) as error:
+            if strict:
+                raise ExperimentError(f"{path}: line {number} is not a PBT log entry "
+                                      "[target_tag, donor_tag, target_iteration, "
+                                      "donor_iteration, donor_config, new_config]") from None
+            log.warning("%s: skipping corrupt line %d (%s)", path, number, error)
+    return entries
 
 
 # ---------------------------------------------------------------------------- ranking

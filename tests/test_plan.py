@@ -9,7 +9,7 @@ import math
 import pytest
 
 from raytune_ft.config import TrainConfig, evaluation_count
-from raytune_ft.errors import RaytuneFtError
+from raytune_ft.errors import ConfigError, RaytuneFtError
 from raytune_ft.plan import accumulation_steps, trial_budget
 from raytune_ft.schema import validate_config
 from raytune_ft.tasks import get_task
@@ -127,10 +127,9 @@ def test_analysis_reads_budget_and_log_scale_from_the_record_plan(tmp_path):
     meta = read_meta(tmp_path, [])
     assert meta.log_scale == {"learning_rate"} and meta.budget_samples == 512
     assert meta.max_epochs == 2.0
-    # A record written before the plan: the search section, read by the config's parser
-    # (which refuses `lograndint`, so such a key was never searched on a log scale).
-    del record["plan"]
+    # The record is read as everything else reads it: validated, so a search entry the
+    # config refuses is an error naming it, not a key guessed to be linear.
     record["search"]["seed"] = {"lograndint": [1, 100]}
     (tmp_path / "raytune_ft.json").write_text(json.dumps(record))
-    meta = read_meta(tmp_path, [])
-    assert meta.log_scale == {"learning_rate"} and meta.budget_samples == 512
+    with pytest.raises(ConfigError, match="search.seed: unknown distribution"):
+        read_meta(tmp_path, [])

@@ -9,7 +9,6 @@ taken from its report at the target iteration (`old_hp_*`), Ray's logged one is 
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pandas as pd
@@ -18,10 +17,9 @@ import pyarrow as pa
 from raytune_ft.analysis._layout import flatten
 from raytune_ft.analysis._results import coerce
 from raytune_ft.analysis._tables import HP, Experiment, arrow_type
+from raytune_ft.experiment import PBT_GLOBAL_FILE, read_pbt_log
 
 logger = logging.getLogger(__name__)
-
-PBT_FILE = "pbt_global.txt"
 
 
 def pbt_schema(exp: Experiment) -> pa.Schema:
@@ -51,25 +49,6 @@ def _tag_resolver(exp: Experiment):
     return resolve
 
 
-def _read_policy(exp: Experiment) -> list[list]:
-    path = exp.path / PBT_FILE
-    if not path.is_file():
-        return []
-    events = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            ev = json.loads(line)
-            if not (isinstance(ev, list) and len(ev) == 6):
-                raise ValueError("expected a list of 6 items")
-        except ValueError as e:
-            logger.warning("%s: skipping corrupt line %d (%s)", path, n, e)
-            continue
-        events.append(ev)
-    return events
-
-
 def _report_at(rows: pd.DataFrame | None, iteration: int) -> pd.Series | None:
     """The target's last report at or before `iteration` (a clone's iterations can jump)."""
     if rows is None:
@@ -81,12 +60,15 @@ def _report_at(rows: pd.DataFrame | None, iteration: int) -> pd.Series | None:
 def pbt_frame(exp: Experiment, iterations: pd.DataFrame) -> pd.DataFrame:
     """One row per exploit, in the order Ray logged them; empty when the run was not PBT."""
     resolve = _tag_resolver(exp)
-    policy = _read_policy(exp)
-    targets = {resolve(ev[0]) for ev in policy}
+    policy = read_pbt_log(exp.path / PBT_GLOBAL_FILE, strict=False)
+    targets = {resolve(entry.target_tag) for entry in policy}
     mine = iterations[iterations["trial_id"].isin(targets)] if policy else iterations.iloc[:0]
     by_trial = {tid: g.sort_values("iteration") for tid, g in mine.groupby("trial_id")}
     rows = []
-    for n, (tgt, donor, tgt_it, donor_it, old_cfg, new_cfg) in enumerate(policy):
+    for n, entry in enumerate(policy):
+        tgt, donor, tgt_it, donor_it = (entry.target_tag, entry.donor_tag,
+                                        entry.target_iteration, entry.donor_iteration)
+        old_cfg, new_cfg = entry.donor_config, entry.new_config
         tgt_id = resolve(tgt)
         row = {
             "event": n,

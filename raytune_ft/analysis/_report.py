@@ -35,6 +35,7 @@ from raytune_ft.experiment import (
     rank_by,
     ranking_column,
     read_confirm_rows,
+    read_record,
 )
 from raytune_ft.storage import atomic_write
 
@@ -138,10 +139,9 @@ def _stop_note(exp_dir: Path) -> str:
 
 def _warm_start_note(exp_dir: Path) -> str:
     """Where the searcher's prior came from: the record's `warm_start` (--warm-start)."""
-    try:
-        sources = json.loads((exp_dir / CONFIG_FILE).read_text()).get("warm_start")
-    except (OSError, ValueError):
+    if not (exp_dir / CONFIG_FILE).is_file():
         return ""
+    sources = read_record(str(exp_dir))[1].get("warm_start")
     if not sources:
         return ""
     listed = "; ".join(f"{s['experiment']} ({s['trials']} trials{_skipped(s)})"

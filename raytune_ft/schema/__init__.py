@@ -16,7 +16,7 @@ from raytune_ft.schema._experiment import (
     TrackingConfig,
     data_settings,
 )
-from raytune_ft.schema._load import load_config, validate_config
+from raytune_ft.schema._load import load_config, validate_config, validate_record
 from raytune_ft.schema._trial import (
     model_options,
     narrow_model_search,
@@ -28,4 +28,4 @@ from raytune_ft.schema._trial import (
 __all__ = ["DEFAULT_METRICS", "LOOP_REPORTED", "REPORTED_METRICS", "DataConfig",
            "ExperimentConfig", "SchedulerConfig", "TrackingConfig", "data_settings", "load_config",
            "model_options", "narrow_model_search", "searches_model", "trial_hyperparameters",
-           "trial_model", "validate_config"]
+           "trial_model", "validate_config", "validate_record"]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from raytune_ft import schedulers, tasks
 from raytune_ft.config import apply_override, one_line, read_yaml
 from raytune_ft.errors import ConfigError
 from raytune_ft.schema._experiment import ExperimentConfig
@@ -34,3 +35,39 @@ def validate_config(raw: dict, source: str = "config") -> ExperimentConfig:
         return ExperimentConfig.model_validate(raw)
     except ValidationError as error:
         raise ConfigError(f"{source}: {one_line(error, ExperimentConfig)}") from None
+
+
+def validate_record(settings: dict, source: str) -> ExperimentConfig:
+    """An experiment record's settings (`raytune_ft.json`), validated as an experiment file
+    is. A record written before each component owned its settings held one shared `data:`
+    and PBT/PB2 section with every component's fields at their defaults: those fields, where
+    the chosen component has none and the value is another component's default, are what
+    the shared section wrote, not the user's, and are dropped."""
+    settings = dict(settings)
+    sections = (("data", tasks.TASKS, "kind", lambda task: task.settings, tasks.kind_of),
+                ("scheduler", schedulers.SCHEDULERS, "type", lambda spec: spec.settings,
+                 lambda section: section.get("type")))
+    for key, registry, tag, settings_of, kind_of in sections:
+        section = settings.get(key)
+        if isinstance(section, dict):
+            settings[key] = _own_fields(section, registry, tag, settings_of, kind_of)
+    return validate_config(settings, source)
+
+
+def _own_fields(section: dict, registry: dict, tag: str, settings_of, kind_of) -> dict:
+    section = {k: v for k, v in section.items() if not (k == tag and v is None)}
+    chosen = registry.get(kind_of(section))
+    if chosen is None:
+        return section
+    own = settings_of(chosen).model_fields
+    defaults = {name: field.default for entry in registry.values()
+                for name, field in settings_of(entry).model_fields.items()}
+    return {k: v for k, v in section.items()
+            if k in own or k not in defaults or not _same(v, defaults[k])}
+
+
+def _same(value, default) -> bool:
+    """A JSON value equal to a field's default (tuples read back as lists)."""
+    if isinstance(default, tuple):
+        default = list(default)
+    return value == default

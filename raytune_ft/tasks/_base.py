@@ -64,6 +64,7 @@ class Task(abc.ABC):
     default_metric: ClassVar[dict[str, str]] = {}  # dataset -> metric tuned without `metric:`
     primary_metric: ClassVar[str] = "eval_accuracy"  # tuned without `metric:` (user's files)
     settings: ClassVar[type[DataSettings]]  # its `data:` section: its fields and validators
+    example: ClassVar[dict[str, Any]]  # a `data:` section that validates (contract tests)
     pipeline_tag: ClassVar[str]  # the exported model card's Hub pipeline
     auto_class: ClassVar[str]  # the transformers Auto class that loads the exported model
 

@@ -103,10 +103,10 @@ def load_processor(path: str):
     try:
         return AutoImageProcessor.from_pretrained(path)
     except (OSError, ValueError) as error:
-        from raytune_ft.training.model import _why
+        from raytune_ft.training.model import load_failure
 
         raise ModelError(f"model.name: cannot load an image processor from {path!r} "
-                         f"(preprocessor_config.json): {_why(path, error)}") from None
+                         f"(preprocessor_config.json): {load_failure(path, error)}") from None
 
 
 def channels(path: str) -> int:
@@ -264,6 +264,8 @@ def image_metrics(top: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[
 class ImageClassification(Task):
     name = "image_classification"
     settings = ImageData
+    example = {"kind": "image_classification", "train_file": "images/train",
+               "eval_file": "images/val"}
     metrics = (Metric("eval_accuracy", "max", 0.0), Metric("eval_top5", "max", 0.0),
                Metric("eval_macro_f1", "max", 0.0))
     pipeline_tag = "image-classification"

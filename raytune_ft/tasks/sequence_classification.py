@@ -202,6 +202,7 @@ def load_model(path: str, label_names: list[str], seed: int) -> torch.nn.Module:
 class SequenceClassification(Task):
     name = "sequence_classification"
     settings = SequenceData
+    example = {"task": "sst2"}
     metrics = (Metric("eval_accuracy", "max", 0.0), Metric("eval_f1", "max", 0.0),
                Metric("eval_mcc", "max", -1.0))
     datasets = tuple(GLUE_TASKS)

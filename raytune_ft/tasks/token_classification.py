@@ -240,6 +240,8 @@ class TokenClassification(Task):
     name = "token_classification"
     primary_metric = "eval_token_accuracy"
     settings = TokenData
+    example = {"kind": "token_classification", "train_file": "train.conllu",
+               "eval_file": "dev.conllu"}
     metrics = (Metric("eval_token_accuracy", "max", 0.0), Metric("eval_f1", "max", 0.0),
                Metric("eval_precision", "max", 0.0), Metric("eval_recall", "max", 0.0))
     pipeline_tag = "token-classification"

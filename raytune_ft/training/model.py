@@ -79,7 +79,7 @@ def max_positions(path: str) -> int | None:
     return limit
 
 
-def _why(path: str, error: Exception) -> str:
+def load_failure(path: str, error: Exception) -> str:
     """The first line of a loader's error, and what to do when a hub id is not at hand."""
     text = str(error).strip()
     reason = text.splitlines()[0] if text else type(error).__name__
@@ -96,7 +96,7 @@ def load_tokenizer(path: str):
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise ModelError(f"model.name: cannot load a tokenizer from {path!r}: "
-                         f"{_why(path, error)}") from None
+                         f"{load_failure(path, error)}") from None
 
 
 # A tokenizer this much smaller than the embedding table, or producing this share of unknown
@@ -158,7 +158,8 @@ def load_pretrained(auto_class: str, path: str, seed: int, **head) -> torch.nn.M
     try:
         model, info = model_class.from_pretrained(path, output_loading_info=True, **head)
     except (OSError, ValueError) as error:
-        raise ModelError(f"model.name: cannot load {path!r}: {_why(path, error)}") from None
+        raise ModelError(f"model.name: cannot load {path!r}: "
+                         f"{load_failure(path, error)}") from None
     # What the folder did not hold is the task head: LoRA trains it in full (training.lora).
     model.raytune_ft_fresh = sorted({*info.get("missing_keys", ()),
                                      *(key[0] for key in info.get("mismatched_keys", ()))})

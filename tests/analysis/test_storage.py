@@ -23,8 +23,8 @@ def remote(monkeypatch, bucket: Path) -> list[str]:
     downloaded: list[str] = []
     original = storage.download_results
 
-    def recording(fs, root, local):
-        original(fs, root, local)
+    def recording(fs, root, local, skip):
+        original(fs, root, local, skip)
         downloaded.extend(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file())
 
     monkeypatch.setattr(storage, "download_results", recording)

@@ -4,9 +4,6 @@ registry is importable without torch."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,17 +150,6 @@ def test_the_loop_and_batching_name_no_task():
         for word in ("sequence_classification", "sequence-classification", "logits",
                      "cross_entropy", "glue", "tokeniz", "label"):
             assert word not in text, f"{module} names {word!r}"
-
-
-def test_the_registries_and_the_schema_import_without_torch_or_ray():
-    code = ("import sys, raytune_ft.schema; "
-            "print(sorted(m for m in ('torch', 'ray', 'pandas', 'sklearn', 'transformers') "
-            "if m in sys.modules))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          check=True)
-    assert done.stdout.strip() == "[]"
 
 
 def test_the_data_chooses_the_task():
