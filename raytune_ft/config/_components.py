@@ -22,7 +22,7 @@ class DataSettings(Strict):
     train_file: str | None = None  # the user's training data (its format is the task's)
     eval_file: str | None = None  # the data every trial is scored on
     max_train_samples: int | None = Field(None, gt=0)  # fixed random subset, seeded below
-    max_eval_samples: int | None = Field(None, gt=0)
+    max_eval_samples: int | None = Field(None, gt=0)  # fixed random subset of the eval split
     subset_seed: int = Field(0, ge=0)  # the subset is the same for every trial and every run
 
     @model_validator(mode="after")
@@ -35,7 +35,7 @@ class DataSettings(Strict):
 class SchedulerSettings(Strict):
     """A scheduler's settings; its class sets `type` to its name (a `Literal`)."""
 
-    type: str
+    type: str  # the scheduler (a registered name)
 
     def check_against(self, iterations: int, space: dict[str, Domain]) -> None:
         """Checks against the rest of the experiment: the iterations of a full-budget trial

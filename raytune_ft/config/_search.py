@@ -39,7 +39,7 @@ class PlateauConfig(Strict):
 class StopConfig(Strict):
     """Rules that end the whole search early; the first objective is the one watched."""
 
-    plateau: PlateauConfig | None = None
+    plateau: PlateauConfig | None = None  # stop once the best stops improving
     max_device_hours: float | None = Field(None, gt=0)  # wall x (GPUs or CPUs) per trial
     target: float | None = None  # stop once a trial reports this value (or better)
 

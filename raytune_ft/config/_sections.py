@@ -47,17 +47,17 @@ class TrainConfig(Strict):
     plateau_patience: int = Field(2, gt=0)  # evaluations without improvement, then reduce
     plateau_threshold: float = Field(1e-4, ge=0)  # smaller changes do not count as improvement
     layer_decay: float = Field(1.0, gt=0, le=1)  # 1.0 = off; layer l of L gets lr*d^(L-l)
-    freeze_embeddings: bool = False
+    freeze_embeddings: bool = False  # the embeddings take no updates
     freeze_layers: int = Field(0, ge=0)  # bottom k encoder layers take no updates
     batch_schedule: str | BatchPhases | None = None  # name in batch_schedules or phases
     max_micro_batch: int = Field(32, gt=0)  # most samples on the device at once
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # lr rule when batch size moves
     reference_batch_size: int | None = Field(None, gt=0)  # default: the trial's first batch
     max_grad_norm: float | None = Field(1.0, gt=0)  # None disables clipping
-    adam_epsilon: float = Field(1e-8, gt=0)
+    adam_epsilon: float = Field(1e-8, gt=0)  # AdamW's epsilon
     seed: int = Field(0, ge=0, lt=2**32)  # head init, data order, dropout (numpy: 0..2^32-1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 CPU
-    eval_batch_size: int = Field(128, gt=0)
+    eval_batch_size: int = Field(128, gt=0)  # examples per evaluation batch (no gradients)
     length_group_window: int = Field(2048, gt=0)  # samples sorted by length together
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # training loss only; eval_loss is the NLL
     # BatchNorm: train (statistics per micro-batch and affine), eval (running statistics
@@ -146,14 +146,14 @@ class SearchAlgConfig(Strict):
 
 
 class ResourcesConfig(Strict):
-    cpus_per_trial: float = Field(1.0, gt=0)
+    cpus_per_trial: float = Field(1.0, gt=0)  # CPUs of a one-worker trial (torch threads)
     gpus_per_trial: float = Field(0.0, ge=0)  # fractions put several trials on one GPU
     custom: dict[str, float] = {}  # Ray custom resources per trial (per worker), e.g. {spot: 1}
     # Data-parallel trials: N workers (torch DDP: gloo on CPU, NCCL on GPU), each with its
     # own CPUs and GPUs (default: cpus_per_trial and gpus_per_trial), in one placement group.
     workers_per_trial: int = Field(1, gt=0)
-    cpus_per_worker: float | None = Field(None, gt=0)
-    gpus_per_worker: float | None = Field(None, ge=0)
+    cpus_per_worker: float | None = Field(None, gt=0)  # None: cpus_per_trial
+    gpus_per_worker: float | None = Field(None, ge=0)  # None: gpus_per_trial
     placement: Literal["pack", "spread"] = "pack"  # the group's workers on few nodes, or many
 
     @property
@@ -193,12 +193,12 @@ class ResourcesConfig(Strict):
 class RunConfig(Strict):
     num_samples: int = Field(8, gt=0)  # trials (with grid search: repeats of the grid)
     storage_path: str = "~/raytune_ft_results"  # local path or a pyarrow URI (s3://, gs://)
-    max_concurrent_trials: int | None = Field(None, gt=0)
-    time_budget_s: float | None = Field(None, gt=0)
-    checkpoints_to_keep: int = Field(1, gt=0)
+    max_concurrent_trials: int | None = Field(None, gt=0)  # None: as many as resources allow
+    time_budget_s: float | None = Field(None, gt=0)  # end the search after this many seconds
+    checkpoints_to_keep: int = Field(1, gt=0)  # per trial (PBT keeps what a clone may need)
     checkpoint_every: int = Field(1, gt=0)  # iterations; PBT always checkpoints every one
     max_failures: int = Field(0, ge=0)  # retries of a failed trial from its last checkpoint
-    verbose: int = Field(1, ge=0, le=3)
+    verbose: int = Field(1, ge=0, le=3)  # Ray Tune's console output: 0 quiet ... 3 detail
     stop: StopConfig = StopConfig()  # rules that end the whole search early
 
 

@@ -17,7 +17,7 @@ class AshaSettings(SchedulerSettings):
     type: Literal["asha"] = "asha"
     grace_period: int = Field(1, gt=0)  # iterations before the first rung
     reduction_factor: float = Field(2, gt=1)  # 1/reduction_factor of the trials go on
-    brackets: int = Field(1, gt=0)
+    brackets: int = Field(1, gt=0)  # ASHA brackets (1: plain successive halving)
 
     def check_against(self, iterations: int, space: dict[str, Domain]) -> None:
         if self.grace_period > iterations:

@@ -14,7 +14,7 @@ from raytune_ft.schedulers._base import TIME_ATTR, Scheduler
 
 class HyperbandSettings(SchedulerSettings):
     type: Literal["hyperband"] = "hyperband"
-    reduction_factor: float = Field(3, gt=1)
+    reduction_factor: float = Field(3, gt=1)  # 1/reduction_factor of a bracket goes on
 
 
 def build(settings: HyperbandSettings, plan: TrialPlan):

@@ -56,15 +56,15 @@ REPORTED_METRICS = (*(metric.name for metric in task_metrics()), *LOOP_REPORTED)
 
 
 class ExperimentConfig(Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    metric: str = "eval_accuracy"
-    mode: Literal["max", "min"] = "max"
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # the experiment folder's name
+    metric: str = "eval_accuracy"  # what schedulers and the ranking watch (a task's default)
+    mode: Literal["max", "min"] = "max"  # whether a higher or a lower metric is better
     objectives: list[Objective] = []  # several goals; the first is metric/mode
     model: ModelConfig
     data: DataConfig  # the task's own settings (tasks/<kind>.py), chosen by data.kind
     train: TrainConfig = TrainConfig()
-    batch_schedules: dict[str, BatchPhases] = {}
-    search: dict[str, Any] = {}
+    batch_schedules: dict[str, BatchPhases] = {}  # name -> [[progress, batch_size], ...]
+    search: dict[str, Any] = {}  # train setting (or model.name/max_length) -> its domain
     scheduler: SchedulerConfig = Field(default_factory=lambda: SCHEDULERS["fifo"].settings())
     search_alg: SearchAlgConfig = SearchAlgConfig()
     resources: ResourcesConfig = ResourcesConfig()

@@ -45,7 +45,7 @@ class SequenceData(DataSettings):
     path: str | None = None  # folder of GLUE TSVs; default $RAYTUNE_FT_DATA_DIR, else the hub
     text_columns: list[str] | None = None  # with train_file: one column (single sentence)
     #                                        or two (pairs) of a CSV/TSV/JSONL/Parquet file
-    label_column: str | None = None
+    label_column: str | None = None  # with train_file: the column of labels
 
     @model_validator(mode="after")
     def _task_or_files(self) -> SequenceData:
