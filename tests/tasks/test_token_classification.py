@@ -92,6 +92,18 @@ def test_conll2003_takes_token_first_tag_last_and_skips_docstart(tmp_path):
     assert read.starts == [3, 7]
 
 
+def test_a_tab_separated_column_file_keeps_spaces_inside_a_token(tmp_path):
+    """A file with tabs is split on tabs: `New York<TAB>B-LOC` is one word, not `New`."""
+    path = tmp_path / "places.conll"
+    path.write_text("New York\tNNP\tB-LOC\nis\tVBZ\tO\n\nLos  Angeles \tB-LOC\t\n")
+    with pytest.raises(DataError, match="line 4: token 'Los  Angeles' has no tag .*tab-sep"):
+        read_tagged(str(path), "data.train_file", "conll", None, None)
+    path.write_text("New York\tNNP\tB-LOC\nis\tVBZ\tO\n\nLos Angeles\tB-LOC\n")
+    read = read_tagged(str(path), "data.train_file", "conll", None, None)
+    assert read.words == [["New York", "is"], ["Los Angeles"]]
+    assert read.tags == [["B-LOC", "O"], ["B-LOC"]]
+
+
 def test_jsonl_and_parquet_list_columns(tmp_path):
     rows = [{"tokens": ["EU", "rejects"], "ner": ["B-ORG", "O"]},
             {"tokens": ["Peter"], "ner": ["B-PER"]}]
