@@ -69,6 +69,10 @@ def target_modules(model: torch.nn.Module, hp: TrainConfig) -> list[str]:
             continue
         if wanted is None or leaf in wanted:
             found.append(name)
+    if not names_there:  # a convolutional network (ResNet): nothing LoRA can adapt
+        raise ModelError(f"train.lora_r: {type(model).__name__} has no linear layer outside "
+                         "its embeddings and task head (LoRA adapts linear layers, not "
+                         "convolutions); fine-tune it in full (train.lora_r: 0)")
     missing = sorted(wanted - names_there) if wanted else []
     if missing or not found:
         why = f"{', '.join(missing)} matches no linear layer" if missing else \
