@@ -284,12 +284,16 @@ def train_mode(model: torch.nn.Module, hp: TrainConfig) -> None:
     statistics updated with `bn_momentum`, affine trained. `eval`: the layers stay in eval
     mode (running statistics normalise and never change), affine trained. `frozen`: eval mode
     and no affine gradient. Only `eval` and `frozen` make a step's gradient independent of
-    how the batch is cut into micro-batches.
+    how the batch is cut into micro-batches. Whatever the policy, the BatchNorm layers of a
+    stage that `freeze_embeddings`/`freeze_layers` froze stay in eval mode: a frozen stage
+    computes the function it was loaded with.
     """
     model.train()
-    for _, module in batchnorm_layers(model):
+    for name, module in batchnorm_layers(model):
         module.momentum = hp.bn_momentum
-        if hp.batchnorm != "train":
+        # a frozen stage (freeze_embeddings/freeze_layers) is frozen whole: its running
+        # statistics too, whatever the policy of the layers that train
+        if hp.batchnorm != "train" or _frozen_by_layer(model, name + ".", hp):
             module.eval()
     _batchnorm_grads(model, hp)
 

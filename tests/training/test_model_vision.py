@@ -65,6 +65,28 @@ def test_each_policy_moves_exactly_what_it_says(tiny_resnet, images, policy):
             assert (param.grad is None) is (policy == "frozen")
 
 
+def test_a_frozen_stage_keeps_its_batchnorm_statistics_under_batchnorm_train(tiny_resnet,
+                                                                            images):
+    """freeze_embeddings/freeze_layers freeze a stage whole: its running statistics stay
+    those it was loaded with, while the stages that train update theirs."""
+    net = model(tiny_resnet)
+    hp = TrainConfig(learning_rate=1e-2, batch_size=8, max_epochs=1, eval_every_epochs=1,
+                     batchnorm="train", max_micro_batch=8, freeze_embeddings=True,
+                     freeze_layers=1)
+    loop = FineTuneLoop(net, images, hp)
+    stats, _ = batchnorm_state(net)
+    loop.run_interval()
+    after, _ = batchnorm_state(net)
+    frozen = ("resnet.embedder.", "resnet.encoder.stages.0.")
+    assert any(k.startswith(frozen[1]) for k in stats)
+    for key in stats:
+        moved = not torch.equal(stats[key], after[key])
+        assert moved is (not key.startswith(frozen)), key
+    train_mode(net, hp)
+    for name, module in batchnorm_layers(net):
+        assert module.training is (not name.startswith(frozen)), name
+
+
 def gradients(net, data, hp, indices, micro):
     """A step's gradient as the loop computes it: summed losses over the batch's units."""
     train_mode(net, hp)
@@ -187,10 +209,12 @@ def test_a_relative_model_folder_resolves_to_an_absolute_path(tiny_resnet, monke
     assert resolve_model_path(tiny_resnet.name) == str(tiny_resnet.resolve())
 
 
-@pytest.mark.parametrize("policy", ["eval", "frozen"])
+@pytest.mark.parametrize("policy", ["eval", "frozen", "train"])
 def test_augmented_steps_accumulate_exactly_however_the_batch_is_split(tiny_resnet, images,
                                                                        policy):
-    # Crops and flips are drawn per sample and step: the same in micro-batches of 16 as of 4.
+    # Crops and flips are drawn per sample and step: the same in micro-batches of 16 as of 4,
+    # once the loop's BatchNorm policy is in force (as run_interval puts it before training);
+    # under `train` the statistics come from each micro-batch, so the gradients differ.
     from dataclasses import replace
 
     augmented = replace(images, train=replace(images.train, crop_scale=0.5, flip=True))
@@ -199,11 +223,16 @@ def test_augmented_steps_accumulate_exactly_however_the_batch_is_split(tiny_resn
         hp = TrainConfig(batchnorm=policy, batch_size=16, max_micro_batch=micro,
                          max_epochs=1, eval_every_epochs=1)
         loop = FineTuneLoop(model(tiny_resnet), augmented, hp)
+        train_mode(loop.model, hp)
         loop._step(loop.stream.take(0, 16))
         steps.append({n: p.grad.clone() for n, p in loop.model.named_parameters()
                       if p.grad is not None})
     whole, accumulated = steps
     assert whole.keys() == accumulated.keys()
+    name = "resnet.embedder.embedder.convolution.weight"
+    if policy == "train":
+        assert (whole[name] - accumulated[name]).abs().max() > 1e-4
+        return
     for name in whole:
         torch.testing.assert_close(whole[name], accumulated[name], rtol=1e-4, atol=1e-6,
                                    msg=name)
