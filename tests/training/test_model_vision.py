@@ -9,7 +9,7 @@ from support import build_tiny_vision_model
 
 from raytune_ft.config import TrainConfig
 from raytune_ft.tasks import get_task
-from raytune_ft.tasks.image_classification import ImageSplit
+from raytune_ft.tasks.image_classification import ImageSplit, pixel_values
 from raytune_ft.training.loop import FineTuneLoop
 from raytune_ft.training.model import batchnorm_layers, parameter_groups, train_mode
 
@@ -93,8 +93,8 @@ def gradients(net, data, hp, indices, micro):
     net.zero_grad(set_to_none=True)
     for part in np.array_split(indices, len(indices) // micro):
         batch = TASK.collate(data, data.eval, part)
-        loss = TASK.loss(TASK.forward(net, {**batch, "pixel_values":
-                                            batch["pixel_values"].double()}), batch)
+        loss = TASK.loss(TASK.forward(net, {**batch, "pixels": batch["pixels"].double()}),
+                         batch)
         (loss / len(indices)).backward()
     return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
@@ -126,10 +126,10 @@ def test_bn_momentum_sets_the_running_statistics_update(tiny_resnet, images):
     train_mode(net, TrainConfig(bn_momentum=0.3))
     stem = net.resnet.embedder.embedder
     before = stem.normalization.running_mean.clone()
-    batch = TASK.collate(images, images.eval, np.arange(8))
+    inputs = pixel_values(TASK.collate(images, images.eval, np.arange(8)))
     with torch.no_grad():
-        features = stem.convolution(batch["pixel_values"])
-        net(pixel_values=batch["pixel_values"])
+        features = stem.convolution(inputs)
+        net(pixel_values=inputs)
     expected = 0.7 * before + 0.3 * features.mean(dim=(0, 2, 3))
     assert torch.allclose(stem.normalization.running_mean, expected, atol=1e-6)
 
