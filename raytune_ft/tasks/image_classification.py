@@ -315,14 +315,12 @@ class ImageClassification(Task):
         return []
 
     def load_model(self, path: str, label_names: list[str], seed: int) -> torch.nn.Module:
-        """The pretrained body with a fresh head for these classes (a hub model's ImageNet
-        head of another size is replaced, not an error)."""
+        """The pretrained body with a head for these classes (`training.model.
+        load_pretrained`: a hub model's ImageNet head, of another size or other labels, is
+        replaced by a fresh one from `seed`)."""
         from raytune_ft.training.model import load_pretrained
 
-        return load_pretrained(self.auto_class, path, seed, num_labels=len(label_names),
-                               id2label=dict(enumerate(label_names)),
-                               label2id={name: i for i, name in enumerate(label_names)},
-                               ignore_mismatched_sizes=True)
+        return load_pretrained(self.auto_class, path, seed, label_names)
 
     def collate(self, data: DataBundle, split: ImageSplit, indices: np.ndarray) -> dict:
         return collate(split, indices, augmented=split is data.train)

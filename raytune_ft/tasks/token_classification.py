@@ -287,11 +287,11 @@ class TokenClassification(Task):
                               f"{bundle.task}{why}; reported: {', '.join(bundle.metrics)}")
 
     def load_model(self, path: str, label_names: list[str], seed: int) -> torch.nn.Module:
+        """The body with a tagging head for these tags (`training.model.load_pretrained`:
+        an NER folder's own head is kept, rows by tag name, where its tags are these)."""
         from raytune_ft.training.model import load_pretrained
 
-        return load_pretrained(self.auto_class, path, seed, num_labels=len(label_names),
-                               id2label=dict(enumerate(label_names)),
-                               label2id={name: i for i, name in enumerate(label_names)})
+        return load_pretrained(self.auto_class, path, seed, label_names)
 
     def collate(self, data: DataBundle, split: TaggedSplit, indices: np.ndarray) -> dict:
         return collate(split, indices, data.pad_token_id)
