@@ -14,7 +14,7 @@ composited) when the model takes no alpha, CMYK by Pillow's formula (no ICC prof
 16-bit greyscale (I;16, I;16L, I;16B, I;16N: 16-bit PNG and TIFF) is scaled to 8 bits by its
 high byte, as Pillow itself reads 16-bit RGB PNGs; Pillow's own `convert` would clip it at 255
 (almost all white). 32-bit integer (I) and floating-point (F) images have no fixed range and
-are refused.
+are refused, and so is a conversion Pillow lacks (LAB to L).
 """
 
 from __future__ import annotations
@@ -162,7 +162,11 @@ def convert(image: Image.Image, mode: str, item: ImageItem, field: str) -> Image
                           "or 16-bit images (convert it first)")
     if image.mode in SIXTEEN_BIT:
         image = Image.fromarray((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8))
-    return image.convert(mode)
+    try:
+        return image.convert(mode)
+    except ValueError as error:  # e.g. LAB to L: Pillow has no such conversion
+        raise ConfigError(f"{field}: {item.where}: a {image.mode} image cannot be read as "
+                          f"{mode} ({error})") from None
 
 
 def label_names(train: list[ImageItem], evaluation: list[ImageItem], field: str) -> list[str]:

@@ -3,6 +3,7 @@ per-batch normalisation, seeded augmentation (a restore continues bit for bit), 
 
 import io
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -298,6 +299,16 @@ def test_images_without_a_fixed_range_are_refused_in_one_line(tmp_path, digits_d
     assert str(error.value) == (
         f"data.train_file: {culprit}: {what} has no fixed range to read as 8 bits; allowed: "
         "8-bit or 16-bit images (convert it first)")
+
+
+def test_a_conversion_pillow_lacks_is_refused_in_one_line():
+    from raytune_ft.tasks._images import ImageItem, convert
+
+    item = ImageItem(Path("lab.tiff"), "a", "lab.tiff")
+    with pytest.raises(ConfigError) as error:
+        convert(Image.new("LAB", (2, 2)), "L", item, "data.train_file")
+    assert str(error.value) == ("data.train_file: lab.tiff: a LAB image cannot be read as L "
+                                "(conversion from LAB to RGB not supported)")
 
 
 def test_the_exported_usage_reads_a_16_bit_image_as_training_did(tmp_path, tiny_resnet):
