@@ -77,7 +77,8 @@ def encode(sentences: TaggedSentences, tokenizer, max_length: int, label_names: 
     index = {name: i for i, name in enumerate(label_names)}
     inside = continuation_ids(label_names)
     encoded = tokenizer(sentences.words, is_split_into_words=True, truncation=False,
-                        padding=False, return_attention_mask=False, return_token_type_ids=False)
+                        padding=False, return_attention_mask=False, return_token_type_ids=False,
+                        verbose=False)  # no "longer than the model's maximum": windows follow
     out = _Arrays()
     for i, (words, tags) in enumerate(zip(sentences.words, sentences.tags)):
         seen = out.sentence(encoded["input_ids"][i], encoded.word_ids(i),
