@@ -131,24 +131,39 @@ def _conllu_tag(fields: list[str], column: str) -> str | None:
 
 def _read_conll(lines: list[str], out: TaggedSentences, tag_column: str | None
                 ) -> TaggedSentences:
-    """Whitespace-separated columns: the token first, the tag last; a blank line between
-    sentences; -DOCSTART- lines (document boundaries) are skipped."""
+    """Columns, the token first, the tag last; a blank line between sentences; -DOCSTART-
+    lines (document boundaries) are skipped. A file with a tab anywhere is tab-separated
+    (a token may then hold spaces: `New York<TAB>B-LOC` is the word "New York"); a file
+    without tabs is split on any whitespace, as CoNLL-2003's own files are."""
+    tabbed = any("\t" in line for line in lines)
     words, tags, start = [], [], 0
     for number, line in enumerate([*lines, ""], start=1):
-        fields = line.split()
+        fields = _columns(line, tabbed)
         if not fields or fields[0] == "-DOCSTART-":
             if words:
                 out.add(words, tags, start)
             words, tags = [], []
             continue
-        if len(fields) < 2:
-            raise DataError(f"{out.where}: {out.path} line {number}: token {fields[0]!r} has "
-                            "no tag (CoNLL-2003 columns: token first, tag last)")
+        if len(fields) < 2 or not fields[0] or not fields[-1]:
+            columns = "tab-separated columns" if tabbed else "columns"
+            what = f"token {fields[0]!r} has no tag" if fields[0] else "the token is empty"
+            raise DataError(f"{out.where}: {out.path} line {number}: {what} (CoNLL-2003 "
+                            f"{columns}: token first, tag last)")
         if not words:
             start = number
         words.append(fields[0])
         tags.append(fields[-1])
     return out
+
+
+def _columns(line: str, tabbed: bool) -> list[str]:
+    """A line's fields: split on tabs (each field stripped of surrounding spaces) or on
+    any whitespace; [] for a blank line."""
+    if not line.strip():
+        return []
+    if not tabbed:
+        return line.split()
+    return [field.strip(" ") for field in line.strip(" \r\n").split("\t")]
 
 
 def _read_table(path: Path, where: str, tokens_column: str, tag_column: str

@@ -12,10 +12,18 @@ evaluated yet times `BATCH_REPEATS` passes of the first eval examples instead.
 A trial measures once, after its first evaluation (the model is built and warm then): the
 weights change during training but not the shapes, so the figures hold for the whole trial,
 and a trial a scheduler stops early carries them like one that runs its budget.
+
+The figures describe the model `export` ships. With LoRA that is the base with the adapters
+merged in (a plain transformers model): `param_count` and both latencies are measured on a
+merged copy, so they leave out the adapters and peft's second copy of the head, and time the
+merged graph; the training model is not touched. `trainable_param_count` stays what the
+trial trains (adapters and head), and `model_mb` what its checkpoint holds of the model
+(what `export --adapter` writes).
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import statistics
 import time
@@ -72,15 +80,28 @@ def median_ms_per_example(run, batch_size: int, repeats: int, device: torch.devi
     return statistics.median(times) / batch_size
 
 
-def measure_latency(loop) -> dict:
-    """Median ms per example at batch 1 and at the eval batch, for a `FineTuneLoop`."""
-    task, data, model, device = loop.task, loop.data, loop.model, loop.device
+def shipped_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model `export` writes: a LoRA model's merged copy (`model` itself untouched),
+    else `model`."""
+    from raytune_ft.training.lora import is_lora
+
+    if not is_lora(model):
+        return model
+    return copy.deepcopy(model).merge_and_unload().eval()
+
+
+def measure_latency(loop, model: torch.nn.Module | None = None) -> dict:
+    """Median ms per example at batch 1 and at the eval batch of `model` (default: the loop's
+    own, whose last evaluation gives the eval-batch figure), on a `FineTuneLoop`'s data and
+    device."""
+    task, data, device = loop.task, loop.data, loop.device
+    model = loop.model if model is None else model
     split = data.eval
     n = len(split)
     singles = [task.collate(data, split, np.array([i % n])) for i in range(B1_REPEATS)]
     size = min(loop.hp.eval_batch_size, n)
     on_device = [{k: v.to(device) for k, v in one.items()} for one in singles]
-    at_batch = loop.eval_ms_per_example
+    at_batch = loop.eval_ms_per_example if model is loop.model else None
     was_training = model.training
     model.eval()
     try:
@@ -112,8 +133,11 @@ def deployment_figures(loop, checkpoint_dir: str | os.PathLike | None) -> dict:
     whose checkpoint was written to `checkpoint_dir` (None: no checkpoint, no sizes).
     `checkpoint_mb` is the training state (weights, Adam moments, trainer state): what a
     search keeps on disk per trial; `model_mb` the weights a deployment ships."""
-    total, trainable = parameter_counts(loop.model)
+    shipped = shipped_model(loop.model)
+    total, _ = parameter_counts(shipped)
+    _, trainable = parameter_counts(loop.model)
     saved = checkpoint_dir is not None
     return {"param_count": total, "trainable_param_count": trainable,
             "checkpoint_mb": folder_mb(checkpoint_dir) if saved else None,
-            "model_mb": model_mb(checkpoint_dir) if saved else None, **measure_latency(loop)}
+            "model_mb": model_mb(checkpoint_dir) if saved else None,
+            **measure_latency(loop, shipped)}

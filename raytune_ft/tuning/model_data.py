@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raytune_ft.config import DataSettings
 from raytune_ft.errors import ConfigError, ModelError
 from raytune_ft.schema import ExperimentConfig, model_options, trial_model
 from raytune_ft.tasks import DataBundle, Task
@@ -95,6 +96,20 @@ class ModelData:
 
         return ModelData(dict(self.paths), dict(self.tokenizers),
                          refs={key: ray.put(bundle) for key, bundle in self.bundles.items()})
+
+    def warnings(self, task: Task, data: DataSettings) -> list[str]:
+        """The task's warnings about every tokenization (words cut at one max_length are not
+        cut at another): one that all share is said once, the others name their length
+        (and their models, where the search has several tokenizers)."""
+        said = {key: task.warnings(bundle, data) for key, bundle in self.bundles.items()}
+        shared = set.intersection(*(set(lines) for lines in said.values())) if said else set()
+        out = [line for line in next(iter(said.values()), []) if line in shared]
+        several = len(set(self.tokenizers.values())) > 1
+        for (fingerprint, length), lines in said.items():
+            names = [name for name, print_ in self.tokenizers.items() if print_ == fingerprint]
+            which = f"max_length {length}" + (f" ({', '.join(names)})" if several else "")
+            out += [f"{which}: {line}" for line in lines if line not in shared]
+        return out
 
     def describe(self) -> tuple[str, str]:
         """The run header's line: models, lengths and how many tokenizations were made."""

@@ -113,8 +113,11 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     for other in list(paths or [])[1:]:  # every searched model takes the adapters
         check_lora(task, paths[other], bundle.label_names, config.train, config.space())
     plan = config.plan(len(bundle.train))
+    # each tokenization's own (words cut at one max_length are not at another)
+    data_warnings = models.warnings(task, config.data) if models else \
+        task.warnings(bundle, config.data)
     return Prepared(config, model_path, bundle, experiment_dir, plan,
-                    _warnings(plan, bundle) + task.warnings(bundle, config.data)
+                    _warnings(plan, bundle) + data_warnings
                     + _batchnorm_warnings(config, plan, model_path),
                     task.describe(bundle) + lora + ([models.describe()] if models else []),
                     models=models)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from raytune_ft.config import TrainConfig
 from raytune_ft.tasks import get_task
@@ -122,3 +123,50 @@ def test_model_mb_of_lora_is_adapters_and_head(tiny_bert, glue_dir, tmp_path):
     trained = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
     assert 0 < figures["model_mb"] * 1e6 - trained < 20_000
     assert figures["model_mb"] * 1e6 < 4 * figures["param_count"] / 5  # not the base
+
+
+def test_lora_figures_describe_the_merged_model_export_ships(tiny_bert, glue_dir, tmp_path,
+                                                              monkeypatch):
+    """param_count and latency are the merged model's (what `export` writes: no adapters,
+    no peft copy of the head, the merged graph timed); the training model is left as it was;
+    trainable_param_count stays what the trial trains."""
+    from raytune_ft.schema import data_settings
+    from raytune_ft.training.lora import apply_lora, is_lora
+
+    task = get_task("sequence_classification")
+    data = data_settings(task="sst2", path=str(glue_dir), max_train_samples=32,
+                      max_eval_samples=8)
+    bundle = task.load_data(data, str(tiny_bert), 32)
+    hp = TrainConfig(max_epochs=1, batch_size=16, eval_batch_size=8, lora_r=4)
+    model = apply_lora(task.load_model(str(tiny_bert), bundle.label_names, 0), hp)
+    loop = FineTuneLoop(model, bundle, hp, task=get_task(bundle.kind))
+    loop.run_interval()  # adapters away from zero: merging changes the base weights
+    loop.model.train()
+    before = {k: v.clone() for k, v in loop.model.state_dict().items()}
+    timed = []
+    real = type(task).forward
+
+    def spy(self, net, batch):
+        timed.append(net)
+        return real(self, net, batch)
+
+    monkeypatch.setattr(type(task), "forward", spy)
+    loop.save(tmp_path)
+    figures = deployment_figures(loop, tmp_path)
+    plain = task.load_model(str(tiny_bert), bundle.label_names, 0)
+    assert figures["param_count"] == sum(p.numel() for p in plain.parameters())
+    assert figures["trainable_param_count"] == sum(
+        p.numel() for p in loop.model.parameters() if p.requires_grad)
+    # batch 1 and the eval batch (not the training model's evaluation) on the merged model
+    assert len(timed) == deployment.WARMUP * 2 + deployment.B1_REPEATS + \
+        deployment.BATCH_REPEATS
+    assert all(not is_lora(net) and not any("lora_" in name for name, _ in
+                                             net.named_parameters()) for net in timed)
+    # the merged copy computes the trial's function; the training model is unchanged
+    batch = task.collate(bundle, bundle.eval, np.arange(8))
+    loop.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(real(task, timed[0], batch), real(task, loop.model, batch),
+                                   rtol=1e-5, atol=1e-6)
+    assert is_lora(loop.model) and loop.model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in loop.model.state_dict().items())
