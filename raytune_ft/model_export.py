@@ -212,7 +212,7 @@ def _write_card(staging: Path, choice: Choice, config: ExperimentConfig, record:
             "samples_seen": report.get("samples_seen"), "epoch": report.get("epoch"),
             "metric": config.metric, "mode": config.mode, "metrics": metrics,
             "hyperparameters": hp, "searched": sorted(config.search),
-            "data": {"task": config.data.task or config.data.train_file,
+            "data": {"task": config.data.source,
                      "train_samples": n_train, "eval_samples": n_eval},
             "confirmed": choice.confirmed or None, "lora": lora}
     (staging / EXPORT_RECORD).write_text(json.dumps(info, indent=1, default=str))

@@ -25,6 +25,12 @@ class DataSettings(Strict):
     max_eval_samples: int | None = Field(None, gt=0)  # fixed random subset of the eval split
     subset_seed: int = Field(0, ge=0)  # the subset is the same for every trial and every run
 
+    @property
+    def source(self) -> str:
+        """What the data is called in records and model cards: the training file (a task
+        reading named datasets says its dataset's name)."""
+        return str(self.train_file)
+
     @model_validator(mode="after")
     def _eval_with_train(self) -> DataSettings:
         if self.train_file is not None and self.eval_file is None:

@@ -47,6 +47,10 @@ class SequenceData(DataSettings):
     #                                        or two (pairs) of a CSV/TSV/JSONL/Parquet file
     label_column: str | None = None  # with train_file: the column of labels
 
+    @property
+    def source(self) -> str:
+        return self.task or str(self.train_file)
+
     @model_validator(mode="after")
     def _task_or_files(self) -> SequenceData:
         if self.task is not None and GLUE_ALIASES.get(self.task.lower(),

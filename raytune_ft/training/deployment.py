@@ -83,7 +83,7 @@ def median_ms_per_example(run, batch_size: int, repeats: int, device: torch.devi
 def shipped_model(model: torch.nn.Module) -> torch.nn.Module:
     """The model `export` writes: a LoRA model's merged copy (`model` itself untouched),
     else `model`."""
-    from raytune_ft.training.lora import is_lora
+    from raytune_ft.training.model import is_lora
 
     if not is_lora(model):
         return model

@@ -131,7 +131,8 @@ def test_lora_figures_describe_the_merged_model_export_ships(tiny_bert, glue_dir
     no peft copy of the head, the merged graph timed); the training model is left as it was;
     trainable_param_count stays what the trial trains."""
     from raytune_ft.schema import data_settings
-    from raytune_ft.training.lora import apply_lora, is_lora
+    from raytune_ft.training.lora import apply_lora
+    from raytune_ft.training.model import is_lora
 
     task = get_task("sequence_classification")
     data = data_settings(task="sst2", path=str(glue_dir), max_train_samples=32,
