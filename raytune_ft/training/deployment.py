@@ -16,18 +16,22 @@ and a trial a scheduler stops early carries them like one that runs its budget.
 
 The figures describe the model `export` ships. With LoRA that is the base with the adapters
 merged in (a plain transformers model): `param_count` and both latencies are measured on the
-merged copy, so they leave out the adapters and peft's second copy of the head, and time the
-merged graph; the training model is not touched. `trainable_param_count` stays what the
-trial trains (adapters and head), and `model_mb` what its checkpoint holds of the model
+merged model (`shipped_model`: it shares the training model's tensors, merges into the
+adapted weights in place and restores them bit for bit), so they leave out the adapters and
+peft's second copy of the head, and time the merged graph. `trainable_param_count` stays what
+the trial trains (adapters and head), and `model_mb` what its checkpoint holds of the model
 (what `export --adapter` writes).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import itertools
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,14 +84,36 @@ def median_ms_per_example(run, batch_size: int, repeats: int, device: torch.devi
     return statistics.median(times) / batch_size
 
 
-def shipped_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The model `export` writes: a LoRA model's merged copy (`model` itself untouched),
-    else `model`."""
+@contextlib.contextmanager
+def shipped_model(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model `export` writes, for the `with` block: a LoRA model merged (the plain
+    transformers graph merge_and_unload gives), else `model` itself.
+
+    The merged model costs no second base on the device: it is a copy of the module tree
+    that shares every tensor with `model`, and the adapters are merged into the shared
+    adapted weights in place. Those weights are set aside on the host first and copied back
+    on leaving, so the training model is bit for bit what it was (subtracting the update
+    again would not restore fp32 weights exactly).
+    """
     from raytune_ft.training.lora import is_lora
 
     if not is_lora(model):
-        return model
-    return copy.deepcopy(model).merge_and_unload().eval()
+        yield model
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    adapted = [layer.get_base_layer().weight for layer in model.modules()
+               if isinstance(layer, BaseTunerLayer)]
+    aside = [weight.detach().to("cpu", copy=True) for weight in adapted]
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    try:
+        with torch.no_grad():
+            merged = copy.deepcopy(model, shared).merge_and_unload()
+        yield merged.eval()
+    finally:
+        with torch.no_grad():
+            for weight, saved in zip(adapted, aside):
+                weight.copy_(saved)
 
 
 def measure_latency(loop, model: torch.nn.Module | None = None) -> dict:
@@ -132,11 +158,11 @@ def deployment_figures(loop, checkpoint_dir: str | os.PathLike | None) -> dict:
     whose checkpoint was written to `checkpoint_dir` (None: no checkpoint, no sizes).
     `checkpoint_mb` is the training state (weights, Adam moments, trainer state): what a
     search keeps on disk per trial; `model_mb` the weights a deployment ships."""
-    shipped = shipped_model(loop.model)
-    total, _ = parameter_counts(shipped)
+    with shipped_model(loop.model) as shipped:
+        total, _ = parameter_counts(shipped)
+        latency = measure_latency(loop, shipped)
     _, trainable = parameter_counts(loop.model)
     saved = checkpoint_dir is not None
     return {"param_count": total, "trainable_param_count": trainable,
             "checkpoint_mb": folder_mb(checkpoint_dir) if saved else None,
-            "model_mb": model_mb(checkpoint_dir) if saved else None,
-            **measure_latency(loop, shipped)}
+            "model_mb": model_mb(checkpoint_dir) if saved else None, **latency}

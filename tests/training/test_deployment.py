@@ -6,6 +6,7 @@ import statistics
 
 import numpy as np
 import pytest
+import torch
 
 from raytune_ft.config import TrainConfig
 from raytune_ft.tasks import get_task
@@ -131,7 +132,8 @@ def test_lora_figures_describe_the_merged_model_export_ships(tiny_bert, glue_dir
                                                               monkeypatch):
     """param_count and latency are the merged model's (what `export` writes: no adapters,
     no peft copy of the head, the merged graph timed); trainable_param_count stays what the
-    trial trains."""
+    trial trains. The merged model's function and the training model's weights afterwards:
+    test_lora_measurement_keeps_no_second_base_and_restores_the_weights."""
     from raytune_ft.training.lora import is_lora
 
     loop = _lora_loop(tiny_bert, glue_dir, eval_samples=8, eval_batch_size=8)
@@ -206,3 +208,34 @@ def test_lora_eval_batch_latency_is_the_evaluations_measurement(tiny_bert, glue_
     in_file_order = int(split.lengths[:8].max()) * 1e-3
     assert in_file_order > per_example  # what it used to time: more padding
 
+
+def test_lora_measurement_keeps_no_second_base_and_restores_the_weights(tiny_bert, glue_dir,
+                                                                        monkeypatch):
+    """The merged model shares every tensor with the training model (the adapted weights
+    are merged in place, the base is not copied onto the device); it computes the trial's
+    function; afterwards every weight of the training model is bit for bit what it was."""
+    loop = _lora_loop(tiny_bert, glue_dir, eval_samples=8, eval_batch_size=8)
+    task = loop.task
+    batch = task.collate(loop.data, loop.data.eval, np.arange(8))
+    loop.model.eval()
+    with torch.no_grad():
+        expected = task.forward(loop.model, batch)
+    loop.model.train()
+    before = {k: v.clone() for k, v in loop.model.state_dict().items()}
+    storage = {p.data_ptr() for p in loop.model.parameters()}
+    real = type(task).forward
+    seen = []
+
+    def forward(self, net, one):
+        if not seen:
+            seen.append(({p.data_ptr() for p in net.parameters()}, real(self, net, batch)))
+        return real(self, net, one)
+
+    monkeypatch.setattr(type(task), "forward", forward)
+    deployment_figures(loop, None)
+    merged_storage, outputs = seen[0]
+    assert merged_storage <= storage  # no parameter of its own
+    torch.testing.assert_close(outputs, expected, rtol=1e-5, atol=1e-6)
+    assert loop.model.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in loop.model.state_dict().items())
+    assert loop.model.training
