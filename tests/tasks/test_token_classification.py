@@ -24,6 +24,7 @@ from raytune_ft.tasks.token_classification import (
     entity_scores,
     is_entity_scheme,
 )
+from raytune_ft.training.batching import eval_batches
 from raytune_ft.training.loop import FineTuneLoop
 
 EWT = REPO.parent / "shared" / "data" / "ud_ewt"
@@ -416,6 +417,38 @@ def test_every_gold_word_is_scored_whatever_max_length(tiny_bert):
     assert scores[8] == scores[128]
     nouns = sum(tag == "NOUN" for tag in gold)
     assert abs(scores[8]["eval_token_accuracy"] - nouns / len(gold)) <= lost / len(gold)
+
+
+def test_no_forward_pass_holds_more_rows_than_the_eval_batch(tiny_bert):
+    """UD EWT dev at max_length 32, eval_batch_size 128: length sorting gathers the most
+    windowed sentences, whose batch holds 256 windows; the model sees at most 128 rows at
+    a time (device memory stays eval_batch_size x max_length), every window once, with the
+    logits of one pass over the whole batch."""
+    dev = read_tagged(str(EWT / "en_ewt-ud-dev.conllu"), "data.eval_file", "conllu", "upos",
+                      None)
+    data = DataConfig(kind="token_classification", train_file=str(EWT / "en_ewt-ud-dev.conllu"),
+                      eval_file=str(EWT / "en_ewt-ud-dev.conllu"), max_train_samples=16,
+                      label_names=sorted({tag for tags in dev.tags for tag in tags}))
+    bundle = TASK.load_data(data, str(tiny_bert), 32)
+    hp = TrainConfig(batch_size=16, eval_batch_size=128)
+    loop = FineTuneLoop(TASK.load_model(str(tiny_bert), bundle.label_names, seed=0), bundle,
+                        hp, metric="eval_token_accuracy")
+    windows = np.diff(bundle.eval.windows)
+    assert max(int(windows[b].sum()) for b in eval_batches(bundle.eval, 128)) == 256
+    rows = []
+    loop.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(len(kwargs["input_ids"])), with_kwargs=True)
+    loop.evaluate()
+    assert max(rows) == 128 and sum(rows) == len(bundle.eval.offsets) - 1
+    # the passes give the logits of the whole batch in one pass
+    widest = max(eval_batches(bundle.eval, 128), key=lambda b: int(windows[b].sum()))
+    batch = TASK.collate(bundle, bundle.eval, widest)
+    loop.model.eval()
+    with torch.no_grad():
+        whole = loop.model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits
+        torch.testing.assert_close(TASK.forward(loop.model, batch), whole, rtol=1e-5,
+                                   atol=1e-6)
 
 
 def test_an_entity_cut_by_max_length_is_not_scored_complete(tmp_path, tiny_bert):
