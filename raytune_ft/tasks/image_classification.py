@@ -352,8 +352,13 @@ class ImageClassification(Task):
         load_processor(model_path).save_pretrained(out)
 
     def card_input(self, config) -> list[str]:
+        """The processor's resize and crop, and the one image it cannot read as training did:
+        16-bit greyscale, which it and the pipeline clip to white (`usage` scales it)."""
         return ["- input: images resized and cropped by the image processor saved here "
-                "(preprocessor_config.json), as in training"]
+                "(preprocessor_config.json), as in training",
+                "- 16-bit greyscale images: this image processor and "
+                '`pipeline("image-classification")` given a file clip them to almost all '
+                "white; read them as the Use section shows (their high byte, as in training)"]
 
     def usage(self) -> list[str]:
         """The pipeline on an image read as training read it (`_images.convert`): upright,

@@ -334,3 +334,10 @@ def test_the_exported_usage_reads_a_16_bit_image_as_training_did(tmp_path, tiny_
     clipped = pipeline("image-classification", model=str(out)).image_processor(
         Image.open(photo).convert("RGB"), return_tensors="pt")["pixel_values"]
     assert not torch.allclose(clipped, trained, atol=0.1)  # what the card's lines avoid
+
+
+def test_the_card_warns_that_the_processor_and_pipeline_clip_16_bit_images():
+    assert TASK.card_input(None)[1] == (
+        "- 16-bit greyscale images: this image processor and "
+        '`pipeline("image-classification")` given a file clip them to almost all white; '
+        "read them as the Use section shows (their high byte, as in training)")
