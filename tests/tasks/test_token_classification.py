@@ -97,12 +97,40 @@ def test_a_tab_separated_column_file_keeps_spaces_inside_a_token(tmp_path):
     """A file with tabs is split on tabs: `New York<TAB>B-LOC` is one word, not `New`."""
     path = tmp_path / "places.conll"
     path.write_text("New York\tNNP\tB-LOC\nis\tVBZ\tO\n\nLos  Angeles \tB-LOC\t\n")
-    with pytest.raises(DataError, match="line 4: token 'Los  Angeles' has no tag .*tab-sep"):
+    with pytest.raises(DataError, match="line 4: token 'Los  Angeles': the last \\(tag\\) "
+                                        "column is empty .*tab-sep"):
         read_tagged(str(path), "data.train_file", "conll", None, None)
     path.write_text("New York\tNNP\tB-LOC\nis\tVBZ\tO\n\nLos Angeles\tB-LOC\n")
     read = read_tagged(str(path), "data.train_file", "conll", None, None)
     assert read.words == [["New York", "is"], ["Los Angeles"]]
     assert read.tags == [["B-LOC", "O"], ["B-LOC"]]
+
+
+def test_a_tab_separated_file_with_trailing_tabs_and_a_space_separated_docstart(tmp_path):
+    """Files the whitespace reader read: a trailing tab after the tag (on one line or all),
+    and a space-separated -DOCSTART- line in an otherwise tab-separated file."""
+    path = tmp_path / "eng.train"
+    path.write_text("-DOCSTART- -X- -X- O\n\nEU\tNNP\tB-ORG\t\nrejects\tVBZ\tO\n\n"
+                    "-DOCSTART-\t-X-\tO\n\nPeter\tNNP\tB-PER\t\t\nBlackburn\tNNP\tI-PER\t\n")
+    read = read_tagged(str(path), "data.train_file", "conll", None, None)
+    assert read.words == [["EU", "rejects"], ["Peter", "Blackburn"]]
+    assert read.tags == [["B-ORG", "O"], ["B-PER", "I-PER"]]
+    assert read.starts == [3, 8]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("EU\tNNP\tB-ORG\nrejects\tVBZ\t\n", "line 2: token 'rejects': the last (tag) column "
+     "is empty (CoNLL-2003 tab-separated columns: token first, tag last)"),
+    ("EU\tB-ORG\nrejects\t\n", "line 2: token 'rejects': the last (tag) column is empty"),
+    ("EU\tB-ORG\nrejects\n", "line 2: token 'rejects' has no tag"),
+    ("EU\tB-ORG\n\tO\n", "line 2: the token is empty"),
+])
+def test_an_empty_tag_column_is_refused_with_file_and_line(tmp_path, text, message):
+    path = tmp_path / "a.conll"
+    path.write_text(text)
+    with pytest.raises(DataError) as error:
+        read_tagged(str(path), "data.train_file", "conll", None, None)
+    assert str(error.value).startswith(f"data.train_file: {path} {message}")
 
 
 def test_jsonl_and_parquet_list_columns(tmp_path):
