@@ -175,11 +175,13 @@ class TokenClassification(Task):
                   if "eval_f1" in bundle.metrics else "not BIO/BIOES: token accuracy only")
         words = [f"{name} {int(split.word_offsets[-1])} words in {len(split)} sentences"
                  for name, split in (("train", bundle.train), ("eval", bundle.eval))]
+        lines = [("tags", text), ("tag scheme", scheme),
+                 ("words", "; ".join(words) + " (every eval word scored)")]
         windowed = bundle.eval.windowed
-        if windowed:
-            words[1] += (f" (every word scored; {windowed} longer than max_length "
-                         f"{bundle.eval.max_length} read in overlapping windows)")
-        return [("tags", text), ("tag scheme", scheme), ("words", "; ".join(words))]
+        if windowed:  # its own line: a max_length search gives it per tokenization
+            lines.append(("windows", f"{windowed} eval sentences longer than max_length "
+                                     f"{bundle.eval.max_length} read in overlapping windows"))
+        return lines
 
     def warnings(self, bundle: DataBundle, data: DataConfig) -> list[str]:
         """Words cut at max_length or lost by the tokenizer, and tags no training word has."""

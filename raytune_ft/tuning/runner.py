@@ -120,7 +120,8 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     return Prepared(config, model_path, bundle, experiment_dir, plan,
                     _warnings(plan, bundle) + data_warnings
                     + _batchnorm_warnings(config, plan, model_path),
-                    task.describe(bundle) + [_head_line(paths or {config.model.name: model_path},
+                    (models.about_data(task) if models else task.describe(bundle))
+                    + [_head_line(paths or {config.model.name: model_path},
                                                         bundle.label_names)]
                     + lora + ([models.describe()] if models else []),
                     models=models)

@@ -578,9 +578,11 @@ def test_the_run_header_counts_words_cut_and_lost_and_tags_never_trained(tokeniz
         "1 train word(s) map to no sub-token (e.g. '\\u200b'): not trained",
         "1 eval word(s) map to no sub-token (e.g. '\\u200b'): no prediction, scored as wrong",
         "no training word has tag(s) 'PUNCT', 'VERB', 'X'"]
-    assert dict(TASK.describe(bundle))["words"] == (
-        "train 6 words in 2 sentences; eval 6 words in 2 sentences (every word scored; 1 "
-        "longer than max_length 4 read in overlapping windows)")
+    about = dict(TASK.describe(bundle))
+    assert about["words"] == ("train 6 words in 2 sentences; eval 6 words in 2 sentences "
+                              "(every eval word scored)")
+    assert about["windows"] == ("1 eval sentences longer than max_length 4 read in "
+                                "overlapping windows")
 
 
 def test_a_bio_tagger_trains_and_reports_entity_scores(tmp_path, tiny_bert):

@@ -236,3 +236,13 @@ def test_a_tagging_search_warns_about_the_words_cut_at_every_length(family, tmp_
                 f"{length} sub-words: cut, not trained (evaluation scores every word, reading "
                 "long sentences in overlapping windows)") in prepared.warnings
     assert prepared.warnings.count("no training word has tag(s) 'X', 'FOREIGN'") == 1
+    # header lines: said once where every tokenization gives the same, else per length
+    windowed = {length: bundle.eval.windowed
+                for (_, length), bundle in prepared.models.bundles.items()}
+    assert windowed[8] > windowed[16] > 0
+    about = dict(prepared.about_data)
+    assert about["windows"] == "; ".join(
+        f"max_length {length}: {windowed[length]} eval sentences longer than max_length "
+        f"{length} read in overlapping windows" for length in (8, 16))
+    assert about["words"].endswith("(every eval word scored)") and "max_length" not in \
+        about["words"]
