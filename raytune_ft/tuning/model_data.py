@@ -174,7 +174,13 @@ def tokenize_models(config: ExperimentConfig, task: Task, paths: dict[str, str])
     for fingerprint, (name, path) in first_path.items():
         for length in lengths:
             log.info("tokenizing for %s at max_length %d", name, length)
-            data.bundles[(fingerprint, length)] = task.load_data(config.data, path, length)
+            try:
+                data.bundles[(fingerprint, length)] = task.load_data(config.data, path, length)
+            except ConfigError as error:  # a searched length: name the searched key
+                if "model.max_length" not in config.search or \
+                        not str(error).startswith("model.max_length:"):
+                    raise
+                raise ConfigError(f"search.{error}") from None
     _check_same_examples(data, first_path)
     return data
 
