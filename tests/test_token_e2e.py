@@ -4,6 +4,7 @@ report, confirm, replay and export; the exported folder loads with the transform
 and pipeline and reproduces the recorded token accuracy."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -237,7 +238,10 @@ def test_a_max_length_search_scores_every_trial_on_the_same_words(length_search,
     for length in (8, 16):
         assert f"max_length {length}: " in done.stdout and \
             f"train word(s) lie beyond model.max_length {length} sub-words" in done.stdout
-    assert "(every word scored; " in done.stdout
+    assert "(every eval word scored)" in done.stdout
+    assert re.search(r"\nwindows +max_length 8: \d+ eval sentences longer than max_length 8 "
+                     r"read in overlapping windows; max_length 16: \d+ eval sentences",
+                     done.stdout)
     trials = pd.read_parquet(experiment / "analysis" / "trials.parquet")
     assert sorted(trials["hp_model.max_length"]) == [8, 16]
     config = read_experiment_record(str(experiment))

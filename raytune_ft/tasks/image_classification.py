@@ -232,11 +232,11 @@ def augment(image: torch.Tensor, rng: np.random.Generator, crop_scale: float | N
 def collate(split: ImageSplit, indices: np.ndarray, augmented: bool) -> dict:
     """The images at `indices`, augmented on a training split, with what normalises them.
 
-    `pixels` stay uint8 unless augmented (a crop's interpolation gives float32 on the same
-    0-255 scale), and `normalize` holds the processor's rescale, mean and std as one
-    (2, C) float32 tensor: `forward` normalises on the device (`pixel_values`). The loop
-    keeps the collated eval batches for the whole trial, so they stay the size of the
-    shared uint8 array, not 4x as float32.
+    `pixels` stay uint8 unless cropped (a crop's interpolation gives float32 on the same
+    0-255 scale; a flip alone keeps uint8), and `normalize` holds the processor's rescale,
+    mean and std as one (2, C) float32 tensor: `forward` normalises on the device
+    (`pixel_values`). The loop keeps the collated eval batches for the whole trial, so they
+    stay the size of the shared uint8 array, not 4x as float32.
 
     Each sample's augmentation generator is seeded by its index and one number drawn from
     torch's generator, which the loop seeds by the step's position before collating each
@@ -248,9 +248,12 @@ def collate(split: ImageSplit, indices: np.ndarray, augmented: bool) -> dict:
     pixels = torch.from_numpy(split.pixels[indices])  # a copy: the object store is read-only
     if augmented and (split.flip or split.crop_scale is not None):
         step_seed = int(torch.randint(0, 2**31 - 1, ()))
+        # only a crop interpolates: flipping alone keeps uint8 (a quarter of the bytes)
+        cropped = split.crop_scale is not None and split.crop_scale < 1.0
         pixels = torch.stack([augment(image, np.random.default_rng([step_seed, int(index)]),
                                       split.crop_scale, split.flip)
-                              for image, index in zip(pixels.float(), indices)])
+                              for image, index in zip(pixels.float() if cropped else pixels,
+                                                      indices)])
     # (x * rescale - mean) / std == x * (rescale / std) - mean / std
     normalize = torch.from_numpy(np.stack([split.rescale / split.std, split.mean / split.std]
                                           ).astype(np.float32))
@@ -366,8 +369,13 @@ class ImageClassification(Task):
         load_processor(model_path).save_pretrained(out)
 
     def card_input(self, config) -> list[str]:
+        """The processor's resize and crop, and the one image it cannot read as training did:
+        16-bit greyscale, which it and the pipeline clip to white (`usage` scales it)."""
         return ["- input: images resized and cropped by the image processor saved here "
-                "(preprocessor_config.json), as in training"]
+                "(preprocessor_config.json), as in training",
+                "- 16-bit greyscale images: this image processor and "
+                '`pipeline("image-classification")` given a file clip them to almost all '
+                "white; read them as the Use section shows (their high byte, as in training)"]
 
     def usage(self) -> list[str]:
         """The pipeline on an image read as training read it (`_images.convert`): upright,

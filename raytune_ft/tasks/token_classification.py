@@ -9,8 +9,9 @@ word of the file. A sample is a sentence; its length for batching is its sub-wor
 
 Every trial scores the same words, whatever its `model.max_length` or tokenizer: every gold
 word of the eval file. An eval sentence longer than `model.max_length` sub-words is read in
-windows of max_length that overlap by half a window (one row each in its batch), and each
-word is predicted in the window where its first sub-token has the most context. A training
+windows of max_length that overlap by half a window (one row each in its batch; the model
+reads a batch's rows at most its sentence count at a time), and each word is predicted in the
+window where its first sub-token has the most context. A training
 sentence is cut at max_length instead (a sample stays one sequence of at most max_length on
 the device, and the budget counts sentences, the same for every length a search tries); the
 run header counts the training words cut, for every tokenization. A word the tokenizer maps
@@ -38,7 +39,7 @@ from raytune_ft.config import DataSettings
 from raytune_ft.errors import ConfigError, ModelError
 from raytune_ft.tasks._base import DataBundle, Metric, Task, label_list, summed_cross_entropy
 from raytune_ft.tasks._conll import check_tag_column, file_format
-from raytune_ft.tasks._tagged import IGNORE, UNSCORED, TaggedSplit, collate, encode
+from raytune_ft.tasks._tagged import IGNORE, UNSCORED, TaggedSplit, collate, encode, passes
 
 if TYPE_CHECKING:
     import torch
@@ -73,7 +74,6 @@ class TokenData(DataSettings):
         if len(set(names)) != len(names):
             raise ValueError(f"data.label_names: {names} names a tag twice")
         return self
-
 
 ENTITY_TAG = re.compile(r"[BIES]-.+")  # a BIO/BIOES tag: a prefix, a dash, the entity type
 ENTITY_METRICS = ["eval_precision", "eval_recall", "eval_f1"]
@@ -189,11 +189,13 @@ class TokenClassification(Task):
                   if "eval_f1" in bundle.metrics else "not BIO/BIOES: token accuracy only")
         words = [f"{name} {int(split.word_offsets[-1])} words in {len(split)} sentences"
                  for name, split in (("train", bundle.train), ("eval", bundle.eval))]
+        lines = [("tags", text), ("tag scheme", scheme),
+                 ("words", "; ".join(words) + " (every eval word scored)")]
         windowed = bundle.eval.windowed
-        if windowed:
-            words[1] += (f" (every word scored; {windowed} longer than max_length "
-                         f"{bundle.eval.max_length} read in overlapping windows)")
-        return [("tags", text), ("tag scheme", scheme), ("words", "; ".join(words))]
+        if windowed:  # its own line: a max_length search gives it per tokenization
+            lines.append(("windows", f"{windowed} eval sentences longer than max_length "
+                                     f"{bundle.eval.max_length} read in overlapping windows"))
+        return lines
 
     def warnings(self, bundle: DataBundle, data: TokenData) -> list[str]:
         """Words cut at max_length or lost by the tokenizer, and tags no training word has."""
@@ -233,7 +235,14 @@ class TokenClassification(Task):
         return collate(split, indices, data.pad_token_id)
 
     def forward(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        """Logits per row, at most the batch's sentence count of rows per pass (`passes`:
+        an eval batch's extra windows do not raise the memory one pass takes)."""
+        import torch
+
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        logits = [model(input_ids=ids[rows], attention_mask=mask[rows]).logits
+                  for rows in passes(batch)]
+        return logits[0] if len(logits) == 1 else torch.cat(logits)
 
     def loss(self, outputs: torch.Tensor, batch: dict, label_smoothing: float = 0.0
              ) -> torch.Tensor:

@@ -189,13 +189,47 @@ def load_pretrained(auto_class: str, path: str, seed: int, label_names: list[str
 
 def folder_labels(path: str) -> list[str] | None:
     """The label names of a model's config in id order (None where it cannot be read)."""
+    return _config_labels(_folder_config(path))
+
+
+def _config_labels(config) -> list[str] | None:
+    if config is None:
+        return None
+    id2label = config.id2label or {}
+    return [str(id2label[i]) for i in sorted(id2label)]
+
+
+def _folder_config(path: str):
     from transformers import AutoConfig
 
     try:
-        id2label = AutoConfig.from_pretrained(path).id2label or {}
+        return AutoConfig.from_pretrained(path)
     except (OSError, ValueError):
         return None
-    return [str(id2label[i]) for i in sorted(id2label)]
+
+
+def _are_the_datas(labels: list[str] | None, label_names: list[str]) -> bool:
+    """Whether a folder's head labels are the data's (each once, in any order)."""
+    return labels is not None and sorted(labels) == sorted(label_names) \
+        and len(set(labels)) == len(labels)
+
+
+def head_origin(path: str, label_names: list[str]) -> str:
+    """What every trial's head starts from (`load_pretrained`'s rule), for the run header:
+    read once in the driver from the folder's config.json, its `id2label` against the data's
+    labels (a bare body class in `architectures`, `BertModel`, holds no head)."""
+    config = _folder_config(path)
+    labels = _config_labels(config)
+    classes = list(getattr(config, "architectures", None) or [])
+    body = bool(classes) and all(name.endswith("Model") for name in classes)
+    if not body and _are_the_datas(labels, label_names):
+        return "the folder's own (its labels are the data's), rows mapped by label name"
+    if body or not labels:
+        why = "the folder holds no head"
+    else:
+        shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
+        why = f"the folder's {len(labels)} labels ({shown}) are not the data's"
+    return f"fresh from each trial's seed (train.seed): {why}"
 
 
 def head_parameters(model: torch.nn.Module) -> list[str]:
@@ -212,8 +246,7 @@ def _keep_or_replace_head(model: torch.nn.Module, head: list[str], labels: list[
     modules = _post_order(model, {name.rsplit(".", 1)[0] for name in head})
     output = [module for module in modules if isinstance(module, torch.nn.Linear)
               and module.out_features == len(label_names)]
-    if labels is not None and sorted(labels) == sorted(label_names) \
-            and len(set(labels)) == len(labels) and output:
+    if _are_the_datas(labels, label_names) and output:
         rows = torch.tensor([labels.index(name) for name in label_names])
         with torch.no_grad():
             for param in output[-1].parameters(recurse=False):

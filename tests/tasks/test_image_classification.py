@@ -195,6 +195,26 @@ def test_flip_alone_mirrors_or_keeps_each_image_exactly():
     assert augment(image, np.random.default_rng(0), 0.3, False).shape == image.shape
 
 
+def test_flip_only_augmentation_keeps_the_pixels_uint8(bundle):
+    """Flipping needs no interpolation: the batch stays uint8 (a quarter of float32's bytes
+    to the device), and the model sees the pixels a float flip gives."""
+    import copy
+
+    split = copy.copy(bundle.train)
+    split.crop_scale, split.flip = None, True
+    indices = np.arange(12)
+    torch.manual_seed(5)  # what the loop does before collating a step
+    batch = collate(split, indices, augmented=True)
+    assert batch["pixels"].dtype == torch.uint8
+    torch.manual_seed(5)
+    step_seed = int(torch.randint(0, 2**31 - 1, ()))
+    floats = torch.stack([augment(torch.from_numpy(split.pixels[i]).float(),
+                                  np.random.default_rng([step_seed, int(i)]), None, True)
+                          for i in indices])
+    assert not torch.equal(floats, torch.from_numpy(split.pixels[indices]).float())  # flipped
+    assert torch.equal(pixel_values(batch), pixel_values({**batch, "pixels": floats}))
+
+
 def test_a_restored_trial_continues_bit_for_bit_with_augmentation(bundle, tiny_resnet,
                                                                   tmp_path):
     hp = TrainConfig(learning_rate=3e-3, batch_size=16, max_epochs=2, eval_every_epochs=1,
@@ -337,3 +357,10 @@ def test_the_exported_usage_reads_a_16_bit_image_as_training_did(tmp_path, tiny_
     clipped = pipeline("image-classification", model=str(out)).image_processor(
         Image.open(photo).convert("RGB"), return_tensors="pt")["pixel_values"]
     assert not torch.allclose(clipped, trained, atol=0.1)  # what the card's lines avoid
+
+
+def test_the_card_warns_that_the_processor_and_pipeline_clip_16_bit_images():
+    assert TASK.card_input(None)[1] == (
+        "- 16-bit greyscale images: this image processor and "
+        '`pipeline("image-classification")` given a file clip them to almost all white; '
+        "read them as the Use section shows (their high byte, as in training)")

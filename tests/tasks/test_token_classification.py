@@ -26,6 +26,7 @@ from raytune_ft.tasks.token_classification import (
     entity_scores,
     is_entity_scheme,
 )
+from raytune_ft.training.batching import eval_batches
 from raytune_ft.training.loop import FineTuneLoop
 
 EWT = REPO.parent / "shared" / "data" / "ud_ewt"
@@ -98,12 +99,40 @@ def test_a_tab_separated_column_file_keeps_spaces_inside_a_token(tmp_path):
     """A file with tabs is split on tabs: `New York<TAB>B-LOC` is one word, not `New`."""
     path = tmp_path / "places.conll"
     path.write_text("New York\tNNP\tB-LOC\nis\tVBZ\tO\n\nLos  Angeles \tB-LOC\t\n")
-    with pytest.raises(DataError, match="line 4: token 'Los  Angeles' has no tag .*tab-sep"):
+    with pytest.raises(DataError, match="line 4: token 'Los  Angeles': the last \\(tag\\) "
+                                        "column is empty .*tab-sep"):
         read_tagged(str(path), "data.train_file", "conll", None, None)
     path.write_text("New York\tNNP\tB-LOC\nis\tVBZ\tO\n\nLos Angeles\tB-LOC\n")
     read = read_tagged(str(path), "data.train_file", "conll", None, None)
     assert read.words == [["New York", "is"], ["Los Angeles"]]
     assert read.tags == [["B-LOC", "O"], ["B-LOC"]]
+
+
+def test_a_tab_separated_file_with_trailing_tabs_and_a_space_separated_docstart(tmp_path):
+    """Files the whitespace reader read: a trailing tab after the tag (on one line or all),
+    and a space-separated -DOCSTART- line in an otherwise tab-separated file."""
+    path = tmp_path / "eng.train"
+    path.write_text("-DOCSTART- -X- -X- O\n\nEU\tNNP\tB-ORG\t\nrejects\tVBZ\tO\n\n"
+                    "-DOCSTART-\t-X-\tO\n\nPeter\tNNP\tB-PER\t\t\nBlackburn\tNNP\tI-PER\t\n")
+    read = read_tagged(str(path), "data.train_file", "conll", None, None)
+    assert read.words == [["EU", "rejects"], ["Peter", "Blackburn"]]
+    assert read.tags == [["B-ORG", "O"], ["B-PER", "I-PER"]]
+    assert read.starts == [3, 8]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("EU\tNNP\tB-ORG\nrejects\tVBZ\t\n", "line 2: token 'rejects': the last (tag) column "
+     "is empty (CoNLL-2003 tab-separated columns: token first, tag last)"),
+    ("EU\tB-ORG\nrejects\t\n", "line 2: token 'rejects': the last (tag) column is empty"),
+    ("EU\tB-ORG\nrejects\n", "line 2: token 'rejects' has no tag"),
+    ("EU\tB-ORG\n\tO\n", "line 2: the token is empty"),
+])
+def test_an_empty_tag_column_is_refused_with_file_and_line(tmp_path, text, message):
+    path = tmp_path / "a.conll"
+    path.write_text(text)
+    with pytest.raises(DataError) as error:
+        read_tagged(str(path), "data.train_file", "conll", None, None)
+    assert str(error.value).startswith(f"data.train_file: {path} {message}")
 
 
 def test_jsonl_and_parquet_list_columns(tmp_path):
@@ -420,6 +449,38 @@ def test_every_gold_word_is_scored_whatever_max_length(tiny_bert):
     assert abs(scores[8]["eval_token_accuracy"] - nouns / len(gold)) <= lost / len(gold)
 
 
+def test_no_forward_pass_holds_more_rows_than_the_eval_batch(tiny_bert):
+    """UD EWT dev at max_length 32, eval_batch_size 128: length sorting gathers the most
+    windowed sentences, whose batch holds 256 windows; the model sees at most 128 rows at
+    a time (device memory stays eval_batch_size x max_length), every window once, with the
+    logits of one pass over the whole batch."""
+    dev = read_tagged(str(EWT / "en_ewt-ud-dev.conllu"), "data.eval_file", "conllu", "upos",
+                      None)
+    data = data_settings(kind="token_classification", train_file=str(EWT / "en_ewt-ud-dev.conllu"),
+                      eval_file=str(EWT / "en_ewt-ud-dev.conllu"), max_train_samples=16,
+                      label_names=sorted({tag for tags in dev.tags for tag in tags}))
+    bundle = TASK.load_data(data, str(tiny_bert), 32)
+    hp = TrainConfig(batch_size=16, eval_batch_size=128)
+    loop = FineTuneLoop(TASK.load_model(str(tiny_bert), bundle.label_names, seed=0), bundle,
+                        hp, metric="eval_token_accuracy", task=get_task(bundle.kind))
+    windows = np.diff(bundle.eval.windows)
+    assert max(int(windows[b].sum()) for b in eval_batches(bundle.eval, 128)) == 256
+    rows = []
+    loop.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(len(kwargs["input_ids"])), with_kwargs=True)
+    loop.evaluate()
+    assert max(rows) == 128 and sum(rows) == len(bundle.eval.offsets) - 1
+    # the passes give the logits of the whole batch in one pass
+    widest = max(eval_batches(bundle.eval, 128), key=lambda b: int(windows[b].sum()))
+    batch = TASK.collate(bundle, bundle.eval, widest)
+    loop.model.eval()
+    with torch.no_grad():
+        whole = loop.model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits
+        torch.testing.assert_close(TASK.forward(loop.model, batch), whole, rtol=1e-5,
+                                   atol=1e-6)
+
+
 def test_an_entity_cut_by_max_length_is_not_scored_complete(tmp_path, tiny_bert):
     """Gold `B-PER I-PER I-PER O` at a max_length that holds one word: a tagger right on the
     first word alone has not found the entity."""
@@ -521,9 +582,11 @@ def test_the_run_header_counts_words_cut_and_lost_and_tags_never_trained(tokeniz
         "1 train word(s) map to no sub-token (e.g. '\\u200b'): not trained",
         "1 eval word(s) map to no sub-token (e.g. '\\u200b'): no prediction, scored as wrong",
         "no training word has tag(s) 'PUNCT', 'VERB', 'X'"]
-    assert dict(TASK.describe(bundle))["words"] == (
-        "train 6 words in 2 sentences; eval 6 words in 2 sentences (every word scored; 1 "
-        "longer than max_length 4 read in overlapping windows)")
+    about = dict(TASK.describe(bundle))
+    assert about["words"] == ("train 6 words in 2 sentences; eval 6 words in 2 sentences "
+                              "(every eval word scored)")
+    assert about["windows"] == ("1 eval sentences longer than max_length 4 read in "
+                                "overlapping windows")
 
 
 def test_a_bio_tagger_trains_and_reports_entity_scores(tmp_path, tiny_bert):

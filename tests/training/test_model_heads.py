@@ -112,3 +112,35 @@ def test_a_folder_whose_body_does_not_fit_its_config_is_refused(tmp_path, tiny_b
     (out / "config.json").write_text(json.dumps({**config, "intermediate_size": 48}))
     with pytest.raises(ModelError, match="holds weights of other shapes than its config"):
         SEQUENCES.load_model(str(out), ["0", "1"], 0)
+
+
+def test_the_run_header_says_whether_the_folders_head_is_kept(tmp_path, tiny_bert):
+    """`prepare`'s `head` line, from the folder's config.json once in the driver: kept
+    (rows by label name) where its labels are the data's, else fresh from each seed."""
+    from raytune_ft.schema import validate_config
+    from raytune_ft.training.model import head_origin
+    from raytune_ft.tuning.runner import prepare
+
+    tags = tmp_path / "tags.conll"
+    tags.write_text("Peter\tB-PER\nBlackburn\tI-PER\nrests\tO\n\nAnna\tB-PER\nsings\tO\n")
+    save_with_head(TOKENS, tiny_bert, tmp_path / "ner", ["O", "B-PER", "I-PER"])
+    save_with_head(TOKENS, tiny_bert, tmp_path / "pos", ["NOUN", "VERB", "PUNCT"])
+    save_with_head(TOKENS, tiny_bert, tmp_path / "generic", [f"LABEL_{i}" for i in range(9)])
+    kept = "the folder's own (its labels are the data's), rows mapped by label name"
+    fresh = "fresh from each trial's seed (train.seed): "
+    data = ["B-PER", "I-PER", "O"]
+    assert head_origin(str(tmp_path / "ner"), data) == kept
+    assert head_origin(str(tmp_path / "pos"), data) == \
+        fresh + "the folder's 3 labels (NOUN, VERB, PUNCT) are not the data's"
+    assert head_origin(str(tmp_path / "generic"), data) == \
+        fresh + "the folder's 9 labels (LABEL_0, LABEL_1, LABEL_2, LABEL_3, LABEL_4, ...) " \
+        "are not the data's"
+    assert head_origin(str(tiny_bert), data) == fresh + "the folder holds no head"
+    for folder, expected in (("ner", kept), ("pos", fresh)):
+        settings = {"name": "heads", "metric": "eval_token_accuracy",
+                    "model": {"name": str(tmp_path / folder), "max_length": 16},
+                    "data": {"kind": "token_classification", "train_file": str(tags),
+                             "eval_file": str(tags)},
+                    "run": {"storage_path": str(tmp_path / "results")}}
+        head = dict(prepare(validate_config(settings)).about_data)["head"]
+        assert head.startswith(expected)
