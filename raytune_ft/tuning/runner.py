@@ -115,7 +115,8 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     plan = plan_experiment(config, n_train=len(bundle.train))
     return Prepared(config, model_path, bundle, experiment_dir, plan,
                     _warnings(plan, bundle) + task.warnings(bundle, config.data)
-                    + _batchnorm_warnings(config, plan, model_path),
+                    + _batchnorm_warnings(config, plan, model_path)
+                    + _population_warnings(config),
                     task.describe(bundle) + lora + ([models.describe()] if models else []),
                     models=models)
 
@@ -137,6 +138,21 @@ def _warnings(plan: TrialPlan, bundle: DataBundle) -> list[str]:
         return [f"the training split has {len(bundle.train)} examples, fewer than one "
                 f"batch of {largest}: a step then repeats examples"]
     return []
+
+
+def _population_warnings(config: ExperimentConfig) -> list[str]:
+    """Under PBT/PB2 `run.max_concurrent_trials` bounds the population: a paused member is
+    unfinished, so at most that many trials are alive to exchange weights."""
+    from raytune_ft.tuning.schedulers import scheduler_spec
+
+    limit, trials = config.run.max_concurrent_trials, config.run.num_samples
+    if not limit or limit >= trials or not scheduler_spec(config).population:
+        return []
+    size = "one member: no trial has another to clone" if limit == 1 else f"{limit} members"
+    return [f"run.max_concurrent_trials {limit} under {config.scheduler.type}: at most {limit} "
+            f"of the {trials} trials are alive at once, so the population that exchanges "
+            f"weights has {size}; to take turns in a larger population, leave it unset and "
+            "let resources (gpus_per_trial) bound how many run"]
 
 
 def _batchnorm_warnings(config: ExperimentConfig, plan: TrialPlan, model_path: str
@@ -206,13 +222,25 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str,
         callbacks=[*result_loggers(), _sigint_watch(),
                    *tracking_callbacks(TrackingContext(config, experiment_dir, iterations))],
     )
-    tune_config = tune.TuneConfig(
-        metric=config.metric, mode=config.mode, scheduler=build_scheduler(config, plan),
-        search_alg=build_search_alg(config), num_samples=config.run.num_samples,
-        max_concurrent_trials=config.run.max_concurrent_trials,
-        time_budget_s=config.run.time_budget_s, reuse_actors=True,
-    )
-    return tune_config, run_config
+    tune_config = tune.TuneConfig(metric=config.metric, mode=config.mode,
+                                  num_samples=config.run.num_samples,
+                                  time_budget_s=config.run.time_budget_s, reuse_actors=True)
+    return searching(tune_config, config, build_search_alg(config),
+                     build_scheduler(config, plan)), run_config
+
+
+def searching(tune_config, config: ExperimentConfig, search_alg=None, scheduler=None):
+    """`tune_config` with `search_alg` and `scheduler` (where given) in place, limited to
+    `run.max_concurrent_trials` trials at a time (`tuning.concurrency`): the search, its warm
+    start, replay and confirm all set them here."""
+    from raytune_ft.tuning.concurrency import limit_concurrency, limit_running
+
+    limit, changes = config.run.max_concurrent_trials, {}
+    if search_alg is not None:
+        changes["search_alg"] = limit_concurrency(search_alg, limit)
+    if scheduler is not None:
+        changes["scheduler"] = limit_running(scheduler, limit)
+    return dataclasses.replace(tune_config, max_concurrent_trials=None, **changes)
 
 
 def checkpoints_to_keep(config: ExperimentConfig) -> int | None:
@@ -278,13 +306,21 @@ def build_tuner(prepared: Prepared, restore: bool = False):
     config = prepared.config
     trainable = trainable_for(prepared)
     if restore:
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the restored run has ours
-        return tune.Tuner.restore(prepared.experiment_dir, trainable, resume_unfinished=True,
-                                  resume_errored=True)
+        return restore_tuner(prepared.experiment_dir, trainable)
     tune_config, run_config = tune_settings(config, prepared.experiment_dir, prepared.plan)
     tune_config, run_config = _search_settings(prepared, tune_config, run_config)
     return tune.Tuner(trainable, param_space=param_space(config, prepared.plan),
                       tune_config=tune_config, run_config=run_config)
+
+
+def restore_tuner(experiment_dir: str, trainable):
+    """The experiment's `Tuner` as `resume` continues it: unfinished and errored trials go on
+    from their last checkpoints, with the settings it was started with (its tuner.pkl)."""
+    from ray import tune
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the restored run has ours
+    return tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True,
+                              resume_errored=True)
 
 
 def _search_settings(prepared: Prepared, tune_config, run_config):
@@ -295,8 +331,8 @@ def _search_settings(prepared: Prepared, tune_config, run_config):
 
     config = prepared.config
     if prepared.observations is not None:
-        tune_config = dataclasses.replace(
-            tune_config, search_alg=build_search_alg(config, prepared.observations))
+        tune_config = searching(tune_config, config,
+                                build_search_alg(config, prepared.observations))
     if config.run.stop.any:
         stopper = SearchStopper(config, run_config.stop["training_iteration"],
                                 prepared.experiment_dir)
@@ -462,20 +498,28 @@ def run_presets(prepared: Prepared, points: list[dict], scheduler, address: str 
     `files`: name -> text, written into the folder once it is laid out.
     """
     from ray import tune
-    from ray.tune.search import BasicVariantGenerator
 
     begin_run(prepared, address, replace=True)
     for name, text in (files or {}).items():
         write_text(f"{prepared.experiment_dir}/{name}", text)
-    tune_config, run_config = tune_settings(prepared.config, prepared.experiment_dir,
-                                            prepared.plan)
-    tune_config = dataclasses.replace(
-        tune_config, scheduler=scheduler, num_samples=len(points),
-        search_alg=BasicVariantGenerator(points_to_evaluate=points))
-    # Every key of a preset must be in the space; None marks "set by the preset".
-    space = {key: None for point in points for key in point}
+    space, tune_config, run_config = preset_settings(prepared.config, prepared.experiment_dir,
+                                                     prepared.plan, points, scheduler)
     tuner = tune.Tuner(trainable_for(prepared, presets=True), param_space=space,
                        tune_config=tune_config, run_config=run_config)
     results, interrupted = fit_tuner(tuner)
     return Outcome(results, prepared, interrupted)
+
+
+def preset_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan | None,
+                    points: list[dict], scheduler):
+    """The param space, `TuneConfig` and `RunConfig` of a preset run: one trial per point,
+    in order, under `scheduler`, at most `run.max_concurrent_trials` at a time."""
+    from ray.tune.search import BasicVariantGenerator
+
+    tune_config, run_config = tune_settings(config, experiment_dir, plan)
+    tune_config = searching(dataclasses.replace(tune_config, num_samples=len(points)), config,
+                            BasicVariantGenerator(points_to_evaluate=points), scheduler)
+    # Every key of a preset must be in the space; None marks "set by the preset".
+    space = {key: None for point in points for key in point}
+    return space, tune_config, run_config
 
