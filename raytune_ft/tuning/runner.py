@@ -308,7 +308,8 @@ def build_tuner(prepared: Prepared, restore: bool = False):
     if restore:
         return restore_tuner(prepared.experiment_dir, trainable)
     tune_config, run_config = tune_settings(config, prepared.experiment_dir, prepared.plan)
-    tune_config, run_config = _search_settings(prepared, tune_config, run_config)
+    tune_config, run_config = search_settings(config, prepared.experiment_dir, tune_config,
+                                              run_config, prepared.observations)
     return tune.Tuner(trainable, param_space=param_space(config, prepared.plan),
                       tune_config=tune_config, run_config=run_config)
 
@@ -323,19 +324,17 @@ def restore_tuner(experiment_dir: str, trainable):
                               resume_errored=True)
 
 
-def _search_settings(prepared: Prepared, tune_config, run_config):
+def search_settings(config: ExperimentConfig, experiment_dir: str, tune_config, run_config,
+                    observations=None):
     """A search's own settings, which preset runs (replay, confirm) do without: the
-    searcher warm-started with earlier trials, and the `run.stop` rules."""
+    searcher warm-started with `observations` (earlier trials), and the `run.stop` rules."""
     from raytune_ft.tuning.search import build_search_alg
     from raytune_ft.tuning.stopping import SearchStopper
 
-    config = prepared.config
-    if prepared.observations is not None:
-        tune_config = searching(tune_config, config,
-                                build_search_alg(config, prepared.observations))
+    if observations is not None:
+        tune_config = searching(tune_config, config, build_search_alg(config, observations))
     if config.run.stop.any:
-        stopper = SearchStopper(config, run_config.stop["training_iteration"],
-                                prepared.experiment_dir)
+        stopper = SearchStopper(config, run_config.stop["training_iteration"], experiment_dir)
         run_config = dataclasses.replace(run_config, stop=stopper,
                                          callbacks=[*run_config.callbacks, stopper])
     return tune_config, run_config
