@@ -39,8 +39,11 @@ from raytune_ft.tuning.cluster import (
     check_local_resources,
     check_resources,
     cluster_address,
+    cluster_run_text,
     init_ray,
+    joins_cluster,
     trial_resources,
+    with_cluster_defaults,
 )
 from raytune_ft.tuning.summary import RunSummary, summarize_run
 
@@ -59,6 +62,7 @@ class Prepared:
     about_data: list[tuple[str, str]] = field(default_factory=list)  # the task's header lines
     observations: Any = None  # earlier trials for the searcher (tuning.warm_start), or None
     models: Any = None  # model.name/max_length searched: tuning.model_data.ModelData
+    cluster: str | None = None  # joining a cluster: the header's line on retries, checkpoints
 
 
 def storage_root(config: ExperimentConfig) -> str:
@@ -71,8 +75,10 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     """Resolve the model, read and tokenize the data, check storage: no Ray needed.
 
     Without `address` the run is local, so resources are checked against this machine here;
-    a cluster's nodes are only known after joining it (`check_resources`).
+    a cluster's nodes are only known after joining it (`check_resources`). Joining one, the
+    run settings the experiment leaves unset take the cluster defaults (retries, checkpoints).
     """
+    config, defaults = (config, {}) if resume else with_cluster_defaults(config, address)
     paths = None
     if searches_model(config):  # several models or lengths: each is checked, the first shown
         from raytune_ft.tuning.model_data import resolve_models
@@ -118,7 +124,8 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
                     + _batchnorm_warnings(config, plan, model_path)
                     + _population_warnings(config),
                     task.describe(bundle) + lora + ([models.describe()] if models else []),
-                    models=models)
+                    models=models,
+                    cluster=cluster_run_text(config, defaults) if joins_cluster(address) else None)
 
 
 def _check_freeze_layers(config: ExperimentConfig, paths: dict[str, str]) -> None:
