@@ -44,6 +44,26 @@ def test_exploits_happen_and_are_logged(pbt_run):
     assert list(pbt_run.glob("pbt_policy_*.txt"))
 
 
+def test_the_exploit_log_names_the_report_decided_on_and_the_checkpoint_cloned(pbt_run):
+    # [target tag, donor tag, target iteration, donor iteration, donor config, new config]:
+    # the target's report at its logged iteration is followed by its first report as the
+    # clone, one iteration past the donor's. Ray 2.60 logged the target's previous report.
+    by_index = {int(trial[0]["trial_id"].rsplit("_", 1)[1]): trial
+                for trial in trial_rows(pbt_run).values()}
+    seen = {index: 0 for index in by_index}  # each trial's reports, consumed in order
+    for line in (pbt_run / "pbt_global.txt").read_text().splitlines():
+        target, _, decided_at, cloned_at, _, new_config = json.loads(line)
+        index = int(target.split("_", 1)[0])
+        reports = by_index[index]
+        pairs = list(zip(reports, reports[1:]))[seen[index]:]
+        at = next((n for n, (before, after) in enumerate(pairs)
+                  if before["training_iteration"] == decided_at
+                  and after["training_iteration"] == cloned_at + 1
+                  and after["config"] == new_config), None)
+        assert at is not None, (line, [r["training_iteration"] for r in reports])
+        seen[index] += at + 1
+
+
 def test_samples_seen_continue_and_batch_size_changes(pbt_run):
     rows = trial_rows(pbt_run)
     assert len(rows) == 4
