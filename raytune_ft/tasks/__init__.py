@@ -113,7 +113,8 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def load_model(self, path: str, label_names: list[str], seed: int) -> torch.nn.Module:
-        """The pretrained body with a fresh head initialised from `seed`."""
+        """The pretrained body with a head for `label_names`: fresh from `seed`, or the
+        folder's own with its rows mapped by label name where its labels are these."""
 
     @abc.abstractmethod
     def collate(self, data: DataBundle, split: Split, indices: np.ndarray

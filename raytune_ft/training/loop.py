@@ -35,6 +35,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -305,13 +306,9 @@ class FineTuneLoop:
         self.model.eval()
         task = self.task
         predictions, loss_sum, units, ms_per_example = [], 0.0, 0, []
-        for indices, collated in self._eval_batches():
-            started = time.perf_counter()
-            batch = {k: v.to(self.device) for k, v in collated.items()}
-            with self._autocast():
-                outputs = task.forward(self.model, batch)
-            loss_sum += task.loss(outputs, batch).item()  # smoothing 0: the true NLL
-            ms_per_example.append((time.perf_counter() - started) * 1000 / len(indices))
+        for indices, collated, batch, outputs, loss, ms in self.eval_passes(self.model):
+            loss_sum += loss
+            ms_per_example.append(ms)
             units += int(task.loss_units(collated))
             predictions.append((indices, task.predict(outputs, batch)))
         # the deployment figures' latency at the eval batch (training/deployment.py)
@@ -326,6 +323,22 @@ class FineTuneLoop:
         # only what the task reports for this data (its bundle lists it)
         return {"eval_loss": loss_sum / max(units, 1),
                 **{k: v for k, v in scores.items() if k in self.data.metrics}}
+
+    def eval_passes(self, model: torch.nn.Module) -> Iterator[tuple]:
+        """Every eval batch through `model` (in the caller's eval mode, without gradients):
+        (indices, host batch, device batch, outputs, summed loss, ms per example), each pass
+        timed from the host batch to its loss. `evaluate` passes the loop's model; the
+        deployment figures time a LoRA trial's merged model with the same passes, so both
+        kinds of trial report the same measurement (training/deployment.py)."""
+        task = self.task
+        for indices, collated in self._eval_batches():
+            started = time.perf_counter()
+            batch = {k: v.to(self.device) for k, v in collated.items()}
+            with self._autocast():
+                outputs = task.forward(model, batch)
+            loss = task.loss(outputs, batch).item()  # smoothing 0: the true NLL
+            ms = (time.perf_counter() - started) * 1000 / len(indices)
+            yield indices, collated, batch, outputs, loss, ms
 
     def _eval_batches(self) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """The evaluation set (this rank's deal of it), sorted by length and collated once

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import ExperimentConfig, model_options, trial_model
+from raytune_ft.config import DataConfig, ExperimentConfig, model_options, trial_model
 from raytune_ft.errors import ConfigError, ModelError
 from raytune_ft.tasks import DataBundle, Task
 
@@ -91,6 +91,41 @@ class ModelData:
         return ModelData(dict(self.paths), dict(self.tokenizers),
                          refs={key: ray.put(bundle) for key, bundle in self.bundles.items()})
 
+    def warnings(self, task: Task, data: DataConfig) -> list[str]:
+        """The task's warnings about every tokenization (words cut at one max_length are not
+        cut at another): one that all share is said once, the others name their length
+        (and their models, where the search has several tokenizers)."""
+        said = {key: task.warnings(bundle, data) for key, bundle in self.bundles.items()}
+        shared = set.intersection(*(set(lines) for lines in said.values())) if said else set()
+        out = [line for line in next(iter(said.values()), []) if line in shared]
+        for key, lines in said.items():
+            out += [f"{self._which(key)}: {line}" for line in lines if line not in shared]
+        return out
+
+    def about_data(self, task: Task) -> list[tuple[str, str]]:
+        """The task's header lines about the data of every tokenization: a line all share is
+        said once; one that differs (eval sentences read in windows at one max_length, not
+        at another) gives each tokenization's text after its length."""
+        said = {key: dict(task.describe(bundle)) for key, bundle in self.bundles.items()}
+        out = []
+        for name in dict.fromkeys(name for lines in said.values() for name in lines):
+            texts = {key: lines[name] for key, lines in said.items() if name in lines}
+            if len(texts) == len(said) and len(set(texts.values())) == 1:
+                out.append((name, next(iter(texts.values()))))
+            else:
+                out.append((name, "; ".join(f"{self._which(key)}: {text}"
+                                            for key, text in texts.items())))
+        return out
+
+    def _which(self, key: tuple[str, int]) -> str:
+        """A tokenization in the header: its length (and its models, where the search has
+        several tokenizers)."""
+        fingerprint, length = key
+        if len(set(self.tokenizers.values())) == 1:
+            return f"max_length {length}"
+        names = [name for name, print_ in self.tokenizers.items() if print_ == fingerprint]
+        return f"max_length {length} ({', '.join(names)})"
+
     def describe(self) -> tuple[str, str]:
         """The run header's line: models, lengths and how many tokenizations were made."""
         groups: dict[str, list[str]] = {}
@@ -139,7 +174,13 @@ def tokenize_models(config: ExperimentConfig, task: Task, paths: dict[str, str])
     for fingerprint, (name, path) in first_path.items():
         for length in lengths:
             log.info("tokenizing for %s at max_length %d", name, length)
-            data.bundles[(fingerprint, length)] = task.load_data(config.data, path, length)
+            try:
+                data.bundles[(fingerprint, length)] = task.load_data(config.data, path, length)
+            except ConfigError as error:  # a searched length: name the searched key
+                if "model.max_length" not in config.search or \
+                        not str(error).startswith("model.max_length:"):
+                    raise
+                raise ConfigError(f"search.{error}") from None
     _check_same_examples(data, first_path)
     return data
 

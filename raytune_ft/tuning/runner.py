@@ -31,6 +31,7 @@ from raytune_ft.training.lora import check_experiment as check_lora
 from raytune_ft.training.model import (
     check_freeze_layers,
     has_batchnorm,
+    head_origin,
     max_positions,
     resolve_model_path,
 )
@@ -119,13 +120,28 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     for other in list(paths or [])[1:]:  # every searched model takes the adapters
         check_lora(task, paths[other], bundle.label_names, config.train, config.space())
     plan = plan_experiment(config, n_train=len(bundle.train))
+    # each tokenization's own (words cut at one max_length are not at another)
+    data_warnings = models.warnings(task, config.data) if models else \
+        task.warnings(bundle, config.data)
     return Prepared(config, model_path, bundle, experiment_dir, plan,
-                    _warnings(plan, bundle) + task.warnings(bundle, config.data)
+                    _warnings(plan, bundle) + data_warnings
                     + _batchnorm_warnings(config, plan, model_path)
                     + _population_warnings(config),
-                    task.describe(bundle) + lora + ([models.describe()] if models else []),
+                    (models.about_data(task) if models else task.describe(bundle))
+                    + [_head_line(paths or {config.model.name: model_path},
+                                  bundle.label_names)]
+                    + lora + ([models.describe()] if models else []),
                     models=models,
                     cluster=cluster_run_text(config, defaults) if joins_cluster(address) else None)
+
+
+def _head_line(paths: dict[str, str], label_names: list[str]) -> tuple[str, str]:
+    """The header's `head` line: whether each model folder's own head is kept (rows by
+    label name) or every trial starts a fresh one from its seed; from the config, once."""
+    origins = {name: head_origin(path, label_names) for name, path in paths.items()}
+    if len(origins) == 1:
+        return "head", next(iter(origins.values()))
+    return "head", "; ".join(f"{name}: {origin}" for name, origin in origins.items())
 
 
 def _check_freeze_layers(config: ExperimentConfig, paths: dict[str, str]) -> None:
