@@ -7,9 +7,12 @@ import math
 
 from ray.tune.schedulers.pb2 import PB2
 
+from raytune_ft.schedulers._rescue import RescuePopulation
 
-class LogScalePB2(PB2):
-    """PB2 whose Gaussian process sees log-scaled keys (loguniform domains) as log10 values.
+
+class LogScalePB2(RescuePopulation, PB2):
+    """PB2 whose Gaussian process sees log-scaled keys (loguniform domains) as log10 values,
+    with the rescue of diverged members and the exploit log of `schedulers._rescue`.
 
     Ray's PB2 normalises each bound linearly: on [1e-5, 1e-3] its proposals crowd the top
     decade. Here the bounds, the data the model fits and its proposals for `log_keys` are

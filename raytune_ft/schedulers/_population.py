@@ -82,11 +82,12 @@ class PopulationSettings(SchedulerSettings):
 
 
 def population_settings(settings: PopulationSettings, plan: TrialPlan) -> dict:
-    """The keyword arguments PBT and PB2 share: exploit timing, and explore steps kept
-    inside the domains."""
+    """The keyword arguments PBT and PB2 share: exploit timing, explore steps kept inside
+    the domains, and the rescue of diverged members (`_rescue`)."""
     return dict(time_attr=TIME_ATTR, perturbation_interval=settings.perturbation_interval,
                 quantile_fraction=settings.quantile_fraction, synch=settings.synch,
-                custom_explore_fn=StayInDomain(mutation_ranges(plan.space, settings.mutations)))
+                custom_explore_fn=StayInDomain(mutation_ranges(plan.space, settings.mutations)),
+                max_t=plan.iterations)  # a diverged member clones a checkpoint before it
 
 
 def to_tune(domain: Domain) -> Any:

@@ -26,12 +26,12 @@ class PbtSettings(PopulationSettings):
 
 
 def build(settings: PbtSettings, plan: TrialPlan):
-    from ray.tune.schedulers import PopulationBasedTraining
+    from raytune_ft.schedulers._rescue import RescuePBT
 
     space = plan.space
     mutations = {key: list(space[key].args) if space[key].kind in ("choice", "grid")
                  else to_tune(space[key]) for key in settings.mutations}
-    return PopulationBasedTraining(
+    return RescuePBT(
         hyperparam_mutations=mutations, resample_probability=settings.resample_probability,
         burn_in_period=settings.burn_in_period,
         perturbation_factors=tuple(settings.perturbation_factors),

@@ -21,9 +21,10 @@ the one-worker trajectory (to float tolerance); progress stays in global samples
 Divergence: a non-finite training loss, `NONFINITE_STEPS_TO_DIVERGE` non-finite gradient norms
 in a row (each such step is skipped: no update) or a non-finite eval loss marks the trial
 diverged; it reports the worst finite value of every metric and its weights are never
-checkpointed. With `keep_diverged` (population-based schedulers) a diverged trial keeps
-reporting those worst values at every evaluation point without training, so the scheduler can
-replace it with a clone of a healthy trial; otherwise it ends.
+checkpointed. With `keep_diverged` (population-based schedulers) a diverged trial moves to
+the next evaluation point without training (and without waiting there) and reports those worst
+values there, at every point until the budget, so the scheduler can replace it with a clone of
+a healthy trial (schedulers/_rescue.py holds it until then); otherwise it ends.
 """
 
 from __future__ import annotations
@@ -133,7 +134,6 @@ class FineTuneLoop:
         world.broadcast_parameters(self.model)  # one starting point on every rank
         self.dropout_seed = hp.seed if dropout_seed is None else dropout_seed
         self.keep_diverged = keep_diverged
-        self._trained = [0, 0.0]  # samples trained and seconds spent, for idle pacing
         self.device = torch.device(device)
         self.n_train = len(data.train)
         if budget is None:
@@ -230,10 +230,8 @@ class FineTuneLoop:
             loss_sum, units = loss_sum + step_loss, units + step_units
         train_seconds = time.perf_counter() - started
         trained = self.state.samples_seen - start_samples
-        self._trained[0] += trained
-        self._trained[1] += train_seconds
         if self.state.diverged and self.keep_diverged:
-            self._idle_to(target)
+            self.state.samples_seen = target  # to the evaluation point, untrained
         metrics = {} if self.state.diverged else {**self.evaluate(),
                                                    "train_loss": loss_sum / max(units, 1)}
         if not math.isfinite(metrics.get("eval_loss", math.nan)):
@@ -251,18 +249,6 @@ class FineTuneLoop:
         )
         self._update_plateau(metrics)
         return metrics
-
-    def _idle_to(self, target: int) -> None:
-        """A diverged population member moves to the evaluation point without training, but
-        takes as long as a trained interval: the training time at this loop's own rate, and
-        one evaluation (its result unused). An asynchronous PBT ranks it only against trials
-        that have reported; one that raced through its budget would end before any healthy
-        donor could replace it."""
-        samples, seconds = self._trained
-        if samples:
-            time.sleep((target - self.state.samples_seen) * seconds / samples)
-        self.evaluate()
-        self.state.samples_seen = target
 
     def _step(self, indices: np.ndarray) -> tuple[float, int]:
         """One optimizer step over `indices`; returns the batch's summed loss and its units.

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from typing import Any
 
+from optuna.samplers import NSGAIISampler
 from ray.tune.search.optuna import OptunaSearch
 
 from raytune_ft.schema import ExperimentConfig
@@ -51,10 +53,35 @@ def _sampler(samplers, name: str, seed: int | None, multivariate: bool, n_initia
     if name == "cmaes":
         return samplers.CmaEsSampler(seed=seed, n_startup_trials=n_initial)
     if name == "nsga2":
-        return samplers.NSGAIISampler(seed=seed, population_size=population)
+        return PicklableNSGAII(seed=seed, population_size=population)
     if name == "qmc":
         return samplers.QMCSampler(seed=seed, scramble=seed is not None)
     return samplers.RandomSampler(seed=seed)
+
+
+class PicklableNSGAII(NSGAIISampler):
+    """Optuna's NSGA-II sampler, which Tune can pickle.
+
+    Tune pickles the searcher, sampler included, into tuner.pkl when the `Tuner` is created and
+    into the experiment's searcher state as the run goes; Optuna 5.1's NSGA-II holds a
+    `threading.Lock` for its generation cache, and every run ended in `TypeError: cannot
+    pickle '_thread.lock' object`. The lock guards a cache only: a restored copy gets a new
+    one. Study attributes keep Optuna's own `NSGAIISampler:` keys.
+    """
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
+# GA samplers name their study attributes after their class (`__init_subclass__`)
+PicklableNSGAII._GENERATION_KEY = NSGAIISampler._GENERATION_KEY
+PicklableNSGAII._PARENT_CACHE_KEY_PREFIX = NSGAIISampler._PARENT_CACHE_KEY_PREFIX
 
 
 class MultiObjectiveOptuna(OptunaSearch):

@@ -40,8 +40,11 @@ from raytune_ft.tuning.cluster import (
     check_local_resources,
     check_resources,
     cluster_address,
+    cluster_run_text,
     init_ray,
+    joins_cluster,
     trial_resources,
+    with_cluster_defaults,
 )
 from raytune_ft.tuning.summary import RunSummary, summarize_run
 
@@ -60,6 +63,7 @@ class Prepared:
     about_data: list[tuple[str, str]] = field(default_factory=list)  # the task's header lines
     observations: Any = None  # earlier trials for the searcher (tuning.warm_start), or None
     models: Any = None  # model.name/max_length searched: tuning.model_data.ModelData
+    cluster: str | None = None  # joining a cluster: the header's line on retries, checkpoints
 
 
 def storage_root(config: ExperimentConfig) -> str:
@@ -72,8 +76,10 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     """Resolve the model, read and tokenize the data, check storage: no Ray needed.
 
     Without `address` the run is local, so resources are checked against this machine here;
-    a cluster's nodes are only known after joining it (`check_resources`).
+    a cluster's nodes are only known after joining it (`check_resources`). Joining one, the
+    run settings the experiment leaves unset take the cluster defaults (retries, checkpoints).
     """
+    config, defaults = (config, {}) if resume else with_cluster_defaults(config, address)
     paths = None
     if searches_model(config):  # several models or lengths: each is checked, the first shown
         from raytune_ft.tuning.model_data import resolve_models
@@ -119,12 +125,14 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
         task.warnings(bundle, config.data)
     return Prepared(config, model_path, bundle, experiment_dir, plan,
                     _warnings(plan, bundle) + data_warnings
-                    + _batchnorm_warnings(config, plan, model_path),
+                    + _batchnorm_warnings(config, plan, model_path)
+                    + _population_warnings(config),
                     (models.about_data(task) if models else task.describe(bundle))
                     + [_head_line(paths or {config.model.name: model_path},
-                                                        bundle.label_names)]
+                                  bundle.label_names)]
                     + lora + ([models.describe()] if models else []),
-                    models=models)
+                    models=models,
+                    cluster=cluster_run_text(config, defaults) if joins_cluster(address) else None)
 
 
 def _head_line(paths: dict[str, str], label_names: list[str]) -> tuple[str, str]:
@@ -153,6 +161,21 @@ def _warnings(plan: TrialPlan, bundle: DataBundle) -> list[str]:
         return [f"the training split has {len(bundle.train)} examples, fewer than one "
                 f"batch of {largest}: a step then repeats examples"]
     return []
+
+
+def _population_warnings(config: ExperimentConfig) -> list[str]:
+    """Under PBT/PB2 `run.max_concurrent_trials` bounds the population: a paused member is
+    unfinished, so at most that many trials are alive to exchange weights."""
+    from raytune_ft.schedulers import scheduler_spec
+
+    limit, trials = config.run.max_concurrent_trials, config.run.num_samples
+    if not limit or limit >= trials or not scheduler_spec(config).population:
+        return []
+    size = "one member: no trial has another to clone" if limit == 1 else f"{limit} members"
+    return [f"run.max_concurrent_trials {limit} under {config.scheduler.type}: at most {limit} "
+            f"of the {trials} trials are alive at once, so the population that exchanges "
+            f"weights has {size}; to take turns in a larger population, leave it unset and "
+            "let resources (gpus_per_trial) bound how many run"]
 
 
 def _batchnorm_warnings(config: ExperimentConfig, plan: TrialPlan, model_path: str
@@ -221,13 +244,25 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan
                    *tracking_callbacks(config.tracking,
                                        tracking_run(config, experiment_dir, iterations))],
     )
-    tune_config = tune.TuneConfig(
-        metric=config.metric, mode=config.mode, scheduler=build_scheduler(config.scheduler, plan),
-        search_alg=build_search_alg(config), num_samples=config.run.num_samples,
-        max_concurrent_trials=config.run.max_concurrent_trials,
-        time_budget_s=config.run.time_budget_s, reuse_actors=True,
-    )
-    return tune_config, run_config
+    tune_config = tune.TuneConfig(metric=config.metric, mode=config.mode,
+                                  num_samples=config.run.num_samples,
+                                  time_budget_s=config.run.time_budget_s, reuse_actors=True)
+    return searching(tune_config, config, build_search_alg(config),
+                     build_scheduler(config.scheduler, plan)), run_config
+
+
+def searching(tune_config, config: ExperimentConfig, search_alg=None, scheduler=None):
+    """`tune_config` with `search_alg` and `scheduler` (where given) in place, limited to
+    `run.max_concurrent_trials` trials at a time (`tuning.concurrency`): the search, its warm
+    start, replay and confirm all set them here."""
+    from raytune_ft.tuning.concurrency import limit_concurrency, limit_running
+
+    limit, changes = config.run.max_concurrent_trials, {}
+    if search_alg is not None:
+        changes["search_alg"] = limit_concurrency(search_alg, limit)
+    if scheduler is not None:
+        changes["scheduler"] = limit_running(scheduler, limit)
+    return dataclasses.replace(tune_config, max_concurrent_trials=None, **changes)
 
 
 def tracking_run(config: ExperimentConfig, experiment_dir: str, iterations: int):
@@ -296,28 +331,35 @@ def build_tuner(prepared: Prepared, restore: bool = False):
     config = prepared.config
     trainable = trainable_for(prepared)
     if restore:
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the restored run has ours
-        return tune.Tuner.restore(prepared.experiment_dir, trainable, resume_unfinished=True,
-                                  resume_errored=True)
+        return restore_tuner(prepared.experiment_dir, trainable)
     tune_config, run_config = tune_settings(config, prepared.experiment_dir, prepared.plan)
-    tune_config, run_config = _search_settings(prepared, tune_config, run_config)
+    tune_config, run_config = search_settings(config, prepared.experiment_dir, tune_config,
+                                              run_config, prepared.observations)
     return tune.Tuner(trainable, param_space=param_space(prepared.plan),
                       tune_config=tune_config, run_config=run_config)
 
 
-def _search_settings(prepared: Prepared, tune_config, run_config):
+def restore_tuner(experiment_dir: str, trainable):
+    """The experiment's `Tuner` as `resume` continues it: unfinished and errored trials go on
+    from their last checkpoints, with the settings it was started with (its tuner.pkl)."""
+    from ray import tune
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the restored run has ours
+    return tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True,
+                              resume_errored=True)
+
+
+def search_settings(config: ExperimentConfig, experiment_dir: str, tune_config, run_config,
+                    observations=None):
     """A search's own settings, which preset runs (replay, confirm) do without: the
-    searcher warm-started with earlier trials, and the `run.stop` rules."""
+    searcher warm-started with `observations` (earlier trials), and the `run.stop` rules."""
     from raytune_ft.tuning.search import build_search_alg
     from raytune_ft.tuning.stopping import SearchStopper
 
-    config = prepared.config
-    if prepared.observations is not None:
-        tune_config = dataclasses.replace(
-            tune_config, search_alg=build_search_alg(config, prepared.observations))
+    if observations is not None:
+        tune_config = searching(tune_config, config, build_search_alg(config, observations))
     if config.run.stop.any:
-        stopper = SearchStopper(config, run_config.stop["training_iteration"],
-                                prepared.experiment_dir)
+        stopper = SearchStopper(config, run_config.stop["training_iteration"], experiment_dir)
         run_config = dataclasses.replace(run_config, stop=stopper,
                                          callbacks=[*run_config.callbacks, stopper])
     return tune_config, run_config
@@ -480,20 +522,28 @@ def run_presets(prepared: Prepared, points: list[dict], scheduler, address: str 
     `files`: name -> text, written into the folder once it is laid out.
     """
     from ray import tune
-    from ray.tune.search import BasicVariantGenerator
 
     begin_run(prepared, address, replace=True)
     for name, text in (files or {}).items():
         write_text(f"{prepared.experiment_dir}/{name}", text)
-    tune_config, run_config = tune_settings(prepared.config, prepared.experiment_dir,
-                                            prepared.plan)
-    tune_config = dataclasses.replace(
-        tune_config, scheduler=scheduler, num_samples=len(points),
-        search_alg=BasicVariantGenerator(points_to_evaluate=points))
-    # Every key of a preset must be in the space; None marks "set by the preset".
-    space = {key: None for point in points for key in point}
+    space, tune_config, run_config = preset_settings(prepared.config, prepared.experiment_dir,
+                                                     prepared.plan, points, scheduler)
     tuner = tune.Tuner(trainable_for(prepared, presets=True), param_space=space,
                        tune_config=tune_config, run_config=run_config)
     results, interrupted = fit_tuner(tuner)
     return Outcome(results, prepared, interrupted)
+
+
+def preset_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan | None,
+                    points: list[dict], scheduler):
+    """The param space, `TuneConfig` and `RunConfig` of a preset run: one trial per point,
+    in order, under `scheduler`, at most `run.max_concurrent_trials` at a time."""
+    from ray.tune.search import BasicVariantGenerator
+
+    tune_config, run_config = tune_settings(config, experiment_dir, plan)
+    tune_config = searching(dataclasses.replace(tune_config, num_samples=len(points)), config,
+                            BasicVariantGenerator(points_to_evaluate=points), scheduler)
+    # Every key of a preset must be in the space; None marks "set by the preset".
+    space = {key: None for point in points for key in point}
+    return space, tune_config, run_config
 

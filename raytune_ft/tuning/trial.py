@@ -24,6 +24,7 @@ from raytune_ft.tasks import DataBundle, get_task
 from raytune_ft.training.distributed import SINGLE, World
 from raytune_ft.training.loop import FineTuneLoop
 from raytune_ft.tuning.model_data import ModelData
+from raytune_ft.tuning.pbt_replay import DROPOUT_TRIAL_KEY
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,10 @@ class Trial:
         task = get_task(bundle.kind)
         model = apply_lora(task.load_model(self.model_path, bundle.label_names, hp.seed), hp)
         scheduler = scheduler_spec(experiment.scheduler)
+        seeded_as = self.config.get(DROPOUT_TRIAL_KEY, self.trial_id)  # replay: who trained it
         return FineTuneLoop(model, bundle, hp, experiment.metric, experiment.mode, device,
                             dropout_seed=trial_dropout_seed(hp.seed, scheduler.population,
-                                                            self.trial_id),
+                                                            seeded_as),
                             keep_diverged=scheduler.keeps_diverged and not self.setup.presets,
                             budget=self.setup.plan.budget, world=world, task=task)
 
@@ -99,7 +101,8 @@ def trial_dropout_seed(seed: int, population: bool, trial_id: str) -> int:
     """Under PBT a clone takes its donor's config and checkpoint, seed included: mixing in the
     trial's own index (the `_00003` of its id, the same in every run of the experiment; a
     hash of ids without one) gives it its own dropout masks; its data order stays the
-    donor's. Other schedulers keep `seed`, so a trial depends on its config alone."""
+    donor's. Other schedulers keep `seed`, so a trial depends on its config alone. `replay`
+    gives each part of a schedule the id of the trial that trained it (DROPOUT_TRIAL_KEY)."""
     if not population:
         return seed
     suffix = trial_id.rsplit("_", 1)[-1]
