@@ -57,7 +57,8 @@ def makespan(storage: str, trials: int, seconds: float, style: str) -> float:
     started = time.perf_counter()
     if style == "raytune_ft":
         config = experiment(storage, "orchestration_raytune_ft", trials)
-        tune_config, run_config = tune_settings(config, f"{storage}/orchestration_raytune_ft")
+        tune_config, run_config = tune_settings(config, f"{storage}/orchestration_raytune_ft",
+                                                config.plan())
         trainable = tune.with_resources(sleeper, {"cpu": 1, "gpu": 0})
     else:
         tune_config = tune.TuneConfig(num_samples=trials)

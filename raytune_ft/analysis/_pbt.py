@@ -19,7 +19,7 @@ import pyarrow as pa
 from raytune_ft.analysis._layout import flatten
 from raytune_ft.analysis._results import coerce
 from raytune_ft.analysis._tables import HP, Experiment, arrow_type
-from raytune_ft.experiment import PBT_GLOBAL_FILE, read_pbt_log
+from raytune_ft.experiment import PBT_GLOBAL_FILE, PbtEntry, read_pbt_log
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def _report_at(rows: pd.DataFrame | None, iteration: int) -> pd.Series | None:
     return upto.iloc[-1] if len(upto) else None
 
 
-def _deciding_reports(exp: Experiment, policy: list[list], resolve) -> list[pd.Series | None]:
+def _deciding_reports(exp: Experiment, policy: list[PbtEntry], resolve
+                      ) -> list[pd.Series | None]:
     """Per exploit, the target's result line it was decided on: in the order its lines were
     written, the first at the logged iteration after the line of its previous exploit (a clone
     that resumed from an earlier checkpoint reports that iteration again later)."""
@@ -68,13 +69,13 @@ def _deciding_reports(exp: Experiment, policy: list[list], resolve) -> list[pd.S
     after: dict[int, int] = {}
     found = []
     for event in policy:
-        trial = index.get(resolve(event[0]))
+        trial = index.get(resolve(event.target_tag))
         rows = lines.get(trial)
         if rows is None:
             found.append(None)
             continue
         at = rows[(rows["_line"] >= after.get(trial, 0))
-                  & (rows["training_iteration"] == int(event[2]))]
+                  & (rows["training_iteration"] == event.target_iteration)]
         found.append(at.iloc[0] if len(at) else None)
         if len(at):
             after[trial] = int(at.iloc[0]["_line"]) + 1

@@ -98,7 +98,7 @@ def experiment(search_alg: dict, limit: int = 1, **sections):
 def run(tmp_path, config, space, tune_config=None, run_config=None) -> Path:
     log = tmp_path / "spans.jsonl"
     if tune_config is None:
-        tune_config, run_config = tune_settings(config, str(tmp_path / "limit"))
+        tune_config, run_config = tune_settings(config, str(tmp_path / "limit"), config.plan())
     trainable = tune.with_resources(trains, {"cpu": 0.25})
     tune.Tuner(trainable, param_space={**space, "log": str(log)}, tune_config=tune_config,
                run_config=run_config).fit()
@@ -156,7 +156,7 @@ def test_a_resumed_run_restarts_its_errored_and_interrupted_trials_one_at_a_time
     config = experiment({"type": "grid"}, run={"num_samples": 1},
                         search={"learning_rate": {"grid": [1e-5, 1e-4, 1e-3, 1e-2]}})
     log = tmp_path / "spans.jsonl"
-    tune_config, run_config = tune_settings(config, str(tmp_path / "limit"))
+    tune_config, run_config = tune_settings(config, str(tmp_path / "limit"), config.plan())
     space = {"k": tune.grid_search([0, 1, 2, 3]), "learning_rate": 1e-4, "log": str(log),
              "fail": 0, "interrupt": 2, "driver": os.getpid()}
     trainable = tune.with_resources(trains, {"cpu": 0.25})

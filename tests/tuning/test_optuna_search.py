@@ -250,7 +250,7 @@ def test_every_sampler_runs_a_search_and_learns_every_trial(sampler, tmp_path, r
     config = experiment({"type": "optuna", "sampler": sampler, "seed": 0,
                          "n_initial_points": 2}, resources={"cpus_per_trial": 0.5},
                         run={"num_samples": CONTRACT_TRIALS, "verbose": 0}, **goals)
-    tune_config, run_config = tune_settings(config, str(tmp_path / sampler))
+    tune_config, run_config = tune_settings(config, str(tmp_path / sampler), config.plan())
     results = tune.Tuner(tune.with_resources(reports_goals, {"cpu": 0.5}),
                          param_space=param_space(config.plan()), tune_config=tune_config,
                          run_config=run_config).fit()

@@ -95,7 +95,7 @@ def population(tmp_path, kind: str, rates: list[float], after: dict | None = Non
         "run": {"num_samples": 1, "verbose": 0}})
     marks = tmp_path / "marks"
     marks.mkdir()
-    tune_config, run_config = tune_settings(config, str(tmp_path / "pop"))
+    tune_config, run_config = tune_settings(config, str(tmp_path / "pop"), config.plan())
     run_config = dataclasses.replace(run_config, callbacks=[*run_config.callbacks,
                                                             Ended(marks)])
     space = {"learning_rate": tune.grid_search(rates), "weight_decay": tune.uniform(0, 0.1),

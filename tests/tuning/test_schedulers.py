@@ -162,7 +162,8 @@ def test_each_capability_shows_in_what_the_trials_do(run):
     (experiment: every 2nd) and keeping every one when trials exchange weights or pause; a
     diverged trial staying to be replaced, and its own dropout masks, in a population."""
     from raytune_ft.schema import load_config
-    from raytune_ft.tuning.trainable import build_loop
+    from raytune_ft.tuning.model_data import ModelData
+    from raytune_ft.tuning.trial import TrialSetup
 
     kind, experiment, prepared = run
     spec, budget = scheduler_spec(kind), prepared.plan.budget
@@ -177,8 +178,10 @@ def test_each_capability_shows_in_what_the_trials_do(run):
         assert kept == written if spec.population else len(kept) <= 1, (kind, trial.name)
     config = load_config(experiment.parent.parent / "exp.yaml")
     point = {"learning_rate": 1e30, "batch_size": 8}
-    loops = [build_loop(point, prepared.bundle, config, prepared.model_path, prepared.plan,
-                        False, f"abcde_0000{i}") for i in (1, 2)]
+    data = ModelData.single(config.model.name, prepared.model_path, config.model.max_length,
+                            prepared.bundle)
+    setup = TrialSetup(config, prepared.plan, data)
+    loops = [setup.trial(point, f"abcde_0000{i}").build_loop(prepared.bundle) for i in (1, 2)]
     assert (loops[0].dropout_seed != loops[1].dropout_seed) == spec.population
     metrics = loops[0].run_interval()
     assert metrics["diverged"] and loops[0].finished != spec.keeps_diverged

@@ -42,7 +42,7 @@ def tuner(tmp_path, config, trainable, space: dict):
     """The Tuner `raytune-ft tune` would build for `config`, around `trainable`, and its
     stopper."""
     experiment = str(tmp_path / "stop")
-    tune_config, run_config = tune_settings(config, experiment)
+    tune_config, run_config = tune_settings(config, experiment, config.plan())
     tune_config, run_config = search_settings(config, experiment, tune_config, run_config)
     return tune.Tuner(trainable, param_space=space, tune_config=tune_config,
                       run_config=run_config), run_config.stop
