@@ -150,13 +150,13 @@ class ExperimentConfig(Strict):
             raise ValueError(f"train.batch_schedule: {schedule!r} is not in batch_schedules "
                              f"(defined: {', '.join(self.batch_schedules) or 'none'})")
         _check_scheduler(self, space)
-        _check_task_metrics(self)
         if self.search_alg.type == "tpe" and any(d.kind == "grid" for d in space.values()):
             raise ValueError("search_alg.type: 'tpe' cannot take grid dimensions; use "
                              "search_alg.type: grid, or choice instead of grid")
         _check_grid_search(self.search_alg.type, space)
         _check_lora_installed(self.train, space)
         check_objectives(self.objectives, self.metric, self.mode, REPORTED_METRICS)
+        _check_task_metrics(self)  # a metric some task reports, but not the chosen one
         check_search(self)
         return self
 

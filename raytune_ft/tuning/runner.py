@@ -534,7 +534,7 @@ def run_presets(prepared: Prepared, points: list[dict], scheduler, address: str 
     return Outcome(results, prepared, interrupted)
 
 
-def preset_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan | None,
+def preset_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan,
                     points: list[dict], scheduler):
     """The param space, `TuneConfig` and `RunConfig` of a preset run: one trial per point,
     in order, under `scheduler`, at most `run.max_concurrent_trials` at a time."""

@@ -144,7 +144,7 @@ def test_replay_and_confirm_run_their_presets_one_at_a_time(tmp_path):
     schedules = {p[SCHEDULE_KEY]: Schedule({"learning_rate": p["learning_rate"]})
                  for p in points}
     space, tune_config, run_config = preset_settings(
-        config, str(tmp_path / "presets"), None, points,
+        config, str(tmp_path / "presets"), config.plan(), points,
         MultiScheduleReplay(schedules, (SCHEDULE_KEY, "log")))
     log = run(tmp_path, config, space, tune_config, run_config)
     assert len(spans(log)) == 3 and most_at_once(log) == 1, spans(log)
