@@ -178,15 +178,18 @@ def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: 
 
 
 def tune_settings(config: ExperimentConfig, experiment_dir: str,
-                  plan: TrialPlan | None = None):
+                  plan: TrialPlan | None = None, scheduler=None):
     """The `TuneConfig` and `RunConfig` raytune_ft runs with, for any trainable.
 
     `build_tuner` uses it; benchmarks reuse it to drive a stand-in trainable the same way.
     `plan`: the prepared experiment's (without one the scheduler computes it from `config`).
+    `scheduler`: a Ray Tune scheduler instead of the experiment's (replay, confirm). Either
+    is saved with the experiment's snapshots, so `resume` continues it (`scheduler_state`).
     """
     from ray import tune
 
     from raytune_ft.tracking import TrackingContext, tracking_callbacks
+    from raytune_ft.tuning.scheduler_state import resumable
     from raytune_ft.tuning.schedulers import build_scheduler
     from raytune_ft.tuning.search import build_search_alg
     from raytune_ft.tuning.tune_logs import result_loggers
@@ -195,6 +198,8 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str,
 
     root, name = experiment_dir.rsplit("/", 1)
     iterations = plan.iterations if plan is not None else config.iterations
+    scheduler, scheduler_state = resumable(scheduler if scheduler is not None
+                                           else build_scheduler(config, plan))
     run_config = tune.RunConfig(
         name=name, storage_path=root, verbose=config.run.verbose,
         # Tune ends a trial at its last iteration itself: HyperBand would otherwise keep it
@@ -203,11 +208,11 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str,
         stop={"training_iteration": iterations},
         checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(config)),
         failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
-        callbacks=[*result_loggers(), _sigint_watch(),
+        callbacks=[*result_loggers(), _sigint_watch(), scheduler_state,
                    *tracking_callbacks(TrackingContext(config, experiment_dir, iterations))],
     )
     tune_config = tune.TuneConfig(
-        metric=config.metric, mode=config.mode, scheduler=build_scheduler(config, plan),
+        metric=config.metric, mode=config.mode, scheduler=scheduler,
         search_alg=build_search_alg(config), num_samples=config.run.num_samples,
         max_concurrent_trials=config.run.max_concurrent_trials,
         time_budget_s=config.run.time_budget_s, reuse_actors=True,
@@ -278,13 +283,22 @@ def build_tuner(prepared: Prepared, restore: bool = False):
     config = prepared.config
     trainable = trainable_for(prepared)
     if restore:
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the restored run has ours
-        return tune.Tuner.restore(prepared.experiment_dir, trainable, resume_unfinished=True,
-                                  resume_errored=True)
+        return restore_tuner(prepared.experiment_dir, trainable)
     tune_config, run_config = tune_settings(config, prepared.experiment_dir, prepared.plan)
     tune_config, run_config = _search_settings(prepared, tune_config, run_config)
     return tune.Tuner(trainable, param_space=param_space(config, prepared.plan),
                       tune_config=tune_config, run_config=run_config)
+
+
+def restore_tuner(experiment_dir: str, trainable):
+    """The interrupted experiment's `Tuner`, with what `tune_settings` gave it: unfinished
+    and errored trials continue from their last checkpoint, the scheduler from its last
+    snapshot (`scheduler_state`), the searcher and the trackers from theirs."""
+    from ray import tune
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the restored run has ours
+    return tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True,
+                              resume_errored=True)
 
 
 def _search_settings(prepared: Prepared, tune_config, run_config):
@@ -468,9 +482,9 @@ def run_presets(prepared: Prepared, points: list[dict], scheduler, address: str 
     for name, text in (files or {}).items():
         write_text(f"{prepared.experiment_dir}/{name}", text)
     tune_config, run_config = tune_settings(prepared.config, prepared.experiment_dir,
-                                            prepared.plan)
+                                            prepared.plan, scheduler)
     tune_config = dataclasses.replace(
-        tune_config, scheduler=scheduler, num_samples=len(points),
+        tune_config, num_samples=len(points),
         search_alg=BasicVariantGenerator(points_to_evaluate=points))
     # Every key of a preset must be in the space; None marks "set by the preset".
     space = {key: None for point in points for key in point}
