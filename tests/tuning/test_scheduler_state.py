@@ -13,13 +13,11 @@ that ran through, and a restored trial's iterations go on from its checkpoint.
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import signal
 from pathlib import Path
 
 import pytest
-from ray import tune
+import synthetic
 
 from raytune_ft.config import validate_config
 from raytune_ft.tuning.scheduler_state import Resumable, SchedulerState, resumable
@@ -136,89 +134,21 @@ def test_a_saved_state_pickles_trials_by_id_and_keeps_no_session_objects():
 
 @pytest.fixture(scope="module")
 def ray_by_value(ray_local):
-    import sys
-
-    from ray import cloudpickle
-
-    # the trainable and the callback live in this test module, which Ray's workers (and a
-    # restored tuner.pkl) cannot import: by value
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    synthetic.by_value()
     yield
 
 
-def synthetic(config: dict) -> None:
-    """`iterations` iterations; the metric accumulates the learning rate (the checkpointed state),
-    so an exploit's clone goes on from its donor's value. A checkpoint at every
-    `checkpoint_every`-th iteration: a resumed trial reports the ones after it again."""
-    import tempfile
-
-    value, step = 0.0, 0
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = json.loads(Path(directory, "state.json").read_text())
-            value, step = state["value"], state["step"]
-    every = config.get("checkpoint_every", 1)
-    while step < config["iterations"]:
-        step += 1
-        value += config["learning_rate"] * 1e3
-        metrics = {"eval_accuracy": value, "step": step}
-        if step % every == 0:
-            with tempfile.TemporaryDirectory() as directory:
-                Path(directory, "state.json").write_text(json.dumps(
-                    {"value": value, "step": step}))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-        else:
-            tune.report(metrics)
-
-
-class InterruptOnce(tune.Callback):
-    """SIGINT (what Ctrl-C sends) to this process at the `after`-th result, once: the marker
-    file goes with it, so the restored copy of this callback stays quiet."""
-
-    def __init__(self, marker: Path, after: int) -> None:
-        self.marker, self.after, self.seen = marker, after, 0
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        self.seen += 1
-        if self.seen == self.after and self.marker.exists():
-            self.marker.unlink()
-            os.kill(os.getpid(), signal.SIGINT)
-
-
-def _fit(config, storage: Path, name: str, interrupt_after: int | None = None,
-         checkpoint_every: int = 1):
-    """The experiment's Tuner as `build_tuner` makes it, on the synthetic trainable."""
-    import dataclasses
-
-    from raytune_ft.tuning.runner import tune_settings
-    from raytune_ft.tuning.search import param_space
-
-    tune_config, run_config = tune_settings(config, f"{storage}/{name}")
-    callbacks = list(run_config.callbacks)
+def _run(config, storage: Path, name: str, interrupt_after: int | None, checkpoint_every: int):
+    """One trial at a time (each takes both CPUs of the module's Ray), each on a new actor:
+    Tune then starts pending trials in order (a cached actor goes to any pending trial),
+    and the order of trials is what ASHA's decisions depend on."""
+    interrupt = None
     if interrupt_after is not None:
         marker = storage / f"{name}.interrupt"
         marker.touch()
-        callbacks.append(InterruptOnce(marker, interrupt_after))
-    run_config = dataclasses.replace(run_config, callbacks=callbacks)
-    # a new actor per trial: Tune then starts pending trials in order (a cached actor goes to
-    # any pending trial), and the order of trials is what ASHA's decisions depend on
-    tune_config = dataclasses.replace(tune_config, reuse_actors=False)
-    space = {**param_space(config), "checkpoint_every": checkpoint_every,
-             "iterations": config.iterations}
-    tuner = tune.Tuner(_one_at_a_time(), param_space=space, tune_config=tune_config,
-                       run_config=run_config)
-    return tuner.fit()
-
-
-def _one_at_a_time():
-    return tune.with_resources(synthetic, {"cpu": 2})  # the module's Ray has 2 CPUs
-
-
-def _resume(storage: Path, name: str):
-    from raytune_ft.tuning.runner import restore_tuner
-
-    return restore_tuner(f"{storage}/{name}", _one_at_a_time()).fit()
+        interrupt = synthetic.Interrupt(marker, interrupt_after, checkpoint_every)
+    return synthetic.tuner(config, storage / name, cpus=2, checkpoint_every=checkpoint_every,
+                           interrupt=interrupt, reuse_actors=False).fit()
 
 
 def _history(experiment: Path) -> dict[float, list[tuple[int, float]]]:
@@ -252,11 +182,11 @@ def _exploits(experiment: Path) -> list[list]:
 def test_a_resumed_experiment_decides_what_the_uninterrupted_one_decides(
         kind, trials, iterations, interrupt_after, checkpoint_every, tmp_path, ray_by_value):
     config = experiment(kind, trials, iterations)
-    _fit(config, tmp_path, "through", checkpoint_every=checkpoint_every)
-    first = _fit(config, tmp_path, "resumed", interrupt_after, checkpoint_every)
+    _run(config, tmp_path, "through", None, checkpoint_every)
+    first = _run(config, tmp_path, "resumed", interrupt_after, checkpoint_every)
     assert any(not r.metrics or r.metrics["training_iteration"] < iterations for r in first), \
         "the interrupt came after the run ended"
-    resumed = _resume(tmp_path, "resumed")
+    resumed = synthetic.restored(tmp_path / "resumed", cpus=2).fit()
     assert not resumed.errors
     through = _history(tmp_path / "through")
     assert _history(tmp_path / "resumed") == through

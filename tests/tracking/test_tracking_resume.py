@@ -1,0 +1,128 @@
+"""Trackers across Ctrl-C and `resume`, twice, through the real Tuner and `Tuner.restore` (the
+product's settings, `tests/synthetic.py`'s trainable) with a real MLflow store (sqlite) and
+W&B offline files: every iteration exactly once per trial, steps unique, every run finished.
+
+Each interrupt lands on a result past the trial's last checkpoint, so the resumed trial
+reports it again. Ray 2.60 copies the experiment's top-level *.json into its staging folder
+at a restore and syncs that copy back over the live file at every snapshot: a tracker record
+kept there was rolled back to the resume's start, and the second resume logged points twice.
+Also a PBT exploit that leaves the config as it was (a choice of one value, repeated): the
+clone's points are logged and the exploit tagged, as in the analysis tables.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import synthetic
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from wandb_records import history, records, summary  # noqa: E402
+
+from raytune_ft.config import validate_config  # noqa: E402
+
+ITERATIONS = 8
+
+
+@pytest.fixture(scope="module")
+def ray_by_value(ray_local):
+    synthetic.by_value()
+    yield
+
+
+@pytest.fixture
+def wandb_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb_dir").mkdir()
+    yield tmp_path / "wandb_dir" / "wandb"
+    import wandb
+
+    wandb.teardown()  # the wandb-core service this process started
+
+
+def experiment(tmp_path: Path, name: str, **sections):
+    return validate_config({
+        "name": name, "model": {"name": "m"}, "data": {"task": "sst2"},
+        "metric": "eval_accuracy", "mode": "max",
+        "train": {"max_epochs": ITERATIONS / 4, "eval_every_epochs": 0.25},
+        "search": {"learning_rate": {"grid": [1e-4, 2e-4]}},
+        "scheduler": {"type": "fifo"}, "search_alg": {"type": "grid"},
+        "run": {"num_samples": 1, "verbose": 0, "storage_path": str(tmp_path / "results")},
+        "tracking": {"mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"},
+                     "wandb": {"project": "resume", "mode": "offline"}},
+        **sections})
+
+
+def run(tuner, config, experiment_dir: Path) -> bool:
+    """`Tuner.fit` and the trackers' end step, as `raytune-ft tune`/`resume` run them;
+    whether Ctrl-C cut it short."""
+    from raytune_ft.tracking import End, TrackingContext, finish_tracking
+    from raytune_ft.tuning.runner import fit_tuner
+
+    _, interrupted = fit_tuner(tuner)
+    context = TrackingContext(config, str(experiment_dir), config.iterations)
+    assert finish_tracking(context, End(None, None, interrupted)) == []
+    return interrupted
+
+
+def mlflow_runs(tmp_path: Path, name: str):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = {r.data.tags["trial_id"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    return client, parents, children
+
+
+def test_ctrl_c_and_resume_twice_log_every_iteration_once_and_finish_every_run(
+        tmp_path, wandb_dir, ray_by_value):
+    config = experiment(tmp_path, "twice")
+    directory = tmp_path / "results" / "twice"
+    marker = tmp_path / "interrupt"
+    marker.touch()
+    interrupt = synthetic.Interrupt(marker, after=5, checkpoint_every=3)
+    tuner = synthetic.tuner(config, directory, checkpoint_every=3, interrupt=interrupt,
+                            callbacks=(synthetic.SettleAtTheEnd(2.0),))
+    assert run(tuner, config, directory)
+    marker.touch()  # the restored callback interrupts the first resume too
+    assert run(synthetic.restored(directory), config, directory)
+    assert not marker.exists(), "the first resume was not interrupted"
+    assert not run(synthetic.restored(directory), config, directory)
+
+    trials = synthetic.trial_dirs(directory)
+    reported = {synthetic.rows(t)[-1]["trial_id"]: synthetic.rows(t) for t in trials}
+    assert len(reported) == 2
+    # each interrupt came past a checkpoint: the resumed trial reported iterations again
+    assert any(len(rows) > ITERATIONS for rows in reported.values()), reported
+    record = json.loads((directory / "raytune_ft_tracking" / "runs.json").read_text())
+    assert not (directory / "raytune_ft_tracking.json").exists()
+
+    client, parents, children = mlflow_runs(tmp_path, "twice")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert record["mlflow"]["parent_run_id"] == parents[0].info.run_id
+    assert set(children) == set(reported)
+    for trial_id in reported:
+        child = children[trial_id]
+        assert child.info.status == "FINISHED" and child.data.tags["status"] == "terminated"
+        logged = sorted((m.step, m.value) for m in
+                        client.get_metric_history(child.info.run_id, "training_iteration"))
+        assert logged == [(10 * i, float(i)) for i in range(1, ITERATIONS + 1)], trial_id
+        assert record["mlflow"]["trials"][trial_id]["last_step"] == 10 * ITERATIONS
+        assert record["wandb"]["trials"][trial_id]["last_step"] == 10 * ITERATIONS
+
+        files = sorted(wandb_dir.glob(f"offline-run-*-{trial_id}/run-{trial_id}.wandb"))
+        assert files, trial_id  # the run, continued by each resume it was still running in
+        iterations = [int(row["iteration"]) for f in files for row in history(f)]
+        assert iterations == list(range(1, ITERATIONS + 1)), (trial_id, iterations)
+        steps = [int(row["samples_seen"]) for f in files for row in history(f)]
+        assert steps == [10 * i for i in range(1, ITERATIONS + 1)]
+        exits = [r.exit.exit_code for f in files for r in records(f)
+                 if r.WhichOneof("record_type") == "exit"]
+        assert exits == [0] * len(files), exits  # every part of the run finished
+        assert json.loads(summary(files[-1])["status"]) == "terminated"
