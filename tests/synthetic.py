@@ -28,8 +28,8 @@ def by_value() -> None:
 
 def synthetic(config: dict) -> None:
     """`config["iterations"]` iterations; `eval_accuracy` accumulates the learning rate
-    (x 1000) per iteration, and with `samples_seen` (10 per iteration) it is the state a
-    checkpoint holds, so an exploit's clone goes on from its donor's values. A checkpoint
+    (x 1000; x (1 + the trial's index) with `by_trial`) per iteration, and with
+    `samples_seen` (10 per iteration) it is the state a checkpoint holds, so an exploit's clone goes on from its donor's values. A checkpoint
     at every `checkpoint_every`-th iteration: a resumed trial reports the ones after its
     last checkpoint again."""
     value, step = 0.0, 0
@@ -39,9 +39,12 @@ def synthetic(config: dict) -> None:
             state = json.loads(Path(directory, "state.json").read_text())
             value, step = state["value"], state["step"]
     every = config.get("checkpoint_every", 1)
+    gain = config.get("learning_rate", 1e-4) * 1e3
+    if config.get("by_trial"):  # trials of one config differ: gain x (1 + trial index)
+        gain *= 1 + int(tune.get_context().get_trial_id().rsplit("_", 1)[-1])
     while step < config["iterations"]:
         step += 1
-        value += config["learning_rate"] * 1e3
+        value += gain
         metrics = {"eval_accuracy": value, "step": step, "samples_seen": 10 * step}
         if step % every == 0:
             with tempfile.TemporaryDirectory() as directory:

@@ -126,3 +126,59 @@ def test_ctrl_c_and_resume_twice_log_every_iteration_once_and_finish_every_run(
                  if r.WhichOneof("record_type") == "exit"]
         assert exits == [0] * len(files), exits  # every part of the run finished
         assert json.loads(summary(files[-1])["status"]) == "terminated"
+
+
+def test_a_pbt_exploit_that_keeps_the_config_is_tagged_and_its_points_logged(
+        tmp_path, wandb_dir, ray_by_value):
+    """Asynchronous PBT over a choice of one value, repeated: every exploit keeps the config
+    (the batch size it re-draws is the same; the learning rate is not searched). One trial
+    at a time, so the order is certain: trial 0 reaches iteration 4 while trial 1 waits at
+    2, and clones trial 1's checkpoint of iteration 2: it reports iterations 3 and 4 again."""
+    from raytune_ft.analysis import export_experiment
+    from raytune_ft.experiment import write_record
+
+    config = experiment(
+        tmp_path, "same", search={"batch_size": {"choice": [16, 16]}},
+        scheduler={"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5,
+                   "mutations": ["batch_size"]},
+        search_alg={"type": "random", "seed": 0},
+        run={"num_samples": 2, "verbose": 0, "storage_path": str(tmp_path / "results")})
+    directory = tmp_path / "results" / "same"
+    tuner = synthetic.tuner(config, directory, cpus=2, reuse_actors=False, by_trial=True)
+    assert not run(tuner, config, directory)
+    exploits = [json.loads(line) for line in
+                (directory / "pbt_global.txt").read_text().splitlines()]
+    assert exploits and all(e[4] == e[5] for e in exploits), exploits  # old == new config
+    write_record(str(directory), config, {})
+    export_experiment(directory)
+    import pandas as pd
+
+    table = pd.read_parquet(directory / "analysis" / "iterations.parquet")
+
+    client, _, children = mlflow_runs(tmp_path, "same")
+    went_back = False
+    for folder in synthetic.trial_dirs(directory):
+        rows = synthetic.rows(folder)
+        trial_id = rows[-1]["trial_id"]
+        steps = [r["samples_seen"] for r in rows]
+        went_back |= any(b <= a for a, b in zip(steps, steps[1:]))
+        tagged = [k for k in children[trial_id].data.tags if k.startswith("pbt.exploit.")]
+        index = int(trial_id.rsplit("_", 1)[-1])
+        cloned = sum(int(e[0].split("_")[0]) == index for e in exploits)
+        assert len(tagged) == cloned, (trial_id, tagged, cloned)
+        points = client.get_metric_history(children[trial_id].info.run_id, "eval_accuracy")
+        assert sorted((m.step, m.value) for m in points) == sorted(
+            (r["samples_seen"], r["eval_accuracy"]) for r in rows)
+        # the point logged last at each step is the analysis table's (last report wins)
+        last = {}
+        for m in sorted(points, key=lambda m: m.timestamp):
+            last[m.step] = m.value
+        ours = table[table.trial_id == trial_id].sort_values("iteration")
+        assert last == dict(zip(ours.samples_seen, ours.eval_accuracy)), trial_id
+
+        files = list(wandb_dir.glob(f"offline-run-*-{trial_id}/run-{trial_id}.wandb"))
+        assert len(files) == 1, files
+        logged = [(int(r["samples_seen"]), float(r["eval_accuracy"])) for r in history(files[0])]
+        assert logged == [(r["samples_seen"], r["eval_accuracy"]) for r in rows]
+        assert json.loads(summary(files[0]).get("pbt_exploits", "0")) == cloned
+    assert went_back, "no clone went back: the re-reported points were not tested"
