@@ -29,9 +29,12 @@ def by_value() -> None:
 def synthetic(config: dict) -> None:
     """`config["iterations"]` iterations; `eval_accuracy` accumulates the learning rate
     (x 1000; x (1 + the trial's index) with `by_trial`) per iteration, and with
-    `samples_seen` (10 per iteration) it is the state a checkpoint holds, so an exploit's clone goes on from its donor's values. A checkpoint
-    at every `checkpoint_every`-th iteration: a resumed trial reports the ones after its
-    last checkpoint again."""
+    `samples_seen` (10 per iteration) it is the state a checkpoint holds, so an exploit's
+    clone goes on from its donor's values. A checkpoint at every `checkpoint_every`-th
+    iteration: a resumed trial reports the ones after its last checkpoint again.
+    `fail_once`: [iteration, marker file]: the first trial to reach that iteration while the
+    marker exists raises (and the marker goes). `by_trial` needs Ray's variant generator
+    (random, grid), whose trial ids end in the trial's index."""
     value, step = 0.0, 0
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
@@ -45,6 +48,9 @@ def synthetic(config: dict) -> None:
     while step < config["iterations"]:
         step += 1
         value += gain
+        fail = config.get("fail_once")  # [iteration, marker file]
+        if fail and step == fail[0] and _take(Path(fail[1])):
+            raise RuntimeError(f"the first trial at iteration {step} fails, once")
         metrics = {"eval_accuracy": value, "step": step, "samples_seen": 10 * step}
         if step % every == 0:
             with tempfile.TemporaryDirectory() as directory:
@@ -53,6 +59,15 @@ def synthetic(config: dict) -> None:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
         else:
             tune.report(metrics)
+
+
+def _take(marker: Path) -> bool:
+    """Remove `marker`; whether this process was the one that removed it."""
+    try:
+        marker.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 class Interrupt(tune.Callback):
