@@ -73,6 +73,9 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     Without `address` the run is local, so resources are checked against this machine here;
     a cluster's nodes are only known after joining it (`check_resources`).
     """
+    from raytune_ft.tracking import check_tracking
+
+    check_tracking(config)  # a store the tracker would refuse at its first log
     paths = None
     if searches_model(config):  # several models or lengths: each is checked, the first shown
         from raytune_ft.tuning.model_data import resolve_models
