@@ -33,7 +33,8 @@ def synthetic(config: dict) -> None:
     clone goes on from its donor's values. A checkpoint at every `checkpoint_every`-th
     iteration: a resumed trial reports the ones after its last checkpoint again.
     `fail_once`: [iteration, marker file]: the first trial to reach that iteration while the
-    marker exists raises (and the marker goes). `by_trial` needs Ray's variant generator
+    marker exists raises (and the marker goes). `odd_key_at`: at that iteration a metric
+    named "odd key!" comes too. `by_trial` needs Ray's variant generator
     (random, grid), whose trial ids end in the trial's index."""
     value, step = 0.0, 0
     checkpoint = tune.get_checkpoint()
@@ -52,6 +53,8 @@ def synthetic(config: dict) -> None:
         if fail and step == fail[0] and _take(Path(fail[1])):
             raise RuntimeError(f"the first trial at iteration {step} fails, once")
         metrics = {"eval_accuracy": value, "step": step, "samples_seen": 10 * step}
+        if step == config.get("odd_key_at"):  # a name MLflow refuses ("Invalid metric name")
+            metrics["odd key!"] = 1.0
         if step % every == 0:
             with tempfile.TemporaryDirectory() as directory:
                 Path(directory, "state.json").write_text(json.dumps(

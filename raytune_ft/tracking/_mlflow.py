@@ -198,15 +198,18 @@ def _log_params(client, run_id: str, params: dict[str, str]) -> None:
 def finish(experiment_dir: str, analysis_dir: Path | None, best: tuple[str, float] | None,
            interrupted: bool) -> None:
     """The end of a run: the analysis tables and report.html as the parent's artifacts, the
-    best metric, and the parent's status (an interrupted run stays open for its resume)."""
+    best metric, and the parent's status (an interrupted run stays open for its resume).
+    After a failure during the run, only its open runs are closed (`_close_after_failure`)."""
     try:
         runs = read_runs(experiment_dir).get(TRACKER)
     except Exception as error:  # noqa: BLE001 - the experiment itself is complete
         _guard.fail(TRACKER, "the parent run's artifacts", error)
         return
-    if not runs or _guard.broken(TRACKER):
-        if runs:
-            _guard.skip(TRACKER, "parent-run artifacts")
+    if not runs:
+        return
+    if _guard.broken(TRACKER):
+        _guard.skip(TRACKER, "parent-run artifacts")
+        _close_after_failure(runs, interrupted)
         return
     try:
         client = client_for(runs["tracking_uri"])
@@ -221,3 +224,35 @@ def finish(experiment_dir: str, analysis_dir: Path | None, best: tuple[str, floa
     except Exception as error:  # noqa: BLE001 - the experiment itself is complete
         _guard.fail(TRACKER, "the parent run's artifacts", error)
         _guard.skip(TRACKER, "parent-run artifacts")
+
+
+def _close_after_failure(runs: dict, interrupted: bool) -> None:
+    """The runs a failed tracker left RUNNING, ended as FAILED (their record is incomplete)
+    if the store answers again; else the end line says that they stay open. An interrupted
+    run's parent ends KILLED and its trial runs stay open for `raytune-ft resume`, as after
+    any Ctrl-C."""
+    failure = _guard.failure(TRACKER)
+    ours = {runs["parent_run_id"], *(t["run_id"] for t in runs.get("trials", {}).values())}
+    with _guard.quiet_retries():
+        try:
+            client = client_for(runs["tracking_uri"])
+            running = client.search_runs([runs["experiment_id"]],
+                                         filter_string="attributes.status = 'RUNNING'",
+                                         max_results=50000)
+            open_ids = [r.info.run_id for r in running if r.info.run_id in ours]
+            if interrupted:
+                open_ids = [i for i in open_ids if i == runs["parent_run_id"]]
+            client.set_tag(runs["parent_run_id"], "raytune_ft.tracking_stopped",
+                           f"not logged from {failure.first} on ({failure.error})"[:5000])
+            for run_id in open_ids:
+                client.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
+        except Exception as error:  # noqa: BLE001 - still unreachable: say so
+            failure.outcome = (f"its runs stay open (RUNNING) in MLflow: the store did not "
+                               f"answer at the end either ({_guard.brief(error)})")
+            return
+    if interrupted:
+        failure.outcome = ("its parent run ended KILLED once the store answered again; the "
+                           "trial runs stay open for `raytune-ft resume`")
+    else:
+        failure.outcome = (f"its {len(open_ids)} open runs ended FAILED once the store "
+                           "answered again")

@@ -46,9 +46,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` on 127.0.0.1 with a sqlite store and proxied artifacts under tmp_path."""
-    port = free_port()
+def start_mlflow_server(tmp_path: Path, port: int | None = None
+                        ) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on 127.0.0.1 with a sqlite store and proxied artifacts under tmp_path
+    (`port`: the one a stopped server had, to bring it back)."""
+    port = port or free_port()
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     proc = subprocess.Popen(
         [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",

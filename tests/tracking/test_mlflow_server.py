@@ -29,6 +29,8 @@ from _helpers import (  # noqa: E402
 )
 from wandb_records import history, run_info  # noqa: E402
 
+from raytune_ft.experiment import TRACKING_FILE  # noqa: E402
+
 pytestmark = pytest.mark.slow
 
 
@@ -68,7 +70,7 @@ def test_the_server_stopped_mid_run_costs_a_warning_not_the_experiment(
     proc, uri = start_mlflow_server(tmp_path)
     path = _experiment(tmp_path, tiny_bert, glue_dir, uri, "cut", eval_every_epochs=0.25)
     experiment = tmp_path / "results" / "cut"
-    tracking = experiment / "raytune_ft_tracking.json"
+    tracking = experiment / TRACKING_FILE
     cli = subprocess.Popen([sys.executable, "-m", "raytune_ft", "tune", str(path)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env=cli_env(tmp_path), start_new_session=True)

@@ -182,3 +182,27 @@ def test_a_pbt_exploit_that_keeps_the_config_is_tagged_and_its_points_logged(
         assert logged == [(r["samples_seen"], r["eval_accuracy"]) for r in rows]
         assert json.loads(summary(files[0]).get("pbt_exploits", "0")) == cloned
     assert went_back, "no clone went back: the re-reported points were not tested"
+
+
+def test_a_tracker_that_failed_ends_its_open_runs_failed_when_its_store_answers(
+        tmp_path, ray_by_value):
+    """MLflow refuses a metric's name at iteration 3 (a real refusal of the real store): the
+    tracker goes quiet, its runs stay RUNNING through the run, and the end step, finding
+    the store answering, ends them FAILED and says so in the end line."""
+    from raytune_ft.tracking import End, TrackingContext, finish_tracking
+    from raytune_ft.tuning.runner import fit_tuner
+
+    config = experiment(tmp_path, "odd", tracking={
+        "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}})
+    directory = tmp_path / "results" / "odd"
+    _, interrupted = fit_tuner(synthetic.tuner(config, directory, odd_key_at=3))
+    assert not interrupted
+    lines = finish_tracking(TrackingContext(config, str(directory), config.iterations),
+                            End(None, None, False))
+    assert len(lines) == 1 and 'Invalid value "odd key!"' in lines[0], lines
+    client, parents, children = mlflow_runs(tmp_path, "odd")
+    assert children  # a trial that started after the failure has no run
+    assert lines[0].endswith(f"its {1 + len(children)} open runs ended FAILED once the store "
+                             "answered again"), lines[0]
+    assert {r.info.status for r in [*parents, *children.values()]} == {"FAILED"}
+    assert '"odd key!"' in parents[0].data.tags["raytune_ft.tracking_stopped"]

@@ -270,3 +270,31 @@ def test_an_unset_uri_is_checked_where_mlflow_would_log(exp_file, mlflow_env, mo
     # MLflow's own opt-out makes it a store MLflow writes to
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     assert cli.main(unset) == cli.EXIT_OK
+
+
+def test_an_unreachable_mlflow_server_is_one_short_warning_and_no_retry_noise(caplog):
+    """The guard's warning keeps the request and its root cause, not urllib3's whole chain;
+    urllib3's own retry warning for the tracker's request is not repeated beside it."""
+    import socket
+
+    from raytune_ft.tracking._mlflow import client_for
+    from raytune_ft.tracking._worker import Worker
+
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _guard.reset()
+    client = client_for(f"http://127.0.0.1:{port}")
+    with caplog.at_level(logging.WARNING):
+        worker = Worker("mlflow")
+        worker.submit("results", "trial t1: iteration 1", client.get_experiment_by_name, "x")
+        worker.submit("results", "trial t1: iteration 2", client.get_experiment_by_name, "x")
+        assert worker.close(timeout_s=120)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    expected = (f"API request to http://127.0.0.1:{port}/api/2.0/mlflow/experiments/"
+                "get-by-name failed: Connection refused")
+    assert warnings == ["mlflow tracking failed while logging trial t1: iteration 1 "
+                        f"({expected}); training goes on without it"], warnings
+    assert _guard.not_logged() == [f"mlflow: not logged from trial t1: iteration 1 on "
+                                   f"({expected}); skipped 2 results"]
+    _guard.reset()
