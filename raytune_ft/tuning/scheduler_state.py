@@ -19,9 +19,10 @@ One generic mechanism for every registered scheduler, with no per-scheduler code
   stores a pending checkpoint save (PBT's `_FutureTrainingResult`, an object reference of
   the old Ray session) as what it resolved to. Ray's global random states (PBT's explore,
   ASHA's bracket draw) are saved beside it.
-- At the first call after Tune re-added the restored trials, the wrapper swaps in the saved
-  scheduler, puts the trials it had paused back to PAUSED, and hands a restarted errored
-  trial to the scheduler as Tune's own retry does (`on_trial_add` again).
+- Once Tune has re-added the restored trials (the callback's `setup`, which Tune calls after
+  its restore and before its first step), the wrapper swaps in the saved scheduler, puts the
+  trials it had paused back to PAUSED, and hands a restarted errored trial to the scheduler
+  as Tune's own retry does (`on_trial_add` again).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ class Resumable(TrialScheduler):
     def _reset(self) -> None:
         self._trials: dict[str, Trial] = {}  # every trial Tune added, by id
         self._pending: dict | None = None  # a saved state to put in force
+        self._controller = None  # what Tune hands its scheduler calls (the last one seen)
 
     def __getstate__(self) -> dict:
         return {"_inner": self._inner}  # tuner.pkl: the scheduler as built, no trials
@@ -88,10 +90,12 @@ class Resumable(TrialScheduler):
             return
         self._pending = state
 
-    def _ensure_restored(self, tune_controller) -> None:
+    def ensure_restored(self, tune_controller=None) -> None:
+        """Put a pending saved state in force (once; a no-op without one)."""
         state, self._pending = self._pending, None
         if state is None:
             return
+        tune_controller = tune_controller or self._controller
         try:
             inner = _loads(state["scheduler"], self._trials)
         except KeyError as missing:
@@ -103,15 +107,17 @@ class Resumable(TrialScheduler):
         self._inner = inner
         random.setstate(state["random"])
         np.random.set_state(state["numpy"])
-        for trial_id, status in state["statuses"].items():
-            trial = self._trials.get(trial_id)
-            if trial is None or trial.status != Trial.PENDING:
-                continue  # not requeued (finished), or a status Tune keeps
-            if status == Trial.PAUSED:  # waiting for its bracket or its population
-                tune_controller._set_trial_status(trial, Trial.PAUSED)
-            elif status == Trial.ERROR:  # restarted: what Tune does for a retry
+        statuses = state["statuses"]
+        for trial_id, trial in self._trials.items():
+            status = statuses.get(trial_id)
+            if status is None or (status == Trial.ERROR and trial.status == Trial.PENDING):
+                # added since the save, or an errored trial restarted: as Tune adds a new
+                # trial or retries one
                 inner.on_trial_add(tune_controller, trial)
-        log.info("scheduler state restored: %d trials", len(state["statuses"]))
+            elif status == Trial.PAUSED and trial.status == Trial.PENDING:
+                # waiting for its bracket or its population, not to be started at once
+                tune_controller._set_trial_status(trial, Trial.PAUSED)
+        log.info("scheduler state restored: %d trials", len(statuses))
 
     # --------------------------------------------------------------- Tune's scheduler calls
 
@@ -128,26 +134,29 @@ class Resumable(TrialScheduler):
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         self._trials[trial.trial_id] = trial
+        self._controller = tune_controller
+        # also while a saved state waits: it replaces this scheduler, and if it cannot be
+        # read this one goes on with every trial
         self._inner.on_trial_add(tune_controller, trial)
 
     def on_trial_error(self, tune_controller, trial: Trial) -> None:
-        self._ensure_restored(tune_controller)
+        self.ensure_restored(tune_controller)
         self._inner.on_trial_error(tune_controller, trial)
 
     def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
-        self._ensure_restored(tune_controller)
+        self.ensure_restored(tune_controller)
         return self._inner.on_trial_result(tune_controller, trial, result)
 
     def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
-        self._ensure_restored(tune_controller)
+        self.ensure_restored(tune_controller)
         self._inner.on_trial_complete(tune_controller, trial, result)
 
     def on_trial_remove(self, tune_controller, trial: Trial) -> None:
-        self._ensure_restored(tune_controller)
+        self.ensure_restored(tune_controller)
         self._inner.on_trial_remove(tune_controller, trial)
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
-        self._ensure_restored(tune_controller)
+        self.ensure_restored(tune_controller)
         return self._inner.choose_trial_to_run(tune_controller)
 
     def debug_string(self) -> str:
@@ -168,6 +177,10 @@ class SchedulerState(tune.Callback):
 
     def set_state(self, state: dict) -> None:
         self.scheduler.restore_state(state["scheduler"])
+
+    def setup(self, **info) -> None:
+        # after Tune re-added the restored trials, before its first step
+        self.scheduler.ensure_restored()
 
 
 def resumable(scheduler: TrialScheduler) -> tuple[Resumable, SchedulerState]:

@@ -99,9 +99,11 @@ def test_asha_restored_midway_decides_what_the_uninterrupted_one_decides():
     # Tune's snapshot (a pickled callback state), a new scheduler, Tune's restore
     saved = cloudpickle.loads(cloudpickle.dumps(SchedulerState(before).get_state()))
     after, restored = _fresh(config), _trials(n)
-    SchedulerState(after).set_state(saved)
+    callback = SchedulerState(after)
+    callback.set_state(saved)
     for trial in restored:  # Tune re-adds every trial of the experiment
         after.on_trial_add(None, trial)
+    callback.setup()  # then sets its callbacks up, before its first step
     empty, restored_empty = _fresh(config), _trials(n)  # what a restore did before
     for trial in restored_empty:
         empty.on_trial_add(None, trial)
