@@ -51,8 +51,8 @@ def brief(error: BaseException) -> str:
     """An error in one short line. A network failure arrives as a chain (MLflow's
     "API request to <url> failed with exception HTTPConnectionPool(...): Max retries
     exceeded ... (Caused by NewConnectionError(...))" over requests' and urllib3's): kept
-    is the request and the innermost cause, "API request to <url> failed: [Errno 111]
-    Connection refused"."""
+    is the request and the innermost cause, "API request to <url> failed: Connection
+    refused". Anything else longer than `_LONGEST` characters is cut there."""
     text = last_line(error)
     root, seen = error, {id(error)}
     while (cause := root.__cause__ or root.__context__) is not None and id(cause) not in seen:
