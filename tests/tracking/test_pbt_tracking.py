@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from support import experiment_yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -104,13 +105,20 @@ def test_exploits_that_keep_the_config_are_tagged_and_agree_with_the_analysis(
         run={"num_samples": 4, "storage_path": str(tmp_path / "results")},
         tracking={"mlflow": {"tracking_uri": store},
                   "wandb": {"project": "pbt-tests", "mode": "offline"}})
+    raw = yaml.safe_load(path.read_text())
+    raw["search"] = {"batch_size": {"choice": [16, 16]}}  # the only searched key
+    path.write_text(yaml.safe_dump(raw))
     done = run_cli(["tune", str(path)], cli_env(tmp_path), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "warning: tracking" not in done.stderr
     experiment = tmp_path / "results" / "same"
-    exploits = [json.loads(line) for line in
-                (experiment / "pbt_global.txt").read_text().splitlines()]
-    assert exploits and all(e[4] == e[5] for e in exploits), exploits  # the config kept
+    exploits = (experiment / "pbt_global.txt").read_text().splitlines()
+    assert exploits, "no exploit happened"
+    # one config for every trial, before and after any exploit
+    configs = {json.dumps(r["config"], sort_keys=True)
+               for d in trial_dirs(experiment) for r in results(d)}
+    assert configs == {'{"batch_size": 16}'}, configs
+    exploits = [json.loads(line) for line in exploits]
     table = pd.read_parquet(experiment / "analysis" / "iterations.parquet")
 
     client = MlflowClient(tracking_uri=store)
