@@ -29,7 +29,6 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------- file names
 
 CONFIG_FILE = "raytune_ft.json"  # the validated experiment and what `prepare` derived
-TRACKING_FILE = "raytune_ft_tracking.json"  # tracker run ids (MLflow), so a resume continues them
 ANALYSIS_DIR = "analysis"  # the Parquet tables, report.html and confirm.parquet
 REPORT_FILE = "report.html"  # in ANALYSIS_DIR
 CONFIRM_FILE = "confirm.parquet"  # in ANALYSIS_DIR: one row per confirmed config and seed

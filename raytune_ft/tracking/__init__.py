@@ -23,8 +23,9 @@ from raytune_ft.config import Strict, TrackerSettings, load_entries
 from raytune_ft.tracking._base import End, Tracker, TrackingContext
 from raytune_ft.tracking._guard import not_logged, reset
 
-__all__ = ["TRACKERS", "End", "Tracker", "TrackingContext", "finish_tracking", "not_logged",
-           "settings_model", "tracking_callbacks", "tracking_header"]
+__all__ = ["TRACKERS", "End", "Tracker", "TrackingContext", "check_tracking",
+           "finish_tracking", "not_logged", "settings_model", "tracking_callbacks",
+           "tracking_header"]
 
 # tracking.<name> -> its module's TRACKER; one line per tracker
 TRACKERS: dict[str, Tracker] = load_entries(__name__, "TRACKER", (
@@ -69,6 +70,14 @@ def _first_line(spec: Tracker) -> str:
 def _contexts(tracking: TrackingSection, run: TrackingContext) -> list[tuple[str, Any]]:
     return [(name, dataclasses.replace(run, settings=getattr(tracking, name)))
             for name in tracking.enabled()]
+
+
+def check_tracking(tracking: TrackingSection) -> None:
+    """Every switched-on tracker's settings as its tool will take them (ConfigError)."""
+    for name in tracking.enabled():
+        check = TRACKERS[name].check
+        if check is not None:
+            check(getattr(tracking, name))
 
 
 def tracking_callbacks(tracking: TrackingSection, run: TrackingContext) -> list:

@@ -45,4 +45,7 @@ class Tracker:
     callbacks: Callable[[TrackingContext], list]  # Tune callbacks for the RunConfig (driver)
     header: Callable[[Any], str]  # (settings) -> the run header's words about it
     finish: Callable[[TrackingContext, End], None] | None = None  # after the analysis
+    # (settings) -> None, or ConfigError before Ray starts: a setting the tool would refuse
+    # at its first log (validate, tune and resume exit 2 on it)
+    check: Callable[[Any], None] | None = None
     example: dict[str, Any] = field(default_factory=dict)  # settings that validate (tests)

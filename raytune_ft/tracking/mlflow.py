@@ -15,8 +15,9 @@ from raytune_ft.tracking._base import End, Tracker, TrackingContext
 
 
 class MlflowSettings(TrackerSettings):
-    tracking_uri: str | None = None  # http(s)://host:port, a local folder, sqlite:///f.db;
-    #                                  None: $MLFLOW_TRACKING_URI, else MLflow's default
+    tracking_uri: str | None = None  # http(s)://host:port or sqlite:///f.db (MLflow 3.17
+    #   refuses a folder, its file store: tracking._mlflow_store); None: $MLFLOW_TRACKING_URI,
+    #   else MLflow's default (sqlite:///mlflow.db in the working folder)
     experiment_name: str | None = Field(None, min_length=1)  # None: the experiment's `name`
 
     @field_validator("tracking_uri")
@@ -47,10 +48,16 @@ def finish(context: TrackingContext, end: End) -> None:
     finish_runs(context.experiment_dir, end.analysis_dir, end.best, end.interrupted)
 
 
+def check(settings: MlflowSettings) -> None:
+    from raytune_ft.tracking._mlflow_store import check_store
+
+    check_store(settings.tracking_uri)
+
+
 def header(settings: MlflowSettings) -> str:
     uri = settings.tracking_uri or "$MLFLOW_TRACKING_URI or MLflow's default"
     return f"mlflow ({uri})"
 
 
 TRACKER = Tracker(MlflowSettings, "mlflow", "mlflow", callbacks, header, finish,
-                  example={"tracking_uri": "sqlite:///mlflow.db"})
+                  example={"tracking_uri": "sqlite:///mlflow.db"}, check=check)

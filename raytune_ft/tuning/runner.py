@@ -79,6 +79,9 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     a cluster's nodes are only known after joining it (`check_resources`). Joining one, the
     run settings the experiment leaves unset take the cluster defaults (retries, checkpoints).
     """
+    from raytune_ft.tracking import check_tracking
+
+    check_tracking(config.tracking)  # a store the tracker would refuse at its first log
     config, defaults = (config, {}) if resume else with_cluster_defaults(config, address)
     paths = None
     if searches_model(config):  # several models or lengths: each is checked, the first shown
@@ -216,15 +219,19 @@ def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: 
                               "to replace it")
 
 
-def tune_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan):
+def tune_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan,
+                  scheduler=None):
     """The `TuneConfig` and `RunConfig` raytune_ft runs with, for any trainable.
 
     `build_tuner` uses it; benchmarks reuse it to drive a stand-in trainable the same way.
+    `scheduler`: a Ray Tune scheduler instead of the experiment's (replay, confirm). Either
+    is saved with the experiment's snapshots, so `resume` continues it (`scheduler_state`).
     """
     from ray import tune
 
     from raytune_ft.schedulers import build_scheduler
     from raytune_ft.tracking import tracking_callbacks
+    from raytune_ft.tuning.scheduler_state import resumable
     from raytune_ft.tuning.search import build_search_alg
     from raytune_ft.tuning.tune_logs import result_loggers
 
@@ -232,6 +239,8 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan
 
     root, name = experiment_dir.rsplit("/", 1)
     iterations = plan.iterations
+    scheduler, scheduler_state = resumable(scheduler if scheduler is not None
+                                           else build_scheduler(config.scheduler, plan))
     run_config = tune.RunConfig(
         name=name, storage_path=root, verbose=config.run.verbose,
         # Tune ends a trial at its last iteration itself: HyperBand would otherwise keep it
@@ -240,15 +249,14 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan
         stop={"training_iteration": iterations},
         checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(config)),
         failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
-        callbacks=[*result_loggers(), _sigint_watch(),
+        callbacks=[*result_loggers(), _sigint_watch(), scheduler_state,
                    *tracking_callbacks(config.tracking,
                                        tracking_run(config, experiment_dir, iterations))],
     )
     tune_config = tune.TuneConfig(metric=config.metric, mode=config.mode,
                                   num_samples=config.run.num_samples,
                                   time_budget_s=config.run.time_budget_s, reuse_actors=True)
-    return searching(tune_config, config, build_search_alg(config),
-                     build_scheduler(config.scheduler, plan)), run_config
+    return searching(tune_config, config, build_search_alg(config), scheduler), run_config
 
 
 def searching(tune_config, config: ExperimentConfig, search_alg=None, scheduler=None):
@@ -340,8 +348,9 @@ def build_tuner(prepared: Prepared, restore: bool = False):
 
 
 def restore_tuner(experiment_dir: str, trainable):
-    """The experiment's `Tuner` as `resume` continues it: unfinished and errored trials go on
-    from their last checkpoints, with the settings it was started with (its tuner.pkl)."""
+    """The interrupted experiment's `Tuner`, with what `tune_settings` gave it: unfinished
+    and errored trials continue from their last checkpoint, the scheduler from its last
+    snapshot (`scheduler_state`), the searcher and the trackers from theirs."""
     from ray import tune
 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the restored run has ours
@@ -540,9 +549,9 @@ def preset_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPl
     in order, under `scheduler`, at most `run.max_concurrent_trials` at a time."""
     from ray.tune.search import BasicVariantGenerator
 
-    tune_config, run_config = tune_settings(config, experiment_dir, plan)
+    tune_config, run_config = tune_settings(config, experiment_dir, plan, scheduler)
     tune_config = searching(dataclasses.replace(tune_config, num_samples=len(points)), config,
-                            BasicVariantGenerator(points_to_evaluate=points), scheduler)
+                            BasicVariantGenerator(points_to_evaluate=points))
     # Every key of a preset must be in the space; None marks "set by the preset".
     space = {key: None for point in points for key in point}
     return space, tune_config, run_config
