@@ -122,7 +122,7 @@ def tuner(config, experiment_dir: Path, *, cpus: float = 1, checkpoint_every: in
                  *([interrupt] if interrupt is not None else [])]
     run_config = dataclasses.replace(run_config, callbacks=callbacks)
     tune_config = dataclasses.replace(tune_config, reuse_actors=reuse_actors)
-    space = {**param_space(config), "checkpoint_every": checkpoint_every,
+    space = {**param_space(config.plan()), "checkpoint_every": checkpoint_every,
              "iterations": config.iterations, **space}
     return tune.Tuner(trainable(cpus), param_space=space, tune_config=tune_config,
                       run_config=run_config)

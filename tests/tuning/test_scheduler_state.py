@@ -69,7 +69,7 @@ def _fresh(config) -> Resumable:
     """What `Tuner.restore` starts from: the scheduler as pickled in tuner.pkl."""
     from ray import cloudpickle
 
-    scheduler, _ = resumable(build_scheduler(config))
+    scheduler, _ = resumable(build_scheduler(config.scheduler, config.plan()))
     scheduler.set_search_properties(config.metric, config.mode)
     return cloudpickle.loads(cloudpickle.dumps(scheduler))
 
