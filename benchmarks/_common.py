@@ -64,11 +64,11 @@ def model_path() -> str:
 def bundle(task: str, max_train: int | None = None, max_eval: int | None = None,
            max_length: int = 128):
     """A tokenized DataBundle of a GLUE task from ../shared/data/glue."""
-    from raytune_ft.config import DataConfig
+    from raytune_ft.schema import data_settings
     from raytune_ft.tasks.sequence_classification import build_bundle
     from raytune_ft.training.model import load_tokenizer
 
-    cfg = DataConfig(task=task, path=str(GLUE_DIR), max_train_samples=max_train,
+    cfg = data_settings(task=task, path=str(GLUE_DIR), max_train_samples=max_train,
                      max_eval_samples=max_eval)
     return build_bundle(cfg, load_tokenizer(model_path()), max_length)
 

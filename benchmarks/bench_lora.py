@@ -32,6 +32,8 @@ from pathlib import Path
 
 import _common
 
+from raytune_ft.tasks import get_task
+
 BATCH = 32
 VARIANTS = {"full": {}, "lora": {"lora_r": 8, "lora_alpha": 16.0}}
 SIZE_TARGET = 50.0  # checkpoint: full / LoRA
@@ -64,7 +66,7 @@ def one_trial(variant: str, steps: int, queue) -> None:
                      **VARIANTS[variant])
     before = rss_mib()
     model = apply_lora(load_model(_common.model_path(), bundle.label_names, 0), hp)
-    loop = FineTuneLoop(model, bundle, hp)
+    loop = FineTuneLoop(model, bundle, hp, task=get_task(bundle.kind))
     loaded = rss_mib()
     trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())

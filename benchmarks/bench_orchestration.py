@@ -23,6 +23,8 @@ import time
 
 import _common
 
+from raytune_ft.tasks import get_task
+
 TARGET_MAKESPAN, TARGET_STARTUP = 1.15, 1.0
 
 
@@ -34,7 +36,7 @@ def sleeper(config: dict) -> None:
 
 
 def experiment(storage: str, name: str, trials: int, **train):
-    from raytune_ft.config import validate_config
+    from raytune_ft.schema import validate_config
 
     return validate_config({
         "name": name, "model": {"name": _common.MODEL, "max_length": 128},
@@ -55,7 +57,8 @@ def makespan(storage: str, trials: int, seconds: float, style: str) -> float:
     started = time.perf_counter()
     if style == "raytune_ft":
         config = experiment(storage, "orchestration_raytune_ft", trials)
-        tune_config, run_config = tune_settings(config, f"{storage}/orchestration_raytune_ft")
+        tune_config, run_config = tune_settings(config, f"{storage}/orchestration_raytune_ft",
+                                                config.plan())
         trainable = tune.with_resources(sleeper, {"cpu": 1, "gpu": 0})
     else:
         tune_config = tune.TuneConfig(num_samples=trials)
@@ -123,7 +126,8 @@ def profile_startup() -> dict:
           lambda: AutoModelForSequenceClassification.from_config(config))
     timed("model.to('cpu')", lambda: model.to("cpu"))
     hp = TrainConfig(max_epochs=1, batch_size=32)
-    timed("FineTuneLoop(...) (param groups, AdamW)", lambda: FineTuneLoop(model, bundle, hp))
+    timed("FineTuneLoop(...) (param groups, AdamW)", lambda: FineTuneLoop(model, bundle, hp,
+                        task=get_task(bundle.kind)))
     return timings
 
 

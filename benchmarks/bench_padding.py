@@ -32,6 +32,8 @@ import time
 import _common
 import numpy as np
 
+from raytune_ft.tasks import get_task
+
 BATCH, PAD_TO = 32, 128
 TARGETS = {"mrpc": (2.0, 1.3), "sst2": (4.0, 2.0)}  # speed-up over (pad128, random)
 EXPECTED = {"mrpc": (2.40, 1.51, 1.02), "sst2": (9.56, 3.01, 1.05)}  # pad128, random, grouped
@@ -78,7 +80,8 @@ def build_loops(bundle, path: str) -> dict:
         window = TrainConfig().length_group_window if variant == "grouped" else 1
         hp = TrainConfig(batch_size=BATCH, max_micro_batch=BATCH, max_epochs=1.0,
                          length_group_window=window, seed=0)
-        loops[variant] = FineTuneLoop(load_model(path, bundle.label_names, 0), bundle, hp)
+        loops[variant] = FineTuneLoop(load_model(path, bundle.label_names, 0), bundle, hp,
+                                      task=get_task(bundle.kind))
     return loops
 
 

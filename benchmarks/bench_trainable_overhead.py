@@ -23,11 +23,13 @@ import time
 
 import _common
 
+from raytune_ft.tasks import get_task
+
 TARGET = 0.97
 
 
 def experiment(storage: str, train_samples: int, task: str):
-    from raytune_ft.config import validate_config
+    from raytune_ft.schema import validate_config
 
     return validate_config({
         "name": "overhead", "model": {"name": _common.MODEL, "max_length": 128},
@@ -57,7 +59,7 @@ def bare_run(prepared, niceness: int) -> float:
 def _bare_loop(prepared) -> float:
     import torch
 
-    from raytune_ft.config import trial_hyperparameters
+    from raytune_ft.schema import trial_hyperparameters
     from raytune_ft.tasks.sequence_classification import load_model
     from raytune_ft.training.loop import FineTuneLoop
 
@@ -65,7 +67,8 @@ def _bare_loop(prepared) -> float:
     torch.set_num_threads(1)  # what train_trial sets for cpus_per_trial = 1
     hp = trial_hyperparameters(config, {})
     loop = FineTuneLoop(load_model(prepared.model_path, prepared.bundle.label_names, hp.seed),
-                        prepared.bundle, hp, config.metric, config.mode, "cpu")
+                        prepared.bundle, hp, config.metric, config.mode, "cpu",
+                        task=get_task(prepared.bundle.kind))
     rows, seen = [], 0
     while not loop.finished:
         metrics = loop.run_interval()

@@ -54,13 +54,14 @@ def old_loop_class():
 def make_loop(loop_class, samples: int, threads: int, **kwargs):
     import torch
 
-    from raytune_ft.config import DataConfig, TrainConfig
+    from raytune_ft.config import TrainConfig
+    from raytune_ft.schema import data_settings
     from raytune_ft.tasks.sequence_classification import build_bundle, load_model
     from raytune_ft.training.model import load_tokenizer
 
     torch.set_num_threads(threads)
     path = _common.model_path()
-    bundle = build_bundle(DataConfig(task="sst2", path=str(_common.GLUE_DIR),
+    bundle = build_bundle(data_settings(task="sst2", path=str(_common.GLUE_DIR),
                                      max_train_samples=samples, max_eval_samples=32),
                           load_tokenizer(path), max_length=128)
     hp = TrainConfig(max_epochs=1, eval_every_epochs=1, batch_size=32, max_micro_batch=32,

@@ -26,6 +26,8 @@ import time
 import _common
 import numpy as np
 
+from raytune_ft.tasks import get_task
+
 PEAK_TFLOPS = 989.0  # H100 SXM / H200, bf16 dense
 TARGET_MFU = 0.40
 SIZES = {  # hidden, layers, heads, intermediate
@@ -60,7 +62,7 @@ def build(size: str, vocab: int, seq: int, batch: int, device: str, seed: int = 
     bundle = DataBundle(split, split, ["0", "1"], 0, "synthetic", [], "sequence_classification")
     hp = TrainConfig(batch_size=batch, max_micro_batch=batch, max_epochs=100,
                      eval_every_epochs=100, precision="bf16")
-    loop = FineTuneLoop(model, bundle, hp, device=device)
+    loop = FineTuneLoop(model, bundle, hp, device=device, task=get_task(bundle.kind))
     return loop, config
 
 

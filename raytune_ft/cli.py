@@ -107,7 +107,7 @@ def _experiment_args(parser: argparse.ArgumentParser) -> None:
 
 def _prepare(args):
     """Load, validate and prepare the experiment file: every check that needs no Ray."""
-    from raytune_ft.config import load_config
+    from raytune_ft.schema import load_config
     from raytune_ft.tuning.runner import prepare
 
     config = load_config(args.experiment, args.overrides)  # errors start with the file
@@ -250,7 +250,9 @@ def _print_header(prepared) -> None:
     for key, spec in (config.search or {}).items():
         print(f"  search     {key}: {spec}")
     if config.tracking.enabled():
-        print(f"tracking     {_tracking_text(config.tracking)}")
+        from raytune_ft.tracking import tracking_header
+
+        print(f"tracking     {tracking_header(config.tracking)}")
     for warning in prepared.warnings:
         print(f"warning: {warning}")
 
@@ -281,19 +283,6 @@ def _stop_text(stop) -> str:
         parts.append(f"max_device_hours {stop.max_device_hours:g}")
     if stop.target is not None:
         parts.append(f"target {stop.target:g}")
-    return ", ".join(parts)
-
-
-def _tracking_text(tracking) -> str:
-    """Where the trackers send the trials (no credentials: those live in the environment)."""
-    parts = []
-    if tracking.tensorboard:
-        parts.append("tensorboard (event files in each trial folder)")
-    if tracking.mlflow is not None:
-        uri = tracking.mlflow.tracking_uri or "$MLFLOW_TRACKING_URI or MLflow's default"
-        parts.append(f"mlflow ({uri})")
-    if tracking.wandb is not None:
-        parts.append(f"wandb (project {tracking.wandb.project}, {tracking.wandb.mode})")
     return ", ".join(parts)
 
 

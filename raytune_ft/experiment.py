@@ -9,15 +9,11 @@ about training or needs Ray; pandas and the config schema are imported where the
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
-import os
 import re
-import shutil
-import uuid
-from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,18 +22,13 @@ from raytune_ft.errors import ExperimentError
 if TYPE_CHECKING:
     import pandas as pd
 
-    from raytune_ft.config import ExperimentConfig
+    from raytune_ft.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------- file names
 
 CONFIG_FILE = "raytune_ft.json"  # the validated experiment and what `prepare` derived
-# Tracker run ids and the last step each logged, so a resume continues them. In a folder: at
-# a restore Ray copies every top-level *.json and *.pkl into its staging folder and its
-# periodic sync copies them back over the live files (tracking._runs).
-TRACKING_FILE = "raytune_ft_tracking/runs.json"
-LEGACY_TRACKING_FILE = "raytune_ft_tracking.json"  # before: read once when resumed
 ANALYSIS_DIR = "analysis"  # the Parquet tables, report.html and confirm.parquet
 REPORT_FILE = "report.html"  # in ANALYSIS_DIR
 CONFIRM_FILE = "confirm.parquet"  # in ANALYSIS_DIR: one row per confirmed config and seed
@@ -80,7 +71,7 @@ def write_record(experiment_dir: str, config: ExperimentConfig, derived: dict) -
 
 def read_record(experiment_dir: str) -> tuple[ExperimentConfig, dict]:
     """The experiment's validated config and the whole record, DERIVED_KEYS included."""
-    from raytune_ft.config import validate_config
+    from raytune_ft.schema import validate_record
     from raytune_ft.storage import read_text
 
     path = f"{experiment_dir.rstrip('/')}/{CONFIG_FILE}"
@@ -94,7 +85,7 @@ def read_record(experiment_dir: str) -> tuple[ExperimentConfig, dict]:
     except json.JSONDecodeError as error:
         raise ExperimentError(f"{path}: not valid JSON ({error})") from None
     settings = {key: value for key, value in record.items() if key not in DERIVED_KEYS}
-    return validate_config(settings, source=str(path)), record
+    return validate_record(settings, source=str(path)), record
 
 
 def read_experiment_record(experiment_dir: str) -> ExperimentConfig:
@@ -111,52 +102,34 @@ def open_experiment(experiment_dir: str | Path) -> tuple[Path, ExperimentConfig,
     return directory, config, record
 
 
-# ---------------------------------------------------------------------------- atomic writes
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary sibling of `path` to write a file or a folder into. On a clean exit it takes
-    `path`'s place; on an error it is removed and whatever was at `path` stays as it was. So
-    nothing half-written is ever at `path`, and readers see the old or the new, never a mix.
-
-    A file moves in with one `os.replace`. A folder cannot replace a non-empty one in one step:
-    the old one is renamed aside, the new one renamed in, and only then the old one removed.
-    """
-    path = Path(path)
-    # Unique, in the same folder (a rename within a filesystem is atomic); not mkstemp, which
-    # would leave a file mode 0600.
-    staging = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        yield staging
-        if staging.is_dir():
-            _replace_folder(staging, path)
-        else:
-            os.replace(staging, path)
-    except BaseException:
-        if staging.is_dir() and not staging.is_symlink():
-            shutil.rmtree(staging, ignore_errors=True)
-        else:
-            staging.unlink(missing_ok=True)
-        raise
-
-
-def _replace_folder(staging: Path, path: Path) -> None:
-    old = None
-    if path.exists():
-        old = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.old")
-        path.rename(old)
-    try:
-        staging.rename(path)
-    except BaseException:
-        if old is not None:
-            old.rename(path)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 # ---------------------------------------------------------------------------- trial rows
+
+
+def result_lines(path: Path) -> bytes:
+    """A trial's RESULT_FILE as its complete lines, one JSON object per reported iteration:
+    blank lines go, and a truncated last line (a trial killed while writing) is dropped with
+    a warning. The one reader of the format: `trial_results` parses these lines, the analysis
+    its typed tables."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:  # a trial that never reported
+        return b""
+    except OSError as e:
+        log.warning("%s: unreadable (%s); trial has no iterations", path, e)
+        return b""
+    if not data.endswith(b"\n") or b"\n\n" in data or data[:1].isspace():
+        # blank lines would break the line count that maps rows back to files
+        data = b"\n".join(line for line in data.split(b"\n") if line.strip())
+        if not data:
+            return b""
+        data += b"\n"
+    head, _, last = data[:-1].rpartition(b"\n")
+    try:
+        json.loads(last)
+    except ValueError:
+        log.warning("%s: skipping truncated or corrupt last line (%d bytes)", path, len(last))
+        return head + b"\n" if head else b""
+    return data
 
 
 def trial_results(experiment_dir: Path) -> dict[str, tuple[Path, list[dict]]]:
@@ -168,14 +141,59 @@ def trial_results(experiment_dir: Path) -> dict[str, tuple[Path, list[dict]]]:
     trials = {}
     for folder in sorted(p for p in experiment_dir.iterdir() if (p / RESULT_FILE).is_file()):
         rows = []
-        for line in (folder / RESULT_FILE).read_text().splitlines():
+        for number, line in enumerate(result_lines(folder / RESULT_FILE).splitlines(), 1):
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:
-                log.warning("%s: skipping a truncated line", folder / RESULT_FILE)
+                log.warning("%s: skipping corrupt line %d", folder / RESULT_FILE, number)
         if rows:
             trials[rows[-1]["trial_id"]] = (folder, rows)
     return trials
+
+
+# ---------------------------------------------------------------------------- PBT logs
+
+PBT_GLOBAL_FILE = "pbt_global.txt"  # Ray's, under PBT: every exploit of the experiment
+
+
+@dataclass(frozen=True)
+class PbtEntry:
+    """One line of Ray's PBT logs (`pbt_global.txt`, `pbt_policy_<trial>.txt`), written by
+    `PopulationBasedTraining._log_config_on_step`: the trial that exploited (target) and the
+    one it cloned (donor), by their experiment tags, the iterations of both, the donor's
+    config and the config the target continues with."""
+
+    target_tag: str
+    donor_tag: str
+    target_iteration: int
+    donor_iteration: int
+    donor_config: dict
+    new_config: dict
+
+
+def read_pbt_log(path: Path, strict: bool) -> list[PbtEntry]:
+    """Every entry of a PBT log, in the order Ray wrote them ([] when the file is absent).
+
+    `strict`: a line that is not an entry is an ExperimentError naming it (a schedule to
+    replay must be whole); otherwise it is skipped with a warning (the analysis of a run cut
+    while writing)."""
+    if not path.is_file():
+        return []
+    entries = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            target, donor, target_it, donor_it, donor_config, new_config = json.loads(line)
+            entries.append(PbtEntry(str(target), str(donor), int(target_it), int(donor_it),
+                                    donor_config or {}, new_config or {}))
+        except (ValueError, TypeError) as error:
+            if strict:
+                raise ExperimentError(f"{path}: line {number} is not a PBT log entry "
+                                      "[target_tag, donor_tag, target_iteration, "
+                                      "donor_iteration, donor_config, new_config]") from None
+            log.warning("%s: skipping corrupt line %d (%s)", path, number, error)
+    return entries
 
 
 # ---------------------------------------------------------------------------- ranking
@@ -191,7 +209,7 @@ def ranking_column(config: ExperimentConfig | str | None) -> str:
     weights an exploit may since have replaced. Other trials keep one configuration, so
     their best evaluation is what that configuration reached.
     """
-    from raytune_ft.tuning.schedulers import scheduler_spec
+    from raytune_ft.schedulers import scheduler_spec
 
     if not config:  # an experiment without its record: no scheduler known
         return "best_metric"

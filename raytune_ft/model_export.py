@@ -17,23 +17,18 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raytune_ft.config import (
-    MODEL_SEARCH_KEYS,
-    ExperimentConfig,
-    TrainConfig,
-    trial_hyperparameters,
-    trial_model,
-)
+from raytune_ft.config import MODEL_SEARCH_KEYS, TrainConfig
 from raytune_ft.errors import ConfigError, ExperimentError
 from raytune_ft.experiment import (
     EXPORT_RECORD,
-    atomic_write,
     confirm_folder,
     confirm_summary,
     open_experiment,
     read_confirm_rows,
     trial_results,
 )
+from raytune_ft.schema import ExperimentConfig, trial_hyperparameters, trial_model
+from raytune_ft.storage import atomic_write
 from raytune_ft.tasks import Task, task_for
 from raytune_ft.tuning.confirm import finished_trials
 
@@ -217,7 +212,7 @@ def _write_card(staging: Path, choice: Choice, config: ExperimentConfig, record:
             "samples_seen": report.get("samples_seen"), "epoch": report.get("epoch"),
             "metric": config.metric, "mode": config.mode, "metrics": metrics,
             "hyperparameters": hp, "searched": sorted(config.search),
-            "data": {"task": config.data.task or config.data.train_file,
+            "data": {"task": config.data.source,
                      "train_samples": n_train, "eval_samples": n_eval},
             "confirmed": choice.confirmed or None, "lora": lora}
     (staging / EXPORT_RECORD).write_text(json.dumps(info, indent=1, default=str))

@@ -18,8 +18,9 @@ from typing import Any
 
 from raytune_ft.config import (
     LOG_SCALED,
+    BatchPhases,
     Domain,
-    ExperimentConfig,
+    TrainConfig,
     evaluation_count,
     per_experiment_settings,
 )
@@ -114,13 +115,15 @@ class TrialPlan:
         return record
 
 
-def plan_experiment(config: ExperimentConfig, n_train: int | None = None) -> TrialPlan:
-    """The plan of a validated experiment; with `n_train` (the training split's size) it
-    holds the budget and evaluation points too."""
-    space = config.space()
-    max_epochs, every = per_experiment_settings(config.train, space)
+def plan_experiment(train: TrainConfig, space: dict[str, Domain],
+                    batch_schedules: dict[str, BatchPhases], n_train: int | None = None
+                    ) -> TrialPlan:
+    """The plan of a validated experiment (its `train:`, parsed `search:` and
+    `batch_schedules:`; `ExperimentConfig.plan` passes them); with `n_train` (the training
+    split's size) it holds the budget and evaluation points too."""
+    max_epochs, every = per_experiment_settings(train, space)
     micro = [v for span in _int_spans(space.get("max_micro_batch"),
-                                      config.train.max_micro_batch) for v in span]
+                                      train.max_micro_batch) for v in span]
     micro_batch = (min(micro), max(micro))
     return TrialPlan(
         max_epochs=max_epochs, eval_every_epochs=every,
@@ -128,7 +131,7 @@ def plan_experiment(config: ExperimentConfig, n_train: int | None = None) -> Tri
         space=space,
         log_scaled=tuple(key for key, domain in space.items() if domain.kind in LOG_SCALED),
         micro_batch=micro_batch,
-        batches=_batch_options(config, space, micro_batch),
+        batches=_batch_options(train, space, batch_schedules, micro_batch),
         budget=None if n_train is None else trial_budget(max_epochs, every, n_train),
     )
 
@@ -142,12 +145,12 @@ def _int_spans(domain: Domain | None, fixed: int) -> list[tuple[int, int]]:
     return [(math.ceil(domain.args[0]), math.floor(domain.args[1]))]  # randint is inclusive
 
 
-def _batch_options(config: ExperimentConfig, space: dict[str, Domain],
-                   micro_batch: tuple[int, int]) -> tuple[BatchOption, ...]:
+def _batch_options(train: TrainConfig, space: dict[str, Domain],
+                   batch_schedules: dict[str, BatchPhases], micro_batch: tuple[int, int]
+                   ) -> tuple[BatchOption, ...]:
     """Each way a trial's effective batch is set, every size with its accumulation: the
     fewest micro-batches at the largest micro-batch, the most at the smallest."""
     smallest, largest = micro_batch
-    train = config.train
 
     def span(low: int, high: int, start: float | None) -> BatchSpan:
         return BatchSpan(low, high, start, (accumulation_steps(low, largest),
@@ -162,7 +165,7 @@ def _batch_options(config: ExperimentConfig, space: dict[str, Domain],
             options.append(BatchOption(False, None, tuple(span(low, high, None)
                                                           for low, high in sizes)))
         else:
-            phases = config.batch_schedules[schedule] if isinstance(schedule, str) else schedule
+            phases = batch_schedules[schedule] if isinstance(schedule, str) else schedule
             options.append(BatchOption(True, schedule if isinstance(schedule, str) else None,
                                        tuple(span(size, size, start) for start, size in phases)))
     return tuple(options)

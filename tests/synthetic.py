@@ -117,12 +117,12 @@ def tuner(config, experiment_dir: Path, *, cpus: float = 1, checkpoint_every: in
     from raytune_ft.tuning.runner import tune_settings
     from raytune_ft.tuning.search import param_space
 
-    tune_config, run_config = tune_settings(config, str(experiment_dir))
+    tune_config, run_config = tune_settings(config, str(experiment_dir), config.plan())
     callbacks = [*run_config.callbacks, *callbacks,
                  *([interrupt] if interrupt is not None else [])]
     run_config = dataclasses.replace(run_config, callbacks=callbacks)
     tune_config = dataclasses.replace(tune_config, reuse_actors=reuse_actors)
-    space = {**param_space(config), "checkpoint_every": checkpoint_every,
+    space = {**param_space(config.plan()), "checkpoint_every": checkpoint_every,
              "iterations": config.iterations, **space}
     return tune.Tuner(trainable(cpus), param_space=space, tune_config=tune_config,
                       run_config=run_config)

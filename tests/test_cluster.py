@@ -209,8 +209,9 @@ def test_fractional_gpus_and_custom_resources_reach_the_trial_unrounded(tiny_ber
                                                                         tmp_path, monkeypatch):
     from ray import tune
 
-    from raytune_ft.config import load_config
+    from raytune_ft.schema import load_config
     from raytune_ft.tuning.cluster import trial_resources
+    from raytune_ft.tuning.model_data import ModelData
     from raytune_ft.tuning.runner import Prepared, trainable_for
 
     path = experiment_yaml(tmp_path / "exp.yaml", tiny_bert, glue_dir, tmp_path / "results",
@@ -218,9 +219,12 @@ def test_fractional_gpus_and_custom_resources_reach_the_trial_unrounded(tiny_ber
                                       "custom": {"trial_node": 0.5}})
     config = load_config(path)
     assert trial_resources(config) == {"CPU": 1.5, "GPU": 0.25, "trial_node": 0.5}
-    # with_parameters would put the data in an object store; no Ray is needed to check this.
+    # with_parameters and to_object_store would put the data in an object store; no Ray is
+    # needed to check this.
     monkeypatch.setattr(tune, "with_parameters", lambda trainable, **_: trainable)
-    trainable = trainable_for(Prepared(config, str(tiny_bert), None, str(tmp_path)))
+    monkeypatch.setattr(ModelData, "to_object_store", lambda self: self)
+    trainable = trainable_for(Prepared(config, str(tiny_bert), None, str(tmp_path),
+                                       config.plan()))
     bundle = trainable._resources.required_resources
     assert bundle == {"CPU": 1.5, "GPU": 0.25, "trial_node": 0.5}
 
@@ -229,7 +233,7 @@ def test_fractional_gpus_and_custom_resources_reach_the_trial_unrounded(tiny_ber
 
 HEAD = """
 import sys, ray
-from raytune_ft.config import validate_config
+from raytune_ft.schema import validate_config
 from raytune_ft.tuning.cluster import init_ray
 init_ray(None, validate_config({"name": "x", "model": {"name": "m"}, "data": {"task": "sst2"}}))
 print(ray.get_runtime_context().gcs_address, flush=True)
@@ -237,7 +241,7 @@ sys.stdin.read()  # hold the instance until the test closes stdin
 """
 DRIVER = """
 import sys, ray
-from raytune_ft.config import validate_config
+from raytune_ft.schema import validate_config
 from raytune_ft.errors import ResourceError
 from raytune_ft.tuning.cluster import init_ray
 try:

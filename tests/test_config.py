@@ -7,17 +7,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from raytune_ft.config import (
-    INTEGER_FIELDS,
-    ExperimentConfig,
-    TrainConfig,
-    apply_override,
-    load_config,
-    parse_domain,
-    trial_hyperparameters,
-    validate_config,
-)
+from raytune_ft.config import INTEGER_FIELDS, TrainConfig, apply_override, parse_domain
 from raytune_ft.errors import ConfigError
+from raytune_ft.schema import ExperimentConfig, load_config, trial_hyperparameters, validate_config
 
 EXPERIMENTS = ["sst2_quick", "sst2_pbt", "sst2_knobs", "mrpc_asha", "mrpc_pbt", "mrpc_ddp",
                "sst2_lora"]
@@ -70,7 +62,7 @@ def test_search_domains_become_tune_domains():
     from raytune_ft.tuning.search import param_space
 
     config = load_config("experiments/sst2_knobs.yaml")
-    space = param_space(config)
+    space = param_space(config.plan())
     assert isinstance(space["learning_rate"], tune.search.sample.Float)
     assert space["schedule"].categories == ["linear", "cosine", "step", "exponential",
                                             "constant"]
@@ -261,13 +253,15 @@ def test_a_kind_of_task_without_metric_tunes_its_primary_metric():
 
 @pytest.mark.parametrize("data,message", [
     ({"kind": "image_classification", "train_file": "t", "eval_file": "v",
-      "label_names": ["a", "b"]}, "data.label_names: read only by data.kind "
-     "token_classification (this data is read by image_classification)"),
+      "label_names": ["a", "b"]}, "data.label_names: unknown key for data.kind "
+     "image_classification (read by data.kind token_classification); allowed: kind, "
+     "train_file, eval_file, max_train_samples, max_eval_samples, subset_seed, image_column, "
+     "label_column, random_crop_scale, horizontal_flip, max_object_store_mb"),
     ({"kind": "token_classification", "train_file": "t.conllu", "eval_file": "v.conllu",
-      "horizontal_flip": True}, "data.horizontal_flip: read only by data.kind "
-     "image_classification"),
-    ({"task": "sst2", "tag_column": "upos"}, "data.tag_column: read only by data.kind "
-     "token_classification (this data is read by sequence_classification)"),
+      "horizontal_flip": True}, "data.horizontal_flip: unknown key for data.kind "
+     "token_classification (read by data.kind image_classification)"),
+    ({"task": "sst2", "tag_column": "upos"}, "data.tag_column: unknown key for data.kind "
+     "sequence_classification (read by data.kind token_classification)"),
 ])
 def test_a_field_another_kind_of_task_reads_is_refused_not_ignored(data, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

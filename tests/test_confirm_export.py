@@ -11,6 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 from support import experiment_yaml, run_cli
 
+from raytune_ft.tasks import get_task
+
 TRAIN = {"max_epochs": 1, "eval_every_epochs": 0.5, "max_micro_batch": 16}
 SUMMARY = re.compile(r"^  rank (\d+)  config (\d+)  trial (\S+)  mean (\S+)  sd (\S+)  "
                      r"min (\S+)  max (\S+)  n (\d+)", re.M)
@@ -106,7 +108,8 @@ def evaluate_export(out, search):
     assert model.config.label2id == {"0": 0, "1": 1}
     assert tokenizer.model_max_length == config.model.max_length
     bundle = build_bundle(config.data, tokenizer, config.model.max_length)
-    loop = FineTuneLoop(model, bundle, TrainConfig(**TRAIN), config.metric, config.mode)
+    loop = FineTuneLoop(model, bundle, TrainConfig(**TRAIN), config.metric, config.mode,
+                        task=get_task(bundle.kind))
     return loop.evaluate()
 
 

@@ -9,11 +9,9 @@ import math
 import pandas as pd
 import pytest
 
-from raytune_ft.config import validate_config
 from raytune_ft.errors import ExperimentError
 from raytune_ft.experiment import (
     CONFIG_FILE,
-    atomic_write,
     confirm_summary,
     open_experiment,
     rank_trials,
@@ -21,6 +19,8 @@ from raytune_ft.experiment import (
     read_record,
     write_record,
 )
+from raytune_ft.schema import validate_config
+from raytune_ft.storage import atomic_write
 
 ASHA = {"type": "asha", "grace_period": 1, "reduction_factor": 2}
 PBT = {"type": "pbt", "perturbation_interval": 1, "mutations": ["learning_rate"]}
@@ -281,12 +281,11 @@ def test_analysis_ranks_by_the_scheduler_it_finds_in_the_tables():
 def test_resume_refuses_data_that_changed_the_plan(tmp_path):
     import json
 
-    from raytune_ft.plan import plan_experiment
     from raytune_ft.tuning.runner import _check_same_plan
 
     cfg = config()
-    started = {"plan": json.loads(json.dumps(plan_experiment(cfg, n_train=2000).record()))}
-    _check_same_plan(started, plan_experiment(cfg, n_train=2000), "exp")
-    _check_same_plan({}, plan_experiment(cfg, n_train=1999), "exp")  # an older record
+    started = {"plan": json.loads(json.dumps(cfg.plan(2000).record()))}
+    _check_same_plan(started, cfg.plan(2000), "exp")
+    _check_same_plan({}, cfg.plan(1999), "exp")  # an older record
     with pytest.raises(ExperimentError, match="exp: the data or settings changed .*budget"):
-        _check_same_plan(started, plan_experiment(cfg, n_train=1999), "exp")
+        _check_same_plan(started, cfg.plan(1999), "exp")

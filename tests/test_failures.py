@@ -22,6 +22,7 @@ import yaml
 from support import FAULT_HOOK, REPO, experiment_yaml, fault_hook_env
 
 from raytune_ft import cli
+from raytune_ft.tasks import get_task
 
 FAIL_SEED = 13  # the trial whose train.seed is this raises at its first iteration
 SMALL = {"data": {"max_train_samples": 64, "max_eval_samples": 32},
@@ -162,7 +163,7 @@ UNREADABLE = {
 
 @pytest.fixture(scope="module")
 def saved_loop(tmp_path_factory, tiny_bert, glue_dir):
-    from raytune_ft.config import load_config, trial_hyperparameters
+    from raytune_ft.schema import load_config, trial_hyperparameters
     from raytune_ft.tasks.sequence_classification import load_model
     from raytune_ft.training.loop import FineTuneLoop
     from raytune_ft.tuning.runner import prepare
@@ -172,7 +173,7 @@ def saved_loop(tmp_path_factory, tiny_bert, glue_dir):
     prepared = prepare(load_config(path))
     hp = trial_hyperparameters(prepared.config, {})
     loop = FineTuneLoop(load_model(prepared.model_path, prepared.bundle.label_names, 0),
-                        prepared.bundle, hp)
+                        prepared.bundle, hp, task=get_task(prepared.bundle.kind))
     loop.run_interval()
     loop.save(tmp / "good")
     return loop, tmp / "good"

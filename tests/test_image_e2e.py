@@ -11,7 +11,7 @@ import pytest
 import yaml
 from support import image_experiment_yaml, run_cli
 
-from raytune_ft.config import load_config
+from raytune_ft.schema import load_config
 
 
 @pytest.fixture(scope="module")

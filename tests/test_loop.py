@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from raytune_ft.config import DataConfig, TrainConfig
+from raytune_ft.config import TrainConfig
 from raytune_ft.plan import trial_budget
+from raytune_ft.schema import data_settings
+from raytune_ft.tasks import get_task
 from raytune_ft.tasks.sequence_classification import build_bundle, collate, load_model
 from raytune_ft.training.loop import FineTuneLoop
 
@@ -18,7 +20,7 @@ def bundle(glue_dir, tiny_bert):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    cfg = DataConfig(task="sst2", path=str(glue_dir), max_train_samples=160,
+    cfg = data_settings(task="sst2", path=str(glue_dir), max_train_samples=160,
                      max_eval_samples=64)
     return build_bundle(cfg, tokenizer, max_length=48)
 
@@ -33,7 +35,7 @@ def make_loop(tiny_bert, bundle, dropout=0.1, dropout_seed=None, keep_diverged=F
     hp = TrainConfig(**{"max_epochs": 1.0, "eval_every_epochs": 0.5, "learning_rate": 1e-3,
                         "batch_size": 16, "max_micro_batch": 16, **settings})
     return FineTuneLoop(model, bundle, hp, dropout_seed=dropout_seed,
-                        keep_diverged=keep_diverged)
+                        keep_diverged=keep_diverged, task=get_task(bundle.kind))
 
 
 def weights(loop):
@@ -308,7 +310,7 @@ def test_a_diverged_population_member_waits_at_each_point_until_replaced(tiny_be
     first = loop.run_interval()
     assert first["diverged"] is True and not loop.finished  # stays in the population
     assert first["samples_seen"] == 40 and first["eval_accuracy"] == 0.0
-    # The scheduler holds it here (tuning/population.py); asked on, it neither trains, nor
+    # The scheduler holds it here (schedulers/_rescue.py); asked on, it neither trains, nor
     # evaluates, nor waits: the rescue no longer depends on its pace.
     monkeypatch.setattr("raytune_ft.training.loop.time.sleep", pytest.fail)
     monkeypatch.setattr(loop, "evaluate", pytest.fail)

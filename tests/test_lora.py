@@ -6,12 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from raytune_ft.config import DataConfig, TrainConfig
+from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ModelError
+from raytune_ft.schema import data_settings
+from raytune_ft.tasks import get_task
 from raytune_ft.tasks.sequence_classification import build_bundle, load_model
 from raytune_ft.training.loop import CheckpointError, FineTuneLoop
-from raytune_ft.training.lora import apply_lora, is_lora, target_modules, trained_state
-from raytune_ft.training.model import parameter_groups
+from raytune_ft.training.lora import apply_lora, target_modules, trained_state
+from raytune_ft.training.model import is_lora, parameter_groups
 
 pytest.importorskip("peft")
 
@@ -24,7 +26,7 @@ def bundle(glue_dir, tiny_bert):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    cfg = DataConfig(task="sst2", path=str(glue_dir), max_train_samples=160,
+    cfg = data_settings(task="sst2", path=str(glue_dir), max_train_samples=160,
                      max_eval_samples=64)
     return build_bundle(cfg, tokenizer, max_length=48)
 
@@ -37,7 +39,7 @@ def settings(**extra) -> TrainConfig:
 def make_loop(tiny_bert, bundle, hp=None, dropout_seed=None):
     hp = hp or settings()
     model = apply_lora(load_model(str(tiny_bert), bundle.label_names, seed=hp.seed), hp)
-    return FineTuneLoop(model, bundle, hp, dropout_seed=dropout_seed)
+    return FineTuneLoop(model, bundle, hp, dropout_seed=dropout_seed, task=get_task(bundle.kind))
 
 
 def test_all_linear_adapts_the_encoder_layers_and_trains_the_head_in_full(tiny_bert, bundle):
@@ -164,6 +166,6 @@ def test_full_fine_tuning_is_untouched(tiny_bert, bundle, tmp_path):
     hp = settings(lora_r=0)
     model = apply_lora(load_model(str(tiny_bert), bundle.label_names, seed=0), hp)
     assert not is_lora(model)
-    loop = FineTuneLoop(model, bundle, hp)
+    loop = FineTuneLoop(model, bundle, hp, task=get_task(bundle.kind))
     loop.save(tmp_path / "ckpt")  # every weight, as before LoRA existed
     assert set(load_file(tmp_path / "ckpt" / "model.safetensors")) == set(model.state_dict())

@@ -10,6 +10,8 @@ import torch
 from safetensors.torch import load_file
 from support import experiment_yaml, run_cli
 
+from raytune_ft.tasks import get_task
+
 pytest.importorskip("peft")
 
 TRAIN = {"max_epochs": 1, "eval_every_epochs": 0.25, "max_micro_batch": 16,
@@ -59,12 +61,12 @@ def test_checkpoints_hold_only_adapters_and_head(pbt_lora, tiny_bert):
 def test_a_clone_continues_exactly_from_its_donors_adapters(pbt_lora):
     """Re-run, outside Ray, the first interval of every clone after an exploit from its
     donor's checkpoint with the clone's settings: the same eval_loss to the last bit."""
-    from raytune_ft.config import trial_hyperparameters
     from raytune_ft.experiment import read_record
+    from raytune_ft.schema import trial_hyperparameters
     from raytune_ft.tasks import task_for
     from raytune_ft.training.loop import FineTuneLoop
     from raytune_ft.training.lora import apply_lora
-    from raytune_ft.tuning.trainable import trial_dropout_seed
+    from raytune_ft.tuning.trial import trial_dropout_seed
 
     config, record = read_record(str(pbt_lora))
     results = trials(pbt_lora)
@@ -98,7 +100,8 @@ def test_a_clone_continues_exactly_from_its_donors_adapters(pbt_lora):
             model = apply_lora(task.load_model(record["model_path"], bundle.label_names,
                                                hp.seed), hp)
             loop = FineTuneLoop(model, bundle, hp, config.metric, config.mode,
-                                dropout_seed=trial_dropout_seed(hp.seed, True, target))
+                                dropout_seed=trial_dropout_seed(hp.seed, True, target),
+                                task=get_task(bundle.kind))
             loop.load(checkpoint)
             metrics = loop.run_interval()
             assert metrics["samples_seen"] == after[0]["samples_seen"]
@@ -151,11 +154,11 @@ def test_export_merged_and_adapter_predict_as_the_trials_evaluation(pbt_lora, tm
     bundle = task_for(config.data).load_data(config.data, record["model_path"],
                                              config.model.max_length)
     # the trial's own model: its checkpoint loaded into the adapted base, as a restore does
-    from raytune_ft.config import trial_hyperparameters
+    from raytune_ft.schema import trial_hyperparameters
 
     hp = trial_hyperparameters(config, info["hyperparameters"])
     loop = FineTuneLoop(apply_lora(task_for(config.data).load_model(
-        record["model_path"], bundle.label_names, 0), hp), bundle, hp)
+        record["model_path"], bundle.label_names, 0), hp), bundle, hp, task=get_task(bundle.kind))
     loop.load(info["checkpoint"])
     assert loop.evaluate()["eval_loss"] == pytest.approx(info["metrics"]["eval_loss"], rel=1e-6)
     own, own_logits = predicted_labels(loop.model, bundle)

@@ -81,7 +81,7 @@ def test_unknown_layout_is_an_error_naming_the_class():
 
 
 def test_a_node_without_the_drivers_model_folder_resolves_the_name_itself(tiny_bert, tmp_path):
-    from raytune_ft.tuning.trainable import node_model_path
+    from raytune_ft.tuning.trial import node_model_path
 
     assert node_model_path(str(tiny_bert), str(tiny_bert)) == str(tiny_bert)
     assert node_model_path("bert-base-uncased", "bert-base-uncased") == "bert-base-uncased"
@@ -94,7 +94,7 @@ def test_a_node_without_the_drivers_model_folder_resolves_the_name_itself(tiny_b
 
 
 def test_pbt_trials_get_their_own_dropout_seed_the_same_in_every_run():
-    from raytune_ft.tuning.trainable import trial_dropout_seed
+    from raytune_ft.tuning.trial import trial_dropout_seed
 
     assert trial_dropout_seed(7, False, "a1b2c_00003") == 7  # not PBT: the config's seed
     first = trial_dropout_seed(7, True, "a1b2c_00003")

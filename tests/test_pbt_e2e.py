@@ -146,7 +146,7 @@ def test_a_diverged_member_is_replaced_by_a_healthy_clone(tmp_path_factory, tiny
     # lr 1e30 diverges in its first interval; weight_decay is the only mutation, so the clone
     # of a healthy donor takes the donor's learning rate and trains on to the budget.
     # Asynchronous PBT (the default): the diverged member is paused and cloned from the best
-    # healthy trial's newest checkpoint, whenever the results arrive (tuning/population.py);
+    # healthy trial's newest checkpoint, whenever the results arrive (schedulers/_rescue.py);
     # it had been rescued or not depending on that order.
     root = tmp_path_factory.mktemp("rescue")
     scheduler = {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5,

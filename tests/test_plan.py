@@ -8,9 +8,11 @@ import math
 
 import pytest
 
-from raytune_ft.config import TrainConfig, evaluation_count, validate_config
-from raytune_ft.errors import RaytuneFtError
-from raytune_ft.plan import accumulation_steps, plan_experiment, trial_budget
+from raytune_ft.config import TrainConfig, evaluation_count
+from raytune_ft.errors import ConfigError, RaytuneFtError
+from raytune_ft.plan import accumulation_steps, trial_budget
+from raytune_ft.schema import validate_config
+from raytune_ft.tasks import get_task
 from raytune_ft.training.batching import micro_batches
 
 
@@ -60,7 +62,7 @@ def test_the_plan_without_data_has_everything_but_the_budget():
                 "weight_decay": {"qloguniform": [0.001, 0.1, 0.001]},
                 "batch_size": {"randint": [8, 40]},
                 "max_micro_batch": {"choice": [8, 16]}})
-    plan = plan_experiment(config)
+    plan = config.plan()
     assert plan.budget is None and plan.iterations == config.iterations == 4
     assert plan.log_scaled == ("learning_rate", "weight_decay")
     assert plan.space == config.space()
@@ -68,7 +70,7 @@ def test_the_plan_without_data_has_everything_but_the_budget():
     (option,) = plan.batches
     assert not option.phased and [(s.low, s.high, s.accumulation) for s in option.spans] == \
         [(8, 40, (1, 5))]
-    with_data = plan_experiment(config, n_train=100)
+    with_data = config.plan(100)
     assert with_data.budget == trial_budget(2, 0.5, 100)
     record = json.loads(json.dumps(with_data.record()))
     assert record["budget"] == {"n_train": 100, "total_samples": 200,
@@ -79,12 +81,12 @@ def test_the_plan_without_data_has_everything_but_the_budget():
 def test_a_constant_under_search_sets_the_budget_every_trial_trains_with():
     # trial_hyperparameters puts the constant in force, so the plan and the schedulers'
     # iterations follow it (they used train.max_epochs while the trials trained 1 epoch)
-    from raytune_ft.config import trial_hyperparameters
+    from raytune_ft.schema import trial_hyperparameters
 
     config = experiment(train={"max_epochs": 3, "eval_every_epochs": 0.5},
                         search={"max_epochs": 1})
     hp = trial_hyperparameters(config, {"max_epochs": 1})
-    plan = plan_experiment(config, n_train=64)
+    plan = config.plan(64)
     assert config.iterations == plan.iterations == 2
     assert plan.budget == trial_budget(hp.max_epochs, hp.eval_every_epochs, 64)
 
@@ -92,18 +94,20 @@ def test_a_constant_under_search_sets_the_budget_every_trial_trains_with():
 def test_the_loop_refuses_a_budget_of_other_data_or_a_changed_budget(tiny_bert, glue_dir):
     from transformers import AutoTokenizer
 
-    from raytune_ft.config import DataConfig
+    from raytune_ft.schema import data_settings
     from raytune_ft.tasks.sequence_classification import build_bundle, load_model
     from raytune_ft.training.loop import FineTuneLoop
 
-    bundle = build_bundle(DataConfig(task="sst2", path=str(glue_dir), max_train_samples=32,
+    bundle = build_bundle(data_settings(task="sst2", path=str(glue_dir), max_train_samples=32,
                                      max_eval_samples=16),
                           AutoTokenizer.from_pretrained(tiny_bert), max_length=32)
     hp = TrainConfig(max_epochs=1, eval_every_epochs=0.5)
     model = load_model(str(tiny_bert), bundle.label_names, seed=0)
     with pytest.raises(RaytuneFtError, match="budget is for 64 training samples"):
-        FineTuneLoop(model, bundle, hp, budget=trial_budget(1, 0.5, 64))
-    loop = FineTuneLoop(model, bundle, hp, budget=trial_budget(1, 0.5, 32))
+        FineTuneLoop(model, bundle, hp, budget=trial_budget(1, 0.5, 64),
+                     task=get_task(bundle.kind))
+    loop = FineTuneLoop(model, bundle, hp, budget=trial_budget(1, 0.5, 32),
+                        task=get_task(bundle.kind))
     assert [loop.evaluation_point(k) for k in (1, 2)] == [16, 32]
     with pytest.raises(RaytuneFtError, match="train.max_epochs cannot change"):
         loop.apply_hyperparameters(hp.model_copy(update={"max_epochs": 2.0}))
@@ -118,15 +122,14 @@ def test_analysis_reads_budget_and_log_scale_from_the_record_plan(tmp_path):
                         search={"learning_rate": {"loguniform": [1e-5, 1e-3]},
                                 "warmup_ratio": {"uniform": [0.0, 0.2]}})
     record = {**config.model_dump(mode="json"), "budget_samples": 512,
-              "plan": plan_experiment(config, n_train=256).record()}
+              "plan": config.plan(256).record()}
     (tmp_path / "raytune_ft.json").write_text(json.dumps(record))
     meta = read_meta(tmp_path, [])
     assert meta.log_scale == {"learning_rate"} and meta.budget_samples == 512
     assert meta.max_epochs == 2.0
-    # A record written before the plan: the search section, read by the config's parser
-    # (which refuses `lograndint`, so such a key was never searched on a log scale).
-    del record["plan"]
+    # The record is read as everything else reads it: validated, so a search entry the
+    # config refuses is an error naming it, not a key guessed to be linear.
     record["search"]["seed"] = {"lograndint": [1, 100]}
     (tmp_path / "raytune_ft.json").write_text(json.dumps(record))
-    meta = read_meta(tmp_path, [])
-    assert meta.log_scale == {"learning_rate"} and meta.budget_samples == 512
+    with pytest.raises(ConfigError, match="search.seed: unknown distribution"):
+        read_meta(tmp_path, [])

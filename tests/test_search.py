@@ -14,16 +14,16 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from raytune_ft.config import parse_domain, trial_hyperparameters, validate_config
-from raytune_ft.tuning.schedulers import build_scheduler
-from raytune_ft.tuning.search import (
-    LogScalePB2,
-    Range,
-    StayInDomain,
-    log_bounds,
-    mutation_ranges,
-    to_tune,
-)
+from raytune_ft.config import parse_domain
+from raytune_ft.schedulers import Range, StayInDomain, build_scheduler, mutation_ranges, to_tune
+from raytune_ft.schedulers._log_pb2 import LogScalePB2, log_bounds
+from raytune_ft.schema import trial_hyperparameters, validate_config
+
+
+def built(config):
+    """The experiment's Ray scheduler, built from its settings and plan."""
+    return build_scheduler(config.scheduler, config.plan())
+
 
 # Domains whose edges a 1.2 / 0.8 step leaves: layer_decay <= 1, warmup_ratio < 1, integers.
 SEARCH = {
@@ -70,7 +70,7 @@ def check_in_domain(config, new: dict) -> None:
 @pytest.mark.parametrize("resample", [0.0, 0.25])
 def test_pbt_explore_never_leaves_the_searched_domain(resample):
     config = experiment(resample_probability=resample)
-    scheduler = build_scheduler(config)
+    scheduler = built(config)
     random.seed(0)
     np.random.seed(0)
     for side in (1, 0):
@@ -84,7 +84,7 @@ def test_pbt_explore_never_leaves_the_searched_domain(resample):
 
 
 def test_pbt_explore_at_the_top_clips_and_keeps_values_inside():
-    scheduler = build_scheduler(experiment(resample_probability=0.0,
+    scheduler = built(experiment(resample_probability=0.0,
                                            perturbation_factors=[1.2, 0.8]))
     random.seed(1)
     seen = {"layer_decay": set(), "batch_size": set()}
@@ -131,7 +131,7 @@ def test_quniform_draws_floats_so_integer_settings_refuse_it():
 def test_schedulers_pickle_with_their_explore_step():
     for kind in ("pbt", "pb2"):
         search = {k: v for k, v in SEARCH.items() if k != "schedule"}
-        scheduler = pickle.loads(pickle.dumps(build_scheduler(experiment(kind, search))))
+        scheduler = pickle.loads(pickle.dumps(built(experiment(kind, search))))
         explore = scheduler._after_explore if kind == "pb2" else scheduler._custom_explore_fn
         assert explore({"layer_decay": 1.08, "batch_size": 0})["layer_decay"] == 1.0
         assert explore({"layer_decay": 1.08, "batch_size": 0})["batch_size"] == 1
@@ -157,7 +157,7 @@ class FakeTrial:
 def test_pb2_models_log_keys_in_log10_and_proposes_valid_trials():
     search = {"learning_rate": {"loguniform": [1e-5, 1e-2]}, "batch_size": {"randint": [8, 64]}}
     config = experiment("pb2", search)
-    scheduler = build_scheduler(config)
+    scheduler = built(config)
     assert isinstance(scheduler, LogScalePB2)
     assert scheduler._hyperparam_bounds == {"learning_rate": [-5.0, -2.0],
                                             "batch_size": [8, 64]}
@@ -187,7 +187,7 @@ def test_pb2_models_log_keys_in_log10_and_proposes_valid_trials():
 
 def test_pb2_without_data_for_the_donor_keeps_its_linear_values():
     search = {"learning_rate": {"loguniform": [1e-5, 1e-2]}, "batch_size": {"choice": [8, 32]}}
-    scheduler = build_scheduler(experiment("pb2", search))
+    scheduler = built(experiment("pb2", search))
     scheduler.set_search_properties("eval_accuracy", "max")
     donor = FakeTrial("donor", {"learning_rate": 3e-4, "batch_size": 8})
     scheduler._save_trial_state(SimpleNamespace(), 1,
@@ -203,7 +203,7 @@ def test_pb2_learns_from_the_values_a_trial_runs_not_its_raw_proposal():
     search = {"learning_rate": {"loguniform": [1e-5, 1e-2]},
               "batch_size": {"choice": [8, 16, 32]}}
     config = experiment("pb2", search)
-    scheduler = build_scheduler(config)
+    scheduler = built(config)
     scheduler.set_search_properties("eval_accuracy", "max")
     np.random.seed(1)
     random.seed(1)

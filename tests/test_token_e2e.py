@@ -13,6 +13,8 @@ import pytest
 import torch
 from support import REPO
 
+from raytune_ft.tasks import get_task
+
 EWT = REPO.parent / "shared" / "data" / "ud_ewt"
 TRAIN_SENTENCES, EVAL_SENTENCES = 64, 32
 UPOS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON",
@@ -111,7 +113,8 @@ def test_export_loads_with_the_auto_class_and_the_pipeline(tagging_run, tmp_path
     config = read_experiment_record(str(experiment))
     task = task_for(config.data)
     bundle = task.load_data(config.data, str(out), config.model.max_length)
-    loop = FineTuneLoop(model, bundle, TrainConfig(), config.metric, config.mode)
+    loop = FineTuneLoop(model, bundle, TrainConfig(), config.metric, config.mode,
+                        task=get_task(bundle.kind))
     scores = loop.evaluate()
     expected = record["metrics"]["eval_token_accuracy"]
     assert scores["eval_token_accuracy"] == pytest.approx(expected, abs=1e-12)
@@ -253,7 +256,7 @@ def test_a_max_length_search_scores_every_trial_on_the_same_words(length_search,
                                                  int(trial["hp_model.max_length"]))
         assert len(bundle.eval.word_tags) == words and len(bundle.eval.scored) == words
         loop = FineTuneLoop(AutoModelForTokenClassification.from_pretrained(out), bundle,
-                            TrainConfig(), config.metric, config.mode)
+                            TrainConfig(), config.metric, config.mode, task=get_task(bundle.kind))
         scores = loop.evaluate()
         assert scores["eval_token_accuracy"] == pytest.approx(
             expected["eval_token_accuracy"], abs=1e-12)

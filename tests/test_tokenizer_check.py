@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raytune_ft.config import DataConfig
 from raytune_ft.errors import ModelError
+from raytune_ft.schema import data_settings
 from raytune_ft.tasks.sequence_classification import TokenizedSplit, build_bundle
 from raytune_ft.training.model import check_tokenizer, load_tokenizer, unknown_share
 
@@ -32,7 +32,7 @@ def without_tokenizer(model: Path, folder: Path, vocab_size: int | None = None) 
 
 def _bundle(model: Path, glue_dir: Path):
     tokenizer = load_tokenizer(str(model))
-    cfg = DataConfig(task="sst2", path=str(glue_dir), max_train_samples=1200)
+    cfg = data_settings(task="sst2", path=str(glue_dir), max_train_samples=1200)
     return tokenizer, build_bundle(cfg, tokenizer, max_length=64)
 
 

@@ -12,6 +12,7 @@ import logging
 import sys
 
 from raytune_ft.errors import RaytuneFtError, error_line, exit_code
+from raytune_ft.experiment import ANALYSIS_DIR
 from raytune_ft.storage import local_experiment
 
 
@@ -41,7 +42,7 @@ def compare(args) -> int:
     from raytune_ft.analysis import compare_experiments
 
     with contextlib.ExitStack() as stack:
-        dirs = [stack.enter_context(local_experiment(d)) for d in args.dirs]
+        dirs = [stack.enter_context(local_experiment(d, ANALYSIS_DIR)) for d in args.dirs]
         print(compare_experiments(dirs, top=args.top, sort=args.sort, fmt=args.fmt,
                                   pareto=args.pareto))
     return 0
@@ -52,7 +53,7 @@ def analyze(args) -> int:
 
     from raytune_ft.analysis import export_experiment, hyperparameter_importance
 
-    with local_experiment(args.dir) as local:
+    with local_experiment(args.dir, ANALYSIS_DIR) as local:
         paths = export_experiment(local, args.out)
         trials = pd.read_parquet(paths["trials"])
     for name, path in paths.items():
@@ -68,7 +69,7 @@ def analyze(args) -> int:
 def report(args) -> int:
     from raytune_ft.analysis import write_report
 
-    with local_experiment(args.dir) as local:
+    with local_experiment(args.dir, ANALYSIS_DIR) as local:
         print(write_report(local, args.out))
     return 0
 

@@ -20,7 +20,8 @@ from raytune_ft.analysis._tables import (
     to_pandas,
 )
 from raytune_ft.analysis._trials import trials_frame, trials_schema
-from raytune_ft.experiment import ANALYSIS_DIR, atomic_write
+from raytune_ft.experiment import ANALYSIS_DIR
+from raytune_ft.storage import atomic_write
 
 logger = logging.getLogger(__name__)
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import LOG_SCALED, parse_domain
 from raytune_ft.errors import ExperimentError
-from raytune_ft.experiment import CONFIG_FILE, ERROR_FILE, PARAMS_FILE, RESULT_FILE
+from raytune_ft.experiment import CONFIG_FILE, ERROR_FILE, PARAMS_FILE, RESULT_FILE, read_record
 
 logger = logging.getLogger(__name__)
 
@@ -78,58 +77,27 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def read_meta(exp_dir: Path, params_keys: list[str]) -> ExperimentMeta:
-    """Load raytune_ft.json; fall back to eval_accuracy/max and all params.json keys."""
-    path = exp_dir / CONFIG_FILE
-    if not path.is_file():
-        logger.warning("%s not found; assuming metric %s/%s", path, DEFAULT_METRIC, DEFAULT_MODE)
+    """The experiment's settings from its record (`experiment.read_record`, validated as
+    everything else reads it); without a record (a plain Ray Tune experiment),
+    eval_accuracy/max and every params.json key."""
+    if not (exp_dir / CONFIG_FILE).is_file():
+        logger.warning("%s not found; assuming metric %s/%s", exp_dir / CONFIG_FILE,
+                       DEFAULT_METRIC, DEFAULT_MODE)
         return ExperimentMeta(name=exp_dir.name, hyperparameters=tuple(params_keys))
-    try:
-        cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ExperimentError(f"{path}: not valid JSON ({e})") from e
-    mode = cfg.get("mode", DEFAULT_MODE)
-    if mode not in ("max", "min"):
-        raise ExperimentError(f"{path}: mode is {mode!r}, but must be 'max' or 'min'")
-    search = cfg.get("search") or {}
-    hps = tuple(search.keys())
-    res = cfg.get("resources") or {}
-    train = cfg.get("train") or {}
-    plan = cfg.get("plan")  # the trial plan; records written before it existed have none
-    if isinstance(plan, dict):
-        log_scale = frozenset(plan.get("log_scaled") or ())
-        budget = (plan.get("budget") or {}).get("total_samples", cfg.get("budget_samples"))
-        max_epochs = plan.get("max_epochs", train.get("max_epochs"))
-    else:
-        log_scale = _log_scaled(search)
-        budget, max_epochs = cfg.get("budget_samples"), train.get("max_epochs")
+    config, record = read_record(str(exp_dir))
+    plan = config.plan()
+    resources = config.resources
+    workers = resources.workers_per_trial
     return ExperimentMeta(
-        name=str(cfg.get("name", exp_dir.name)),
-        metric=str(cfg.get("metric", DEFAULT_METRIC)),
-        mode=mode,
-        hyperparameters=hps or tuple(params_keys),
-        log_scale=log_scale,
-        budget_samples=budget,
-        max_epochs=max_epochs,
-        cpus_per_trial=_per_trial(res, "cpus", 1.0),
-        gpus_per_trial=_per_trial(res, "gpus", 0.0),
-        scheduler=(cfg.get("scheduler") or {}).get("type"),
-        has_config=True,
-        objectives=tuple((str(o["metric"]), str(o["mode"])) for o in cfg.get("objectives") or ()
-                         if isinstance(o, dict) and o.get("mode") in ("max", "min")),
+        name=config.name, metric=config.metric, mode=config.mode,
+        hyperparameters=tuple(config.search) or tuple(params_keys),
+        log_scale=frozenset(plan.log_scaled),
+        budget_samples=record.get("budget_samples"), max_epochs=plan.max_epochs,
+        cpus_per_trial=float(workers * resources.worker_cpus),
+        gpus_per_trial=float(workers * resources.worker_gpus),
+        scheduler=config.scheduler.type, has_config=True,
+        objectives=tuple((o.metric, o.mode) for o in config.objectives),
     )
-
-
-def _log_scaled(search: dict[str, Any]) -> frozenset[str]:
-    """Keys of a record without a plan searched on a log scale, read with the config's own
-    parser; an entry it rejects counts as linear."""
-    keys = set()
-    for key, spec in search.items():
-        try:
-            if parse_domain(f"search.{key}", spec).kind in LOG_SCALED:
-                keys.add(key)
-        except ValueError:
-            pass
-    return frozenset(keys)
 
 
 def read_state(exp_dir: Path) -> dict[str, dict[str, Any]]:
@@ -192,11 +160,3 @@ def list_trials(exp_dir: Path) -> list[TrialInfo]:
     if not trials:
         raise ExperimentError(f"{exp_dir}: no trial folders (with params.json or result.json)")
     return trials
-
-
-def _per_trial(resources: dict, kind: str, default: float) -> float:
-    """A trial's CPUs or GPUs: all its workers' (`workers_per_trial` x per worker)."""
-    one = resources.get(f"{kind}_per_trial", default)
-    workers = int(resources.get("workers_per_trial") or 1)
-    per_worker = resources.get(f"{kind}_per_worker")
-    return float(workers * (one if per_worker is None else per_worker))

@@ -6,12 +6,11 @@ config]. Tags are the trials' original experiment tags (`<index>_<vars>`), which
 to trial ids. Ray's "old config" is the donor's config; the target's own previous values are
 taken from its report the exploit was decided on (`old_hp_*`), Ray's logged one is
 `donor_hp_*`. raytune_ft's PBT and PB2 log the iterations of the results the decision used
-(tuning/population.py); Ray's own logger wrote the target's previous report's.
+(schedulers/_rescue.py); Ray's own logger wrote the target's previous report's.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pandas as pd
@@ -20,10 +19,9 @@ import pyarrow as pa
 from raytune_ft.analysis._layout import flatten
 from raytune_ft.analysis._results import coerce
 from raytune_ft.analysis._tables import HP, Experiment, arrow_type
+from raytune_ft.experiment import PBT_GLOBAL_FILE, PbtEntry, read_pbt_log
 
 logger = logging.getLogger(__name__)
-
-PBT_FILE = "pbt_global.txt"
 
 
 def pbt_schema(exp: Experiment) -> pa.Schema:
@@ -53,25 +51,6 @@ def _tag_resolver(exp: Experiment):
     return resolve
 
 
-def _read_policy(exp: Experiment) -> list[list]:
-    path = exp.path / PBT_FILE
-    if not path.is_file():
-        return []
-    events = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            ev = json.loads(line)
-            if not (isinstance(ev, list) and len(ev) == 6):
-                raise ValueError("expected a list of 6 items")
-        except ValueError as e:
-            logger.warning("%s: skipping corrupt line %d (%s)", path, n, e)
-            continue
-        events.append(ev)
-    return events
-
-
 def _report_at(rows: pd.DataFrame | None, iteration: int) -> pd.Series | None:
     """The target's last report at or before `iteration` (a clone's iterations can jump)."""
     if rows is None:
@@ -80,7 +59,8 @@ def _report_at(rows: pd.DataFrame | None, iteration: int) -> pd.Series | None:
     return upto.iloc[-1] if len(upto) else None
 
 
-def _deciding_reports(exp: Experiment, policy: list[list], resolve) -> list[pd.Series | None]:
+def _deciding_reports(exp: Experiment, policy: list[PbtEntry], resolve
+                      ) -> list[pd.Series | None]:
     """Per exploit, the target's result line it was decided on: in the order its lines were
     written, the first at the logged iteration after the line of its previous exploit (a clone
     that resumed from an earlier checkpoint reports that iteration again later)."""
@@ -89,13 +69,13 @@ def _deciding_reports(exp: Experiment, policy: list[list], resolve) -> list[pd.S
     after: dict[int, int] = {}
     found = []
     for event in policy:
-        trial = index.get(resolve(event[0]))
+        trial = index.get(resolve(event.target_tag))
         rows = lines.get(trial)
         if rows is None:
             found.append(None)
             continue
         at = rows[(rows["_line"] >= after.get(trial, 0))
-                  & (rows["training_iteration"] == int(event[2]))]
+                  & (rows["training_iteration"] == event.target_iteration)]
         found.append(at.iloc[0] if len(at) else None)
         if len(at):
             after[trial] = int(at.iloc[0]["_line"]) + 1
@@ -105,13 +85,16 @@ def _deciding_reports(exp: Experiment, policy: list[list], resolve) -> list[pd.S
 def pbt_frame(exp: Experiment, iterations: pd.DataFrame) -> pd.DataFrame:
     """One row per exploit, in the order Ray logged them; empty when the run was not PBT."""
     resolve = _tag_resolver(exp)
-    policy = _read_policy(exp)
-    targets = {resolve(ev[0]) for ev in policy}
+    policy = read_pbt_log(exp.path / PBT_GLOBAL_FILE, strict=False)
+    targets = {resolve(entry.target_tag) for entry in policy}
     mine = iterations[iterations["trial_id"].isin(targets)] if policy else iterations.iloc[:0]
     by_trial = {tid: g.sort_values("iteration") for tid, g in mine.groupby("trial_id")}
     deciding = _deciding_reports(exp, policy, resolve)
     rows = []
-    for n, (tgt, donor, tgt_it, donor_it, old_cfg, new_cfg) in enumerate(policy):
+    for n, entry in enumerate(policy):
+        tgt, donor, tgt_it, donor_it = (entry.target_tag, entry.donor_tag,
+                                        entry.target_iteration, entry.donor_iteration)
+        old_cfg, new_cfg = entry.donor_config, entry.new_config
         tgt_id = resolve(tgt)
         row = {
             "event": n,

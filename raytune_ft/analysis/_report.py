@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from raytune_ft.analysis import _plots
+import raytune_ft.analysis._plots as _plots
 from raytune_ft.analysis._compare import compute_to_reach, device_factor, goals_of
 from raytune_ft.analysis._export import (
     build_tables,
@@ -31,12 +31,13 @@ from raytune_ft.experiment import (
     CONFIRM_FILE,
     REPORT_FILE,
     STOP_FILE,
-    atomic_write,
     confirm_summary,
     rank_by,
     ranking_column,
     read_confirm_rows,
+    read_record,
 )
+from raytune_ft.storage import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -138,10 +139,9 @@ def _stop_note(exp_dir: Path) -> str:
 
 def _warm_start_note(exp_dir: Path) -> str:
     """Where the searcher's prior came from: the record's `warm_start` (--warm-start)."""
-    try:
-        sources = json.loads((exp_dir / CONFIG_FILE).read_text()).get("warm_start")
-    except (OSError, ValueError):
+    if not (exp_dir / CONFIG_FILE).is_file():
         return ""
+    sources = read_record(str(exp_dir))[1].get("warm_start")
     if not sources:
         return ""
     listed = "; ".join(f"{s['experiment']} ({s['trials']} trials{_skipped(s)})"

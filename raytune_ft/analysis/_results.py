@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.json as pj
 
+from raytune_ft.experiment import result_lines
 from raytune_ft.tasks import task_metrics
 from raytune_ft.training.metrics import (
     DEPLOYMENT_INFO,
@@ -95,30 +96,6 @@ def line_schema(metric: str, hp_types: dict[str, pa.DataType | None]) -> pa.Sche
     return pa.schema(fields)
 
 
-def _file_bytes(path: Path) -> bytes:
-    """The file's complete lines; a truncated last line is dropped with a warning."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:  # a trial that never reported
-        return b""
-    except OSError as e:
-        logger.warning("%s: unreadable (%s); trial has no iterations", path, e)
-        return b""
-    if not data.endswith(b"\n") or b"\n\n" in data or data[:1].isspace():
-        # blank lines would break the line count that maps rows back to files
-        data = b"\n".join(line for line in data.split(b"\n") if line.strip())
-        if not data:
-            return b""
-        data += b"\n"
-    head, _, last = data[:-1].rpartition(b"\n")
-    try:
-        json.loads(last)
-    except ValueError:
-        logger.warning("%s: skipping truncated or corrupt last line (%d bytes)", path, len(last))
-        return head + b"\n" if head else b""
-    return data
-
-
 def _parse_slow(data: bytes, path: Path, schema: pa.Schema) -> pa.Table:
     """Parse one file line by line, skipping (with a warning) lines that are not JSON objects."""
     rows = []
@@ -149,7 +126,7 @@ def _parse_slow(data: bytes, path: Path, schema: pa.Schema) -> pa.Table:
 
 def _parse_chunk(paths: list[Path], schema: pa.Schema) -> tuple[pa.Table, np.ndarray]:
     """Parse one chunk of files; returns the table and each row's index within `paths`."""
-    blobs = [_file_bytes(p) for p in paths]
+    blobs = [result_lines(p) for p in paths]
     counts = np.array([b.count(b"\n") for b in blobs], dtype=np.int64)
     opts = pj.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
     try:

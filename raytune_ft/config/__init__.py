@@ -1,33 +1,43 @@
-"""The experiment schema: one validated, immutable model loaded once from YAML.
+"""The building blocks of an experiment file: the sections every component shares (model,
+train, resources, run, search algorithm, objectives), the search-space syntax, the base
+classes of a component's own settings, YAML reading and `--set` overrides, and one-line
+validation errors that name the dotted path, the value received and what is allowed.
 
-Every error names the dotted field path, the value received and what is allowed. This module
-imports neither torch nor ray, so `raytune-ft validate` is fast and can run before Ray starts.
+The bottom layer: it imports neither torch nor Ray nor anything of raytune_ft but `errors`.
+The experiment itself, assembled from these and from the registries of tasks, schedulers and
+trackers, is `raytune_ft.schema`.
 """
 
-from raytune_ft.config._schedulers import (
-    FIXED_IN_A_TRIAL,
-    FIXED_IN_AN_EPOCH,
-    SCHEDULER_CLASSES,
-    SCHEDULER_CONFIGS,
-    SCHEDULER_TYPES,
-    AshaConfig,
-    FifoConfig,
-    HyperbandConfig,
-    PbtConfig,
-    SchedulerConfig,
+from raytune_ft.config._base import Strict, load_entries
+from raytune_ft.config._components import (
+    ComponentKind,
+    DataSettings,
+    SchedulerSettings,
+    TrackerSettings,
+    component_union,
 )
-from raytune_ft.config._schema import (
-    GLUE_TASK_NAMES,
+from raytune_ft.config._errors import one_line
+from raytune_ft.config._search import (
+    OPTUNA_PIP,
+    SAMPLER_PACKAGES,
+    SAMPLERS,
+    SINGLE_OBJECTIVE_SAMPLERS,
+    Objective,
+    PlateauConfig,
+    StopConfig,
+    check_objectives,
+    domain_contains,
+    on_grid,
+)
+from raytune_ft.config._sections import (
     INTEGER_DOMAINS,
     INTEGER_FIELDS,
+    LORA_ALL_LINEAR,
+    MODEL_DOMAINS,
     MODEL_SEARCH_KEYS,
     PER_EXPERIMENT,
-    REPORTED_METRICS,
     SCHEDULES,
-    TASK_ALIASES,
     BatchPhases,
-    DataConfig,
-    ExperimentConfig,
     ModelConfig,
     ResourcesConfig,
     RunConfig,
@@ -37,29 +47,17 @@ from raytune_ft.config._schema import (
     evaluation_count,
     per_experiment_settings,
 )
-from raytune_ft.config._space import DISTRIBUTIONS, LOG_SCALED, Domain, parse_domain
-from raytune_ft.config._tracking import MlflowConfig, TrackingConfig, WandbConfig
-from raytune_ft.config._validate import (
-    apply_override,
-    load_config,
-    model_options,
-    narrow_model_search,
-    searches_model,
-    trial_hyperparameters,
-    trial_model,
-    validate_config,
-)
+from raytune_ft.config._space import DISTRIBUTIONS, LOG_SCALED, Domain, did_you_mean, parse_domain
+from raytune_ft.config._yaml import apply_override, read_yaml
 
 __all__ = [
-    "DISTRIBUTIONS", "FIXED_IN_AN_EPOCH", "FIXED_IN_A_TRIAL", "GLUE_TASK_NAMES",
-    "INTEGER_DOMAINS", "INTEGER_FIELDS", "LOG_SCALED", "MODEL_SEARCH_KEYS", "PER_EXPERIMENT",
-    "REPORTED_METRICS",
-    "SCHEDULER_CLASSES", "SCHEDULER_CONFIGS", "SCHEDULER_TYPES", "SCHEDULES", "TASK_ALIASES",
-    "AshaConfig", "BatchPhases", "DataConfig",
-    "Domain", "ExperimentConfig", "FifoConfig", "HyperbandConfig", "ModelConfig", "PbtConfig",
-    "MlflowConfig", "ResourcesConfig", "RunConfig", "SchedulerConfig", "SearchAlgConfig",
-    "TrackingConfig", "TrainConfig", "WandbConfig",
-    "apply_override", "check_batch_phases", "evaluation_count", "load_config", "parse_domain",
-    "model_options", "narrow_model_search", "per_experiment_settings", "searches_model",
-    "trial_hyperparameters", "trial_model", "validate_config",
+    "DISTRIBUTIONS", "INTEGER_DOMAINS", "INTEGER_FIELDS", "LOG_SCALED", "LORA_ALL_LINEAR",
+    "MODEL_DOMAINS", "MODEL_SEARCH_KEYS", "OPTUNA_PIP", "PER_EXPERIMENT", "SAMPLERS",
+    "SAMPLER_PACKAGES", "SCHEDULES", "SINGLE_OBJECTIVE_SAMPLERS",
+    "BatchPhases", "ComponentKind", "DataSettings", "Domain", "ModelConfig", "Objective",
+    "PlateauConfig", "ResourcesConfig", "RunConfig", "SchedulerSettings", "SearchAlgConfig",
+    "StopConfig", "Strict", "TrackerSettings", "TrainConfig",
+    "apply_override", "check_batch_phases", "check_objectives", "component_union",
+    "did_you_mean", "domain_contains", "evaluation_count", "load_entries", "on_grid",
+    "one_line", "parse_domain", "per_experiment_settings", "read_yaml",
 ]

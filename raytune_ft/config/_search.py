@@ -1,7 +1,7 @@
 """What a search aims at and when it ends: objectives, Optuna's samplers, warm-start points,
 and the rules that stop the whole search (`run.stop`). No torch, no Ray.
 
-Which combinations work (checked by `check_search`):
+Which combinations work (checked by `raytune_ft.schema` once the experiment is assembled):
 - several objectives need a searcher that can weigh them: `optuna` (any sampler but
   `cmaes`, which Optuna runs single-objective only), or `random`/`grid` (which weigh
   nothing; analysis still marks the Pareto front); hyperopt's `tpe` takes one metric;
@@ -10,16 +10,12 @@ Which combinations work (checked by `check_search`):
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from raytune_ft.config._base import _Strict
-
-if TYPE_CHECKING:
-    from raytune_ft.config._schema import ExperimentConfig
+from raytune_ft.config._base import Strict
 
 SAMPLERS = ("tpe", "gp", "cmaes", "nsga2", "random", "qmc")
 SINGLE_OBJECTIVE_SAMPLERS = ("cmaes",)
@@ -30,20 +26,20 @@ SAMPLER_PACKAGES = {"cmaes": ("cmaes", "pip install cmaes"),
 OPTUNA_PIP = "pip install 'raytune_ft[optuna]'"
 
 
-class Objective(_Strict):
+class Objective(Strict):
     metric: str  # any reported metric, deployment figures included (latency_ms_b1, ...)
     mode: Literal["max", "min"]
 
 
-class PlateauConfig(_Strict):
+class PlateauConfig(Strict):
     patience: int = Field(gt=0)  # finished trials in a row that did not improve the best
     min_delta: float = Field(0.0, ge=0)  # smaller gains of the best do not count
 
 
-class StopConfig(_Strict):
+class StopConfig(Strict):
     """Rules that end the whole search early; the first objective is the one watched."""
 
-    plateau: PlateauConfig | None = None
+    plateau: PlateauConfig | None = None  # stop once the best stops improving
     max_device_hours: float | None = Field(None, gt=0)  # wall x (GPUs or CPUs) per trial
     target: float | None = None  # stop once a trial reports this value (or better)
 
@@ -68,85 +64,6 @@ def check_objectives(objectives: list[Objective], metric: str, mode: str,
         raise ValueError(f"metric: {metric!r} ({mode}) must be the first objective "
                          f"({objectives[0].metric!r}, {objectives[0].mode}); schedulers watch "
                          "it (leave metric and mode out to take it from objectives)")
-
-
-def check_search(config: ExperimentConfig) -> None:
-    """The searcher's settings against the objectives and the search space."""
-    alg = config.search_alg
-    if alg.type != "optuna":
-        for key in ("sampler", "multivariate"):
-            if getattr(alg, key) is not None:
-                raise ValueError(f"search_alg.{key}: only with search_alg.type: optuna "
-                                 f"(got type {alg.type!r})")
-    _check_population(config)
-    objectives = config.objective_list()
-    if len(objectives) > 1 and alg.type == "tpe":
-        raise ValueError(f"objectives: {len(objectives)} objectives, but search_alg.type "
-                         "'tpe' (hyperopt) optimises one metric; use search_alg.type: optuna "
-                         "(sampler tpe, gp, nsga2, random or qmc), or a single objective")
-    if alg.type == "optuna":
-        _check_optuna(config, len(objectives))
-    for i, point in enumerate(alg.points_to_evaluate):
-        _check_point(config, i, point)
-
-
-def _check_population(config: ExperimentConfig) -> None:
-    """PBT and PB2 choose and mutate configurations themselves: Ray's
-    `PopulationBasedTraining` refuses a searcher when the first trial is added (a
-    traceback after the experiment folder is laid out), so refuse it here."""
-    from raytune_ft.config._schedulers import PbtConfig
-
-    alg = config.search_alg
-    if isinstance(config.scheduler, PbtConfig) and alg.type in ("tpe", "optuna"):
-        raise ValueError(f"search_alg.type: {alg.type!r} cannot drive scheduler.type "
-                         f"{config.scheduler.type!r}, which picks and mutates its own "
-                         "configurations; use search_alg.type random or grid with it")
-
-
-def _check_optuna(config: ExperimentConfig, n_objectives: int) -> None:
-    alg = config.search_alg
-    if importlib.util.find_spec("optuna") is None:
-        raise ValueError(f"search_alg.type: optuna needs the optuna package: {OPTUNA_PIP}")
-    sampler = alg.sampler or "tpe"
-    if sampler in SAMPLER_PACKAGES:
-        module, pip = SAMPLER_PACKAGES[sampler]
-        if importlib.util.find_spec(module) is None:
-            raise ValueError(f"search_alg.sampler: {sampler} needs the {module} package: "
-                             f"{pip}")
-    if n_objectives > 1 and sampler in SINGLE_OBJECTIVE_SAMPLERS:
-        raise ValueError(f"search_alg.sampler: {sampler} optimises one objective, but "
-                         f"{n_objectives} are set; use tpe, gp, nsga2, random or qmc")
-    if alg.multivariate is not None and sampler != "tpe":
-        raise ValueError(f"search_alg.multivariate: only with sampler tpe (got sampler "
-                         f"{sampler!r})")
-    logq = [key for key, domain in config.space().items() if domain.kind == "qloguniform"]
-    if logq:  # Optuna's FloatDistribution cannot combine log and step (Ray drops the q)
-        raise ValueError(f"search.{logq[0]}: qloguniform cannot be searched by Optuna (its "
-                         "log-scale distributions take no step q); use loguniform, or "
-                         "quniform")
-    grids = [key for key, domain in config.space().items() if domain.kind == "grid"]
-    if grids:
-        raise ValueError(f"search.{grids[0]}: grid cannot be searched by Optuna; use choice, "
-                         "or search_alg.type: grid")
-
-
-def _check_point(config: ExperimentConfig, i: int, point: dict[str, Any]) -> None:
-    """A starting point sets every searched key to a value its domain can produce."""
-    space = config.space()
-    where = f"search_alg.points_to_evaluate.{i}"
-    for key in point:
-        if key not in space:
-            raise ValueError(f"{where}.{key}: not searched; searched keys: "
-                             f"{', '.join(space) or 'none'}")
-    for key, domain in space.items():
-        if domain.kind == "constant":
-            continue
-        if key not in point:
-            raise ValueError(f"{where}: {key} is missing; a point sets every searched key "
-                             f"({', '.join(k for k, d in space.items() if d.kind != 'constant')})")
-        if not domain_contains(domain, point[key]):
-            raise ValueError(f"{where}.{key}: {point[key]!r} is outside search.{key} "
-                             f"({domain.kind} {list(domain.args)})")
 
 
 def domain_contains(domain, value: Any) -> bool:

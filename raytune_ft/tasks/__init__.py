@@ -1,233 +1,85 @@
-"""Tasks: what one kind of problem needs, so that the loop and the tuner need nothing more.
+"""The task registry: one module per kind of problem, each defining `TASK` (a `Task`) with its
+own `data:` settings class. `data.kind` chooses the task; the first registered one reads the
+data when `kind` is left out (or the one listing the named `data.task` dataset).
 
-A task (sequence classification today; token and image classification fit the same
-interface; `data.kind` chooses one for the user's files) reads its splits and encodes them
-once in the driver into flat numpy arrays (the `DataBundle` Ray's object store shares with
-every trial), collates a batch of sample indices, builds its model, computes its loss summed
-over its units (examples, or labelled tokens), turns evaluation outputs into its metrics
-(each with its direction and worst value), and says what an exported model card shows.
-
-Adding a task is one module that defines `TASK` (a `Task`) and one line in `TASKS`. The config
-imports this registry for dataset and metric names, so task modules import torch,
-transformers, pandas and scikit-learn inside their methods, never at the top.
+Adding a task is one module defining `TASK` and its line below. Reading the registry imports
+no torch and no Ray (task modules import them inside their methods).
 """
 
 from __future__ import annotations
 
-import abc
-import importlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
+from typing import Any
 
+from raytune_ft.config import ComponentKind, DataSettings, component_union, load_entries
 from raytune_ft.errors import ConfigError
-from raytune_ft.training.metrics import WORST_LOSS
+from raytune_ft.tasks._base import DataBundle, Metric, Task, label_list, summed_cross_entropy
 
-if TYPE_CHECKING:
-    import numpy as np
-    import torch
+__all__ = ["TASKS", "DataBundle", "Metric", "Task", "canonical_dataset", "dataset_names",
+           "default_metrics", "get_task", "kind_of", "label_list", "settings_union",
+           "summed_cross_entropy", "task_for", "task_metrics"]
 
-    from raytune_ft.config import DataConfig
-
-# task name -> module defining TASK; the first is the one data files are read with.
-TASKS: dict[str, str] = {
-    "sequence_classification": "raytune_ft.tasks.sequence_classification",
-    "token_classification": "raytune_ft.tasks.token_classification",
-    "image_classification": "raytune_ft.tasks.image_classification",
-}
-
-
-@dataclass(frozen=True)
-class Metric:
-    """An `eval_` metric a task reports: which way is better, and its worst finite value,
-    which a diverged trial reports in its place so schedulers keep ranking it."""
-
-    name: str
-    mode: Literal["max", "min"]
-    worst: float
-
-
-class Split(Protocol):
-    """An encoded split: its examples are numbered 0..len-1."""
-
-    def __len__(self) -> int: ...
-
-    @property
-    def lengths(self) -> np.ndarray: ...  # per example; batches group by it (1 per image)
-
-
-@dataclass
-class DataBundle:
-    """What the driver hands every trial through the object store."""
-
-    train: Split
-    eval: Split
-    label_names: list[str]
-    pad_token_id: int  # what text tasks pad token ids with (unused by others)
-    task: str  # the data's name: GLUE task or the train file's name
-    metrics: list[str]  # what a trial reports for this data (eval_loss included), in order
-    kind: str  # the TASKS key of the task that encoded it and trains on it
-
-
-class Task(abc.ABC):
-    """One kind of problem. The loop calls, per micro-batch: `collate` (on the host),
-    `forward` (under autocast), `loss` (summed over the micro-batch, in fp32, so gradient
-    accumulation stays exact); per evaluation: `predict` on every eval batch, then
-    `compute_metrics` once."""
-
-    name: ClassVar[str]  # its TASKS key
-    metrics: ClassVar[tuple[Metric, ...]]  # every eval metric it can report, but eval_loss
-    datasets: ClassVar[tuple[str, ...]] = ()  # lowercase names `data.task` may give
-    aliases: ClassVar[dict[str, str]] = {}  # other spellings of those names
-    default_metric: ClassVar[dict[str, str]] = {}  # dataset -> metric tuned without `metric:`
-    primary_metric: ClassVar[str] = "eval_accuracy"  # tuned without `metric:` (user's files)
-    data_fields: ClassVar[tuple[str, ...]] = ()  # `data.` fields only this kind of task reads
-    pipeline_tag: ClassVar[str]  # the exported model card's Hub pipeline
-    auto_class: ClassVar[str]  # the transformers Auto class that loads the exported model
-
-    # ------------------------------------------------------------------ driver
-
-    @abc.abstractmethod
-    def load_data(self, data: DataConfig, model_path: str, max_length: int) -> DataBundle:
-        """Read, subset and encode both splits once; `metrics` holds what a trial reports."""
-
-    def describe(self, bundle: DataBundle) -> list[tuple[str, str]]:
-        """(name, text) lines the run header shows about this data (e.g. the labels)."""
-        return []
-
-    def warnings(self, bundle: DataBundle, data: DataConfig) -> list[str]:
-        """What makes this data unlike what the settings suggest (the run header says so)."""
-        return []
-
-    def check_data(self, data: DataConfig) -> None:
-        """Refuse `data` settings this task cannot read, at validation (no file is opened):
-        raise ValueError with a one-line message naming the field and what is allowed."""
-        return None
-
-    def check_metric(self, metric: str, bundle: DataBundle, data: DataConfig) -> None:
-        """Refuse an experiment metric this data never reports, before Ray starts."""
-        if metric.startswith("eval_") and metric not in bundle.metrics:
-            raise ConfigError(f"metric: {metric!r} is not reported for {bundle.task}; "
-                              f"reported: {', '.join(bundle.metrics)}")
-
-    # ------------------------------------------------------------------ trial
-
-    @abc.abstractmethod
-    def load_model(self, path: str, label_names: list[str], seed: int) -> torch.nn.Module:
-        """The pretrained body with a head for `label_names`: fresh from `seed`, or the
-        folder's own with its rows mapped by label name where its labels are these."""
-
-    @abc.abstractmethod
-    def collate(self, data: DataBundle, split: Split, indices: np.ndarray
-                ) -> dict[str, torch.Tensor]:
-        """The examples at `indices` as host tensors, padded per batch; targets included."""
-
-    @abc.abstractmethod
-    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
-        """The model's outputs for a collated batch (on the device)."""
-
-    @abc.abstractmethod
-    def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0
-             ) -> torch.Tensor:
-        """The batch's loss summed over its loss units (not a mean), as an fp32 scalar; the
-        loop passes `train.label_smoothing` on training steps and 0.0 at evaluation."""
-
-    def loss_units(self, batch: dict[str, torch.Tensor]) -> int:
-        """What `loss` sums over in a collated batch: its examples (a tagging task: its
-        labelled tokens). A step divides the summed loss of all its micro-batches by their
-        units, so accumulation gives the whole batch's gradient however units fall."""
-        return len(next(iter(batch.values())))
-
-    @abc.abstractmethod
-    def predict(self, outputs: Any, batch: dict[str, torch.Tensor]) -> Any:
-        """What `compute_metrics` needs of one eval batch, on the host."""
-
-    @abc.abstractmethod
-    def compute_metrics(self, data: DataBundle, predictions: list[tuple[np.ndarray, Any]]
-                        ) -> dict[str, float]:
-        """The eval metrics from (indices, `predict` output) of every eval batch."""
-
-    def worst(self, metric: str) -> float:
-        """The worst finite value of a reported metric (losses: `WORST_LOSS`)."""
-        return next((m.worst for m in self.metrics if m.name == metric), WORST_LOSS)
-
-    # ------------------------------------------------------------------ export
-
-    @abc.abstractmethod
-    def save_processor(self, model_path: str, out: str, max_length: int) -> None:
-        """Write the tokenizer (or image processor) the exported model is used with."""
-
-    def card_input(self, config: Any) -> list[str]:
-        """The model card's Data lines about the model's input (text: its max length)."""
-        return [f"- max length: {config.model.max_length} tokens"]
-
-    @abc.abstractmethod
-    def usage(self) -> list[str]:
-        """Python lines that load the exported folder, for its model card."""
-
-
-def label_list(names: list[str], shown: int = 20) -> str:
-    """"0 -> 'neg', 1 -> 'pos'" for the run header, the first `shown` labels."""
-    text = ", ".join(f"{i} -> {name!r}" for i, name in enumerate(names[:shown]))
-    return text + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
-
-
-def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
-                         label_smoothing: float = 0.0, **kwargs) -> torch.Tensor:
-    """Cross-entropy summed over examples (or positions), in fp32: what `Task.loss` returns
-    for a classification head."""
-    import torch
-
-    return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum",
-                                             label_smoothing=label_smoothing, **kwargs)
+# data.kind -> its module's TASK; one line per task, the first reads data without a kind
+TASKS: dict[str, Task] = load_entries(__name__, "TASK", (
+    "sequence_classification",
+    "token_classification",
+    "image_classification",
+))
 
 
 def get_task(name: str) -> Task:
     if name not in TASKS:
-        raise ConfigError(f"task {name!r} is not registered; registered: {', '.join(TASKS)}")
-    return importlib.import_module(TASKS[name]).TASK
+        raise ConfigError(f"data.kind: {name!r} is not a registered task; registered: "
+                          f"{', '.join(TASKS)}")
+    return TASKS[name]
 
 
-def all_tasks() -> list[Task]:
-    return [get_task(name) for name in TASKS]
+def task_for(data: DataSettings) -> Task:
+    """The task that reads `data` (its settings say which)."""
+    return get_task(data.kind)
 
 
 def canonical_dataset(name: str) -> str:
     """A dataset name as the tasks list it: lowercase, aliases resolved."""
-    return dataset_aliases().get(name.lower(), name.lower())
+    aliases = {alias: real for task in TASKS.values() for alias, real in task.aliases.items()}
+    return aliases.get(name.lower(), name.lower())
 
 
-def task_for(data: DataConfig) -> Task:
-    """The task that reads `data`: `data.kind` where set, else the one listing `data.task`
-    among its datasets, else the first registered (text sequence classification)."""
-    if data.kind is not None:
-        return get_task(data.kind)
-    if data.task is not None:
-        name = canonical_dataset(data.task)
-        for task in all_tasks():
-            if name in task.datasets:
-                return task
-    return get_task(next(iter(TASKS)))
+def kind_of(section: dict) -> str:
+    """The task of a raw `data:` section: its `kind`, else the one listing its named dataset,
+    else the first registered."""
+    if section.get("kind") is not None:
+        return section["kind"]
+    dataset = section.get("task")
+    if isinstance(dataset, str):
+        for name, task in TASKS.items():
+            if canonical_dataset(dataset) in task.datasets:
+                return name
+    return next(iter(TASKS))
+
+
+def settings_union() -> Any:
+    """The `data:` section of the experiment: one settings class per task, told apart by
+    `kind` (or by `_kind_of` where it is left out)."""
+    return component_union({name: task.settings for name, task in TASKS.items()},
+                           ComponentKind("kind", "task", default=kind_of))
 
 
 def dataset_names() -> tuple[str, ...]:
     """Every dataset the registered tasks read by name, in registry order."""
-    return tuple(name for task in all_tasks() for name in task.datasets)
-
-
-def dataset_aliases() -> dict[str, str]:
-    return {alias: name for task in all_tasks() for alias, name in task.aliases.items()}
+    return tuple(name for task in TASKS.values() for name in task.datasets)
 
 
 def default_metrics() -> dict[str, str]:
     """Dataset -> the metric an experiment tunes when it names none (CoLA: eval_mcc)."""
-    return {name: metric for task in all_tasks() for name, metric in task.default_metric.items()}
+    return {name: metric for task in TASKS.values()
+            for name, metric in task.default_metric.items()}
 
 
 def task_metrics() -> tuple[Metric, ...]:
     """Every eval metric a registered task can report (eval_loss aside), each once, in
     registry and declaration order."""
     seen: dict[str, Metric] = {}
-    for task in all_tasks():
+    for task in TASKS.values():
         for metric in task.metrics:
             seen.setdefault(metric.name, metric)
     return tuple(seen.values())

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from raytune_ft.errors import DataError
 
 if TYPE_CHECKING:
-    from raytune_ft.config import DataConfig
+    from raytune_ft.config import DataSettings
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def canonical_task(name: str) -> str:
     return key
 
 
-def glue_folder(cfg: DataConfig, task: GlueTask) -> Path | None:
+def glue_folder(cfg: DataSettings, task: GlueTask) -> Path | None:
     """The folder holding the task's TSVs, or None to read from the hub."""
     root = cfg.path or os.environ.get("RAYTUNE_FT_DATA_DIR")
     if root is None:

@@ -21,7 +21,7 @@ from raytune_ft.errors import DataError
 from raytune_ft.tasks._glue import GLUE_TASKS, GlueTask, canonical_task, glue_folder
 
 if TYPE_CHECKING:
-    from raytune_ft.config import DataConfig
+    from raytune_ft.config import DataSettings
 
 
 @dataclass
@@ -32,7 +32,7 @@ class TextSplit:
     labels: np.ndarray
 
 
-def read_splits(cfg: DataConfig) -> tuple[TextSplit, TextSplit, list[str]]:
+def read_splits(cfg: DataSettings) -> tuple[TextSplit, TextSplit, list[str]]:
     """Read train and eval text with integer labels, and the label names."""
     if cfg.train_file is not None:
         tables = (_read_table(cfg.train_file, "data.train_file"),

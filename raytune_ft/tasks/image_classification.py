@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from pydantic import Field, model_validator
 
+from raytune_ft.config import DataSettings
 from raytune_ft.errors import ConfigError, ModelError
-from raytune_ft.tasks import DataBundle, Metric, Task, label_list, summed_cross_entropy
+from raytune_ft.tasks._base import DataBundle, Metric, Task, label_list, summed_cross_entropy
 from raytune_ft.tasks._images import (
     SIXTEEN_BIT,
     ImageItem,
@@ -36,9 +38,37 @@ from raytune_ft.tasks._images import (
 if TYPE_CHECKING:
     import torch
 
-    from raytune_ft.config import DataConfig
 
 log = logging.getLogger(__name__)
+
+
+class ImageData(DataSettings):
+    """ImageFolder trees (<class>/<image>) or tables whose image_column holds a path
+    (relative to the file) or the encoded bytes, and whose label_column names the class."""
+
+    kind: Literal["image_classification"] = "image_classification"
+    image_column: str | None = None  # tables: the image's path or bytes
+    label_column: str | None = None  # tables: the class
+    random_crop_scale: float | None = Field(None, gt=0, le=1)  # least area of a random crop
+    horizontal_flip: bool = False  # flip half the training images (off for digits, text)
+    max_object_store_mb: float = Field(2048, gt=0)  # refuse encoded splits larger than this
+
+    @model_validator(mode="after")
+    def _files(self) -> ImageData:
+        import importlib.util
+
+        if importlib.util.find_spec("PIL") is None:
+            raise ValueError("data.kind image_classification needs Pillow to read images: "
+                             "pip install 'raytune-ft[images]'")
+        if self.train_file is None:
+            raise ValueError("data.train_file and data.eval_file are required with data.kind "
+                             "image_classification (ImageFolder directories or tables)")
+        tables = [p for p in (self.train_file, self.eval_file)
+                  if Path(p).suffix.lower() in (".csv", ".jsonl", ".parquet")]
+        if tables and (self.image_column is None or self.label_column is None):
+            raise ValueError(f"data.image_column and data.label_column are required with a "
+                             f"table of images ({tables[0]})")
+        return self
 ENCODE_CHUNK = 256  # images decoded and resized at once in the driver
 MB = 2**20
 
@@ -76,10 +106,10 @@ def load_processor(path: str):
     try:
         return AutoImageProcessor.from_pretrained(path)
     except (OSError, ValueError) as error:
-        from raytune_ft.training.model import _why
+        from raytune_ft.training.model import load_failure
 
         raise ModelError(f"model.name: cannot load an image processor from {path!r} "
-                         f"(preprocessor_config.json): {_why(path, error)}") from None
+                         f"(preprocessor_config.json): {load_failure(path, error)}") from None
 
 
 def channels(path: str) -> int:
@@ -140,7 +170,7 @@ def _subset(items: list[ImageItem], limit: int | None, seed: int) -> list[ImageI
     return [items[i] for i in keep]
 
 
-def build_splits(data: DataConfig, model_path: str) -> tuple[ImageSplit, ImageSplit, list[str]]:
+def build_splits(data: ImageData, model_path: str) -> tuple[ImageSplit, ImageSplit, list[str]]:
     processor = load_processor(model_path)
     mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels(model_path))
     if mode is None:
@@ -258,37 +288,21 @@ def image_metrics(top: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[
 
 class ImageClassification(Task):
     name = "image_classification"
-    data_fields = ("image_column", "random_crop_scale", "horizontal_flip", "max_object_store_mb")
+    settings = ImageData
+    example = {"kind": "image_classification", "train_file": "images/train",
+               "eval_file": "images/val"}
     metrics = (Metric("eval_accuracy", "max", 0.0), Metric("eval_top5", "max", 0.0),
                Metric("eval_macro_f1", "max", 0.0))
     pipeline_tag = "image-classification"
     auto_class = "AutoModelForImageClassification"
 
-    def load_data(self, data: DataConfig, model_path: str, max_length: int) -> DataBundle:
+    def load_data(self, data: ImageData, model_path: str, max_length: int) -> DataBundle:
         train, dev, names = build_splits(data, model_path)
         reported = ["eval_accuracy", "eval_loss", "eval_macro_f1"]
         if len(names) > 5:
             reported.append("eval_top5")
         return DataBundle(train, dev, names, 0, data_name(data.train_file), reported,
                           self.name)
-
-    def check_data(self, data: DataConfig) -> None:
-        import importlib.util
-
-        if importlib.util.find_spec("PIL") is None:
-            raise ValueError("data.kind image_classification needs Pillow to read images: "
-                             "pip install 'raytune-ft[images]'")
-        if data.train_file is None:
-            raise ValueError("data.train_file and data.eval_file are required with data.kind "
-                             "image_classification (ImageFolder directories or tables)")
-        tables = [p for p in (data.train_file, data.eval_file)
-                  if Path(p).suffix.lower() in (".csv", ".jsonl", ".parquet")]
-        if tables and (data.image_column is None or data.label_column is None):
-            raise ValueError(f"data.image_column and data.label_column are required with a "
-                             f"table of images ({tables[0]})")
-        if data.text_columns:
-            raise ValueError("data.text_columns: images have no text columns; "
-                             "use data.image_column")
 
     def describe(self, bundle: DataBundle, shown: int = 20) -> list[tuple[str, str]]:
         labels = label_list(bundle.label_names, shown)
@@ -309,7 +323,7 @@ class ImageClassification(Task):
             lines.append(("modes", converted))
         return lines
 
-    def warnings(self, bundle: DataBundle, data: DataConfig) -> list[str]:
+    def warnings(self, bundle: DataBundle, data: ImageData) -> list[str]:
         counts = np.bincount(bundle.train.labels, minlength=len(bundle.label_names))
         empty = [repr(name) for i, name in enumerate(bundle.label_names) if not counts[i]]
         if empty:  # only a subset can leave a class without examples

@@ -13,12 +13,14 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from pydantic import model_validator
 
+from raytune_ft.config import DataSettings, did_you_mean
 from raytune_ft.errors import ConfigError
-from raytune_ft.tasks import DataBundle, Metric, Task, label_list, summed_cross_entropy
+from raytune_ft.tasks._base import DataBundle, Metric, Task, label_list, summed_cross_entropy
 from raytune_ft.tasks._glue import (
     GLUE_ALIASES,
     GLUE_DEFAULT_METRICS,
@@ -30,10 +32,46 @@ from raytune_ft.tasks._glue import (
 if TYPE_CHECKING:
     import torch
 
-    from raytune_ft.config import DataConfig
     from raytune_ft.tasks._tables import TextSplit
 
 log = logging.getLogger(__name__)
+
+
+class SequenceData(DataSettings):
+    """A GLUE task by name, or the user's table of texts and labels."""
+
+    kind: Literal["sequence_classification"] = "sequence_classification"
+    task: str | None = None  # GLUE task (mrpc, sst2, rte, cola, qnli, qqp, mnli); None = files
+    path: str | None = None  # folder of GLUE TSVs; default $RAYTUNE_FT_DATA_DIR, else the hub
+    text_columns: list[str] | None = None  # with train_file: one column (single sentence)
+    #                                        or two (pairs) of a CSV/TSV/JSONL/Parquet file
+    label_column: str | None = None  # with train_file: the column of labels
+
+    @property
+    def source(self) -> str:
+        return self.task or str(self.train_file)
+
+    @model_validator(mode="after")
+    def _task_or_files(self) -> SequenceData:
+        if self.task is not None and GLUE_ALIASES.get(self.task.lower(),
+                                                      self.task.lower()) not in GLUE_TASKS:
+            hint = did_you_mean(self.task.lower(), tuple(GLUE_TASKS))
+            regression = " (a regression task, not supported yet)" if self.task.lower() in (
+                "stsb", "sts-b") else ""
+            raise ValueError(f"data.task: {self.task!r} is not a supported GLUE task"
+                             f"{regression}{hint}; allowed: {', '.join(GLUE_TASKS)}")
+        if self.task is None and self.train_file is None:
+            raise ValueError("set data.task (a named dataset) or data.train_file (the user's "
+                             "training data)")
+        if self.train_file is None:
+            return self
+        if not self.text_columns or self.label_column is None:
+            raise ValueError("data.text_columns and data.label_column are required with "
+                             "data.train_file")
+        if len(self.text_columns) > 2:
+            raise ValueError(f"data.text_columns has {len(self.text_columns)} columns, "
+                             "allowed: 1 or 2")
+        return self
 
 
 @dataclass
@@ -96,7 +134,7 @@ def _encode(texts: list[list[str]], tokenizer, max_length: int, progress_above: 
     return encoded
 
 
-def build_bundle(cfg: DataConfig, tokenizer, max_length: int) -> DataBundle:
+def build_bundle(cfg: SequenceData, tokenizer, max_length: int) -> DataBundle:
     """Read, subset and tokenize both splits: the driver's one-time data work."""
     from raytune_ft.tasks._tables import read_splits, subset
 
@@ -166,7 +204,8 @@ def load_model(path: str, label_names: list[str], seed: int) -> torch.nn.Module:
 
 class SequenceClassification(Task):
     name = "sequence_classification"
-    data_fields = ("text_columns",)
+    settings = SequenceData
+    example = {"task": "sst2"}
     metrics = (Metric("eval_accuracy", "max", 0.0), Metric("eval_f1", "max", 0.0),
                Metric("eval_mcc", "max", -1.0))
     datasets = tuple(GLUE_TASKS)
@@ -175,7 +214,7 @@ class SequenceClassification(Task):
     pipeline_tag = "text-classification"
     auto_class = "AutoModelForSequenceClassification"
 
-    def load_data(self, data: DataConfig, model_path: str, max_length: int) -> DataBundle:
+    def load_data(self, data: SequenceData, model_path: str, max_length: int) -> DataBundle:
         """Tokenize with the model's tokenizer, and refuse a tokenizer that cannot be it."""
         from raytune_ft.training.model import check_tokenizer, load_tokenizer
 
@@ -183,16 +222,6 @@ class SequenceClassification(Task):
         bundle = build_bundle(data, tokenizer, max_length)
         check_tokenizer(tokenizer, model_path, bundle.train)
         return bundle
-
-    def check_data(self, data: DataConfig) -> None:
-        if data.train_file is None:
-            return
-        if not data.text_columns or data.label_column is None:
-            raise ValueError("data.text_columns and data.label_column are required with "
-                             "data.train_file")
-        if len(data.text_columns) > 2:
-            raise ValueError(f"data.text_columns has {len(data.text_columns)} columns, "
-                             "allowed: 1 or 2")
 
     def describe(self, bundle: DataBundle, shown: int = 20) -> list[tuple[str, str]]:
         """id -> label, and which label F1 counts as positive (label id 1) where reported."""
@@ -202,7 +231,7 @@ class SequenceClassification(Task):
             text += f"; eval_f1 counts 1 -> {names[1]!r} as the positive class"
         return [("labels", text)]
 
-    def warnings(self, bundle: DataBundle, data: DataConfig) -> list[str]:
+    def warnings(self, bundle: DataBundle, data: SequenceData) -> list[str]:
         """A label that no training example has."""
         counts = np.bincount(bundle.train.labels, minlength=len(bundle.label_names))
         empty = [f"{i} -> {name!r}" for i, name in enumerate(bundle.label_names)
@@ -213,7 +242,7 @@ class SequenceClassification(Task):
         why = f" (data.max_train_samples {subset} left none)" if subset else ""
         return [f"no training example has label(s) {', '.join(empty)}{why}"]
 
-    def check_metric(self, metric: str, bundle: DataBundle, data: DataConfig) -> None:
+    def check_metric(self, metric: str, bundle: DataBundle, data: SequenceData) -> None:
         if metric.startswith("eval_") and metric not in bundle.metrics:
             glue = "; GLUE reports F1 for MRPC and QQP only" if data.task else ""
             raise ConfigError(f"metric: {metric!r} is not reported for {bundle.task} "

@@ -29,20 +29,51 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from pydantic import model_validator
 
+import raytune_ft.tasks._conll as _conll
+from raytune_ft.config import DataSettings
 from raytune_ft.errors import ConfigError, ModelError
-from raytune_ft.tasks import DataBundle, Metric, Task, label_list, summed_cross_entropy
+from raytune_ft.tasks._base import DataBundle, Metric, Task, label_list, summed_cross_entropy
+from raytune_ft.tasks._conll import check_tag_column, file_format
 from raytune_ft.tasks._tagged import IGNORE, UNSCORED, TaggedSplit, collate, encode, passes
 
 if TYPE_CHECKING:
     import torch
 
-    from raytune_ft.config import DataConfig
 
 log = logging.getLogger(__name__)
+
+
+class TokenData(DataSettings):
+    """Tagged sentences: CoNLL-U, CoNLL-2003 columns, or JSONL/Parquet lists of words and
+    tags (train_file and eval_file are required)."""
+
+    kind: Literal["token_classification"] = "token_classification"
+    format: Literal["conllu", "conll", "table"] | None = None  # None: by suffix (.conllu,
+    #   .jsonl/.json/.parquet: table; others: conll = CoNLL-2003 columns, tag last)
+    tag_column: str | None = None  # conllu: upos (default), xpos, misc:KEY; table: tag lists
+    tokens_column: str | None = None  # table: the column of word lists
+    label_names: list[str] | None = None  # the tag set in id order; None: train's, sorted
+    label_all_subtokens: bool = False  # False: a word's first sub-token carries its tag
+
+    @model_validator(mode="after")
+    def _files(self) -> TokenData:
+        if self.train_file is None:
+            raise ValueError("data.train_file is required with data.kind token_classification "
+                             "(CoNLL-U, CoNLL-2003 columns, or JSONL/Parquet word lists)")
+        fmt = file_format(self.train_file, self.format)
+        if file_format(self.eval_file, self.format) != fmt:
+            raise ValueError(f"data.eval_file: {self.eval_file} is not a {fmt} file like "
+                             f"data.train_file; set data.format")
+        check_tag_column(fmt, self.tag_column, self.tokens_column)
+        names = self.label_names or []
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.label_names: {names} names a tag twice")
+        return self
 
 ENTITY_TAG = re.compile(r"[BIES]-.+")  # a BIO/BIOES tag: a prefix, a dash, the entity type
 ENTITY_METRICS = ["eval_precision", "eval_recall", "eval_f1"]
@@ -121,32 +152,15 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str
 class TokenClassification(Task):
     name = "token_classification"
     primary_metric = "eval_token_accuracy"
-    data_fields = ("format", "tag_column", "tokens_column", "label_names", "label_all_subtokens")
+    settings = TokenData
+    example = {"kind": "token_classification", "train_file": "train.conllu",
+               "eval_file": "dev.conllu"}
     metrics = (Metric("eval_token_accuracy", "max", 0.0), Metric("eval_f1", "max", 0.0),
                Metric("eval_precision", "max", 0.0), Metric("eval_recall", "max", 0.0))
     pipeline_tag = "token-classification"
     auto_class = "AutoModelForTokenClassification"
 
-    def check_data(self, data: DataConfig) -> None:
-        from raytune_ft.tasks._conll import check_tag_column, file_format
-
-        if data.task is not None or data.train_file is None:
-            raise ValueError("data.train_file is required with data.kind token_classification "
-                             "(CoNLL-U, CoNLL-2003 columns, or JSONL/Parquet word lists)")
-        if data.text_columns is not None or data.label_column is not None:
-            raise ValueError("data.text_columns/label_column: not read by data.kind "
-                             "token_classification; use data.tokens_column and data.tag_column")
-        fmt = file_format(data.train_file, data.format)
-        if file_format(data.eval_file, data.format) != fmt:
-            raise ValueError(f"data.eval_file: {data.eval_file} is not a {fmt} file like "
-                             f"data.train_file; set data.format")
-        check_tag_column(fmt, data.tag_column, data.tokens_column)
-        names = data.label_names or []
-        if len(set(names)) != len(names):
-            raise ValueError(f"data.label_names: {names} names a tag twice")
-
-    def load_data(self, data: DataConfig, model_path: str, max_length: int) -> DataBundle:
-        from raytune_ft.tasks import _conll
+    def load_data(self, data: TokenData, model_path: str, max_length: int) -> DataBundle:
         from raytune_ft.training.model import check_tokenizer
 
         tokenizer = word_tokenizer(model_path)
@@ -183,7 +197,7 @@ class TokenClassification(Task):
                                      f"{bundle.eval.max_length} read in overlapping windows"))
         return lines
 
-    def warnings(self, bundle: DataBundle, data: DataConfig) -> list[str]:
+    def warnings(self, bundle: DataBundle, data: TokenData) -> list[str]:
         """Words cut at max_length or lost by the tokenizer, and tags no training word has."""
         train, dev = bundle.train, bundle.eval
         out = []
@@ -203,7 +217,7 @@ class TokenClassification(Task):
             out.append(f"no training word has tag(s) {', '.join(empty)}")
         return out
 
-    def check_metric(self, metric: str, bundle: DataBundle, data: DataConfig) -> None:
+    def check_metric(self, metric: str, bundle: DataBundle, data: TokenData) -> None:
         if metric.startswith("eval_") and metric not in bundle.metrics:
             why = (" (entity scores need BIO/BIOES tags such as B-PER, I-PER, O)"
                    if metric in ENTITY_METRICS else "")

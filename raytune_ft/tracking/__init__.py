@@ -1,9 +1,10 @@
-"""Experiment trackers: TensorBoard, MLflow, W&B. One module per tracker behind one registry.
+"""Experiment trackers: TensorBoard, MLflow, W&B. The registry: one module per tracker, holding
+its settings class, the package it needs, its Tune callbacks, its end-of-run step and its
+run-header words (`Tracker`).
 
-A tracker is an entry in `TRACKERS`: `callbacks(context)` gives the Tune callbacks the runner
-adds to its `RunConfig` (they run in the driver), `finish(context, end)` runs once the
-analysis tables and report.html are written, and `check(config)` refuses, before Ray starts,
-a setting the tool would refuse at its first log. Adding a tracker is one module and one line.
+Adding a tracker is one module defining `TRACKER` and its line below. The experiment's
+`tracking:` section is assembled from the registry (`settings_model`); reading the registry
+imports no tracker client and no Ray.
 
 Every tracker logs every reported metric against `samples_seen`; a tracker that fails never
 stops a trial (`_guard`: one warning, and `not_logged()` for the end summary); credentials come
@@ -12,105 +13,91 @@ only from the environment.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
+import dataclasses
+import importlib.util
+from typing import Annotated, Any
 
-from raytune_ft.config import ExperimentConfig
+from pydantic import BeforeValidator, Field, create_model, model_validator
+
+from raytune_ft.config import Strict, TrackerSettings, load_entries
+from raytune_ft.tracking._base import End, Tracker, TrackingContext
 from raytune_ft.tracking._guard import not_logged, reset
 
-__all__ = ["TRACKERS", "End", "Tracker", "TrackingContext", "check_tracking", "finish_tracking",
-           "not_logged", "tracking_callbacks"]
+__all__ = ["TRACKERS", "End", "Tracker", "TrackingContext", "check_tracking",
+           "finish_tracking", "not_logged", "settings_model", "tracking_callbacks",
+           "tracking_header"]
+
+# tracking.<name> -> its module's TRACKER; one line per tracker
+TRACKERS: dict[str, Tracker] = load_entries(__name__, "TRACKER", (
+    "tensorboard",
+    "mlflow",
+    "wandb",
+))
 
 
-@dataclass(frozen=True)
-class TrackingContext:
-    config: ExperimentConfig
-    experiment_dir: str  # <storage_path>/<name>: a path or a URI
-    iterations: int  # a full-budget trial's Tune iterations: terminated vs stopped
+class TrackingSection(Strict):
+    """The `tracking:` section: one optional settings entry per registered tracker."""
+
+    def enabled(self) -> list[str]:
+        """The trackers switched on, in registry order (the order they are set up)."""
+        return [name for name in TRACKERS if getattr(self, name) is not None]
+
+    @model_validator(mode="after")
+    def _packages_installed(self) -> TrackingSection:
+        for name in self.enabled():
+            spec = TRACKERS[name]
+            if importlib.util.find_spec(spec.package) is None:
+                raise ValueError(f"tracking.{name}: the {spec.package} package is not "
+                                 f"installed; pip install 'raytune-ft[{spec.extra}]'")
+        return self
 
 
-@dataclass(frozen=True)
-class End:
-    """What the end-of-run step hands each tracker."""
-
-    analysis_dir: Path | None  # the written analysis folder (local), None if the export failed
-    best: tuple[str, float] | None  # (metric, value) of the best trial
-    interrupted: bool
-
-
-@dataclass(frozen=True)
-class Tracker:
-    callbacks: Callable[[TrackingContext], list]
-    finish: Callable[[TrackingContext, End], None] | None = None
-    check: Callable[[ExperimentConfig], None] | None = None  # raises ConfigError
+def settings_model() -> type[TrackingSection]:
+    """The `tracking:` section's model: `<name>: <its settings> | None` per tracker, where
+    `true` stands for the tracker's defaults."""
+    fields: dict[str, Any] = {
+        name: (Annotated[spec.settings | None, BeforeValidator(TrackerSettings.switch)],
+               Field(None, description=_first_line(spec)))
+        for name, spec in TRACKERS.items()}
+    return create_model("TrackingConfig", __base__=TrackingSection, **fields)
 
 
-def _tensorboard(context: TrackingContext) -> list:
-    from raytune_ft.tracking._tensorboard import TensorboardTracker
-
-    return [TensorboardTracker(context.config.metric, context.iterations)]
-
-
-def _mlflow(context: TrackingContext) -> list:
-    from raytune_ft.tracking._common import flat_params
-    from raytune_ft.tracking._mlflow import MlflowTracker, tracking_uri
-
-    config = context.config
-    settings = config.tracking.mlflow
-    return [MlflowTracker(tracking_uri(settings.tracking_uri),
-                          settings.experiment_name or config.name, context.experiment_dir,
-                          context.experiment_dir.rstrip("/").rsplit("/", 1)[-1],
-                          context.iterations, flat_params(config.model_dump(mode="json")))]
+def _first_line(spec: Tracker) -> str:
+    module = importlib.import_module(spec.callbacks.__module__)
+    return (module.__doc__ or "").strip().split(". ")[0].replace("\n", " ")
 
 
-def _mlflow_finish(context: TrackingContext, end: End) -> None:
-    from raytune_ft.tracking._mlflow import finish
-
-    finish(context.experiment_dir, end.analysis_dir, end.best, end.interrupted)
-
-
-def _mlflow_check(config: ExperimentConfig) -> None:
-    from raytune_ft.tracking._mlflow_store import check_store
-
-    check_store(config.tracking.mlflow.tracking_uri)
+def _contexts(tracking: TrackingSection, run: TrackingContext) -> list[tuple[str, Any]]:
+    return [(name, dataclasses.replace(run, settings=getattr(tracking, name)))
+            for name in tracking.enabled()]
 
 
-def _wandb(context: TrackingContext) -> list:
-    from raytune_ft.tracking._wandb import WandbTracker
-
-    settings = context.config.tracking.wandb
-    group = context.experiment_dir.rstrip("/").rsplit("/", 1)[-1]
-    return [WandbTracker(settings.project, group, settings.mode, settings.entity,
-                         context.experiment_dir, context.iterations)]
-
-
-TRACKERS: dict[str, Tracker] = {
-    "tensorboard": Tracker(_tensorboard),
-    "mlflow": Tracker(_mlflow, _mlflow_finish, _mlflow_check),
-    "wandb": Tracker(_wandb),
-}
-
-
-def check_tracking(config: ExperimentConfig) -> None:
+def check_tracking(tracking: TrackingSection) -> None:
     """Every switched-on tracker's settings as its tool will take them (ConfigError)."""
-    for name in config.tracking.enabled():
+    for name in tracking.enabled():
         check = TRACKERS[name].check
         if check is not None:
-            check(config)
+            check(getattr(tracking, name))
 
 
-def tracking_callbacks(context: TrackingContext) -> list:
-    """The Tune callbacks of every tracker the experiment switches on; a clean ledger."""
+def tracking_callbacks(tracking: TrackingSection, run: TrackingContext) -> list:
+    """The Tune callbacks of every tracker `tracking` switches on; a clean ledger. `run`'s
+    settings are each tracker's own."""
     reset()
-    return [callback for name in context.config.tracking.enabled()
+    return [callback for name, context in _contexts(tracking, run)
             for callback in TRACKERS[name].callbacks(context)]
 
 
-def finish_tracking(context: TrackingContext, end: End) -> list[str]:
+def finish_tracking(tracking: TrackingSection, run: TrackingContext, end: End) -> list[str]:
     """The trackers' end-of-run step; returns what was not logged (one line per tracker)."""
-    for name in context.config.tracking.enabled():
+    for name, context in _contexts(tracking, run):
         finish = TRACKERS[name].finish
         if finish is not None:
             finish(context, end)
     return not_logged()
+
+
+def tracking_header(tracking: TrackingSection) -> str:
+    """Where the trackers send the trials (no credentials: those live in the environment)."""
+    return ", ".join(TRACKERS[name].header(getattr(tracking, name))
+                     for name in tracking.enabled())

@@ -23,8 +23,7 @@ from pathlib import Path
 
 from ray import tune
 
-from raytune_ft.experiment import CONFIG_FILE
-from raytune_ft.tracking import _guard
+import raytune_ft.tracking._guard as _guard
 from raytune_ft.tracking._common import (
     Clones,
     clone_source,
@@ -76,8 +75,9 @@ class MlflowTracker(Threaded, tune.Callback):
     tracker = TRACKER
 
     def __init__(self, uri: str | None, experiment_name: str, experiment_dir: str,
-                 run_name: str, iterations: int, params: dict):
+                 run_name: str, iterations: int, params: dict, record_file: str | None = None):
         self.uri = uri
+        self.record_file = record_file  # the experiment record, the parent's artifact
         self.experiment_name = experiment_name
         self.experiment_dir = experiment_dir
         self.run_name = run_name
@@ -138,9 +138,8 @@ class MlflowTracker(Threaded, tune.Callback):
             runs = {"tracking_uri": self.uri, "experiment_id": experiment_id,
                     "parent_run_id": parent.info.run_id, "trials": {}}
             _log_params(client, parent.info.run_id, self.params)
-            record = Path(self.experiment_dir, CONFIG_FILE)
-            if record.is_file():
-                client.log_artifact(parent.info.run_id, str(record))
+            if self.record_file is not None and Path(self.record_file).is_file():
+                client.log_artifact(parent.info.run_id, self.record_file)
             write_runs(self.experiment_dir, TRACKER, runs)
         self._client, self._runs = client, runs
 

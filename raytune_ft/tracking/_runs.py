@@ -20,10 +20,14 @@ import json
 import logging
 import threading
 
-from raytune_ft.experiment import LEGACY_TRACKING_FILE, TRACKING_FILE
 from raytune_ft.storage import read_text, write_text
 
 log = logging.getLogger(__name__)
+
+# In a folder: at a restore Ray copies every top-level *.json and *.pkl into its staging
+# folder and its periodic sync copies them back over the live files (see above).
+TRACKING_FILE = "raytune_ft_tracking/runs.json"
+LEGACY_TRACKING_FILE = "raytune_ft_tracking.json"  # before: read once when resumed
 
 
 def read_runs(experiment_dir: str) -> dict:

@@ -26,8 +26,8 @@ import os
 
 from ray import tune
 
+import raytune_ft.tracking._guard as _guard
 from raytune_ft.storage import is_uri
-from raytune_ft.tracking import _guard
 from raytune_ft.tracking._common import (
     STEP,
     Clones,

@@ -16,14 +16,20 @@ its shortest sample to its longest: with one window per epoch, a length curricul
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 from raytune_ft.plan import accumulation_steps
 
-if TYPE_CHECKING:
-    from raytune_ft.tasks import Split
+
+class Split(Protocol):
+    """An encoded split: its examples are numbered 0..len-1."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def lengths(self) -> np.ndarray: ...  # per example; batches group by it (1 per image)
 
 # Samples per block of similar length. A power of two so that batches of 8-64 taken from a
 # block boundary stay in one block; small enough that a tenth of a 2,000-sample epoch still

@@ -95,7 +95,7 @@ def shipped_model(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     on leaving, so the training model is bit for bit what it was (subtracting the update
     again would not restore fp32 weights exactly).
     """
-    from raytune_ft.training.lora import is_lora
+    from raytune_ft.training.model import is_lora
 
     if not is_lora(model):
         yield model

@@ -24,7 +24,7 @@ diverged; it reports the worst finite value of every metric and its weights are 
 checkpointed. With `keep_diverged` (population-based schedulers) a diverged trial moves to
 the next evaluation point without training (and without waiting there) and reports those worst
 values there, at every point until the budget, so the scheduler can replace it with a clone of
-a healthy trial (tuning/population.py holds it until then); otherwise it ends.
+a healthy trial (schedulers/_rescue.py holds it until then); otherwise it ends.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -46,17 +47,16 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from raytune_ft.config import TrainConfig
 from raytune_ft.errors import RaytuneFtError
 from raytune_ft.plan import Budget, trial_budget
-from raytune_ft.tasks import DataBundle, Task, get_task
-from raytune_ft.training.batching import SampleStream, eval_batches, micro_batches
+from raytune_ft.training.batching import SampleStream, Split, eval_batches, micro_batches
 from raytune_ft.training.distributed import SINGLE, World
-from raytune_ft.training.lora import is_lora, load_trained_state, put_in_force, trained_state
+from raytune_ft.training.lora import load_trained_state, put_in_force, trained_state
 from raytune_ft.training.lr_schedules import (
     PlateauState,
     batch_size_at,
     learning_rate,
     lr_scale_for_batch,
 )
-from raytune_ft.training.model import parameter_groups, train_mode
+from raytune_ft.training.model import is_lora, parameter_groups, train_mode
 
 log = logging.getLogger(__name__)
 # Skipped steps with a non-finite gradient norm in a row before a trial counts as diverged:
@@ -83,8 +83,38 @@ class TrainerState:
     hyperparameters: dict = field(default_factory=dict)
 
 
+class LoopTask(Protocol):
+    """What the loop asks of a task (`raytune_ft.tasks.Task` implements it): the loop names no
+    task and imports none."""
+
+    def collate(self, data: Any, split: Split, indices: np.ndarray) -> dict[str, torch.Tensor]:
+        ...
+
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any: ...
+
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0
+             ) -> torch.Tensor: ...
+
+    def loss_units(self, batch: dict[str, torch.Tensor]) -> int: ...
+
+    def predict(self, outputs: Any, batch: dict[str, torch.Tensor]) -> Any: ...
+
+    def compute_metrics(self, data: Any, predictions: list[tuple[np.ndarray, Any]]
+                        ) -> dict[str, float]: ...
+
+    def worst(self, metric: str) -> float: ...
+
+
+class LoopData(Protocol):
+    """What the loop reads of the encoded data (`raytune_ft.tasks.DataBundle`)."""
+
+    train: Split
+    eval: Split
+    metrics: list[str]  # what a trial reports for this data (eval_loss included)
+
+
 class FineTuneLoop:
-    """Train a model of the bundle's task on a `DataBundle` with hyperparameters `hp`.
+    """Train `model` on `data` (encoded by `task`) with hyperparameters `hp`.
 
     `dropout_seed` (default `hp.seed`) seeds dropout; the data order follows the seed saved in
     the trainer state, which a PBT clone takes from its donor. `keep_diverged`: see above.
@@ -93,11 +123,13 @@ class FineTuneLoop:
     worker's rank among a data-parallel trial's workers (default: the only one).
     """
 
-    def __init__(self, model: torch.nn.Module, data: DataBundle, hp: TrainConfig,
+    def __init__(self, model: torch.nn.Module, data: LoopData, hp: TrainConfig,
                  metric: str = "eval_accuracy", mode: str = "max", device: str = "cpu",
                  dropout_seed: int | None = None, keep_diverged: bool = False,
-                 budget: Budget | None = None, world: World = SINGLE) -> None:
+                 budget: Budget | None = None, world: World = SINGLE, *,
+                 task: LoopTask) -> None:
         self.model, self.data, self.metric, self.mode = model.to(device), data, metric, mode
+        self.task = task  # collates, computes the loss and the metrics of `data`
         self.world = world
         world.broadcast_parameters(self.model)  # one starting point on every rank
         self.dropout_seed = hp.seed if dropout_seed is None else dropout_seed
@@ -295,11 +327,6 @@ class FineTuneLoop:
                                           self.hp.plateau_threshold)
 
     # ------------------------------------------------------------------ evaluation
-
-    @property
-    def task(self) -> Task:
-        """The task that encoded the data: it collates, computes the loss and the metrics."""
-        return get_task(self.data.kind)
 
     @torch.no_grad()
     def evaluate(self) -> dict:

@@ -31,18 +31,12 @@ import torch
 
 from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ModelError
+from raytune_ft.training.model import LAYOUTS
 
 ALL_LINEAR = "all-linear"
 
 
-def is_lora(model: torch.nn.Module) -> bool:
-    """Whether `model` carries adapters (a peft model), without importing peft."""
-    return type(model).__module__.startswith("peft.")
-
-
 def _layout(model: torch.nn.Module) -> tuple[tuple[str, ...], str]:
-    from raytune_ft.training.model import LAYOUTS
-
     layout = LAYOUTS.get(getattr(model, "base_model_prefix", ""))
     if layout is None:
         raise ModelError(f"train.lora_r: LoRA needs the layer layout of {type(model).__name__}"

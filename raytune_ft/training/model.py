@@ -39,6 +39,12 @@ LAYOUTS = {
 SUPPORTED_LAYOUTS = "BERT, RoBERTa, DistilBERT, MiniLM, ELECTRA, ResNet, ConvNeXt, ViT"
 
 
+def is_lora(model: torch.nn.Module) -> bool:
+    """Whether `model` carries adapters (a peft model, `training.lora`), without importing
+    peft."""
+    return type(model).__module__.startswith("peft.")
+
+
 def resolve_model_path(name: str) -> str:
     """A local directory, the packaged MiniLM, or a hub id (returned unchanged)."""
     path = Path(name).expanduser()
@@ -75,7 +81,7 @@ def max_positions(path: str) -> int | None:
     return limit
 
 
-def _why(path: str, error: Exception) -> str:
+def load_failure(path: str, error: Exception) -> str:
     """The first line of a loader's error, and what to do when a hub id is not at hand."""
     text = str(error).strip()
     reason = text.splitlines()[0] if text else type(error).__name__
@@ -92,7 +98,7 @@ def load_tokenizer(path: str):
         return AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as error:
         raise ModelError(f"model.name: cannot load a tokenizer from {path!r}: "
-                         f"{_why(path, error)}") from None
+                         f"{load_failure(path, error)}") from None
 
 
 # A tokenizer this much smaller than the embedding table, or producing this share of unknown
@@ -166,7 +172,8 @@ def load_pretrained(auto_class: str, path: str, seed: int, label_names: list[str
             label2id={name: i for i, name in enumerate(label_names)},
             ignore_mismatched_sizes=True)  # a head of another size: replaced, not an error
     except (OSError, ValueError) as error:
-        raise ModelError(f"model.name: cannot load {path!r}: {_why(path, error)}") from None
+        raise ModelError(f"model.name: cannot load {path!r}: "
+                         f"{load_failure(path, error)}") from None
     fresh = {*info.get("missing_keys", ()), *(key[0] for key in info.get("mismatched_keys", ()))}
     head = head_parameters(model)
     body = sorted(key[0] for key in info.get("mismatched_keys", ()) if key[0] not in head)
@@ -333,8 +340,6 @@ def parameter_groups(model: torch.nn.Module, hp: TrainConfig) -> list[dict]:
     With LoRA (`training.lora`) the adapters take the decay of the layer they sit in, the
     head trains at lr, and what peft froze (the base) stays out of the optimizer.
     """
-    from raytune_ft.training.lora import is_lora
-
     adapted = is_lora(model)
     known = getattr(model, "base_model_prefix", "") in LAYOUTS
     if not known and (hp.layer_decay != 1.0 or hp.freeze_layers or hp.freeze_embeddings):
@@ -378,8 +383,6 @@ def _batchnorm_grads(model: torch.nn.Module, hp: TrainConfig) -> None:
     in their optimizer group either way (without a gradient AdamW skips them), so the groups
     keep one structure whatever the policy and a PBT change of it loads any checkpoint.
     With LoRA adapters, peft decided what trains."""
-    from raytune_ft.training.lora import is_lora
-
     if is_lora(model):
         return
     for name, module in batchnorm_layers(model):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import logging
 import os
 
-from raytune_ft.config import ExperimentConfig
 from raytune_ft.errors import ConfigError, ResourceError, last_line
+from raytune_ft.schema import ExperimentConfig
 from raytune_ft.storage import is_uri
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def with_cluster_defaults(config: ExperimentConfig, address: str | None
 def cluster_run_text(config: ExperimentConfig, defaults: dict[str, int]) -> str:
     """The header's line about retries and checkpoints on a cluster (`defaults`: the
     settings CLUSTER_RUN_DEFAULTS filled in)."""
-    from raytune_ft.tuning.schedulers import scheduler_spec
+    from raytune_ft.schedulers import scheduler_spec
 
     run = config.run
 

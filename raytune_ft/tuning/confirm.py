@@ -25,12 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from raytune_ft.config import (
-    ExperimentConfig,
-    FifoConfig,
-    SearchAlgConfig,
-    narrow_model_search,
-)
+from raytune_ft.config import SearchAlgConfig
 from raytune_ft.errors import ConfigError, ExperimentError
 from raytune_ft.experiment import (
     ANALYSIS_DIR,
@@ -40,14 +35,15 @@ from raytune_ft.experiment import (
     PARAMS_FILE,
     PLAN_FILE,
     RESULT_FILE,
-    atomic_write,
     confirm_summary,
     open_experiment,
     pbt_policy_file,
     rank_trials,
     trial_results,
 )
-from raytune_ft.tuning.schedulers import scheduler_spec
+from raytune_ft.schedulers import SCHEDULERS, scheduler_spec
+from raytune_ft.schema import ExperimentConfig, narrow_model_search
+from raytune_ft.storage import atomic_write
 
 log = logging.getLogger(__name__)
 FIXED_KEYS = ("confirm_rank", "confirm_source", "seed")  # a confirm trial's own config keys
@@ -184,7 +180,7 @@ def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[
     update = {"name": f"{config.name}{CONFIRM_SUFFIX}", "run": run,
               "search_alg": SearchAlgConfig(type="random", seed=0)}
     if not pbt:  # under PBT the trainable must checkpoint every iteration, as in the search
-        update["scheduler"] = FifoConfig(type="fifo")
+        update["scheduler"] = SCHEDULERS["fifo"].settings()
     points = [{**schedules[p["confirm_rank"]].initial, **p} for p in plan]
     # the models and lengths of these configurations only: one tokenization each
     changes = [c for schedule in schedules.values() for _, c in schedule.changes]

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import DataConfig, ExperimentConfig, model_options, trial_model
+from raytune_ft.config import DataSettings
 from raytune_ft.errors import ConfigError, ModelError
+from raytune_ft.schema import ExperimentConfig, model_options, trial_model
 from raytune_ft.tasks import DataBundle, Task
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,11 @@ class ModelData:
     bundles: dict[tuple[str, int], DataBundle] = field(default_factory=dict)
     refs: dict[tuple[str, int], Any] = field(default_factory=dict)
 
+    @classmethod
+    def single(cls, name: str, path: str, max_length: int, bundle: DataBundle) -> ModelData:
+        """The one tokenization of an experiment that searches no model key."""
+        return cls({name: path}, {name: "fixed"}, bundles={("fixed", max_length): bundle})
+
     def key(self, name: str, max_length: int) -> tuple[str, int]:
         return self.tokenizers[name], max_length
 
@@ -91,7 +97,7 @@ class ModelData:
         return ModelData(dict(self.paths), dict(self.tokenizers),
                          refs={key: ray.put(bundle) for key, bundle in self.bundles.items()})
 
-    def warnings(self, task: Task, data: DataConfig) -> list[str]:
+    def warnings(self, task: Task, data: DataSettings) -> list[str]:
         """The task's warnings about every tokenization (words cut at one max_length are not
         cut at another): one that all share is said once, the others name their length
         (and their models, where the search has several tokenizers)."""

@@ -17,7 +17,7 @@ from typing import Any
 from optuna.samplers import NSGAIISampler
 from ray.tune.search.optuna import OptunaSearch
 
-from raytune_ft.config import ExperimentConfig
+from raytune_ft.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 NSGA2_MAX_POPULATION = 50  # Optuna's default population, kept for large budgets

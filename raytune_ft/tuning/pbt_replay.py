@@ -11,7 +11,6 @@ Keys in `fixed` of a trial's first config (its seed, the schedule key) survive e
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import FIFOScheduler, TrialScheduler
 
 from raytune_ft.errors import ExperimentError
+from raytune_ft.experiment import read_pbt_log
 
 log = logging.getLogger(__name__)
 SCHEDULE_KEY = "confirm_rank"  # the trial config key that names its schedule
@@ -48,18 +48,8 @@ def load_policy(path: str | Path) -> Schedule:
     ones; the schedule starts from the config of the chain's first donor.
     """
     path = Path(path)
-    raw = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            old_tag, new_tag, _old_step, new_step, old_conf, new_conf = row
-        except (json.JSONDecodeError, ValueError, TypeError):
-            raise ExperimentError(f"{path}: line {number} is not a PBT policy entry "
-                                  "[old_tag, new_tag, old_step, new_step, old_config, "
-                                  "new_config]") from None
-        raw.append((old_tag, new_tag, int(new_step), old_conf, new_conf))
+    raw = [(e.target_tag, e.donor_tag, e.donor_iteration, e.donor_config, e.new_config)
+           for e in read_pbt_log(path, strict=True)]
     if not raw:
         raise ExperimentError(f"{path}: empty PBT policy file")
     changes, trainers, last_new_tag, initial = [], [], None, None

@@ -13,14 +13,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from raytune_ft.config import ExperimentConfig, narrow_model_search
 from raytune_ft.errors import ExperimentError
 from raytune_ft.experiment import (
     rank_trials,
     read_experiment_record,
 )
+from raytune_ft.schedulers import scheduler_spec
+from raytune_ft.schema import ExperimentConfig, narrow_model_search
 from raytune_ft.tuning.runner import prepare, run_presets
-from raytune_ft.tuning.schedulers import scheduler_spec
 from raytune_ft.tuning.summary import RunSummary
 
 log = logging.getLogger(__name__)

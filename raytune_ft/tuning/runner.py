@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import ExperimentConfig, searches_model
 from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
 from raytune_ft.experiment import read_record, write_record
-from raytune_ft.plan import TrialPlan, plan_experiment
+from raytune_ft.plan import TrialPlan
+from raytune_ft.schema import ExperimentConfig, searches_model
 from raytune_ft.storage import is_uri, write_text
 from raytune_ft.tasks import DataBundle, task_for
 from raytune_ft.training.lora import check_experiment as check_lora
@@ -58,7 +58,7 @@ class Prepared:
     model_path: str
     bundle: DataBundle
     experiment_dir: str  # <storage_path>/<name>, a local path or a URI
-    plan: TrialPlan | None = None  # what every trial shares: budget, evaluations, batches
+    plan: TrialPlan  # what every trial shares: budget, evaluations, batches
     warnings: list[str] = field(default_factory=list)  # for the run header
     about_data: list[tuple[str, str]] = field(default_factory=list)  # the task's header lines
     observations: Any = None  # earlier trials for the searcher (tuning.warm_start), or None
@@ -81,7 +81,7 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     """
     from raytune_ft.tracking import check_tracking
 
-    check_tracking(config)  # a store the tracker would refuse at its first log
+    check_tracking(config.tracking)  # a store the tracker would refuse at its first log
     config, defaults = (config, {}) if resume else with_cluster_defaults(config, address)
     paths = None
     if searches_model(config):  # several models or lengths: each is checked, the first shown
@@ -122,7 +122,7 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     lora = check_lora(task, model_path, bundle.label_names, config.train, config.space())
     for other in list(paths or [])[1:]:  # every searched model takes the adapters
         check_lora(task, paths[other], bundle.label_names, config.train, config.space())
-    plan = plan_experiment(config, n_train=len(bundle.train))
+    plan = config.plan(len(bundle.train))
     # each tokenization's own (words cut at one max_length are not at another)
     data_warnings = models.warnings(task, config.data) if models else \
         task.warnings(bundle, config.data)
@@ -169,7 +169,7 @@ def _warnings(plan: TrialPlan, bundle: DataBundle) -> list[str]:
 def _population_warnings(config: ExperimentConfig) -> list[str]:
     """Under PBT/PB2 `run.max_concurrent_trials` bounds the population: a paused member is
     unfinished, so at most that many trials are alive to exchange weights."""
-    from raytune_ft.tuning.schedulers import scheduler_spec
+    from raytune_ft.schedulers import scheduler_spec
 
     limit, trials = config.run.max_concurrent_trials, config.run.num_samples
     if not limit or limit >= trials or not scheduler_spec(config).population:
@@ -219,29 +219,28 @@ def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: 
                               "to replace it")
 
 
-def tune_settings(config: ExperimentConfig, experiment_dir: str,
-                  plan: TrialPlan | None = None, scheduler=None):
+def tune_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan,
+                  scheduler=None):
     """The `TuneConfig` and `RunConfig` raytune_ft runs with, for any trainable.
 
     `build_tuner` uses it; benchmarks reuse it to drive a stand-in trainable the same way.
-    `plan`: the prepared experiment's (without one the scheduler computes it from `config`).
     `scheduler`: a Ray Tune scheduler instead of the experiment's (replay, confirm). Either
     is saved with the experiment's snapshots, so `resume` continues it (`scheduler_state`).
     """
     from ray import tune
 
-    from raytune_ft.tracking import TrackingContext, tracking_callbacks
+    from raytune_ft.schedulers import build_scheduler
+    from raytune_ft.tracking import tracking_callbacks
     from raytune_ft.tuning.scheduler_state import resumable
-    from raytune_ft.tuning.schedulers import build_scheduler
     from raytune_ft.tuning.search import build_search_alg
     from raytune_ft.tuning.tune_logs import result_loggers
 
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # ours replace Ray's defaults
 
     root, name = experiment_dir.rsplit("/", 1)
-    iterations = plan.iterations if plan is not None else config.iterations
+    iterations = plan.iterations
     scheduler, scheduler_state = resumable(scheduler if scheduler is not None
-                                           else build_scheduler(config, plan))
+                                           else build_scheduler(config.scheduler, plan))
     run_config = tune.RunConfig(
         name=name, storage_path=root, verbose=config.run.verbose,
         # Tune ends a trial at its last iteration itself: HyperBand would otherwise keep it
@@ -251,7 +250,8 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(config)),
         failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
         callbacks=[*result_loggers(), _sigint_watch(), scheduler_state,
-                   *tracking_callbacks(TrackingContext(config, experiment_dir, iterations))],
+                   *tracking_callbacks(config.tracking,
+                                       tracking_run(config, experiment_dir, iterations))],
     )
     tune_config = tune.TuneConfig(metric=config.metric, mode=config.mode,
                                   num_samples=config.run.num_samples,
@@ -273,6 +273,15 @@ def searching(tune_config, config: ExperimentConfig, search_alg=None, scheduler=
     return dataclasses.replace(tune_config, max_concurrent_trials=None, **changes)
 
 
+def tracking_run(config: ExperimentConfig, experiment_dir: str, iterations: int):
+    """The run as the trackers see it (each gets its own settings on top)."""
+    from raytune_ft.experiment import CONFIG_FILE
+    from raytune_ft.tracking import TrackingContext
+
+    return TrackingContext(None, config.name, config.metric, config.model_dump(mode="json"),
+                           experiment_dir, f"{experiment_dir}/{CONFIG_FILE}", iterations)
+
+
 def checkpoints_to_keep(config: ExperimentConfig) -> int | None:
     """How many checkpoints Ray keeps per trial.
 
@@ -281,7 +290,7 @@ def checkpoints_to_keep(config: ExperimentConfig) -> int | None:
     checkpoint is kept (None) unless the user sets a cap, and a cap is raised to cover two
     perturbation intervals.
     """
-    from raytune_ft.tuning.schedulers import scheduler_spec
+    from raytune_ft.schedulers import scheduler_spec
 
     keep = config.run.checkpoints_to_keep
     if not scheduler_spec(config.scheduler).population:
@@ -292,30 +301,24 @@ def checkpoints_to_keep(config: ExperimentConfig) -> int | None:
 
 
 def trainable_for(prepared: Prepared, presets: bool = False):
-    """The trial function with the tokenized data in the object store and its resources.
+    """The trial function with its `TrialSetup` (the data in the object store, one copy per
+    tokenization) and its resources.
 
     `presets`: the trials replay fixed configurations (replay, confirm) under a preset
     scheduler, so no population can rescue a diverged one: it ends.
     """
     from ray import tune
 
+    from raytune_ft.tuning.model_data import ModelData
     from raytune_ft.tuning.trainable import train_trial
+    from raytune_ft.tuning.trial import TrialSetup
 
     config = prepared.config
-    resources = config.resources
-    data = {"bundle": prepared.bundle}
-    if prepared.models is not None:  # each tokenization once in the object store
-        data = {"bundle": None, "models": prepared.models.to_object_store()}
-    elif resources.workers_per_trial > 1:  # one copy in the object store for every worker
-        import ray
-
-        data = {"bundle": None, "shared_bundle": (ray.put(prepared.bundle),)}
-    return tune.with_resources(
-        tune.with_parameters(train_trial, **data, experiment=config,
-                             model_path=prepared.model_path, plan=prepared.plan,
-                             presets=presets),
-        trial_placement(config),
-    )
+    data = prepared.models or ModelData.single(config.model.name, prepared.model_path,
+                                               config.model.max_length, prepared.bundle)
+    setup = TrialSetup(config, prepared.plan, data.to_object_store(), presets)
+    return tune.with_resources(tune.with_parameters(train_trial, setup=setup),
+                               trial_placement(config))
 
 
 def trial_placement(config: ExperimentConfig):
@@ -340,7 +343,7 @@ def build_tuner(prepared: Prepared, restore: bool = False):
     tune_config, run_config = tune_settings(config, prepared.experiment_dir, prepared.plan)
     tune_config, run_config = search_settings(config, prepared.experiment_dir, tune_config,
                                               run_config, prepared.observations)
-    return tune.Tuner(trainable, param_space=param_space(config, prepared.plan),
+    return tune.Tuner(trainable, param_space=param_space(prepared.plan),
                       tune_config=tune_config, run_config=run_config)
 
 
@@ -391,7 +394,7 @@ class Outcome:
 def finish_trackers(prepared: Prepared, summary: RunSummary) -> list[str]:
     """The trackers' end-of-run step; what they could not log, one line per tracker."""
     from raytune_ft.experiment import ANALYSIS_DIR
-    from raytune_ft.tracking import End, TrackingContext, finish_tracking
+    from raytune_ft.tracking import End, finish_tracking
 
     config = prepared.config
     if not config.tracking.enabled():
@@ -400,8 +403,8 @@ def finish_trackers(prepared: Prepared, summary: RunSummary) -> list[str]:
     best = summary.best
     end = End(Path(prepared.experiment_dir, ANALYSIS_DIR) if local else None,
               (best.metric, best.value) if best is not None else None, summary.interrupted)
-    iterations = prepared.plan.iterations if prepared.plan is not None else config.iterations
-    return finish_tracking(TrackingContext(config, prepared.experiment_dir, iterations), end)
+    run = tracking_run(config, prepared.experiment_dir, prepared.plan.iterations)
+    return finish_tracking(config.tracking, run, end)
 
 
 def fit_tuner(tuner) -> tuple[Any, bool]:
@@ -540,7 +543,7 @@ def run_presets(prepared: Prepared, points: list[dict], scheduler, address: str 
     return Outcome(results, prepared, interrupted)
 
 
-def preset_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan | None,
+def preset_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan,
                     points: list[dict], scheduler):
     """The param space, `TuneConfig` and `RunConfig` of a preset run: one trial per point,
     in order, under `scheduler`, at most `run.max_concurrent_trials` at a time."""

@@ -27,8 +27,8 @@ import weakref
 
 from ray import tune
 
-from raytune_ft.config import ExperimentConfig
 from raytune_ft.experiment import STOP_FILE
+from raytune_ft.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 # Unpickled stoppers by the `token` of the object they copy: copies share its state.

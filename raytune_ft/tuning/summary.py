@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import ExperimentConfig
 from raytune_ft.errors import last_line
 from raytune_ft.experiment import ANALYSIS_DIR, REPORT_FILE, rank_trials
+from raytune_ft.schema import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def export_analysis(experiment_dir: str) -> tuple[str | None, str | None]:
     from raytune_ft.storage import local_experiment
 
     try:
-        with local_experiment(experiment_dir) as local:
+        with local_experiment(experiment_dir, ANALYSIS_DIR) as local:
             report = export_with_report(local)
     except Exception as error:  # noqa: BLE001 - the experiment itself is complete
         log.debug("analysis export of %s failed", experiment_dir, exc_info=True)

@@ -11,45 +11,16 @@ from __future__ import annotations
 
 import tempfile
 import time
-import zlib
-from pathlib import Path
 
-import numpy as np
 from ray import tune
 
-from raytune_ft.config import ExperimentConfig, trial_hyperparameters, trial_model
-from raytune_ft.plan import TrialPlan
-from raytune_ft.tasks import DataBundle, get_task
+from raytune_ft.schedulers import scheduler_spec
+from raytune_ft.schema import searches_model
 from raytune_ft.training.deployment import deployment_figures
-from raytune_ft.training.device import choose_device, limit_cpu_threads, out_of_memory_advice
-from raytune_ft.training.distributed import SINGLE, World
+from raytune_ft.training.device import out_of_memory_advice
 from raytune_ft.training.loop import FineTuneLoop
-from raytune_ft.training.lora import apply_lora
-from raytune_ft.training.model import resolve_model_path
-from raytune_ft.tuning.pbt_replay import DROPOUT_TRIAL_KEY
-from raytune_ft.tuning.schedulers import scheduler_spec
+from raytune_ft.tuning.trial import TrialSetup
 from raytune_ft.tuning.workers import WorkerGroup
-
-
-def node_model_path(model_path: str, name: str) -> str:
-    """The driver resolved `model.name` on its own machine. A node without that folder (the
-    packaged MiniLM installed under another prefix, a Ray Client driver's disk) resolves
-    the name itself; a local folder missing there fails with the name in the message."""
-    return model_path if Path(model_path).is_dir() else resolve_model_path(name)
-
-
-def trial_dropout_seed(seed: int, population: bool, trial_id: str) -> int:
-    """Under PBT a clone takes its donor's config and checkpoint, seed included: mixing in the
-    trial's own index (the `_00003` of its id, the same in every run of the experiment; a
-    hash of ids without one) gives it its own dropout masks; its data order stays the
-    donor's. Other schedulers keep `seed`, so a trial depends on its config alone. `replay`
-    gives each part of a schedule the id of the trial that trained it (DROPOUT_TRIAL_KEY)."""
-    if not population:
-        return seed
-    suffix = trial_id.rsplit("_", 1)[-1]
-    index = int(suffix) if suffix.isdigit() else zlib.crc32(trial_id.encode())
-    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
-
 
 # Ray's progress table shows, after the iteration and wall time, the first four numbers of
 # a trial's last result (ray.tune.experimental.output._infer_user_metrics): these.
@@ -63,49 +34,15 @@ def console_order(metrics: dict, metric: str) -> dict:
     return {**{key: metrics[key] for key in first if key in metrics}, **metrics}
 
 
-def build_loop(config: dict, bundle: DataBundle, experiment: ExperimentConfig,
-               model_path: str, plan: TrialPlan | None, presets: bool, trial_id: str,
-               world: World = SINGLE) -> FineTuneLoop:
-    """One worker's loop for the trial `trial_id` with the sampled `config`: the same on every
-    rank of a data-parallel trial (rank 0's weights are broadcast when it starts)."""
-    hp = trial_hyperparameters(experiment, config)
-    resources = experiment.resources
-    device = choose_device(resources.worker_gpus)
-    limit_cpu_threads(resources.worker_cpus)
-    name = trial_model(experiment, config).name  # model.name, or the trial's searched one
-    model = get_task(bundle.kind).load_model(node_model_path(model_path, name),
-                                             bundle.label_names, hp.seed)
-    model = apply_lora(model, hp)  # unchanged without train.lora_r
-    scheduler = scheduler_spec(experiment.scheduler)
-    seeded_as = config.get(DROPOUT_TRIAL_KEY, trial_id)  # replay: the trial that trained this
-    return FineTuneLoop(model, bundle, hp, experiment.metric, experiment.mode, device,
-                        dropout_seed=trial_dropout_seed(hp.seed, scheduler.population,
-                                                        seeded_as),
-                        keep_diverged=scheduler.keeps_diverged and not presets,
-                        budget=plan.budget if plan is not None else None, world=world)
-
-
-def train_trial(config: dict, *, bundle: DataBundle | None, experiment: ExperimentConfig,
-                model_path: str, plan: TrialPlan | None = None, presets: bool = False,
-                shared_bundle: tuple | None = None, models=None) -> None:
-    """`shared_bundle`: (object ref of the bundle,) instead of `bundle` for data-parallel
-    trials, whose other workers read the same copy from the object store. `models` (a
-    `tuning.model_data.ModelData` of object references): the experiment searches model.name
-    or model.max_length, and the trial takes its model's path and tokenization from it."""
+def train_trial(config: dict, *, setup: TrialSetup) -> None:
+    """One trial of `setup` with the config Tune sampled: rank 0 of its workers, which
+    restores, trains, reports and checkpoints."""
     started = time.perf_counter()
-    trial_id = tune.get_context().get_trial_id()
-    if models is not None:
-        model_path, reference = models.for_trial(experiment, config)
-        shared_bundle = (reference,)
-        if experiment.resources.workers_per_trial == 1:
-            import ray
-
-            bundle = ray.get(reference)
-    with WorkerGroup(config, bundle, shared_bundle, experiment, model_path, plan, presets,
-                     trial_id) as group:
-        bundle = group.bundle
-        loop = build_loop(config, bundle, experiment, model_path, plan, presets, trial_id,
-                          group.world)
+    trial = setup.trial(config, tune.get_context().get_trial_id())
+    experiment = setup.experiment
+    with WorkerGroup(trial) as group:
+        bundle = trial.bundle()
+        loop = trial.build_loop(bundle, group.world)
         checkpoint = tune.get_checkpoint()
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
@@ -116,13 +53,14 @@ def train_trial(config: dict, *, bundle: DataBundle | None, experiment: Experime
         # A paused trial resumes from its last checkpoint: an older one would train again.
         every_iteration = scheduler.checkpoint_every_iteration or scheduler.pauses_trials
         every = 1 if every_iteration else experiment.run.checkpoint_every
+        searched = searches_model(experiment)
         deployment: dict = {}  # measured once, then reported with every result (deployment.py)
         while not loop.finished:
             with out_of_memory_advice(loop), group.interval():
                 metrics = loop.run_interval()
             metrics = console_order(metrics, experiment.metric)
             metrics["startup_s"] = startup_s
-            if models is not None:  # the longest training example of its tokenization
+            if searched:  # the longest training example of its tokenization
                 metrics["max_tokens"] = int(bundle.train.lengths.max())
             due = loop.finished or loop.evaluations_done % every == 0
             if due and not loop.state.diverged:  # non-finite weights are never checkpointed

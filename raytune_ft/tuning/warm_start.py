@@ -45,11 +45,11 @@ from typing import Any
 from hyperopt import JOB_STATE_DONE, STATUS_OK
 from ray.tune.search.hyperopt import HyperOptSearch
 
-from raytune_ft.config import ExperimentConfig, trial_hyperparameters, trial_model
-from raytune_ft.config._search import domain_contains
+from raytune_ft.config import domain_contains
 from raytune_ft.errors import ConfigError, ExperimentError, ModelError
 from raytune_ft.experiment import HP, read_record
-from raytune_ft.tuning.schedulers import scheduler_spec
+from raytune_ft.schedulers import SCHEDULERS, scheduler_spec
+from raytune_ft.schema import ExperimentConfig, trial_hyperparameters, trial_model
 
 USABLE = ("terminated", "stopped")  # statuses whose last values a searcher would have seen
 # Sections that change no trial's result: where it runs, how it is searched, scheduled and
@@ -98,8 +98,8 @@ def load_observations(config: ExperimentConfig, dirs: list[str]) -> Observations
     if scheduler_spec(config.scheduler).population:
         raise ConfigError(f"--warm-start: scheduler.type {config.scheduler.type!r} picks and "
                           "mutates its own configurations, with no searcher to learn from "
-                          "earlier trials; warm-start a run whose scheduler.type is fifo, "
-                          "asha or hyperband")
+                          "earlier trials; warm-start a run whose scheduler.type is "
+                          f"{fixed_config_schedulers()}")
     if config.search_alg.type not in ("optuna", "tpe"):
         raise ConfigError(f"--warm-start: search_alg.type {config.search_alg.type!r} learns "
                           "nothing from earlier trials; use optuna or tpe")
@@ -130,8 +130,8 @@ def _add_experiment(found: Observations, config: ExperimentConfig, directory: st
         raise ConfigError(f"--warm-start {directory}: its scheduler.type "
                           f"{earlier.scheduler.type!r} changed trials' hyperparameters "
                           "mid-run, so a trial's result belongs to no one configuration; "
-                          "warm-start from runs whose scheduler.type is fifo, asha or "
-                          "hyperband")
+                          "warm-start from runs whose scheduler.type is "
+                          f"{fixed_config_schedulers()}")
     space, before = _searched(config), _searched(earlier)
     for key in sorted(space):  # one searched there and fixed now: compared per trial below
         if key not in before:
@@ -371,3 +371,9 @@ class WarmHyperOpt(HyperOptSearch):
     def completed(self) -> list[dict]:
         """The hyperopt trials with a result (tests read what TPE learned from)."""
         return [t for t in self._hpopt_trials.trials if t["state"] == JOB_STATE_DONE]
+
+
+def fixed_config_schedulers() -> str:
+    """"fifo, asha or hyperband": the schedulers whose trials keep one configuration."""
+    names = [name for name, spec in SCHEDULERS.items() if not spec.population]
+    return f"{', '.join(names[:-1])} or {names[-1]}" if len(names) > 1 else names[0]

@@ -17,25 +17,19 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from raytune_ft.config import ExperimentConfig
-from raytune_ft.plan import TrialPlan
-from raytune_ft.tasks import DataBundle
 from raytune_ft.training.device import choose_device, out_of_memory_advice
 from raytune_ft.training.distributed import SINGLE, backend_for, init_world, leave_world
+from raytune_ft.tuning.trial import Trial
 
 
 class TrialWorker:
     """Rank `rank` (>= 1) of a data-parallel trial (run as a Ray actor)."""
 
-    def __init__(self, rank: int, size: int, address: str, config: dict, bundle: DataBundle,
-                 experiment: ExperimentConfig, model_path: str, plan: TrialPlan | None,
-                 presets: bool, trial_id: str) -> None:
-        from raytune_ft.tuning.trainable import build_loop
-
-        backend = backend_for(choose_device(experiment.resources.worker_gpus))
-        self.world = init_world(rank, size, address, backend)
-        self.loop = build_loop(config, bundle, experiment, model_path, plan, presets,
-                               trial_id, self.world)
+    def __init__(self, rank: int, size: int, address: str, trial: Trial) -> None:
+        resources = trial.setup.experiment.resources
+        self.world = init_world(rank, size, address, backend_for(choose_device(
+            resources.worker_gpus)))
+        self.loop = trial.build_loop(trial.bundle(), self.world)
 
     def ready(self) -> bool:
         return True
@@ -58,13 +52,9 @@ class TrialWorker:
 class WorkerGroup:
     """Rank 0's view of its trial's workers; with one worker, a no-op."""
 
-    def __init__(self, config: dict, bundle: DataBundle | None, shared_bundle: tuple | None,
-                 experiment: ExperimentConfig, model_path: str, plan: TrialPlan | None,
-                 presets: bool, trial_id: str) -> None:
-        self.size = experiment.resources.workers_per_trial
-        self._args = (config, experiment, model_path, plan, presets, trial_id)
-        self._shared = shared_bundle
-        self.bundle = bundle
+    def __init__(self, trial: Trial) -> None:
+        self.trial = trial
+        self.size = trial.setup.experiment.resources.workers_per_trial
         self.world = SINGLE
         self.actors: list = []
         self._pending: list = []
@@ -74,10 +64,7 @@ class WorkerGroup:
             return self
         import ray
 
-        if self.bundle is None:
-            self.bundle = ray.get(self._shared[0])
-        config, experiment, model_path, plan, presets, trial_id = self._args
-        resources = experiment.resources
+        resources = self.trial.setup.experiment.resources
         address = f"tcp://{_this_node_ip()}:{_free_port()}"
         group = ray.util.get_current_placement_group()
         actor = ray.remote(TrialWorker)
@@ -88,8 +75,7 @@ class WorkerGroup:
                 num_cpus=resources.worker_cpus, num_gpus=resources.worker_gpus,
                 resources=dict(resources.custom), scheduling_strategy=strategy,
                 max_concurrency=1,
-            ).remote(rank, self.size, address, config, self._shared[0], experiment,
-                     model_path, plan, presets, trial_id))
+            ).remote(rank, self.size, address, self.trial))
         backend = backend_for(choose_device(resources.worker_gpus))
         self._pending = [actor.ready.remote() for actor in self.actors]
         try:

@@ -69,17 +69,17 @@ def fake_trainable(config: dict) -> None:
 
 
 def _write_cfg(exp_dir: Path, search: dict, scheduler: dict) -> None:
-    cfg = {
-        "name": exp_dir.name,
-        "metric": "eval_accuracy",
-        "mode": "max",
-        "search": search,
+    """The experiment record raytune_ft would have written for this search."""
+    from raytune_ft.experiment import write_record
+    from raytune_ft.schema import validate_config
+
+    config = validate_config({
+        "name": exp_dir.name, "metric": "eval_accuracy", "mode": "max",
+        "model": {"name": "fake"}, "data": {"task": "sst2"}, "search": search,
         "train": {"max_epochs": MAX_EPOCHS, "eval_every_epochs": 1.0},
-        "resources": {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0},
-        "scheduler": scheduler,
-        "budget_samples": BUDGET,
-    }
-    (exp_dir / "raytune_ft.json").write_text(json.dumps(cfg))
+        "resources": {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0}, "scheduler": scheduler,
+    })
+    write_record(str(exp_dir), config, {"budget_samples": BUDGET})
 
 
 def _run(
@@ -157,7 +157,8 @@ def build_pbt(storage: Path) -> Path:
     )
     exp = _run(storage, "pbt", space, sched, 2, concurrent=2, reuse_actors=True)
     search = {"learning_rate": {"loguniform": [1e-5, 1e-3]}, "batch_size": {"choice": [16, 32]}}
-    _write_cfg(exp, search, {"type": "pbt", "perturbation_interval": 1})
+    _write_cfg(exp, search, {"type": "pbt", "perturbation_interval": 1, "synch": True,
+                             "quantile_fraction": 0.5, "mutations": list(search)})
     return exp
 
 

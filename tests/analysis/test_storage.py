@@ -13,6 +13,7 @@ import pyarrow.fs
 
 from raytune_ft import storage
 from raytune_ft.analysis.__main__ import main as analysis_main
+from raytune_ft.experiment import ANALYSIS_DIR
 
 
 def remote(monkeypatch, bucket: Path) -> list[str]:
@@ -22,8 +23,8 @@ def remote(monkeypatch, bucket: Path) -> list[str]:
     downloaded: list[str] = []
     original = storage.download_results
 
-    def recording(fs, root, local):
-        original(fs, root, local)
+    def recording(fs, root, local, skip):
+        original(fs, root, local, skip)
         downloaded.extend(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file())
 
     monkeypatch.setattr(storage, "download_results", recording)
@@ -47,9 +48,9 @@ def test_analyze_a_uri_reads_results_without_checkpoints_and_uploads_analysis(
 
 
 def test_local_paths_and_file_uris_are_used_in_place(tmp_path):
-    with storage.local_experiment(str(tmp_path)) as local:
+    with storage.local_experiment(str(tmp_path), ANALYSIS_DIR) as local:
         assert local == str(tmp_path)
-    with storage.local_experiment(tmp_path.as_uri()) as local:
+    with storage.local_experiment(tmp_path.as_uri(), ANALYSIS_DIR) as local:
         assert local == str(tmp_path)
 
 

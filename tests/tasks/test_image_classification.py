@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from raytune_ft.config import DataConfig, TrainConfig
+from raytune_ft.config import DataSettings, TrainConfig
 from raytune_ft.errors import ConfigError
+from raytune_ft.schema import data_settings
 from raytune_ft.tasks import get_task
 from raytune_ft.tasks.image_classification import (
     augment,
@@ -25,8 +26,8 @@ from raytune_ft.training.loop import FineTuneLoop
 TASK = get_task("image_classification")
 
 
-def data_config(train, val, **fields) -> DataConfig:
-    return DataConfig(kind="image_classification", train_file=str(train), eval_file=str(val),
+def data_config(train, val, **fields) -> DataSettings:
+    return data_settings(kind="image_classification", train_file=str(train), eval_file=str(val),
                       **fields)
 
 
@@ -153,7 +154,7 @@ def test_the_eval_batches_a_trial_keeps_are_the_uint8_images(digits_dir, tiny_re
     data = TASK.load_data(data_config(digits_dir / "train", digits_dir / "val"),
                           str(tiny_resnet), 0)
     loop = FineTuneLoop(TASK.load_model(str(tiny_resnet), data.label_names, 0), data,
-                        TrainConfig(eval_batch_size=64))
+                        TrainConfig(eval_batch_size=64), task=get_task(data.kind))
     kept = sum(t.untyped_storage().nbytes() for _, batch in loop._eval_batches()
                for t in batch.values())
     pixels, labels = data.eval.pixels.nbytes, data.eval.labels.nbytes  # 359 x 3x16x16
@@ -218,11 +219,13 @@ def test_a_restored_trial_continues_bit_for_bit_with_augmentation(bundle, tiny_r
                                                                   tmp_path):
     hp = TrainConfig(learning_rate=3e-3, batch_size=16, max_epochs=2, eval_every_epochs=1,
                      max_micro_batch=8)
-    straight = FineTuneLoop(TASK.load_model(str(tiny_resnet), bundle.label_names, 0), bundle, hp)
+    straight = FineTuneLoop(TASK.load_model(str(tiny_resnet), bundle.label_names, 0), bundle, hp,
+                            task=get_task(bundle.kind))
     straight.run_interval()
     straight.save(tmp_path)
     end = straight.run_interval()
-    restored = FineTuneLoop(TASK.load_model(str(tiny_resnet), bundle.label_names, 1), bundle, hp)
+    restored = FineTuneLoop(TASK.load_model(str(tiny_resnet), bundle.label_names, 1), bundle, hp,
+                            task=get_task(bundle.kind))
     restored.load(tmp_path)
     again = restored.run_interval()
     assert again["train_loss"] == end["train_loss"] and again["eval_loss"] == end["eval_loss"]

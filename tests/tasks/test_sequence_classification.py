@@ -6,8 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from raytune_ft.config import DataConfig, validate_config
 from raytune_ft.errors import DataError
+from raytune_ft.schema import data_settings, validate_config
 from raytune_ft.tasks.sequence_classification import (
     TokenizedSplit,
     build_bundle,
@@ -21,7 +21,7 @@ def test_tokenized_once_without_padding(glue_dir, tiny_bert):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_bert)
-    cfg = DataConfig(task="mrpc", path=str(glue_dir), max_train_samples=50)
+    cfg = data_settings(task="mrpc", path=str(glue_dir), max_train_samples=50)
     bundle = build_bundle(cfg, tokenizer, max_length=64)
     lengths = bundle.train.lengths
     assert len(bundle.train) == 50 and len(bundle.eval) == 408
@@ -33,10 +33,10 @@ def test_tokenized_once_without_padding(glue_dir, tiny_bert):
 
 
 def test_the_schema_and_the_readers_know_the_same_tasks():
-    from raytune_ft.config import GLUE_TASK_NAMES
+    from raytune_ft.tasks import dataset_names
     from raytune_ft.tasks._glue import GLUE_TASKS, canonical_task
 
-    assert set(GLUE_TASK_NAMES) == set(GLUE_TASKS)
+    assert set(dataset_names()) == set(GLUE_TASKS)
     assert canonical_task("SST-2") == "sst2"
     with pytest.raises(DataError, match="'stsb' is not a supported GLUE task"):
         canonical_task("stsb")
@@ -55,7 +55,7 @@ def test_f1_only_where_glue_reports_it_and_for_binary_files(task, labels, f1):
 def test_sst2_bundle_reports_no_f1(glue_dir, tiny_bert):
     from transformers import AutoTokenizer
 
-    cfg = DataConfig(task="sst2", path=str(glue_dir), max_train_samples=20, max_eval_samples=20)
+    cfg = data_settings(task="sst2", path=str(glue_dir), max_train_samples=20, max_eval_samples=20)
     bundle = build_bundle(cfg, AutoTokenizer.from_pretrained(tiny_bert), max_length=32)
     assert bundle.metrics == ["eval_accuracy", "eval_loss", "eval_mcc"]
 
@@ -160,7 +160,9 @@ def test_other_tasks_keep_accuracy(task):
 
 
 def test_a_data_model_instance_is_read_too():
-    from raytune_ft.config import ExperimentConfig, ModelConfig
+    from raytune_ft.config import ModelConfig
+    from raytune_ft.schema import ExperimentConfig
 
-    config = ExperimentConfig(name="t", model=ModelConfig(name="m"), data=DataConfig(task="cola"))
+    config = ExperimentConfig(name="t", model=ModelConfig(name="m"),
+                              data=data_settings(task="cola"))
     assert config.metric == "eval_mcc"

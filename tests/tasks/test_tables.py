@@ -5,13 +5,14 @@ import json
 import pandas as pd
 import pytest
 
-from raytune_ft.config import DataConfig
+from raytune_ft.config import DataSettings
 from raytune_ft.errors import DataError
+from raytune_ft.schema import data_settings
 from raytune_ft.tasks._tables import read_splits, sort_labels, subset
 
 
 def test_mrpc_rows_bom_and_quotes(glue_dir):
-    train, dev, labels = read_splits(DataConfig(task="mrpc", path=str(glue_dir)))
+    train, dev, labels = read_splits(data_settings(task="mrpc", path=str(glue_dir)))
     assert (len(train.labels), len(dev.labels)) == (3668, 408)
     assert labels == ["0", "1"]
     assert int(train.labels.sum()) == 2474 and int(dev.labels.sum()) == 279
@@ -21,7 +22,7 @@ def test_mrpc_rows_bom_and_quotes(glue_dir):
 
 
 def test_sst2_rows_and_labels(glue_dir):
-    train, dev, _ = read_splits(DataConfig(task="sst2", path=str(glue_dir)))
+    train, dev, _ = read_splits(data_settings(task="sst2", path=str(glue_dir)))
     assert (len(train.labels), len(dev.labels)) == (67349, 872)
     assert int(train.labels.sum()) == 37569 and int(dev.labels.sum()) == 444
     assert len(train.texts) == 1
@@ -29,12 +30,12 @@ def test_sst2_rows_and_labels(glue_dir):
 
 def test_environment_variable_points_at_the_glue_folder(glue_dir, monkeypatch):
     monkeypatch.setenv("RAYTUNE_FT_DATA_DIR", str(glue_dir))
-    _, dev, _ = read_splits(DataConfig(task="SST-2"))
+    _, dev, _ = read_splits(data_settings(task="SST-2"))
     assert len(dev.labels) == 872
 
 
 def test_subset_is_fixed_by_its_seed(glue_dir):
-    train, _, _ = read_splits(DataConfig(task="sst2", path=str(glue_dir)))
+    train, _, _ = read_splits(data_settings(task="sst2", path=str(glue_dir)))
     a, b = subset(train, 100, 0), subset(train, 100, 0)
     assert a.texts == b.texts and len(a.labels) == 100
     assert subset(train, 100, 1).texts != a.texts
@@ -52,7 +53,7 @@ def test_tabular_files_with_named_columns(tmp_path, suffix):
         path.write_text("".join(json.dumps(r) + "\n" for r in frame.to_dict("records")))
     else:
         frame.to_parquet(path)
-    cfg = DataConfig(train_file=str(path), eval_file=str(path), text_columns=["text"],
+    cfg = data_settings(train_file=str(path), eval_file=str(path), text_columns=["text"],
                      label_column="y")
     train, _, labels = read_splits(cfg)
     assert labels == ["neg", "pos"] and train.labels.tolist() == [1, 0, 1]
@@ -61,7 +62,7 @@ def test_tabular_files_with_named_columns(tmp_path, suffix):
 def test_missing_column_lists_the_columns_present(tmp_path):
     path = tmp_path / "t.csv"
     pd.DataFrame({"sentence": ["a"], "label": [1]}).to_csv(path, index=False)
-    cfg = DataConfig(train_file=str(path), eval_file=str(path), text_columns=["text"],
+    cfg = data_settings(train_file=str(path), eval_file=str(path), text_columns=["text"],
                      label_column="label")
     with pytest.raises(DataError, match="data.text_columns: 'text' not found; columns present "
                                         "in data.train_file: sentence, label"):
@@ -69,11 +70,11 @@ def test_missing_column_lists_the_columns_present(tmp_path):
 
 
 def _files(tmp_path, train: str, dev: str | None = None, suffix=".tsv", text=("text",),
-           label="label") -> DataConfig:
+           label="label") -> DataSettings:
     """Write train (and a distinct eval) file from raw text and configure them."""
     (tmp_path / f"train{suffix}").write_text(train)
     (tmp_path / f"eval{suffix}").write_text(train if dev is None else dev)
-    return DataConfig(train_file=str(tmp_path / f"train{suffix}"),
+    return data_settings(train_file=str(tmp_path / f"train{suffix}"),
                       eval_file=str(tmp_path / f"eval{suffix}"), text_columns=list(text),
                       label_column=label)
 
@@ -94,13 +95,13 @@ def test_csv_quotes_are_syntax(tmp_path):
 
 
 def test_mrpc_train_tsv_as_a_custom_file(glue_dir):
-    cfg = DataConfig(train_file=str(glue_dir / "MRPC" / "train.tsv"),
+    cfg = data_settings(train_file=str(glue_dir / "MRPC" / "train.tsv"),
                      eval_file=str(glue_dir / "MRPC" / "dev.tsv"),
                      text_columns=["#1 String", "#2 String"], label_column="Quality")
     train, dev, labels = read_splits(cfg)
     assert (len(train.labels), len(dev.labels)) == (3668, 408) and labels == ["0", "1"]
     assert int(train.labels.sum()) == 2474 and int(dev.labels.sum()) == 279
-    glue, _, _ = read_splits(DataConfig(task="mrpc", path=str(glue_dir)))
+    glue, _, _ = read_splits(data_settings(task="mrpc", path=str(glue_dir)))
     assert train.texts == glue.texts
 
 
@@ -144,7 +145,7 @@ def test_missing_text_or_label_is_refused(tmp_path, suffix, text, label, column,
     frame = pd.DataFrame({"text": ["a", text, "c"], "label": [1, label, 0]}, dtype=object)
     _write(tmp_path / f"train{suffix}", frame)
     _write(tmp_path / f"eval{suffix}", frame.iloc[[0, 2]])
-    cfg = DataConfig(train_file=str(tmp_path / f"train{suffix}"),
+    cfg = data_settings(train_file=str(tmp_path / f"train{suffix}"),
                      eval_file=str(tmp_path / f"eval{suffix}"), text_columns=["text"],
                      label_column="label")
     with pytest.raises(DataError, match=rf"data.train_file: \S+train{suffix} {place}: column "
@@ -157,7 +158,7 @@ def test_integer_valued_float_labels_are_the_integer_label(tmp_path, suffix):
     frame = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [1.0, 0.0, 1.0, 0.0]})
     _write(tmp_path / f"train{suffix}", frame)
     (tmp_path / "eval.csv").write_text("text,label\nx,1\ny,0\n")
-    cfg = DataConfig(train_file=str(tmp_path / f"train{suffix}"),
+    cfg = data_settings(train_file=str(tmp_path / f"train{suffix}"),
                      eval_file=str(tmp_path / "eval.csv"), text_columns=["text"],
                      label_column="label")
     train, dev, labels = read_splits(cfg)

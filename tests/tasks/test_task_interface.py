@@ -4,9 +4,6 @@ registry is importable without torch."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,8 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from raytune_ft.config import DataConfig, TrainConfig
+from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ConfigError
+from raytune_ft.schema import data_settings
 from raytune_ft.tasks import TASKS, DataBundle, Metric, Task, get_task, task_for
 from raytune_ft.training.loop import FineTuneLoop
 
@@ -97,7 +95,7 @@ TASK = ToyRegression()
 
 @pytest.fixture
 def toy(monkeypatch):
-    monkeypatch.setitem(TASKS, TASK.name, __name__)  # the one registry line
+    monkeypatch.setitem(TASKS, TASK.name, TASK)  # the one registry line
     task = get_task(TASK.name)
     return task, task.load_data(None, "", 0)
 
@@ -107,7 +105,7 @@ def toy_loop(task, bundle, keep_diverged=False, **settings) -> FineTuneLoop:
                         "batch_size": 16, "max_micro_batch": 16, "weight_decay": 0.0,
                         "schedule": "constant", "max_grad_norm": None, **settings})
     return FineTuneLoop(task.load_model("", [], 0), bundle, hp, "eval_mae", "min",
-                        keep_diverged=keep_diverged)
+                        keep_diverged=keep_diverged, task=task)
 
 
 def test_a_toy_task_trains_and_evaluates_through_the_interface(toy):
@@ -154,38 +152,26 @@ def test_the_loop_and_batching_name_no_task():
             assert word not in text, f"{module} names {word!r}"
 
 
-def test_the_registry_and_the_config_import_without_torch_or_ray():
-    code = ("import sys, raytune_ft.config, raytune_ft.tasks; raytune_ft.tasks.all_tasks(); "
-            "print(sorted(m for m in ('torch', 'ray', 'pandas', 'sklearn', 'transformers') "
-            "if m in sys.modules))")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [str(PACKAGE.parent), os.environ.get("PYTHONPATH", "")])}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          check=True)
-    assert done.stdout.strip() == "[]"
-
-
 def test_the_data_chooses_the_task():
-    assert task_for(DataConfig(task="SST-2")).name == "sequence_classification"
-    files = DataConfig(train_file="t.csv", eval_file="e.csv", text_columns=["text"],
+    assert task_for(data_settings(task="SST-2")).name == "sequence_classification"
+    files = data_settings(train_file="t.csv", eval_file="e.csv", text_columns=["text"],
                        label_column="label")
     assert task_for(files).name == "sequence_classification"
-    with pytest.raises(ConfigError, match="task 'nope' is not registered; registered: "
-                                          "sequence_classification"):
+    with pytest.raises(ConfigError, match="data.kind: 'nope' is not a registered task; "
+                                          "registered: sequence_classification"):
         get_task("nope")
 
 
 def test_the_run_header_needs_nothing_of_a_task_but_its_interface(toy):
     # the driver's generic warnings read the plan and the split sizes, never labels; a task
     # without label names or 1-D labels only adds what it says itself
-    from raytune_ft.config import validate_config
-    from raytune_ft.plan import plan_experiment
+    from raytune_ft.schema import validate_config
     from raytune_ft.tuning.runner import _warnings
 
     task, bundle = toy
     config = validate_config({"name": "toy", "model": {"name": "m"}, "data": {"task": "sst2"},
                               "train": {"batch_size": 128, "max_micro_batch": 128}})
-    plan = plan_experiment(config, n_train=len(bundle.train))
+    plan = config.plan(len(bundle.train))
     assert _warnings(plan, bundle) == [
         f"the training split has {len(bundle.train)} examples, fewer than one batch of 128: "
         "a step then repeats examples"]
@@ -214,8 +200,7 @@ def test_unequal_loss_units_per_micro_batch_give_the_whole_batchs_gradient(monke
     # Micro-batches of 5 hold different unit counts: dividing each by its own count (or by
     # examples) would weight them wrongly; the loop divides by the whole batch's units.
     task = WeightedToy()
-    monkeypatch.setitem(TASKS, task.name, __name__)
-    monkeypatch.setattr(sys.modules[__name__], "TASK", task)
+    monkeypatch.setitem(TASKS, task.name, task)
     bundle = task.load_data(None, "", 0)
     bundle.kind = task.name
     whole, parts = toy_loop(task, bundle), toy_loop(task, bundle, max_micro_batch=5)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import random
+import re
 
 import numpy as np
 import pandas as pd
@@ -13,8 +14,9 @@ import pytest
 import torch
 from support import REPO
 
-from raytune_ft.config import DataConfig, TrainConfig, load_config
+from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ConfigError, DataError
+from raytune_ft.schema import data_settings, load_config
 from raytune_ft.tasks import get_task, task_for
 from raytune_ft.tasks._conll import TaggedSentences, label_set, read_tagged
 from raytune_ft.tasks.token_classification import (
@@ -262,7 +264,7 @@ def test_a_slow_tokenizer_is_refused(tmp_path, tiny_bert, monkeypatch):
     # tokenizer of another model is what a user would meet
     slow = types.SimpleNamespace(is_fast=False)
     monkeypatch.setattr(model, "load_tokenizer", lambda path: slow)
-    data = DataConfig(kind="token_classification", train_file=str(tmp_path / "x.conllu"),
+    data = data_settings(kind="token_classification", train_file=str(tmp_path / "x.conllu"),
                       eval_file=str(tmp_path / "x.conllu"))
     with pytest.raises(ModelError, match="is a slow .* needs a fast tokenizer"):
         TASK.load_data(data, str(tiny_bert), 32)
@@ -292,7 +294,7 @@ def test_a_byte_level_bpe_tokenizer_reads_each_word_as_after_a_space(tmp_path):
 
 @pytest.fixture(scope="module")
 def ewt_bundle(tiny_bert):
-    data = DataConfig(kind="token_classification",
+    data = data_settings(kind="token_classification",
                       train_file=str(EWT / "en_ewt-ud-test.conllu"),
                       eval_file=str(EWT / "en_ewt-ud-dev.conllu"),
                       max_train_samples=40, max_eval_samples=24)
@@ -333,7 +335,7 @@ def test_accumulation_gives_the_big_batch_gradient_with_unequal_labelled_tokens(
         hp = TrainConfig(batch_size=16, max_micro_batch=micro, max_grad_norm=None,
                          learning_rate=1e-3)
         loop = FineTuneLoop(copy.deepcopy(model), ewt_bundle, hp,
-                            metric="eval_token_accuracy")
+                            metric="eval_token_accuracy", task=get_task(ewt_bundle.kind))
         loop.model.eval()  # no dropout: the same function for every split of the batch
         loss_sum, step_units = loop._step(indices)
         assert step_units == sum(units)
@@ -432,7 +434,7 @@ def test_every_gold_word_is_scored_whatever_max_length(tiny_bert):
     dev = read_tagged(str(EWT / "en_ewt-ud-dev.conllu"), "data.eval_file", "conllu", "upos",
                       None)
     gold = [tag for tags in dev.tags for tag in tags]
-    data = DataConfig(kind="token_classification", train_file=str(EWT / "en_ewt-ud-dev.conllu"),
+    data = data_settings(kind="token_classification", train_file=str(EWT / "en_ewt-ud-dev.conllu"),
                       eval_file=str(EWT / "en_ewt-ud-dev.conllu"), max_train_samples=16,
                       label_names=sorted(set(gold)))
     scores = {}
@@ -454,13 +456,13 @@ def test_no_forward_pass_holds_more_rows_than_the_eval_batch(tiny_bert):
     logits of one pass over the whole batch."""
     dev = read_tagged(str(EWT / "en_ewt-ud-dev.conllu"), "data.eval_file", "conllu", "upos",
                       None)
-    data = DataConfig(kind="token_classification", train_file=str(EWT / "en_ewt-ud-dev.conllu"),
+    data = data_settings(kind="token_classification", train_file=str(EWT / "en_ewt-ud-dev.conllu"),
                       eval_file=str(EWT / "en_ewt-ud-dev.conllu"), max_train_samples=16,
                       label_names=sorted({tag for tags in dev.tags for tag in tags}))
     bundle = TASK.load_data(data, str(tiny_bert), 32)
     hp = TrainConfig(batch_size=16, eval_batch_size=128)
     loop = FineTuneLoop(TASK.load_model(str(tiny_bert), bundle.label_names, seed=0), bundle,
-                        hp, metric="eval_token_accuracy")
+                        hp, metric="eval_token_accuracy", task=get_task(bundle.kind))
     windows = np.diff(bundle.eval.windows)
     assert max(int(windows[b].sum()) for b in eval_batches(bundle.eval, 128)) == 256
     rows = []
@@ -483,7 +485,7 @@ def test_an_entity_cut_by_max_length_is_not_scored_complete(tmp_path, tiny_bert)
     """Gold `B-PER I-PER I-PER O` at a max_length that holds one word: a tagger right on the
     first word alone has not found the entity."""
     (tmp_path / "ner.conll").write_text("john B-PER\npaul I-PER\nsmith I-PER\nsays O\n")
-    data = DataConfig(kind="token_classification", train_file=str(tmp_path / "ner.conll"),
+    data = data_settings(kind="token_classification", train_file=str(tmp_path / "ner.conll"),
                       eval_file=str(tmp_path / "ner.conll"))
     bundle = TASK.load_data(data, str(tiny_bert), 3)  # [CLS] one sub-word [SEP]
     names = bundle.label_names
@@ -536,7 +538,8 @@ def test_the_experiments_validate():
      "CoNLL-2003 column files take the token from the first column"),
     ({"train_file": "a.conllu", "eval_file": "b.jsonl"},
      "data.eval_file: b.jsonl is not a conllu file like data.train_file"),
-    ({"task": "sst2"}, "data.task 'sst2' is not a token_classification dataset"),
+    ({"task": "sst2"}, "data.task: unknown key for data.kind token_classification (read by "
+                       "data.kind sequence_classification)"),
     ({"train_file": "a.conll", "eval_file": "b.conll", "label_names": ["O", "O"]},
      "data.label_names: ['O', 'O'] names a tag twice"),
     ({"train_file": "a.conll", "eval_file": "b.conll", "format": "brat"},
@@ -545,7 +548,7 @@ def test_the_experiments_validate():
 def test_bad_data_settings_are_refused_at_validation(data, message):
     raw = {"name": "t", "metric": "eval_token_accuracy", "model": {"name": "m"},
            "data": {"kind": "token_classification", **data}}
-    from raytune_ft.config import validate_config
+    from raytune_ft.schema import validate_config
 
     with pytest.raises(ConfigError) as error:
         validate_config(raw)
@@ -553,12 +556,13 @@ def test_bad_data_settings_are_refused_at_validation(data, message):
 
 
 def test_tagging_fields_without_the_tagging_kind_are_refused():
-    from raytune_ft.config import validate_config
+    from raytune_ft.schema import validate_config
 
     raw = {"name": "t", "model": {"name": "m"},
            "data": {"train_file": "a.conllu", "eval_file": "b.conllu", "tag_column": "upos"}}
-    with pytest.raises(ConfigError, match="data.tag_column: read only by data.kind "
-                                          "token_classification"):
+    with pytest.raises(ConfigError, match=re.escape(
+            "data.tag_column: unknown key for data.kind sequence_classification (read by "
+            "data.kind token_classification)")):
         validate_config(raw)
 
 
@@ -588,7 +592,7 @@ def test_the_run_header_counts_words_cut_and_lost_and_tags_never_trained(tokeniz
 def test_a_bio_tagger_trains_and_reports_entity_scores(tmp_path, tiny_bert):
     for name in ("train.conll", "dev.conll"):
         (tmp_path / name).write_text(CONLL2003 * 4)
-    data = DataConfig(kind="token_classification", train_file=str(tmp_path / "train.conll"),
+    data = data_settings(kind="token_classification", train_file=str(tmp_path / "train.conll"),
                       eval_file=str(tmp_path / "dev.conll"))
     bundle = TASK.load_data(data, str(tiny_bert), 32)
     assert bundle.metrics == ["eval_token_accuracy", "eval_loss", "eval_precision",
@@ -596,7 +600,7 @@ def test_a_bio_tagger_trains_and_reports_entity_scores(tmp_path, tiny_bert):
     assert bundle.label_names == ["B-MISC", "B-ORG", "B-PER", "I-PER", "O"]
     hp = TrainConfig(max_epochs=1, eval_every_epochs=1, batch_size=4, learning_rate=1e-3)
     loop = FineTuneLoop(TASK.load_model(str(tiny_bert), bundle.label_names, seed=0), bundle, hp,
-                        metric="eval_f1")
+                        metric="eval_f1", task=get_task(bundle.kind))
     report = loop.run_interval()
     assert report["samples_seen"] == 8  # samples are sentences
     for key in ("eval_token_accuracy", "eval_precision", "eval_recall", "eval_f1"):

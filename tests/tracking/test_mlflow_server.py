@@ -33,7 +33,7 @@ from _helpers import (  # noqa: E402
 )
 from wandb_records import history, records, run_info  # noqa: E402
 
-from raytune_ft.experiment import TRACKING_FILE  # noqa: E402
+from raytune_ft.tracking._runs import TRACKING_FILE  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ from _helpers import (  # noqa: E402
 )
 from wandb_records import history, run_info  # noqa: E402
 
-from raytune_ft.experiment import TRACKING_FILE  # noqa: E402
+from raytune_ft.tracking._runs import TRACKING_FILE  # noqa: E402
 
 
 @pytest.fixture(scope="module")

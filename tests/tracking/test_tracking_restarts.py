@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from wandb_records import history, records, summary  # noqa: E402
 
-from raytune_ft.config import validate_config  # noqa: E402
+from raytune_ft.schema import validate_config
 
 ITERATIONS = 8
 
@@ -61,12 +61,12 @@ def experiment(tmp_path: Path, name: str, **sections):
 def run(tuner, config, experiment_dir: Path) -> bool:
     """`Tuner.fit` and the trackers' end step, as `raytune-ft tune`/`resume` run them;
     whether Ctrl-C cut it short."""
-    from raytune_ft.tracking import End, TrackingContext, finish_tracking
-    from raytune_ft.tuning.runner import fit_tuner
+    from raytune_ft.tracking import End, finish_tracking
+    from raytune_ft.tuning.runner import fit_tuner, tracking_run
 
     _, interrupted = fit_tuner(tuner)
-    context = TrackingContext(config, str(experiment_dir), config.iterations)
-    assert finish_tracking(context, End(None, None, interrupted)) == []
+    context = tracking_run(config, str(experiment_dir), config.iterations)
+    assert finish_tracking(config.tracking, context, End(None, None, interrupted)) == []
     return interrupted
 
 
@@ -194,15 +194,16 @@ def test_a_tracker_that_failed_ends_its_open_runs_failed_when_its_store_answers(
     """MLflow refuses a metric's name at iteration 3 (a real refusal of the real store): the
     tracker goes quiet, its runs stay RUNNING through the run, and the end step, finding
     the store answering, ends them FAILED and says so in the end line."""
-    from raytune_ft.tracking import End, TrackingContext, finish_tracking
-    from raytune_ft.tuning.runner import fit_tuner
+    from raytune_ft.tracking import End, finish_tracking
+    from raytune_ft.tuning.runner import fit_tuner, tracking_run
 
     config = experiment(tmp_path, "odd", tracking={
         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db"}})
     directory = tmp_path / "results" / "odd"
     _, interrupted = fit_tuner(synthetic.tuner(config, directory, odd_key_at=3))
     assert not interrupted
-    lines = finish_tracking(TrackingContext(config, str(directory), config.iterations),
+    lines = finish_tracking(config.tracking,
+                            tracking_run(config, str(directory), config.iterations),
                             End(None, None, False))
     assert len(lines) == 1 and 'Invalid value "odd key!"' in lines[0], lines
     client, parents, children = mlflow_runs(tmp_path, "odd")

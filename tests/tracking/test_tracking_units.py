@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from support import experiment_yaml
 
-from raytune_ft.config import load_config
 from raytune_ft.errors import ConfigError
+from raytune_ft.schema import load_config
 from raytune_ft.tracking import _guard
 from raytune_ft.tracking._common import end_status, flat_params, metrics_of
 
@@ -169,8 +169,7 @@ def test_wandb_without_an_api_key_runs_offline_and_online_is_one_warning(tmp_pat
 
 
 def test_an_unreadable_tracking_file_is_an_error_not_a_fresh_start(tmp_path):
-    from raytune_ft.experiment import TRACKING_FILE
-    from raytune_ft.tracking._runs import read_runs, write_runs
+    from raytune_ft.tracking._runs import TRACKING_FILE, read_runs, write_runs
 
     assert read_runs(str(tmp_path)) == {}  # a new experiment
     write_runs(str(tmp_path), "mlflow", {"parent_run_id": "p1"})
@@ -190,8 +189,12 @@ def test_the_tracking_record_is_where_rays_restore_does_not_copy_it(tmp_path):
     import pyarrow.fs
     from ray.train._internal.storage import _list_at_fs_path
 
-    from raytune_ft.experiment import LEGACY_TRACKING_FILE, TRACKING_FILE
-    from raytune_ft.tracking._runs import read_runs, write_runs
+    from raytune_ft.tracking._runs import (
+        LEGACY_TRACKING_FILE,
+        TRACKING_FILE,
+        read_runs,
+        write_runs,
+    )
 
     write_runs(str(tmp_path), "mlflow", {"parent_run_id": "p1"})
     listed = _list_at_fs_path(pyarrow.fs.LocalFileSystem(), str(tmp_path))

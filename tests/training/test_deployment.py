@@ -17,10 +17,10 @@ from raytune_ft.training.loop import FineTuneLoop
 
 @pytest.fixture(scope="module")
 def loop(tiny_bert, glue_dir):
-    from raytune_ft.config import DataConfig
+    from raytune_ft.schema import data_settings
 
     task = get_task("sequence_classification")
-    data = DataConfig(task="sst2", path=str(glue_dir), max_train_samples=64,
+    data = data_settings(task="sst2", path=str(glue_dir), max_train_samples=64,
                       max_eval_samples=40)
     bundle = task.load_data(data, str(tiny_bert), 32)
     hp = TrainConfig(max_epochs=1, batch_size=16, eval_batch_size=32, freeze_layers=1,
@@ -29,7 +29,7 @@ def loop(tiny_bert, glue_dir):
     from raytune_ft.training.model import parameter_groups
 
     parameter_groups(model, hp)  # freezing happens where the optimizer groups are built
-    return FineTuneLoop(model, bundle, hp)
+    return FineTuneLoop(model, bundle, hp, task=get_task(bundle.kind))
 
 
 def test_counts_follow_requires_grad(loop):
@@ -111,16 +111,16 @@ def test_model_mb_is_the_weights_alone_checkpoint_mb_the_training_state(loop, tm
 
 
 def test_model_mb_of_lora_is_adapters_and_head(tiny_bert, glue_dir, tmp_path):
-    from raytune_ft.config import DataConfig
+    from raytune_ft.schema import data_settings
     from raytune_ft.training.lora import apply_lora
 
     task = get_task("sequence_classification")
-    data = DataConfig(task="sst2", path=str(glue_dir), max_train_samples=32,
+    data = data_settings(task="sst2", path=str(glue_dir), max_train_samples=32,
                       max_eval_samples=8)
     bundle = task.load_data(data, str(tiny_bert), 32)
     hp = TrainConfig(max_epochs=1, batch_size=16, eval_batch_size=8, lora_r=4)
     model = apply_lora(task.load_model(str(tiny_bert), bundle.label_names, 0), hp)
-    lora = FineTuneLoop(model, bundle, hp)
+    lora = FineTuneLoop(model, bundle, hp, task=get_task(bundle.kind))
     lora.save(tmp_path)
     figures = deployment_figures(lora, tmp_path)
     trained = sum(p.numel() * 4 for p in model.parameters() if p.requires_grad)
@@ -134,7 +134,7 @@ def test_lora_figures_describe_the_merged_model_export_ships(tiny_bert, glue_dir
     no peft copy of the head, the merged graph timed); trainable_param_count stays what the
     trial trains. The merged model's function and the training model's weights afterwards:
     test_lora_measurement_keeps_no_second_base_and_restores_the_weights."""
-    from raytune_ft.training.lora import is_lora
+    from raytune_ft.training.model import is_lora
 
     loop = _lora_loop(tiny_bert, glue_dir, eval_samples=8, eval_batch_size=8)
     task, bundle = loop.task, loop.data
@@ -159,16 +159,16 @@ def test_lora_figures_describe_the_merged_model_export_ships(tiny_bert, glue_dir
 
 def _lora_loop(tiny_bert, glue_dir, eval_samples: int, eval_batch_size: int) -> FineTuneLoop:
     """A LoRA loop on SST-2 trained one interval, so merging changes the base weights."""
-    from raytune_ft.config import DataConfig
+    from raytune_ft.schema import data_settings
     from raytune_ft.training.lora import apply_lora
 
     task = get_task("sequence_classification")
-    data = DataConfig(task="sst2", path=str(glue_dir), max_train_samples=32,
+    data = data_settings(task="sst2", path=str(glue_dir), max_train_samples=32,
                       max_eval_samples=eval_samples)
     bundle = task.load_data(data, str(tiny_bert), 64)
     hp = TrainConfig(max_epochs=1, batch_size=16, eval_batch_size=eval_batch_size, lora_r=4)
     loop = FineTuneLoop(apply_lora(task.load_model(str(tiny_bert), bundle.label_names, 0), hp),
-                        bundle, hp)
+                        bundle, hp, task=get_task(bundle.kind))
     loop.run_interval()
     return loop
 

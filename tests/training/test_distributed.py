@@ -13,7 +13,9 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from raytune_ft.config import DataConfig, TrainConfig
+from raytune_ft.config import TrainConfig
+from raytune_ft.schema import data_settings
+from raytune_ft.tasks import get_task
 from raytune_ft.tasks.sequence_classification import build_bundle, load_model
 from raytune_ft.training.distributed import SINGLE, World, init_world, leave_world
 from raytune_ft.training.loop import FineTuneLoop
@@ -30,13 +32,14 @@ def make_loop(model_dir: str, glue_dir: str, world: World = SINGLE) -> FineTuneL
 
     torch.set_num_threads(1)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    bundle = build_bundle(DataConfig(task="sst2", path=glue_dir, max_train_samples=160,
+    bundle = build_bundle(data_settings(task="sst2", path=glue_dir, max_train_samples=160,
                                      max_eval_samples=64), tokenizer, max_length=48)
     model = load_model(model_dir, bundle.label_names, seed=0)
     for module in model.modules():  # dropout masks are drawn per rank: compare without
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
-    return FineTuneLoop(model, bundle, TrainConfig(**SETTINGS), world=world)
+    return FineTuneLoop(model, bundle, TrainConfig(**SETTINGS), world=world,
+                        task=get_task(bundle.kind))
 
 
 def _rank(rank: int, size: int, port: int, model_dir: str, glue_dir: str, out: str,

@@ -117,7 +117,7 @@ def test_a_folder_whose_body_does_not_fit_its_config_is_refused(tmp_path, tiny_b
 def test_the_run_header_says_whether_the_folders_head_is_kept(tmp_path, tiny_bert):
     """`prepare`'s `head` line, from the folder's config.json once in the driver: kept
     (rows by label name) where its labels are the data's, else fresh from each seed."""
-    from raytune_ft.config import validate_config
+    from raytune_ft.schema import validate_config
     from raytune_ft.training.model import head_origin
     from raytune_ft.tuning.runner import prepare
 

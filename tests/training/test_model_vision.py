@@ -47,7 +47,7 @@ def test_each_policy_moves_exactly_what_it_says(tiny_resnet, images, policy):
     net = model(tiny_resnet)
     hp = TrainConfig(learning_rate=1e-2, batch_size=8, max_epochs=2, eval_every_epochs=1,
                      batchnorm=policy, max_micro_batch=8)
-    loop = FineTuneLoop(net, images, hp)
+    loop = FineTuneLoop(net, images, hp, task=get_task(images.kind))
     stats, affine = batchnorm_state(net)
     conv = dict(net.named_parameters())["resnet.embedder.embedder.convolution.weight"]
     conv_before = conv.detach().clone()
@@ -73,7 +73,7 @@ def test_a_frozen_stage_keeps_its_batchnorm_statistics_under_batchnorm_train(tin
     hp = TrainConfig(learning_rate=1e-2, batch_size=8, max_epochs=1, eval_every_epochs=1,
                      batchnorm="train", max_micro_batch=8, freeze_embeddings=True,
                      freeze_layers=1)
-    loop = FineTuneLoop(net, images, hp)
+    loop = FineTuneLoop(net, images, hp, task=get_task(images.kind))
     stats, _ = batchnorm_state(net)
     loop.run_interval()
     after, _ = batchnorm_state(net)
@@ -166,7 +166,7 @@ def test_label_smoothing_trains_and_eval_loss_stays_the_nll(tiny_resnet, images,
 
     monkeypatch.setattr(type(TASK), "loss", recording)
     hp = TrainConfig(batch_size=16, max_epochs=1, label_smoothing=0.2)
-    FineTuneLoop(model(tiny_resnet), images, hp).run_interval()
+    FineTuneLoop(model(tiny_resnet), images, hp, task=get_task(images.kind)).run_interval()
     assert {ls for training, ls in seen if training} == {0.2}
     assert {ls for training, ls in seen if not training} == {0.0}
 
@@ -222,7 +222,7 @@ def test_augmented_steps_accumulate_exactly_however_the_batch_is_split(tiny_resn
     for micro in (16, 4):
         hp = TrainConfig(batchnorm=policy, batch_size=16, max_micro_batch=micro,
                          max_epochs=1, eval_every_epochs=1)
-        loop = FineTuneLoop(model(tiny_resnet), augmented, hp)
+        loop = FineTuneLoop(model(tiny_resnet), augmented, hp, task=get_task(augmented.kind))
         train_mode(loop.model, hp)
         loop._step(loop.stream.take(0, 16))
         steps.append({n: p.grad.clone() for n, p in loop.model.named_parameters()

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from raytune_ft.config import validate_config
+from raytune_ft.schema import validate_config
 from raytune_ft.tuning.runner import preset_settings, restore_tuner, tune_settings
 
 ITERATIONS = 2
@@ -98,7 +98,7 @@ def experiment(search_alg: dict, limit: int = 1, **sections):
 def run(tmp_path, config, space, tune_config=None, run_config=None) -> Path:
     log = tmp_path / "spans.jsonl"
     if tune_config is None:
-        tune_config, run_config = tune_settings(config, str(tmp_path / "limit"))
+        tune_config, run_config = tune_settings(config, str(tmp_path / "limit"), config.plan())
     trainable = tune.with_resources(trains, {"cpu": 0.25})
     tune.Tuner(trainable, param_space={**space, "log": str(log)}, tune_config=tune_config,
                run_config=run_config).fit()
@@ -144,7 +144,7 @@ def test_replay_and_confirm_run_their_presets_one_at_a_time(tmp_path):
     schedules = {p[SCHEDULE_KEY]: Schedule({"learning_rate": p["learning_rate"]})
                  for p in points}
     space, tune_config, run_config = preset_settings(
-        config, str(tmp_path / "presets"), None, points,
+        config, str(tmp_path / "presets"), config.plan(), points,
         MultiScheduleReplay(schedules, (SCHEDULE_KEY, "log")))
     log = run(tmp_path, config, space, tune_config, run_config)
     assert len(spans(log)) == 3 and most_at_once(log) == 1, spans(log)
@@ -156,7 +156,7 @@ def test_a_resumed_run_restarts_its_errored_and_interrupted_trials_one_at_a_time
     config = experiment({"type": "grid"}, run={"num_samples": 1},
                         search={"learning_rate": {"grid": [1e-5, 1e-4, 1e-3, 1e-2]}})
     log = tmp_path / "spans.jsonl"
-    tune_config, run_config = tune_settings(config, str(tmp_path / "limit"))
+    tune_config, run_config = tune_settings(config, str(tmp_path / "limit"), config.plan())
     space = {"k": tune.grid_search([0, 1, 2, 3]), "learning_rate": 1e-4, "log": str(log),
              "fail": 0, "interrupt": 2, "driver": os.getpid()}
     trainable = tune.with_resources(trains, {"cpu": 0.25})
@@ -175,7 +175,7 @@ def test_a_resumed_run_restarts_its_errored_and_interrupted_trials_one_at_a_time
 def test_the_header_warns_that_the_limit_bounds_a_population(tmp_path, tiny_bert, glue_dir):
     from support import experiment_yaml
 
-    from raytune_ft.config import load_config
+    from raytune_ft.schema import load_config
     from raytune_ft.tuning.runner import prepare
 
     scheduler = {"type": "pbt", "perturbation_interval": 1, "mutations": ["learning_rate"]}

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from support import build_model_family
 
-from raytune_ft.config import trial_model, validate_config
 from raytune_ft.errors import ConfigError
+from raytune_ft.schema import trial_model, validate_config
 from raytune_ft.tasks import task_for
 from raytune_ft.tuning.model_data import resolve_models, tokenize_models, tokenizer_fingerprint
 
@@ -124,7 +124,7 @@ def test_model_name_may_be_left_out_when_it_is_searched(family, glue_dir):
 
 
 def test_confirm_and_replay_tokenize_only_the_models_they_run(family, glue_dir):
-    from raytune_ft.config import model_options, narrow_model_search
+    from raytune_ft.schema import model_options, narrow_model_search
 
     config = validate_config(raw(family, glue_dir))
     one, two = str(family["one"]), str(family["two"])
@@ -154,7 +154,7 @@ def test_a_fixed_name_outside_the_searched_names_is_refused(family, glue_dir):
 def test_nested_spelling_wins_over_the_dotted_one_as_documented(family, glue_dir, tmp_path):
     import yaml
 
-    from raytune_ft.config import load_config
+    from raytune_ft.schema import load_config
 
     settings = raw(family, glue_dir)
     del settings["model"]["name"]
@@ -172,7 +172,7 @@ def test_nested_spelling_wins_over_the_dotted_one_as_documented(family, glue_dir
 
 
 def test_narrowing_keeps_the_fixed_name_among_the_searched(family, glue_dir):
-    from raytune_ft.config import narrow_model_search
+    from raytune_ft.schema import narrow_model_search
 
     config = validate_config(raw(family, glue_dir))  # model.name: two
     one = str(family["one"])

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import synthetic
 
-from raytune_ft.config import validate_config
+from raytune_ft.schema import validate_config
 
 
 @pytest.fixture(scope="module")

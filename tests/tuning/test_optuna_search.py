@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from raytune_ft.config import validate_config
 from raytune_ft.errors import ConfigError
+from raytune_ft.schema import validate_config
 from raytune_ft.tuning.search import build_search_alg, param_space
 from raytune_ft.tuning.warm_start import Observations
 
@@ -26,7 +26,7 @@ def experiment(search_alg=None, **extra):
 
 def suggestions(config, n=6, observations=None):
     searcher = build_search_alg(config, observations)
-    searcher.set_search_properties(config.metric, config.mode, param_space(config))
+    searcher.set_search_properties(config.metric, config.mode, param_space(config.plan()))
     return searcher, [searcher.suggest(f"t{i}") for i in range(n)]
 
 
@@ -95,7 +95,7 @@ def test_points_to_evaluate_come_first():
         if alg["type"] == "random":
             assert searcher._points_to_evaluate == [point]
             continue
-        searcher.set_search_properties(config.metric, config.mode, param_space(config))
+        searcher.set_search_properties(config.metric, config.mode, param_space(config.plan()))
         assert searcher.suggest("t0") == point, alg
 
 
@@ -163,8 +163,7 @@ def test_review_faults_are_one_line_errors(raw, message):
 
 
 def test_quantized_domains_hold_their_grid_only():
-    from raytune_ft.config._search import domain_contains
-    from raytune_ft.config._space import parse_domain
+    from raytune_ft.config import domain_contains, parse_domain
 
     q = parse_domain("w", {"quniform": [0.0, 0.3, 0.1]})
     assert domain_contains(q, 0.1) and domain_contains(q, 0.30000000000000004)  # Ray's 3*0.1
@@ -192,7 +191,7 @@ def test_nsga2_breeds_a_second_generation_within_a_small_budget():
     config = experiment({"type": "optuna", "sampler": "nsga2", "seed": 0}, objectives=TWO,
                         run={"num_samples": 8})
     searcher = build_search_alg(config)
-    searcher.set_search_properties(config.metric, config.mode, param_space(config))
+    searcher.set_search_properties(config.metric, config.mode, param_space(config.plan()))
     for i in range(8):
         searcher.suggest(f"t{i}")
         searcher.on_trial_complete(f"t{i}", {"eval_accuracy": 0.5 + 0.01 * i,
@@ -251,9 +250,9 @@ def test_every_sampler_runs_a_search_and_learns_every_trial(sampler, tmp_path, r
     config = experiment({"type": "optuna", "sampler": sampler, "seed": 0,
                          "n_initial_points": 2}, resources={"cpus_per_trial": 0.5},
                         run={"num_samples": CONTRACT_TRIALS, "verbose": 0}, **goals)
-    tune_config, run_config = tune_settings(config, str(tmp_path / sampler))
+    tune_config, run_config = tune_settings(config, str(tmp_path / sampler), config.plan())
     results = tune.Tuner(tune.with_resources(reports_goals, {"cpu": 0.5}),
-                         param_space=param_space(config), tune_config=tune_config,
+                         param_space=param_space(config.plan()), tune_config=tune_config,
                          run_config=run_config).fit()
     assert len(results) == CONTRACT_TRIALS and not results.errors
     saved = build_search_alg(config)  # the searcher as the experiment saved it

@@ -1,4 +1,4 @@
-"""PBT and PB2 as raytune_ft builds them (tuning/population.py), through the real Tuner: a
+"""PBT and PB2 as raytune_ft builds them (schedulers/_rescue.py), through the real Tuner: a
 diverged member is rescued whatever order the results arrive in, and the exploit log names
 the iterations the decisions used.
 
@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from ray import tune
 
-from raytune_ft.config import validate_config
+from raytune_ft.schema import validate_config
 from raytune_ft.tuning.runner import tune_settings
 
 ITERATIONS = 4
@@ -95,7 +95,7 @@ def population(tmp_path, kind: str, rates: list[float], after: dict | None = Non
         "run": {"num_samples": 1, "verbose": 0}})
     marks = tmp_path / "marks"
     marks.mkdir()
-    tune_config, run_config = tune_settings(config, str(tmp_path / "pop"))
+    tune_config, run_config = tune_settings(config, str(tmp_path / "pop"), config.plan())
     run_config = dataclasses.replace(run_config, callbacks=[*run_config.callbacks,
                                                             Ended(marks)])
     space = {"learning_rate": tune.grid_search(rates), "weight_decay": tune.uniform(0, 0.1),

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import synthetic
 
-from raytune_ft.config import validate_config
+from raytune_ft.schedulers import build_scheduler
+from raytune_ft.schema import validate_config
 from raytune_ft.tuning.scheduler_state import Resumable, SchedulerState, resumable
-from raytune_ft.tuning.schedulers import build_scheduler
 
 RATES = [3e-4, 1e-4, 5e-4, 2e-4, 6e-4, 1.5e-4, 4e-4, 0.5e-4]  # one trial each, in this order
 SCHEDULERS = {
@@ -69,7 +69,7 @@ def _fresh(config) -> Resumable:
     """What `Tuner.restore` starts from: the scheduler as pickled in tuner.pkl."""
     from ray import cloudpickle
 
-    scheduler, _ = resumable(build_scheduler(config))
+    scheduler, _ = resumable(build_scheduler(config.scheduler, config.plan()))
     scheduler.set_search_properties(config.metric, config.mode)
     return cloudpickle.loads(cloudpickle.dumps(scheduler))
 

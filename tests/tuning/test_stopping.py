@@ -13,8 +13,8 @@ import json
 import pytest
 from ray import tune
 
-from raytune_ft.config import validate_config
 from raytune_ft.experiment import STOP_FILE
+from raytune_ft.schema import validate_config
 from raytune_ft.tuning.runner import restore_tuner, search_settings, tune_settings
 from raytune_ft.tuning.stopping import read_stop_reason
 
@@ -42,7 +42,7 @@ def tuner(tmp_path, config, trainable, space: dict):
     """The Tuner `raytune-ft tune` would build for `config`, around `trainable`, and its
     stopper."""
     experiment = str(tmp_path / "stop")
-    tune_config, run_config = tune_settings(config, experiment)
+    tune_config, run_config = tune_settings(config, experiment, config.plan())
     tune_config, run_config = search_settings(config, experiment, tune_config, run_config)
     return tune.Tuner(trainable, param_space=space, tune_config=tune_config,
                       run_config=run_config), run_config.stop

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from raytune_ft import cli
-from raytune_ft.config import validate_config
+from raytune_ft.schema import validate_config
 from raytune_ft.tuning import summary as summary_module
 from raytune_ft.tuning.summary import RunSummary, best_trial, export_analysis, summarize_run
 

@@ -8,9 +8,9 @@ import json
 import pytest
 
 from raytune_ft.analysis._report import _warm_start_note
-from raytune_ft.config import validate_config
 from raytune_ft.errors import ConfigError
 from raytune_ft.experiment import CONFIG_FILE, read_record, write_record
+from raytune_ft.schema import validate_config
 from raytune_ft.tuning.warm_start import Observations, load_observations
 
 SEARCH = {"learning_rate": {"loguniform": [1e-5, 1e-3]}}

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from support import experiment_yaml, read_results, run_cli
 
-from raytune_ft.config import validate_config
 from raytune_ft.errors import ResourceError
+from raytune_ft.schema import validate_config
 from raytune_ft.tuning.cluster import check_local_resources, local_cpus
 
 INTERVAL = 64  # samples per evaluation: 128 train samples, eval every 0.5 epoch
@@ -123,7 +123,7 @@ def test_the_multi_gpu_node_type_fits_the_data_parallel_example():
     import yaml
     from support import REPO
 
-    from raytune_ft.config import load_config
+    from raytune_ft.schema import load_config
     from raytune_ft.tuning.cluster import _how_many_fit, trial_resources
 
     config = load_config(REPO / "experiments" / "mrpc_ddp.yaml")
@@ -147,11 +147,18 @@ def test_the_cluster_check_counts_the_workers_every_node_holds(monkeypatch):
         cluster.check_resources(config)
 
 
-def test_the_analysis_counts_every_workers_cpus_and_gpus():
-    from raytune_ft.analysis._layout import _per_trial
+def test_the_analysis_counts_every_workers_cpus_and_gpus(tmp_path):
+    from raytune_ft.analysis._layout import read_meta
+    from raytune_ft.experiment import write_record
+    from raytune_ft.schema import validate_config
 
-    resources = {"cpus_per_trial": 2, "gpus_per_trial": 1, "workers_per_trial": 4,
-                 "cpus_per_worker": 8, "gpus_per_worker": None}
-    assert _per_trial(resources, "cpus", 1.0) == 32.0
-    assert _per_trial(resources, "gpus", 0.0) == 4.0
-    assert _per_trial({"cpus_per_trial": 2}, "cpus", 1.0) == 2.0
+    def meta(resources: dict):
+        config = validate_config({"name": "w", "model": {"name": "m"},
+                                  "data": {"task": "sst2"}, "resources": resources})
+        write_record(str(tmp_path), config, {})
+        return read_meta(tmp_path, [])
+
+    four = meta({"cpus_per_trial": 2, "gpus_per_trial": 1, "workers_per_trial": 4,
+                 "cpus_per_worker": 8})
+    assert (four.cpus_per_trial, four.gpus_per_trial) == (32.0, 4.0)
+    assert meta({"cpus_per_trial": 2}).cpus_per_trial == 2.0

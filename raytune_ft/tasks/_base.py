@@ -1,0 +1,160 @@
+"""The task interface: what one kind of problem gives the loop and the tuner (`Task`), what
+the driver hands every trial (`DataBundle`), and the metrics a task declares (`Metric`).
+
+A task reads its splits and encodes them once in the driver into flat numpy arrays (the
+`DataBundle` Ray's object store shares with every trial), collates a batch of sample indices,
+builds its model, computes its loss summed over its units (examples, or labelled tokens),
+turns evaluation outputs into its metrics (each with its direction and worst value), and says
+what an exported model card shows. Its `data:` section is its own settings class
+(`settings`), assembled into the experiment by the schema.
+
+Task modules import torch, transformers, pandas and scikit-learn inside their methods, never at
+the top: the schema reads the registry for settings, dataset and metric names.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from raytune_ft.config import DataSettings
+from raytune_ft.errors import ConfigError
+from raytune_ft.training.batching import Split
+from raytune_ft.training.metrics import WORST_LOSS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+
+@dataclass(frozen=True)
+class Metric:
+    """An `eval_` metric a task reports: which way is better, and its worst finite value,
+    which a diverged trial reports in its place so schedulers keep ranking it."""
+
+    name: str
+    mode: Literal["max", "min"]
+    worst: float
+
+
+@dataclass
+class DataBundle:
+    """What the driver hands every trial through the object store."""
+
+    train: Split
+    eval: Split
+    label_names: list[str]
+    pad_token_id: int  # what text tasks pad token ids with (unused by others)
+    task: str  # the data's name: GLUE task or the train file's name
+    metrics: list[str]  # what a trial reports for this data (eval_loss included), in order
+    kind: str  # the TASKS key of the task that encoded it and trains on it
+
+
+class Task(abc.ABC):
+    """One kind of problem. The loop calls, per micro-batch: `collate` (on the host),
+    `forward` (under autocast), `loss` (summed over the micro-batch, in fp32, so gradient
+    accumulation stays exact); per evaluation: `predict` on every eval batch, then
+    `compute_metrics` once."""
+
+    name: ClassVar[str]  # its TASKS key (and its settings' `kind`)
+    metrics: ClassVar[tuple[Metric, ...]]  # every eval metric it can report, but eval_loss
+    datasets: ClassVar[tuple[str, ...]] = ()  # lowercase names `data.task` may give
+    aliases: ClassVar[dict[str, str]] = {}  # other spellings of those names
+    default_metric: ClassVar[dict[str, str]] = {}  # dataset -> metric tuned without `metric:`
+    primary_metric: ClassVar[str] = "eval_accuracy"  # tuned without `metric:` (user's files)
+    settings: ClassVar[type[DataSettings]]  # its `data:` section: its fields and validators
+    example: ClassVar[dict[str, Any]]  # a `data:` section that validates (contract tests)
+    pipeline_tag: ClassVar[str]  # the exported model card's Hub pipeline
+    auto_class: ClassVar[str]  # the transformers Auto class that loads the exported model
+
+    # ------------------------------------------------------------------ driver
+
+    @abc.abstractmethod
+    def load_data(self, data: DataSettings, model_path: str, max_length: int) -> DataBundle:
+        """Read, subset and encode both splits once; `metrics` holds what a trial reports."""
+
+    def describe(self, bundle: DataBundle) -> list[tuple[str, str]]:
+        """(name, text) lines the run header shows about this data (e.g. the labels)."""
+        return []
+
+    def warnings(self, bundle: DataBundle, data: DataSettings) -> list[str]:
+        """What makes this data unlike what the settings suggest (the run header says so)."""
+        return []
+
+    def check_metric(self, metric: str, bundle: DataBundle, data: DataSettings) -> None:
+        """Refuse an experiment metric this data never reports, before Ray starts."""
+        if metric.startswith("eval_") and metric not in bundle.metrics:
+            raise ConfigError(f"metric: {metric!r} is not reported for {bundle.task}; "
+                              f"reported: {', '.join(bundle.metrics)}")
+
+    # ------------------------------------------------------------------ trial
+
+    @abc.abstractmethod
+    def load_model(self, path: str, label_names: list[str], seed: int) -> torch.nn.Module:
+        """The pretrained body with a head for `label_names`: fresh from `seed`, or the
+        folder's own with its rows mapped by label name where its labels are these."""
+
+    @abc.abstractmethod
+    def collate(self, data: DataBundle, split: Split, indices: np.ndarray
+                ) -> dict[str, torch.Tensor]:
+        """The examples at `indices` as host tensors, padded per batch; targets included."""
+
+    @abc.abstractmethod
+    def forward(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+        """The model's outputs for a collated batch (on the device)."""
+
+    @abc.abstractmethod
+    def loss(self, outputs: Any, batch: dict[str, torch.Tensor], label_smoothing: float = 0.0
+             ) -> torch.Tensor:
+        """The batch's loss summed over its loss units (not a mean), as an fp32 scalar; the
+        loop passes `train.label_smoothing` on training steps and 0.0 at evaluation."""
+
+    def loss_units(self, batch: dict[str, torch.Tensor]) -> int:
+        """What `loss` sums over in a collated batch: its examples (a tagging task: its
+        labelled tokens). A step divides the summed loss of all its micro-batches by their
+        units, so accumulation gives the whole batch's gradient however units fall."""
+        return len(next(iter(batch.values())))
+
+    @abc.abstractmethod
+    def predict(self, outputs: Any, batch: dict[str, torch.Tensor]) -> Any:
+        """What `compute_metrics` needs of one eval batch, on the host."""
+
+    @abc.abstractmethod
+    def compute_metrics(self, data: DataBundle, predictions: list[tuple[np.ndarray, Any]]
+                        ) -> dict[str, float]:
+        """The eval metrics from (indices, `predict` output) of every eval batch."""
+
+    def worst(self, metric: str) -> float:
+        """The worst finite value of a reported metric (losses: `WORST_LOSS`)."""
+        return next((m.worst for m in self.metrics if m.name == metric), WORST_LOSS)
+
+    # ------------------------------------------------------------------ export
+
+    @abc.abstractmethod
+    def save_processor(self, model_path: str, out: str, max_length: int) -> None:
+        """Write the tokenizer (or image processor) the exported model is used with."""
+
+    def card_input(self, config: Any) -> list[str]:
+        """The model card's Data lines about the model's input (text: its max length)."""
+        return [f"- max length: {config.model.max_length} tokens"]
+
+    @abc.abstractmethod
+    def usage(self) -> list[str]:
+        """Python lines that load the exported folder, for its model card."""
+
+
+def label_list(names: list[str], shown: int = 20) -> str:
+    """"0 -> 'neg', 1 -> 'pos'" for the run header, the first `shown` labels."""
+    text = ", ".join(f"{i} -> {name!r}" for i, name in enumerate(names[:shown]))
+    return text + (f", ... ({len(names) - shown} more)" if len(names) > shown else "")
+
+
+def summed_cross_entropy(logits: torch.Tensor, labels: torch.Tensor,
+                         label_smoothing: float = 0.0, **kwargs) -> torch.Tensor:
+    """Cross-entropy summed over examples (or positions), in fp32: what `Task.loss` returns
+    for a classification head."""
+    import torch
+
+    return torch.nn.functional.cross_entropy(logits.float(), labels, reduction="sum",
+                                             label_smoothing=label_smoothing, **kwargs)

@@ -1,0 +1,31 @@
+"""The documentation a newcomer reads: the configuration reference is the schema's own (a
+stale file fails here), every field says what it is, and the README stays a short page."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from raytune_ft.schema._reference import configuration_reference
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_checked_in_configuration_reference_is_the_schemas():
+    checked_in = (REPO / "docs" / "configuration.md").read_text()
+    assert checked_in == configuration_reference(), (
+        "docs/configuration.md is stale: python -m raytune_ft.schema > docs/configuration.md")
+
+
+def test_every_field_of_the_reference_has_a_description():
+    rows = [line for line in configuration_reference().splitlines()
+            if line.startswith("| `")]
+    empty = [row.split("|")[1].strip() for row in rows if row.rstrip().endswith("|  |")]
+    assert rows and not empty, f"fields without a comment in the source: {empty}"
+
+
+def test_the_readme_is_a_short_page_whose_links_resolve():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    for target in re.findall(r"\]\(((?!https?://)[^)#]+)", readme):
+        assert (REPO / target).exists(), f"README links to {target}, which does not exist"
