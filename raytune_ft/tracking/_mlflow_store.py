@@ -20,11 +20,17 @@ from urllib.parse import urlparse
 from raytune_ft.errors import ConfigError
 
 _FIX = "use a database (sqlite:///{folder}/mlflow.db) or a tracking server (http://host:5000)"
+# URIs MLflow's store registry takes as a scheme of their own (`mlflow.tracking.registry`):
+# Databricks and Unity Catalog, though they parse as plain names
+_NAMED_STORES = ("databricks", "databricks-uc", "uc")
 
 
 def is_file_store(uri: str) -> bool:
     """MLflow's own test (`mlflow.utils.uri.get_uri_scheme` and its store registry): no
-    scheme (a path; a Windows drive letter counts as none) or `file`."""
+    scheme (a path; a Windows drive letter counts as none) or `file`, the names of
+    Databricks' stores aside."""
+    if uri in _NAMED_STORES:
+        return False
     scheme = urlparse(uri).scheme
     return scheme in ("", "file") or (len(scheme) == 1 and scheme.isalpha())
 

@@ -236,6 +236,21 @@ def test_an_mlflow_file_store_is_refused_at_validate_naming_the_fix(
         in err and fix.format(workdir=mlflow_env) in err, err
 
 
+@pytest.mark.parametrize("uri", ["databricks", "databricks-uc", "uc", "databricks://prof"])
+def test_databricks_stores_are_not_file_stores(exp_file, mlflow_env, monkeypatch, capsys, uri):
+    # MLflow's store registry takes these names as schemes of their own
+    from raytune_ft import cli
+    from raytune_ft.tracking._mlflow_store import is_file_store
+
+    assert not is_file_store(uri)
+    assert is_file_store("databricks-folder") and is_file_store("./databricks")
+    configured = ["validate", str(exp_file), "--set", f"tracking.mlflow.tracking_uri={uri}"]
+    assert cli.main(configured) == cli.EXIT_OK, capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    unset = ["validate", str(exp_file), "--set", "tracking.mlflow={}"]
+    assert cli.main(unset) == cli.EXIT_OK, capsys.readouterr().err
+
+
 def test_tune_refuses_a_file_store_before_ray_starts(exp_file, mlflow_env, capsys):
     import ray
 
