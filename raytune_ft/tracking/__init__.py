@@ -43,7 +43,8 @@ class End:
 class Tracker:
     callbacks: Callable[[TrackingContext], list]
     finish: Callable[[TrackingContext, End], None] | None = None
-    check: Callable[[ExperimentConfig], None] | None = None  # raises ConfigError
+    # raises ConfigError; (the config, the record a resume read it from, else None)
+    check: Callable[[ExperimentConfig, str | None], None] | None = None
 
 
 def _tensorboard(context: TrackingContext) -> list:
@@ -70,10 +71,10 @@ def _mlflow_finish(context: TrackingContext, end: End) -> None:
     finish(context.experiment_dir, end.analysis_dir, end.best, end.interrupted)
 
 
-def _mlflow_check(config: ExperimentConfig) -> None:
+def _mlflow_check(config: ExperimentConfig, record: str | None) -> None:
     from raytune_ft.tracking._mlflow_store import check_store
 
-    check_store(config.tracking.mlflow.tracking_uri)
+    check_store(config.tracking.mlflow.tracking_uri, record)
 
 
 def _wandb(context: TrackingContext) -> list:
@@ -92,12 +93,15 @@ TRACKERS: dict[str, Tracker] = {
 }
 
 
-def check_tracking(config: ExperimentConfig) -> None:
-    """Every switched-on tracker's settings as its tool will take them (ConfigError)."""
+def check_tracking(config: ExperimentConfig, record: str | None = None) -> None:
+    """Every switched-on tracker's settings as its tool will take them (ConfigError).
+
+    `record`: the experiment record a resume read `config` from; an error names it, as the
+    file to edit (`resume` takes no `--set`)."""
     for name in config.tracking.enabled():
         check = TRACKERS[name].check
         if check is not None:
-            check(config)
+            check(config, record)
 
 
 def tracking_callbacks(context: TrackingContext) -> list:

@@ -23,7 +23,7 @@ from typing import Any
 
 from raytune_ft.config import ExperimentConfig, searches_model
 from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
-from raytune_ft.experiment import read_record, write_record
+from raytune_ft.experiment import CONFIG_FILE, read_record, write_record
 from raytune_ft.plan import TrialPlan, plan_experiment
 from raytune_ft.storage import is_uri, write_text
 from raytune_ft.tasks import DataBundle, task_for
@@ -81,7 +81,8 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     """
     from raytune_ft.tracking import check_tracking
 
-    check_tracking(config)  # a store the tracker would refuse at its first log
+    if not resume:  # (resume_experiment checks it naming the record, the file to edit)
+        check_tracking(config)  # a store the tracker would refuse at its first log
     config, defaults = (config, {}) if resume else with_cluster_defaults(config, address)
     paths = None
     if searches_model(config):  # several models or lengths: each is checked, the first shown
@@ -493,10 +494,13 @@ def resume_experiment(experiment_dir: str, address: str | None = None) -> RunSum
     Unfinished and errored trials restart from their last checkpoint in storage, so any
     node can pick them up; finished trials are kept as they are.
     """
+    from raytune_ft.tracking import check_tracking
+
     if not is_uri(experiment_dir):
         experiment_dir = str(Path(experiment_dir).expanduser().resolve())
     experiment_dir = experiment_dir.rstrip("/")
     config, record = read_record(experiment_dir)
+    check_tracking(config, record=f"{experiment_dir}/{CONFIG_FILE}")
     prepared = prepare(config, resume=True, address=address)
     prepared.experiment_dir = experiment_dir
     _check_same_plan(record, prepared.plan, experiment_dir)

@@ -287,6 +287,51 @@ def test_an_unset_uri_is_checked_where_mlflow_would_log(exp_file, mlflow_env, mo
     assert cli.main(unset) == cli.EXIT_OK
 
 
+def test_a_resume_names_the_fix_it_can_use_for_a_file_store(exp_file, mlflow_env,
+                                                             monkeypatch, capsys):
+    """An experiment recorded with a file store before it was refused: `resume` reads its
+    settings from the record and takes no --set, and the resumed tracker is the one pickled
+    at the start (it keeps its URI), so the fix is what the environment can change."""
+    import ray
+
+    from raytune_ft import cli
+    from raytune_ft.experiment import CONFIG_FILE, write_record
+    from raytune_ft.tracking import check_tracking
+
+    experiment = mlflow_env / "results" / "old"
+    experiment.mkdir(parents=True)
+    record = f"{experiment}/{CONFIG_FILE}"
+    configured = load_config(exp_file, ["tracking.mlflow.tracking_uri=./mlruns"])
+    write_record(str(experiment), configured, {})
+    assert cli.main(["resume", str(experiment)]) == cli.EXIT_BAD_INPUT
+    assert not ray.is_initialized()
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "set tracking.mlflow.tracking_uri" not in err, err
+    assert err.endswith("tracking.mlflow.tracking_uri: './mlruns' is an MLflow file store, "
+                        f"{_refusal()}; a resumed experiment logs to the store it started "
+                        f"with ({record}), so resume it with MLFLOW_ALLOW_FILE_STORE=true in "
+                        "the environment"), err
+    # none configured: MLflow chooses again in the resumed driver, from its environment
+    unset = load_config(exp_file, ["tracking.mlflow={}"])
+    write_record(str(experiment), unset, {})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "/srv/mlruns")
+    assert cli.main(["resume", str(experiment)]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("MLFLOW_TRACKING_URI='/srv/mlruns' is an MLflow file store, "
+                        f"{_refusal()}; resume it with MLFLOW_TRACKING_URI set to a database "
+                        "(sqlite:////srv/mlflow.db) or a tracking server (http://host:5000), "
+                        "or with MLFLOW_ALLOW_FILE_STORE=true, in the environment"), err
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the fix named: the check passes
+    check_tracking(configured, record)
+    check_tracking(unset, record)
+
+
+def _refusal() -> str:
+    from importlib.metadata import version
+
+    return f"which MLflow {version('mlflow')} refuses to log to (maintenance mode)"
+
+
 def test_an_unreachable_mlflow_server_is_one_short_warning_and_no_retry_noise(caplog):
     """The guard's warning keeps the request and its root cause, not urllib3's whole chain;
     urllib3's own retry warning for the tracker's request is not repeated beside it."""
