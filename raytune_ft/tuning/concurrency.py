@@ -19,6 +19,8 @@ from __future__ import annotations
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
+from raytune_ft.tuning.forwarding import ForwardingScheduler
+
 
 def limit_concurrency(search_alg, limit: int | None):
     """`search_alg` with at most `limit` unfinished trials at a time (None: no limit)."""
@@ -44,7 +46,7 @@ def limit_running(scheduler, limit: int | None):
 _BUSY = (Trial.RUNNING, Trial.PENDING)  # running, or about to start (Tune starts every PENDING)
 
 
-class RunningLimit(TrialScheduler):
+class RunningLimit(ForwardingScheduler):
     """Any Tune scheduler, with at most `limit` trials RUNNING or PENDING at once.
 
     Tune starts every PENDING trial that fits the cluster; only `choose_trial_to_run` (asked
@@ -55,8 +57,7 @@ class RunningLimit(TrialScheduler):
     """
 
     def __init__(self, scheduler: TrialScheduler, limit: int) -> None:
-        super().__init__()
-        self.scheduler = scheduler
+        super().__init__(scheduler)
         self.limit = limit
         self._seen: set[str] = set()  # trials this gate has looked at
         self._held: list[str] = []  # trials it paused, oldest first
@@ -82,41 +83,7 @@ class RunningLimit(TrialScheduler):
             trial = by_id.get(self._held.pop(0))
             if trial is not None and trial.status == Trial.PAUSED:
                 return trial
-        return self.scheduler.choose_trial_to_run(tune_controller)
-
-    # ------------------------------------------------------------ the wrapped scheduler's
-
-    @property
-    def metric(self):
-        return self.scheduler.metric
-
-    @property
-    def supports_buffered_results(self):
-        return self.scheduler.supports_buffered_results
-
-    def set_search_properties(self, metric, mode, **spec) -> bool:
-        return self.scheduler.set_search_properties(metric, mode, **spec)
-
-    def on_trial_add(self, tune_controller, trial: Trial) -> None:
-        self.scheduler.on_trial_add(tune_controller, trial)
-
-    def on_trial_error(self, tune_controller, trial: Trial) -> None:
-        self.scheduler.on_trial_error(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
-        return self.scheduler.on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
-        self.scheduler.on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
-        self.scheduler.on_trial_remove(tune_controller, trial)
+        return super().choose_trial_to_run(tune_controller)
 
     def debug_string(self) -> str:
-        return f"{self.scheduler.debug_string()} (at most {self.limit} trials at once)"
-
-    def save(self, checkpoint_path: str) -> None:
-        self.scheduler.save(checkpoint_path)
-
-    def restore(self, checkpoint_path: str) -> None:
-        self.scheduler.restore(checkpoint_path)
+        return f"{super().debug_string()} (at most {self.limit} trials at once)"

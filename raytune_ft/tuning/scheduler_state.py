@@ -9,7 +9,7 @@ HyperBand or synchronous PBT had paused at a milestone would train past it.
 
 One generic mechanism for every registered scheduler, with no per-scheduler code:
 
-- `Resumable` wraps the scheduler and forwards every call to it.
+- `Resumable` wraps the scheduler and forwards every call to it (`forwarding`).
 - `SchedulerState`, a Tune callback, returns the wrapped scheduler's pickled state from
   `get_state`, which Tune calls in the same save as the trial states (so both describe the
   same moment) and writes atomically as `callback-states-*.pkl`. The callback and the
@@ -31,23 +31,24 @@ import io
 import logging
 import pickle
 import random
-from typing import Any
 
 from ray import tune
 from ray.train._internal.session import _FutureTrainingResult
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
+from raytune_ft.tuning.forwarding import ForwardingScheduler
+
 log = logging.getLogger(__name__)
 _FORMAT = 1  # the layout of a saved state; another one is not restored
 _RESOLVE_TIMEOUT_S = 10.0  # a checkpoint save in flight when the state is saved
 
 
-class Resumable(TrialScheduler):
+class Resumable(ForwardingScheduler):
     """Any Ray Tune scheduler, whose state `SchedulerState` saves and restores."""
 
     def __init__(self, inner: TrialScheduler) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._reset()
 
     def _reset(self) -> None:
@@ -61,15 +62,6 @@ class Resumable(TrialScheduler):
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._reset()
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "_inner":  # unpickling: no `_inner` yet
-            raise AttributeError(name)
-        return getattr(self._inner, name)
-
-    @property
-    def inner(self) -> TrialScheduler:
-        return self._inner
 
     # --------------------------------------------------------------- saving and restoring
 
@@ -121,16 +113,9 @@ class Resumable(TrialScheduler):
 
     # --------------------------------------------------------------- Tune's scheduler calls
 
-    @property
-    def metric(self):
-        return self._inner.metric
-
-    @property
-    def supports_buffered_results(self) -> bool:
-        return self._inner.supports_buffered_results
-
-    def set_search_properties(self, metric, mode, **spec) -> bool:
-        return self._inner.set_search_properties(metric, mode, **spec)
+    def _scheduler(self, tune_controller) -> TrialScheduler:
+        self.ensure_restored(tune_controller)  # a saved state first, at Tune's first call
+        return self._inner
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         self._trials[trial.trial_id] = trial
@@ -138,29 +123,6 @@ class Resumable(TrialScheduler):
         # also while a saved state waits: it replaces this scheduler, and if it cannot be
         # read this one goes on with every trial
         self._inner.on_trial_add(tune_controller, trial)
-
-    def on_trial_error(self, tune_controller, trial: Trial) -> None:
-        self.ensure_restored(tune_controller)
-        self._inner.on_trial_error(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
-        self.ensure_restored(tune_controller)
-        return self._inner.on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
-        self.ensure_restored(tune_controller)
-        self._inner.on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
-        self.ensure_restored(tune_controller)
-        self._inner.on_trial_remove(tune_controller, trial)
-
-    def choose_trial_to_run(self, tune_controller) -> Trial | None:
-        self.ensure_restored(tune_controller)
-        return self._inner.choose_trial_to_run(tune_controller)
-
-    def debug_string(self) -> str:
-        return self._inner.debug_string()
 
 
 class SchedulerState(tune.Callback):
