@@ -8,7 +8,9 @@ PBT/PB2 run use. A resumed experiment breaks the searcher's count: Tune requeues
 unfinished trial and every errored one at once, and an errored trial is no longer unfinished
 to the searcher, so `raytune-ft resume` ran two trials side by side under a limit of one.
 `RunningLimit` wraps the scheduler and keeps a trial beyond the limit PAUSED until a running
-one ends. While a run lasts, the searcher's limit keeps it idle.
+one ends. While a run lasts, the searcher's limit keeps it idle. A snapshot saves a held trial
+as PENDING (`Resumable.hold_back`), so the next resume holds it again; restored PAUSED it
+would wait for the scheduler, and HyperBand never hands back a trial it did not pause.
 
 Under PBT and PB2 a paused member counts as unfinished: the population that exchanges
 weights is the N members alive at once (Ray's own semantics for `max_concurrent_trials`).
@@ -20,6 +22,7 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
 
 from raytune_ft.tuning.forwarding import ForwardingScheduler
+from raytune_ft.tuning.scheduler_state import Resumable
 
 
 def limit_concurrency(search_alg, limit: int | None):
@@ -64,8 +67,19 @@ class RunningLimit(ForwardingScheduler):
 
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         trials = list(tune_controller.get_trials())
+        busy = self._hold_new(tune_controller, trials)
+        released = self._release(trials) if busy < self.limit else None
+        if isinstance(self._inner, Resumable):  # a held trial is saved as PENDING
+            self._inner.hold_back(self._held)
+        if busy >= self.limit:
+            return None
+        return released or super().choose_trial_to_run(tune_controller)
+
+    def _hold_new(self, tune_controller, trials: list[Trial]) -> int:
+        """Hold the trials that are new since the last step (not yet started by Tune) and
+        PENDING beyond the limit; returns how many are busy."""
         busy = sum(t.status in _BUSY and t.trial_id in self._seen for t in trials)
-        for trial in trials:  # new since the last step: not yet started by Tune
+        for trial in trials:
             if trial.trial_id in self._seen:
                 continue
             self._seen.add(trial.trial_id)
@@ -76,14 +90,16 @@ class RunningLimit(ForwardingScheduler):
                 self._held.append(trial.trial_id)
             else:
                 busy += 1
-        if busy >= self.limit:
-            return None
+        return busy
+
+    def _release(self, trials: list[Trial]) -> Trial | None:
+        """The oldest held trial still PAUSED, no longer held (None: none)."""
         by_id = {t.trial_id: t for t in trials}
         while self._held:
             trial = by_id.get(self._held.pop(0))
             if trial is not None and trial.status == Trial.PAUSED:
                 return trial
-        return super().choose_trial_to_run(tune_controller)
+        return None
 
     def debug_string(self) -> str:
         return f"{super().debug_string()} (at most {self.limit} trials at once)"

@@ -55,6 +55,7 @@ class Resumable(ForwardingScheduler):
         self._trials: dict[str, Trial] = {}  # every trial Tune added, by id
         self._pending: dict | None = None  # a saved state to put in force
         self._controller = None  # what Tune hands its scheduler calls (the last one seen)
+        self._held_back: set[str] = set()  # trials a running limit keeps PAUSED, by id
 
     def __getstate__(self) -> dict:
         return {"_inner": self._inner}  # tuner.pkl: the scheduler as built, no trials
@@ -63,6 +64,14 @@ class Resumable(ForwardingScheduler):
         self.__dict__.update(state)
         self._reset()
 
+    def hold_back(self, trial_ids) -> None:
+        """The trials a running limit (`concurrency.RunningLimit`) keeps PAUSED now.
+
+        They are saved as PENDING: the scheduler never paused them, and a trial restored
+        PAUSED waits for the scheduler to hand it back, which HyperBand never does for a
+        trial its brackets did not pause. PENDING, the resumed limit holds them again."""
+        self._held_back = set(trial_ids)
+
     # --------------------------------------------------------------- saving and restoring
 
     def save_state(self) -> dict:
@@ -70,8 +79,10 @@ class Resumable(ForwardingScheduler):
         states: what `restore_state` needs to go on deciding as this one would."""
         import numpy as np
 
-        return {"format": _FORMAT, "scheduler": _dumps(self._inner),
-                "statuses": {trial_id: trial.status for trial_id, trial in self._trials.items()},
+        statuses = {trial_id: Trial.PENDING if trial_id in self._held_back
+                    and trial.status == Trial.PAUSED else trial.status
+                    for trial_id, trial in self._trials.items()}
+        return {"format": _FORMAT, "scheduler": _dumps(self._inner), "statuses": statuses,
                 "random": random.getstate(), "numpy": np.random.get_state()}
 
     def restore_state(self, state: dict) -> None:

@@ -7,17 +7,22 @@ Tune makes at `Tuner.restore`: every decision equal. Through the real `Tuner` an
 whose metric is a function of its config and its checkpointed state, one trial at a time (each
 takes both CPUs): an experiment interrupted by SIGINT (Tune's Ctrl-C) and resumed ends with the
 same trials stopped at the same iterations, the same PBT exploits and the same values as one
-that ran through, and a restored trial's iterations go on from its checkpoint.
+that ran through, and a restored trial's iterations go on from its checkpoint. Under
+`run.max_concurrent_trials`, a trial the running limit holds at a snapshot runs after the
+resume (on the scheduler alone for HyperBand, ASHA and FIFO, and through the real Tuner).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
 from pathlib import Path
 
 import pytest
 import synthetic
+from ray import tune
 
 from raytune_ft.config import validate_config
 from raytune_ft.tuning.scheduler_state import Resumable, SchedulerState, resumable
@@ -31,10 +36,12 @@ SCHEDULERS = {
     # synthetic trainable ignores the batch size PBT explores (a random draw)
     "pbt": {"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.25,
             "synch": True, "mutations": ["batch_size"]},
+    "fifo": {"type": "fifo"},
 }
 
 
-def experiment(kind: str, num_trials: int = len(RATES), iterations: int = 8):
+def experiment(kind: str, num_trials: int = len(RATES), iterations: int = 8,
+               limit: int | None = None):
     search = {"learning_rate": {"grid": RATES[:num_trials]}}
     search_alg = {"type": "grid"}
     if kind == "pbt":
@@ -45,7 +52,7 @@ def experiment(kind: str, num_trials: int = len(RATES), iterations: int = 8):
         "metric": "eval_accuracy", "mode": "max",
         "train": {"max_epochs": iterations / 4, "eval_every_epochs": 0.25},
         "search": search, "scheduler": SCHEDULERS[kind], "search_alg": search_alg,
-        "run": {"num_samples": 1, "verbose": 0}})
+        "run": {"num_samples": 1, "verbose": 0, "max_concurrent_trials": limit}})
 
 
 # --------------------------------------------------------------------- the scheduler alone
@@ -132,6 +139,93 @@ def test_a_saved_state_pickles_trials_by_id_and_keeps_no_session_objects():
         pickle.loads(state["scheduler"])
 
 
+class _Controller:
+    """What a scheduler and the running limit call of Tune's controller."""
+
+    def __init__(self, trials) -> None:
+        self.trials = trials
+
+    def get_trials(self):
+        return self.trials
+
+    def get_live_trials(self):
+        from ray.tune.experiment import Trial
+
+        return [t for t in self.trials if t.status not in (Trial.TERMINATED, Trial.ERROR)]
+
+    def _set_trial_status(self, trial, status) -> None:
+        trial.set_status(status)
+
+    def step(self, scheduler) -> None:
+        """Tune's step, as far as starting trials goes: the scheduler's choice starts, and
+        so does every trial PENDING (what fits the cluster, here all)."""
+        from ray.tune.experiment import Trial
+
+        chosen = scheduler.choose_trial_to_run(self)
+        for trial in self.trials:
+            if trial is chosen or trial.status == Trial.PENDING:
+                trial.set_status(Trial.RUNNING)
+
+
+def _driver(config, tmp_path, saved: dict | None):
+    """A driver's limited scheduler and its callback as `tune_settings` makes them, through
+    `tuner.pkl`, and its two trials as Tune adds them (a resume requeues both PENDING), with
+    `saved` (a pickled snapshot) restored."""
+    from ray import cloudpickle
+
+    from raytune_ft.tuning.runner import tune_settings
+
+    tune_config, run_config = tune_settings(config, str(tmp_path / config.name))
+    callback = next(c for c in run_config.callbacks if isinstance(c, SchedulerState))
+    scheduler, callback = cloudpickle.loads(cloudpickle.dumps((tune_config.scheduler,
+                                                               callback)))
+    scheduler.set_search_properties(config.metric, config.mode)
+    if saved is not None:
+        callback.set_state(cloudpickle.loads(saved))
+    trials = _trials(2)
+    controller = _Controller([])
+    for trial in trials:
+        if saved is None and trial.trial_id == "t1":
+            break  # the first run: the searcher makes t1 once t0 has ended
+        controller.trials.append(trial)
+        scheduler.on_trial_add(controller, trial)
+    callback.setup()
+    return scheduler, callback, controller, trials
+
+
+@pytest.mark.parametrize("kind", ["hyperband", "asha", "fifo"])
+def test_a_trial_the_limit_held_runs_after_a_second_resume(kind, tmp_path):
+    # `run.max_concurrent_trials: 1`. The first run: t0 errors, t1 starts; Ctrl-C. Resumed,
+    # both restart: the limit holds t1 (PAUSED) while t0 runs; Ctrl-C again. Resumed again,
+    # t1 was restored PAUSED, which HyperBand never hands back: the run hung.
+    from ray import cloudpickle
+    from ray.tune.experiment import Trial
+
+    config = experiment(kind, num_trials=2, limit=1)
+    scheduler, callback, controller, (t0, t1) = _driver(config, tmp_path, None)
+    controller.step(scheduler)
+    t0.set_status(Trial.ERROR)
+    scheduler.on_trial_error(controller, t0)
+    controller.trials.append(t1)
+    scheduler.on_trial_add(controller, t1)
+    controller.step(scheduler)
+    assert (t0.status, t1.status) == (Trial.ERROR, Trial.RUNNING)
+    saved = cloudpickle.dumps(callback.get_state())  # Tune's snapshot at Ctrl-C
+    for resume in (1, 2):
+        scheduler, callback, controller, (t0, t1) = _driver(config, tmp_path, saved)
+        controller.step(scheduler)
+        assert (t0.status, t1.status) == (Trial.RUNNING, Trial.PAUSED), resume  # one at once
+        saved = cloudpickle.dumps(callback.get_state())
+    result = {"training_iteration": config.iterations, "eval_accuracy": 0.5}
+    t0.set_status(Trial.TERMINATED)
+    scheduler.on_trial_complete(controller, t0, result)
+    controller.step(scheduler)
+    assert t1.status == Trial.RUNNING  # handed back to Tune
+    # and the restored scheduler takes its results (HyperBand: it is in a bracket)
+    assert scheduler.on_trial_result(controller, t1, {**result, "training_iteration": 1}) \
+        == "CONTINUE"
+
+
 # --------------------------------------------------------------------- the real Tuner
 
 @pytest.fixture(scope="module")
@@ -204,3 +298,69 @@ def test_a_resumed_experiment_decides_what_the_uninterrupted_one_decides(
         if (folder / "result.json").is_file():
             rows = [json.loads(x) for x in (folder / "result.json").read_text().splitlines()]
             assert all(r["training_iteration"] == r["step"] for r in rows), folder.name
+
+
+class _InterruptWhileHeld(tune.Callback):
+    """Ctrl-C (SIGINT) once `marker` exists and the running limit holds a trial: one PAUSED
+    that this driver never started and that was not PAUSED at its first step (the scheduler
+    state restores those). The marker goes with it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+        self._reset()
+
+    def _reset(self) -> None:
+        self.started: set[str] = set()
+        self.restored_paused: set[str] | None = None
+
+    def __getstate__(self) -> dict:
+        return {"marker": self.marker}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.restored_paused is None:
+            self.restored_paused = {t.trial_id for t in trials if t.status == "PAUSED"}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.add(trial.trial_id)
+
+    def on_step_end(self, iteration, trials, **info):
+        held = [t for t in trials if t.status == "PAUSED" and t.trial_id not in self.started
+                and t.trial_id not in (self.restored_paused or ())]
+        if held and self.marker.exists():
+            self.marker.unlink()
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.slow  # ~30 s; test_a_trial_the_limit_held_runs_after_a_second_resume is fast
+def test_a_limited_hyperband_run_resumed_twice_ends(tmp_path, ray_by_value):
+    """`max_concurrent_trials: 1` under HyperBand through the real Tuner: the first trial
+    errors, Ctrl-C while the second runs; resumed, both restart and the limit holds one:
+    Ctrl-C again. The second resume restored the held trial PAUSED and never started it."""
+    import threading
+
+    from raytune_ft.tuning.runner import fit_tuner
+
+    config = experiment("hyperband", num_trials=2, iterations=4, limit=1)
+    fail, first, second = (tmp_path / name for name in ("fail", "first", "second"))
+    fail.touch()
+    first.touch()
+    # half a CPU each: only the limit keeps the trials apart
+    synthetic.tuner(config, tmp_path / "exp", cpus=0.5,
+                    interrupt=synthetic.Interrupt(first, 3, 1),
+                    callbacks=(_InterruptWhileHeld(second),), fail_once=[2, str(fail)]).fit()
+    assert not first.exists() and not fail.exists()
+    second.touch()
+    _, interrupted = fit_tuner(synthetic.restored(tmp_path / "exp", cpus=0.5))
+    assert interrupted and not second.exists(), "no trial was held at the second Ctrl-C"
+    hang = threading.Timer(240, os.kill, (os.getpid(), signal.SIGINT))  # the old hang
+    hang.start()
+    try:
+        results, interrupted = fit_tuner(synthetic.restored(tmp_path / "exp", cpus=0.5))
+    finally:
+        hang.cancel()
+    assert not interrupted, "the second resume did not end: a held trial never started"
+    assert len(results) == 2 and not results.errors
