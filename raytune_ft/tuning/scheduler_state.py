@@ -17,7 +17,8 @@ One generic mechanism for every registered scheduler, with no per-scheduler code
   `set_state` reaches the very wrapper Tune schedules with.
 - The pickle names trials by id (they are rebuilt from Tune's own snapshot at a restore) and
   stores a pending checkpoint save (PBT's `_FutureTrainingResult`, an object reference of
-  the old Ray session) as what it resolved to. Ray's global random states (PBT's explore,
+  the old Ray session) as what it resolved to, or, where it does not resolve at once, as the
+  saving trial's newest checkpoint. Ray's global random states (PBT's explore,
   ASHA's bracket draw) are saved beside it.
 - Once Tune has re-added the restored trials (the callback's `setup`, which Tune calls after
   its restore and before its first step), the wrapper swaps in the saved scheduler, puts the
@@ -41,7 +42,10 @@ from raytune_ft.tuning.forwarding import ForwardingScheduler
 
 log = logging.getLogger(__name__)
 _FORMAT = 1  # the layout of a saved state; another one is not restored
-_RESOLVE_TIMEOUT_S = 10.0  # a checkpoint save in flight when the state is saved
+# How long a snapshot waits for a checkpoint save in flight (PBT's); a function trainable's
+# save answers at once, so a longer wait means the actor is gone or busy, and the trial's
+# newest checkpoint, which is what that save returns, stands in for it.
+_RESOLVE_TIMEOUT_S = 1.0
 
 
 class Resumable(ForwardingScheduler):
@@ -82,7 +86,8 @@ class Resumable(ForwardingScheduler):
         statuses = {trial_id: Trial.PENDING if trial_id in self._held_back
                     and trial.status == Trial.PAUSED else trial.status
                     for trial_id, trial in self._trials.items()}
-        return {"format": _FORMAT, "scheduler": _dumps(self._inner), "statuses": statuses,
+        return {"format": _FORMAT, "scheduler": _dumps(self._inner, self._trials.values()),
+                "statuses": statuses,
                 "random": random.getstate(), "numpy": np.random.get_state()}
 
     def restore_state(self, state: dict) -> None:
@@ -176,27 +181,38 @@ class _ResolvedSave(_FutureTrainingResult):
         return self._value
 
 
-def _resolved(future: _FutureTrainingResult):
+def _resolved(future: _FutureTrainingResult, trial: Trial | None):
+    """What a checkpoint save resolved to, or, when it does not resolve at once (an actor
+    gone at Ctrl-C, or busy), the newest checkpoint of the trial saving it: what a function
+    trainable's save returns, so a restored PBT exploits it as the uninterrupted one would
+    (None would skip that exploit)."""
     if isinstance(future, _ResolvedSave):
         return future.resolve()
     import ray
 
     try:
         return ray.get(future.future, timeout=_RESOLVE_TIMEOUT_S)
-    except Exception as error:  # noqa: BLE001 - an actor gone at Ctrl-C: no checkpoint
-        log.debug("a checkpoint save did not resolve (%s); saved as none", error)
-        return None
+    except Exception as error:  # noqa: BLE001 - a dead actor, a timeout: the trial's own
+        newest = trial.latest_checkpoint_result if trial is not None else None
+        log.debug("a checkpoint save of %s did not resolve (%s); saved as its newest "
+                  "checkpoint, %s", trial, error, newest and newest.checkpoint)
+        return newest
 
 
-def _dumps(scheduler: TrialScheduler) -> bytes:
+def _dumps(scheduler: TrialScheduler, trials) -> bytes:
+    """`scheduler` pickled with its `trials` as ids, a pending save as what it resolved to."""
     from ray import cloudpickle
+
+    # Tune keeps the save in flight on the trial it saves (PBT holds the same object)
+    saving = {id(t.temporary_state.saving_to): t for t in trials
+              if isinstance(t.temporary_state.saving_to, _FutureTrainingResult)}
 
     class Pickler(cloudpickle.CloudPickler):
         def persistent_id(self, obj):
             if isinstance(obj, Trial):
                 return ("trial", obj.trial_id)
             if isinstance(obj, _FutureTrainingResult):
-                return ("save", _resolved(obj))
+                return ("save", _resolved(obj, saving.get(id(obj))))
             return None
 
     buffer = io.BytesIO()

@@ -37,6 +37,9 @@ SCHEDULERS = {
     "pbt": {"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.25,
             "synch": True, "mutations": ["batch_size"]},
     "fifo": {"type": "fifo"},
+    # asynchronous: a trial at its perturbation is ranked at once, the best asked to save
+    "pbt_async": {"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5,
+                  "mutations": ["batch_size"]},
 }
 
 
@@ -44,7 +47,7 @@ def experiment(kind: str, num_trials: int = len(RATES), iterations: int = 8,
                limit: int | None = None):
     search = {"learning_rate": {"grid": RATES[:num_trials]}}
     search_alg = {"type": "grid"}
-    if kind == "pbt":
+    if kind.startswith("pbt"):
         search["batch_size"] = {"choice": [16, 32]}
         search_alg = {"type": "random", "seed": 0}
     return validate_config({
@@ -140,10 +143,25 @@ def test_a_saved_state_pickles_trials_by_id_and_keeps_no_session_objects():
 
 
 class _Controller:
-    """What a scheduler and the running limit call of Tune's controller."""
+    """What a scheduler and the running limit call of Tune's controller; `save`: the object
+    reference a checkpoint save asked of a trial's actor returns."""
 
-    def __init__(self, trials) -> None:
+    search_alg = None
+
+    def __init__(self, trials, save=None) -> None:
         self.trials = trials
+        self.save = save
+
+    def _schedule_trial_save(self, trial, result=None):
+        from ray.train._internal.session import _FutureTrainingResult
+
+        trial.temporary_state.saving_to = _FutureTrainingResult(self.save)
+        return trial.temporary_state.saving_to
+
+    def pause_trial(self, trial, should_checkpoint: bool = True) -> None:
+        from ray.tune.experiment import Trial
+
+        trial.set_status(Trial.PAUSED)
 
     def get_trials(self):
         return self.trials
@@ -165,6 +183,80 @@ class _Controller:
         for trial in self.trials:
             if trial is chosen or trial.status == Trial.PENDING:
                 trial.set_status(Trial.RUNNING)
+
+
+@pytest.mark.parametrize("save", ["resolves", "actor gone", "does not answer"])
+def test_a_pbt_save_in_flight_is_saved_as_what_it_returns(save, tmp_path, ray_local):
+    """Asynchronous PBT asks its best trial to save at a perturbation, and Tune's snapshot
+    may come while that save is in flight. Restored, the worse trial exploits what the save
+    returns, as it would have without the interrupt: the value it resolved to, else (an
+    actor gone at Ctrl-C, a save that does not answer at once) the trial's newest
+    checkpoint, which is what a function trainable's save returns. Such a save was stored
+    as no checkpoint (the exploit skipped), after up to 10 s."""
+    import time
+
+    import ray
+    from ray import cloudpickle
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _FutureTrainingResult, _TrainingResult
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    @ray.remote(num_cpus=0)
+    class Saving:  # a trial's actor, whose save does not answer
+        def save(self) -> None:
+            time.sleep(60)
+
+    def trials():
+        storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp")
+        out = [Trial("synthetic", config={"learning_rate": RATES[i], "batch_size": 16},
+                     trial_id=f"t{i}", stub=True, storage=storage) for i in range(2)]
+        for trial in out:
+            trial.init_local_path()  # PBT logs its exploits beside the trials
+        return out
+
+    def saved_at(iteration: int) -> _TrainingResult:
+        return _TrainingResult(checkpoint=Checkpoint(str(tmp_path / f"t0_{iteration}")),
+                               metrics={"training_iteration": iteration,
+                                        "eval_accuracy": 0.9})
+
+    actor = None
+    if save == "resolves":
+        reference = ray.put(saved_at(3))  # (another checkpoint than the newest: which one?)
+    else:
+        actor = Saving.remote()
+        reference = actor.save.remote()
+        if save == "actor gone":
+            ray.kill(actor)
+    config = experiment("pbt_async", num_trials=2)
+    before, (t0, t1) = _fresh(config), trials()
+    controller = _Controller([t0, t1], save=reference)
+    for trial in (t0, t1):
+        before.on_trial_add(controller, trial)
+        trial.set_status(Trial.RUNNING)
+    t0.run_metadata.checkpoint_manager.register_checkpoint(saved_at(2))  # Tune's, at a report
+    before.on_trial_result(controller, t1, {"training_iteration": 2, "eval_accuracy": 0.1})
+    before.on_trial_result(controller, t0, {"training_iteration": 2, "eval_accuracy": 0.9})
+    assert isinstance(t0.temporary_state.saving_to, _FutureTrainingResult)  # the best saves
+    started = time.monotonic()
+    saved = cloudpickle.dumps(SchedulerState(before).get_state())  # Tune's snapshot
+    assert time.monotonic() - started < 5, "the snapshot waited for the save"
+    if actor is not None:
+        ray.kill(actor)
+    after, (r0, r1) = _fresh(config), trials()  # Tune's restore
+    callback = SchedulerState(after)
+    callback.set_state(cloudpickle.loads(saved))
+    controller = _Controller([r0, r1])
+    for trial in (r0, r1):
+        after.on_trial_add(controller, trial)
+    callback.setup()
+    for trial in (r0, r1):
+        trial.set_status(Trial.RUNNING)
+    after.on_trial_result(controller, r1, {"training_iteration": 4, "eval_accuracy": 0.1})
+    expected = saved_at(3 if save == "resolves" else 2).checkpoint.path
+    assert r1.checkpoint is not None and r1.checkpoint.path == expected, \
+        "the restored PBT skipped the exploit, or cloned another checkpoint"
+    assert r1.status == Trial.PAUSED  # to restart from it
 
 
 def _driver(config, tmp_path, saved: dict | None):
