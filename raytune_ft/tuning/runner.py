@@ -77,7 +77,7 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
 
     Without `address` the run is local, so resources are checked against this machine here;
     a cluster's nodes are only known after joining it (`check_resources`). Joining one, the
-    run settings the experiment leaves unset take the cluster defaults (retries, checkpoints).
+    run settings the experiment leaves unset take the cluster defaults (retries).
     """
     from raytune_ft.tracking import check_tracking
 
