@@ -294,7 +294,8 @@ class RunConfig(_Strict):
     time_budget_s: float | None = Field(None, gt=0)
     checkpoints_to_keep: int = Field(1, gt=0)
     checkpoint_every: int = Field(1, gt=0)  # iterations; PBT always checkpoints every one
-    max_failures: int = Field(0, ge=0)  # retries of a failed trial from its last checkpoint
+    max_failures: int = Field(0, ge=0)  # retries of a failed trial from its last checkpoint;
+    #   unset, 2 on a cluster (--address / RAY_ADDRESS: a lost node fails its trials)
     verbose: int = Field(1, ge=0, le=3)
     stop: StopConfig = StopConfig()  # rules that end the whole search early
 
