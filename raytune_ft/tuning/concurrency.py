@@ -34,7 +34,7 @@ def limit_concurrency(search_alg, limit: int | None):
     if isinstance(search_alg, BasicVariantGenerator):
         search_alg.max_concurrent = limit
         return search_alg
-    if search_alg.set_max_concurrency(limit):  # it keeps the limit itself (Optuna here: a
+    if search_alg.set_max_concurrency(limit):  # it keeps the limit itself (Optuna, hyperopt: a
         return search_alg  # ConcurrencyLimiter would drop a resumed errored trial's completion)
     return ConcurrencyLimiter(search_alg, max_concurrent=limit)
 
