@@ -96,8 +96,8 @@ TRACKERS: dict[str, Tracker] = {
 def check_tracking(config: ExperimentConfig, record: str | None = None) -> None:
     """Every switched-on tracker's settings as its tool will take them (ConfigError).
 
-    `record`: the experiment record a resume read `config` from; an error names it, as the
-    file to edit (`resume` takes no `--set`)."""
+    `record`: the experiment record a resume read `config` from (None for a new run); a
+    resume takes no `--set`, so an error names what it can change instead."""
     for name in config.tracking.enabled():
         check = TRACKERS[name].check
         if check is not None:

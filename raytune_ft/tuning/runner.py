@@ -81,7 +81,7 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     """
     from raytune_ft.tracking import check_tracking
 
-    if not resume:  # (resume_experiment checks it naming the record, the file to edit)
+    if not resume:  # (resume_experiment checks it, with the fixes a resume can use)
         check_tracking(config)  # a store the tracker would refuse at its first log
     config, defaults = (config, {}) if resume else with_cluster_defaults(config, address)
     paths = None
