@@ -65,6 +65,11 @@ class RunningLimit(ForwardingScheduler):
         self._seen: set[str] = set()  # trials this gate has looked at
         self._held: list[str] = []  # trials it paused, oldest first
 
+    def __setstate__(self, state: dict) -> None:
+        # an experiment's tuner.pkl written before the forwarding base had `scheduler`
+        state.setdefault("_inner", state.pop("scheduler", None))
+        self.__dict__.update(state)
+
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         trials = list(tune_controller.get_trials())
         busy = self._hold_new(tune_controller, trials)

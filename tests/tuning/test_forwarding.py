@@ -48,3 +48,15 @@ def test_both_wrappers_reach_the_wrapped_scheduler():
     assert bracket._live_trials[trials[0]] is result  # its bracket holds the result
     assert wrapped._time_attr == "training_iteration"  # any other attribute is the inner's
     assert wrapped.debug_string().endswith("(at most 3 trials at once)")
+
+
+def test_a_running_limit_pickled_before_the_forwarding_base_is_read():
+    # tuner.pkl of an experiment started when RunningLimit held its scheduler as `scheduler`
+    from ray import cloudpickle as pickle  # as Tune pickles it
+
+    hyperband = HyperBandScheduler(metric="eval_accuracy", mode="max", max_t=4)
+    old = RunningLimit.__new__(RunningLimit)
+    old.__dict__.update(scheduler=Resumable(hyperband), limit=1, _seen=set(), _held=[])
+    restored = pickle.loads(pickle.dumps(old))
+    assert isinstance(restored.inner, Resumable) and restored.metric == "eval_accuracy"
+    assert pickle.loads(pickle.dumps(RunningLimit(Resumable(hyperband), 2))).limit == 2
