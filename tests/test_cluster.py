@@ -144,10 +144,13 @@ def test_joining_a_cluster_retries_and_checkpoints_unless_the_experiment_says_ot
         return [line for line in capsys.readouterr().out.splitlines()
                 if line.startswith("cluster ")]
 
+    # the checkpoint cadence is the experiment's, as locally (every iteration by default)
     assert header({}, "--address", "10.0.0.5:6379") == [
         "cluster      a failed trial (a lost node) is retried 2 times from its last checkpoint "
         "(run.max_failures, cluster default); checkpoints every iteration "
-        "(run.checkpoint_every, cluster default)"]
+        "(run.checkpoint_every, default)"]
+    assert header({"checkpoint_every": 1}, "--address", "auto")[0].endswith(
+        "checkpoints every iteration (run.checkpoint_every, set in the experiment)")
     assert header({"max_failures": 0, "checkpoint_every": 4}, "--address", "auto") == [
         "cluster      a failed trial (a lost node) is not retried (run.max_failures, set in "
         "the experiment); checkpoints every 4 iterations, so a retry repeats up to 3 "

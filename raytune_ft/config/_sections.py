@@ -197,7 +197,8 @@ class RunConfig(Strict):
     time_budget_s: float | None = Field(None, gt=0)  # end the search after this many seconds
     checkpoints_to_keep: int = Field(1, gt=0)  # per trial (PBT keeps what a clone may need)
     checkpoint_every: int = Field(1, gt=0)  # iterations; PBT always checkpoints every one
-    max_failures: int = Field(0, ge=0)  # retries of a failed trial from its last checkpoint
+    max_failures: int = Field(0, ge=0)  # retries of a failed trial from its last checkpoint;
+    #   unset, 2 on a cluster (--address / RAY_ADDRESS: a lost node fails its trials)
     verbose: int = Field(1, ge=0, le=3)  # Ray Tune's console output: 0 quiet ... 3 detail
     stop: StopConfig = StopConfig()  # rules that end the whole search early
 

@@ -72,12 +72,15 @@ def _contexts(tracking: TrackingSection, run: TrackingContext) -> list[tuple[str
             for name in tracking.enabled()]
 
 
-def check_tracking(tracking: TrackingSection) -> None:
-    """Every switched-on tracker's settings as its tool will take them (ConfigError)."""
+def check_tracking(tracking: TrackingSection, record: str | None = None) -> None:
+    """Every switched-on tracker's settings as its tool will take them (ConfigError).
+
+    `record`: the experiment record a resume read `tracking` from (None for a new run); a
+    resume takes no `--set`, so an error names what it can change instead."""
     for name in tracking.enabled():
         check = TRACKERS[name].check
         if check is not None:
-            check(getattr(tracking, name))
+            check(getattr(tracking, name), record)
 
 
 def tracking_callbacks(tracking: TrackingSection, run: TrackingContext) -> list:

@@ -45,7 +45,8 @@ class Tracker:
     callbacks: Callable[[TrackingContext], list]  # Tune callbacks for the RunConfig (driver)
     header: Callable[[Any], str]  # (settings) -> the run header's words about it
     finish: Callable[[TrackingContext, End], None] | None = None  # after the analysis
-    # (settings) -> None, or ConfigError before Ray starts: a setting the tool would refuse
-    # at its first log (validate, tune and resume exit 2 on it)
-    check: Callable[[Any], None] | None = None
+    # (settings, the record a resume read them from, else None) -> None, or ConfigError
+    # before Ray starts: a setting the tool would refuse at its first log (validate, tune and
+    # resume exit 2 on it; a resume takes no --set, so its error names what it can change)
+    check: Callable[[Any, str | None], None] | None = None
     example: dict[str, Any] = field(default_factory=dict)  # settings that validate (tests)

@@ -48,10 +48,10 @@ def finish(context: TrackingContext, end: End) -> None:
     finish_runs(context.experiment_dir, end.analysis_dir, end.best, end.interrupted)
 
 
-def check(settings: MlflowSettings) -> None:
+def check(settings: MlflowSettings, record: str | None) -> None:
     from raytune_ft.tracking._mlflow_store import check_store
 
-    check_store(settings.tracking_uri)
+    check_store(settings.tracking_uri, record)
 
 
 def header(settings: MlflowSettings) -> str:

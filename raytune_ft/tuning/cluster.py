@@ -45,10 +45,11 @@ def cluster_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
-# Where the experiment leaves them unset, a run that joins a cluster retries a failed trial
-# (a lost node fails its trials) and checkpoints every iteration, so a retry repeats at most
-# one; locally a failure is a bug to see (max_failures 0). Kept in the experiment record.
-CLUSTER_RUN_DEFAULTS = {"max_failures": 2, "checkpoint_every": 1}
+# Where the experiment leaves it unset, a run that joins a cluster retries a failed trial
+# twice (a lost node fails its trials) from its last checkpoint; locally a failure is a bug
+# to see (max_failures 0). Kept in the experiment record. The checkpoint cadence is the
+# experiment's everywhere (run.checkpoint_every, every iteration unless it says otherwise).
+CLUSTER_RUN_DEFAULTS = {"max_failures": 2}
 
 
 def with_cluster_defaults(config: ExperimentConfig, address: str | None
@@ -72,7 +73,9 @@ def cluster_run_text(config: ExperimentConfig, defaults: dict[str, int]) -> str:
     run = config.run
 
     def source(key: str) -> str:
-        return "cluster default" if key in defaults else "set in the experiment"
+        if key in defaults:
+            return "cluster default"
+        return "set in the experiment" if key in run.model_fields_set else "default"
 
     retries = (f"a failed trial (a lost node) is retried {run.max_failures} times from its "
                f"last checkpoint" if run.max_failures else "a failed trial (a lost node) is "

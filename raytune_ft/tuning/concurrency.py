@@ -8,7 +8,9 @@ PBT/PB2 run use. A resumed experiment breaks the searcher's count: Tune requeues
 unfinished trial and every errored one at once, and an errored trial is no longer unfinished
 to the searcher, so `raytune-ft resume` ran two trials side by side under a limit of one.
 `RunningLimit` wraps the scheduler and keeps a trial beyond the limit PAUSED until a running
-one ends. While a run lasts, the searcher's limit keeps it idle.
+one ends. While a run lasts, the searcher's limit keeps it idle. A snapshot saves a held trial
+as PENDING (`Resumable.hold_back`), so the next resume holds it again; restored PAUSED it
+would wait for the scheduler, and HyperBand never hands back a trial it did not pause.
 
 Under PBT and PB2 a paused member counts as unfinished: the population that exchanges
 weights is the N members alive at once (Ray's own semantics for `max_concurrent_trials`).
@@ -18,6 +20,9 @@ from __future__ import annotations
 
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.trial_scheduler import TrialScheduler
+
+from raytune_ft.tuning.forwarding import ForwardingScheduler
+from raytune_ft.tuning.scheduler_state import Resumable
 
 
 def limit_concurrency(search_alg, limit: int | None):
@@ -29,7 +34,7 @@ def limit_concurrency(search_alg, limit: int | None):
     if isinstance(search_alg, BasicVariantGenerator):
         search_alg.max_concurrent = limit
         return search_alg
-    if search_alg.set_max_concurrency(limit):  # it keeps the limit itself (Optuna here: a
+    if search_alg.set_max_concurrency(limit):  # it keeps the limit itself (Optuna, hyperopt: a
         return search_alg  # ConcurrencyLimiter would drop a resumed errored trial's completion)
     return ConcurrencyLimiter(search_alg, max_concurrent=limit)
 
@@ -44,7 +49,7 @@ def limit_running(scheduler, limit: int | None):
 _BUSY = (Trial.RUNNING, Trial.PENDING)  # running, or about to start (Tune starts every PENDING)
 
 
-class RunningLimit(TrialScheduler):
+class RunningLimit(ForwardingScheduler):
     """Any Tune scheduler, with at most `limit` trials RUNNING or PENDING at once.
 
     Tune starts every PENDING trial that fits the cluster; only `choose_trial_to_run` (asked
@@ -55,16 +60,31 @@ class RunningLimit(TrialScheduler):
     """
 
     def __init__(self, scheduler: TrialScheduler, limit: int) -> None:
-        super().__init__()
-        self.scheduler = scheduler
+        super().__init__(scheduler)
         self.limit = limit
         self._seen: set[str] = set()  # trials this gate has looked at
         self._held: list[str] = []  # trials it paused, oldest first
 
+    def __setstate__(self, state: dict) -> None:
+        # an experiment's tuner.pkl written before the forwarding base had `scheduler`
+        state.setdefault("_inner", state.pop("scheduler", None))
+        self.__dict__.update(state)
+
     def choose_trial_to_run(self, tune_controller) -> Trial | None:
         trials = list(tune_controller.get_trials())
+        busy = self._hold_new(tune_controller, trials)
+        released = self._release(trials) if busy < self.limit else None
+        if isinstance(self._inner, Resumable):  # a held trial is saved as PENDING
+            self._inner.hold_back(self._held)
+        if busy >= self.limit:
+            return None
+        return released or super().choose_trial_to_run(tune_controller)
+
+    def _hold_new(self, tune_controller, trials: list[Trial]) -> int:
+        """Hold the trials that are new since the last step (not yet started by Tune) and
+        PENDING beyond the limit; returns how many are busy."""
         busy = sum(t.status in _BUSY and t.trial_id in self._seen for t in trials)
-        for trial in trials:  # new since the last step: not yet started by Tune
+        for trial in trials:
             if trial.trial_id in self._seen:
                 continue
             self._seen.add(trial.trial_id)
@@ -75,48 +95,16 @@ class RunningLimit(TrialScheduler):
                 self._held.append(trial.trial_id)
             else:
                 busy += 1
-        if busy >= self.limit:
-            return None
+        return busy
+
+    def _release(self, trials: list[Trial]) -> Trial | None:
+        """The oldest held trial still PAUSED, no longer held (None: none)."""
         by_id = {t.trial_id: t for t in trials}
         while self._held:
             trial = by_id.get(self._held.pop(0))
             if trial is not None and trial.status == Trial.PAUSED:
                 return trial
-        return self.scheduler.choose_trial_to_run(tune_controller)
-
-    # ------------------------------------------------------------ the wrapped scheduler's
-
-    @property
-    def metric(self):
-        return self.scheduler.metric
-
-    @property
-    def supports_buffered_results(self):
-        return self.scheduler.supports_buffered_results
-
-    def set_search_properties(self, metric, mode, **spec) -> bool:
-        return self.scheduler.set_search_properties(metric, mode, **spec)
-
-    def on_trial_add(self, tune_controller, trial: Trial) -> None:
-        self.scheduler.on_trial_add(tune_controller, trial)
-
-    def on_trial_error(self, tune_controller, trial: Trial) -> None:
-        self.scheduler.on_trial_error(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
-        return self.scheduler.on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
-        self.scheduler.on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
-        self.scheduler.on_trial_remove(tune_controller, trial)
+        return None
 
     def debug_string(self) -> str:
-        return f"{self.scheduler.debug_string()} (at most {self.limit} trials at once)"
-
-    def save(self, checkpoint_path: str) -> None:
-        self.scheduler.save(checkpoint_path)
-
-    def restore(self, checkpoint_path: str) -> None:
-        self.scheduler.restore(checkpoint_path)
+        return f"{super().debug_string()} (at most {self.limit} trials at once)"

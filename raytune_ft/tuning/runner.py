@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
-from raytune_ft.experiment import read_record, write_record
+from raytune_ft.experiment import CONFIG_FILE, read_record, write_record
 from raytune_ft.plan import TrialPlan
 from raytune_ft.schema import ExperimentConfig, searches_model
 from raytune_ft.storage import is_uri, write_text
@@ -77,11 +77,12 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
 
     Without `address` the run is local, so resources are checked against this machine here;
     a cluster's nodes are only known after joining it (`check_resources`). Joining one, the
-    run settings the experiment leaves unset take the cluster defaults (retries, checkpoints).
+    run settings the experiment leaves unset take the cluster defaults (retries).
     """
     from raytune_ft.tracking import check_tracking
 
-    check_tracking(config.tracking)  # a store the tracker would refuse at its first log
+    if not resume:  # (resume_experiment checks it, with the fixes a resume can use)
+        check_tracking(config.tracking)  # a store the tracker would refuse at its first log
     config, defaults = (config, {}) if resume else with_cluster_defaults(config, address)
     paths = None
     if searches_model(config):  # several models or lengths: each is checked, the first shown
@@ -496,10 +497,13 @@ def resume_experiment(experiment_dir: str, address: str | None = None) -> RunSum
     Unfinished and errored trials restart from their last checkpoint in storage, so any
     node can pick them up; finished trials are kept as they are.
     """
+    from raytune_ft.tracking import check_tracking
+
     if not is_uri(experiment_dir):
         experiment_dir = str(Path(experiment_dir).expanduser().resolve())
     experiment_dir = experiment_dir.rstrip("/")
     config, record = read_record(experiment_dir)
+    check_tracking(config.tracking, record=f"{experiment_dir}/{CONFIG_FILE}")
     prepared = prepare(config, resume=True, address=address)
     prepared.experiment_dir = experiment_dir
     _check_same_plan(record, prepared.plan, experiment_dir)

@@ -9,7 +9,7 @@ HyperBand or synchronous PBT had paused at a milestone would train past it.
 
 One generic mechanism for every registered scheduler, with no per-scheduler code:
 
-- `Resumable` wraps the scheduler and forwards every call to it.
+- `Resumable` wraps the scheduler and forwards every call to it (`forwarding`).
 - `SchedulerState`, a Tune callback, returns the wrapped scheduler's pickled state from
   `get_state`, which Tune calls in the same save as the trial states (so both describe the
   same moment) and writes atomically as `callback-states-*.pkl`. The callback and the
@@ -17,7 +17,8 @@ One generic mechanism for every registered scheduler, with no per-scheduler code
   `set_state` reaches the very wrapper Tune schedules with.
 - The pickle names trials by id (they are rebuilt from Tune's own snapshot at a restore) and
   stores a pending checkpoint save (PBT's `_FutureTrainingResult`, an object reference of
-  the old Ray session) as what it resolved to. Ray's global random states (PBT's explore,
+  the old Ray session) as what it resolved to, or, where it does not resolve at once, as the
+  saving trial's newest checkpoint. Ray's global random states (PBT's explore,
   ASHA's bracket draw) are saved beside it.
 - Once Tune has re-added the restored trials (the callback's `setup`, which Tune calls after
   its restore and before its first step), the wrapper swaps in the saved scheduler, puts the
@@ -31,29 +32,34 @@ import io
 import logging
 import pickle
 import random
-from typing import Any
 
 from ray import tune
 from ray.train._internal.session import _FutureTrainingResult
 from ray.tune.experiment import Trial
 from ray.tune.schedulers import TrialScheduler
 
+from raytune_ft.tuning.forwarding import ForwardingScheduler
+
 log = logging.getLogger(__name__)
 _FORMAT = 1  # the layout of a saved state; another one is not restored
-_RESOLVE_TIMEOUT_S = 10.0  # a checkpoint save in flight when the state is saved
+# How long a snapshot waits for a checkpoint save in flight (PBT's); a function trainable's
+# save answers at once, so a longer wait means the actor is gone or busy, and the trial's
+# newest checkpoint, which is what that save returns, stands in for it.
+_RESOLVE_TIMEOUT_S = 1.0
 
 
-class Resumable(TrialScheduler):
+class Resumable(ForwardingScheduler):
     """Any Ray Tune scheduler, whose state `SchedulerState` saves and restores."""
 
     def __init__(self, inner: TrialScheduler) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._reset()
 
     def _reset(self) -> None:
         self._trials: dict[str, Trial] = {}  # every trial Tune added, by id
         self._pending: dict | None = None  # a saved state to put in force
         self._controller = None  # what Tune hands its scheduler calls (the last one seen)
+        self._held_back: set[str] = set()  # trials a running limit keeps PAUSED, by id
 
     def __getstate__(self) -> dict:
         return {"_inner": self._inner}  # tuner.pkl: the scheduler as built, no trials
@@ -62,14 +68,13 @@ class Resumable(TrialScheduler):
         self.__dict__.update(state)
         self._reset()
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name == "_inner":  # unpickling: no `_inner` yet
-            raise AttributeError(name)
-        return getattr(self._inner, name)
+    def hold_back(self, trial_ids) -> None:
+        """The trials a running limit (`concurrency.RunningLimit`) keeps PAUSED now.
 
-    @property
-    def inner(self) -> TrialScheduler:
-        return self._inner
+        They are saved as PENDING: the scheduler never paused them, and a trial restored
+        PAUSED waits for the scheduler to hand it back, which HyperBand never does for a
+        trial its brackets did not pause. PENDING, the resumed limit holds them again."""
+        self._held_back = set(trial_ids)
 
     # --------------------------------------------------------------- saving and restoring
 
@@ -78,8 +83,11 @@ class Resumable(TrialScheduler):
         states: what `restore_state` needs to go on deciding as this one would."""
         import numpy as np
 
-        return {"format": _FORMAT, "scheduler": _dumps(self._inner),
-                "statuses": {trial_id: trial.status for trial_id, trial in self._trials.items()},
+        statuses = {trial_id: Trial.PENDING if trial_id in self._held_back
+                    and trial.status == Trial.PAUSED else trial.status
+                    for trial_id, trial in self._trials.items()}
+        return {"format": _FORMAT, "scheduler": _dumps(self._inner, self._trials.values()),
+                "statuses": statuses,
                 "random": random.getstate(), "numpy": np.random.get_state()}
 
     def restore_state(self, state: dict) -> None:
@@ -121,16 +129,9 @@ class Resumable(TrialScheduler):
 
     # --------------------------------------------------------------- Tune's scheduler calls
 
-    @property
-    def metric(self):
-        return self._inner.metric
-
-    @property
-    def supports_buffered_results(self) -> bool:
-        return self._inner.supports_buffered_results
-
-    def set_search_properties(self, metric, mode, **spec) -> bool:
-        return self._inner.set_search_properties(metric, mode, **spec)
+    def _scheduler(self, tune_controller) -> TrialScheduler:
+        self.ensure_restored(tune_controller)  # a saved state first, at Tune's first call
+        return self._inner
 
     def on_trial_add(self, tune_controller, trial: Trial) -> None:
         self._trials[trial.trial_id] = trial
@@ -138,29 +139,6 @@ class Resumable(TrialScheduler):
         # also while a saved state waits: it replaces this scheduler, and if it cannot be
         # read this one goes on with every trial
         self._inner.on_trial_add(tune_controller, trial)
-
-    def on_trial_error(self, tune_controller, trial: Trial) -> None:
-        self.ensure_restored(tune_controller)
-        self._inner.on_trial_error(tune_controller, trial)
-
-    def on_trial_result(self, tune_controller, trial: Trial, result: dict) -> str:
-        self.ensure_restored(tune_controller)
-        return self._inner.on_trial_result(tune_controller, trial, result)
-
-    def on_trial_complete(self, tune_controller, trial: Trial, result: dict) -> None:
-        self.ensure_restored(tune_controller)
-        self._inner.on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_remove(self, tune_controller, trial: Trial) -> None:
-        self.ensure_restored(tune_controller)
-        self._inner.on_trial_remove(tune_controller, trial)
-
-    def choose_trial_to_run(self, tune_controller) -> Trial | None:
-        self.ensure_restored(tune_controller)
-        return self._inner.choose_trial_to_run(tune_controller)
-
-    def debug_string(self) -> str:
-        return self._inner.debug_string()
 
 
 class SchedulerState(tune.Callback):
@@ -203,27 +181,38 @@ class _ResolvedSave(_FutureTrainingResult):
         return self._value
 
 
-def _resolved(future: _FutureTrainingResult):
+def _resolved(future: _FutureTrainingResult, trial: Trial | None):
+    """What a checkpoint save resolved to, or, when it does not resolve at once (an actor
+    gone at Ctrl-C, or busy), the newest checkpoint of the trial saving it: what a function
+    trainable's save returns, so a restored PBT exploits it as the uninterrupted one would
+    (None would skip that exploit)."""
     if isinstance(future, _ResolvedSave):
         return future.resolve()
     import ray
 
     try:
         return ray.get(future.future, timeout=_RESOLVE_TIMEOUT_S)
-    except Exception as error:  # noqa: BLE001 - an actor gone at Ctrl-C: no checkpoint
-        log.debug("a checkpoint save did not resolve (%s); saved as none", error)
-        return None
+    except Exception as error:  # noqa: BLE001 - a dead actor, a timeout: the trial's own
+        newest = trial.latest_checkpoint_result if trial is not None else None
+        log.debug("a checkpoint save of %s did not resolve (%s); saved as its newest "
+                  "checkpoint, %s", trial, error, newest and newest.checkpoint)
+        return newest
 
 
-def _dumps(scheduler: TrialScheduler) -> bytes:
+def _dumps(scheduler: TrialScheduler, trials) -> bytes:
+    """`scheduler` pickled with its `trials` as ids, a pending save as what it resolved to."""
     from ray import cloudpickle
+
+    # Tune keeps the save in flight on the trial it saves (PBT holds the same object)
+    saving = {id(t.temporary_state.saving_to): t for t in trials
+              if isinstance(t.temporary_state.saving_to, _FutureTrainingResult)}
 
     class Pickler(cloudpickle.CloudPickler):
         def persistent_id(self, obj):
             if isinstance(obj, Trial):
                 return ("trial", obj.trial_id)
             if isinstance(obj, _FutureTrainingResult):
-                return ("save", _resolved(obj))
+                return ("save", _resolved(obj, saving.get(id(obj))))
             return None
 
     buffer = io.BytesIO()

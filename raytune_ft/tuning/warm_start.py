@@ -345,8 +345,9 @@ def _plain(value: Any) -> Any:
 
 class WarmHyperOpt(HyperOptSearch):
     """`HyperOptSearch` that starts with `observed` (point, reward) pairs as completed
-    hyperopt trials, so TPE's first suggestions already model them. A module-level class:
-    Tune pickles the searcher with the experiment."""
+    hyperopt trials, so TPE's first suggestions already model them, and learns an errored
+    trial that `resume` restarted and finished. A module-level class: Tune pickles the
+    searcher with the experiment."""
 
     def __init__(self, *, observed: list[tuple[dict, float]] = (), **kwargs) -> None:
         self._observed = list(observed)
@@ -366,6 +367,38 @@ class WarmHyperOpt(HyperOptSearch):
             docs[j]["result"] = {"loss": self.metric_op * reward, "status": STATUS_OK}
         self._hpopt_trials.refresh()
         self._points_to_evaluate = len(user)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """`run.max_concurrent_trials`, kept here rather than by Tune's `ConcurrencyLimiter`,
+        which drops the completion of a trial it no longer counts as live: an errored trial
+        that `resume` restarted would finish unseen by TPE (as with Optuna)."""
+        self._max_concurrent = max_concurrent
+        return True
+
+    def suggest(self, trial_id: str):
+        limit = getattr(self, "_max_concurrent", 0)  # a searcher saved before had none
+        if limit and len(self._live_trial_mapping) >= limit:
+            return None  # Tune asks again once a trial completes
+        return super().suggest(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        """An errored trial that `resume` restarted from its checkpoint and that finishes
+        after all: its hyperopt trial, held as an error, is done with the result (Ray's
+        method forgot the trial at its error and would drop the result)."""
+        errored = self.__dict__.setdefault("_errored", {})  # Tune trial id -> hyperopt tid
+        if trial_id in errored and trial_id not in self._live_trial_mapping:
+            tid = errored.pop(trial_id)
+            if result and not error and self.metric in result:
+                doc = next(d for d in self._hpopt_trials._dynamic_trials if d["tid"] == tid)
+                doc.update(state=JOB_STATE_DONE, result=self._to_hyperopt_result(result))
+                self._hpopt_trials.refresh()
+            else:
+                errored[trial_id] = tid  # failed again: a later resume may finish it
+            return
+        if error and trial_id in self._live_trial_mapping:
+            errored[trial_id] = self._live_trial_mapping[trial_id][0]
+        super().on_trial_complete(trial_id, result, error)
 
     @property
     def completed(self) -> list[dict]:

@@ -212,3 +212,29 @@ class Outage:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+def tune_trial(experiment: Path, trial_id: str, config: dict):
+    """A Tune `Trial` as the driver holds it, in its folder of `experiment` (a stub: the
+    trackers read the driver's trial, never its trainable)."""
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    storage = StorageContext(storage_path=str(experiment.parent),
+                             experiment_dir_name=experiment.name)
+    trial = Trial("train_trial", config=dict(config), trial_id=trial_id, stub=True,
+                  storage=storage)
+    trial.storage.trial_dir_name = f"train_trial_{trial_id}"
+    return trial
+
+
+def exploit(trial, donor, checkpoint: str, config: dict) -> None:
+    """What PBT's exploit does to `trial` before Tune restarts it (Ray 2.60
+    `PopulationBasedTraining._exploit`): the new config, and the donor's latest checkpoint
+    (`<donor's folder>/<checkpoint>`) as the one the restart restores."""
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+
+    trial.set_config(dict(config))
+    trial.run_metadata.checkpoint_manager._latest_checkpoint_result = _TrainingResult(
+        checkpoint=Checkpoint(f"{donor.storage.trial_fs_path}/{checkpoint}"), metrics={})

@@ -8,24 +8,17 @@ from __future__ import annotations
 import json
 import pickle
 import re
-from types import SimpleNamespace
+import sys
+from pathlib import Path
 
 import pytest
 
 from raytune_ft.tracking import _guard
 from raytune_ft.tracking._mlflow import MlflowTracker
 
+sys.path.insert(0, str(Path(__file__).parent))
 
-class _Trial(SimpleNamespace):
-    """What the tracker reads of Tune's Trial: its id, config, last result and name."""
-
-    def __str__(self) -> str:
-        return f"train_trial_{self.trial_id}"
-
-
-def _trial(trial_id: str, **config) -> _Trial:
-    return _Trial(trial_id=trial_id, config=config, last_result={})
-
+from _helpers import exploit, tune_trial  # noqa: E402
 
 OLD, NEW = {"learning_rate": 1e-4, "batch_size": 16}, {"learning_rate": 1.2e-4, "batch_size": 16}
 
@@ -48,25 +41,27 @@ def test_exploits_restores_and_a_resume_log_each_point_once(tmp_path):
 
     _guard.reset()
     uri = f"sqlite:///{tmp_path}/mlflow.db"
-    (tmp_path / "exp").mkdir()
-    tracker = _driver(uri, tmp_path / "exp")
-    trial = _trial("t_00000", **OLD)
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    tracker = _driver(uri, experiment)
+    trial, donor = tune_trial(experiment, "t_00000", OLD), tune_trial(experiment, "t_00001", NEW)
     tracker.on_trial_start(0, [], trial)
     tracker.on_trial_result(0, [], trial, _result(1, 100, 0.5))
     tracker.on_trial_result(0, [], trial, _result(2, 200, 0.6))
     # PBT decides on a result before the callbacks see it (or, with `synch: true`, on another
     # trial's later result): the tracker goes by the config each result trained with
-    trial.config = NEW
+    exploit(trial, donor, "checkpoint_000001", NEW)
     tracker.on_trial_result(0, [], trial, _result(3, 300, 0.65))
     # the clone restarts from its donor's checkpoint (200 samples) with the new settings
+    tracker.on_trial_start(0, [], trial)
     tracker.on_trial_result(0, [], trial, _result(2, 200, 0.7, NEW))
     tracker.on_experiment_end([])  # the driver stops (Ctrl-C) with the trial unfinished
 
-    resumed = _driver(uri, tmp_path / "exp")  # `raytune-ft resume`: a new driver
-    resumed.on_trial_start(0, [], trial)
+    resumed = _driver(uri, experiment)  # `raytune-ft resume`: a new driver
+    resumed.on_trial_start(0, [], trial)  # from the donor's checkpoint again: no new exploit
     resumed.on_trial_result(0, [], trial, _result(2, 200, 0.7, NEW))  # re-reported: restored
     resumed.on_trial_result(0, [], trial, _result(3, 300, 0.8, NEW))
-    trial.last_result = _result(3, 300, 0.8, NEW)
+    trial.update_last_result(_result(3, 300, 0.8, NEW))
     resumed.on_trial_complete(0, [], trial)
     resumed.on_experiment_end([])
     assert _guard.not_logged() == []
@@ -78,9 +73,11 @@ def test_exploits_restores_and_a_resume_log_each_point_once(tmp_path):
     history = client.get_metric_history(child.info.run_id, "eval_accuracy")
     assert sorted((m.step, m.value) for m in history) == [
         (100, 0.5), (200, 0.6), (200, 0.7), (300, 0.65), (300, 0.8)]
-    exploit = json.loads(child.data.tags["pbt.exploit.1"])
-    # the first result trained with the new settings, and those settings; once, over a resume
-    assert exploit == {"samples_seen": 200, "config": NEW}
+    tag = json.loads(child.data.tags["pbt.exploit.1"])
+    # the first result trained with the new settings, the donor's checkpoint and those
+    # settings; once, over a resume
+    assert tag == {"samples_seen": 200, "checkpoint": "train_trial_t_00001/checkpoint_000001",
+                       "config": NEW}
     assert not any(key.startswith("pbt.exploit.2") for key in child.data.tags)
     assert child.data.tags["status"] == "stopped"  # 3 of 4 iterations: a scheduler's stop
     assert child.data.params == {"learning_rate": "0.0001", "batch_size": "16"}
@@ -90,7 +87,7 @@ def test_an_unreachable_server_is_one_failure_and_the_calls_return(tmp_path):
     _guard.reset()
     (tmp_path / "exp").mkdir()
     tracker = _driver("http://127.0.0.1:9", tmp_path / "exp")  # discard port: refused
-    trial = _trial("t_00000", learning_rate=1e-4)
+    trial = tune_trial(tmp_path / "exp", "t_00000", {"learning_rate": 1e-4})
     for i in range(1, 4):
         tracker.on_trial_result(0, [], trial, _result(i, 100 * i, 0.5))
     tracker.on_experiment_end([])

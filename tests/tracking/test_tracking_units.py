@@ -239,6 +239,21 @@ def test_an_mlflow_file_store_is_refused_at_validate_naming_the_fix(
         in err and fix.format(workdir=mlflow_env) in err, err
 
 
+@pytest.mark.parametrize("uri", ["databricks", "databricks-uc", "uc", "databricks://prof"])
+def test_databricks_stores_are_not_file_stores(exp_file, mlflow_env, monkeypatch, capsys, uri):
+    # MLflow's store registry takes these names as schemes of their own
+    from raytune_ft import cli
+    from raytune_ft.tracking._mlflow_store import is_file_store
+
+    assert not is_file_store(uri)
+    assert is_file_store("databricks-folder") and is_file_store("./databricks")
+    configured = ["validate", str(exp_file), "--set", f"tracking.mlflow.tracking_uri={uri}"]
+    assert cli.main(configured) == cli.EXIT_OK, capsys.readouterr().err
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    unset = ["validate", str(exp_file), "--set", "tracking.mlflow={}"]
+    assert cli.main(unset) == cli.EXIT_OK, capsys.readouterr().err
+
+
 def test_tune_refuses_a_file_store_before_ray_starts(exp_file, mlflow_env, capsys):
     import ray
 
@@ -273,6 +288,51 @@ def test_an_unset_uri_is_checked_where_mlflow_would_log(exp_file, mlflow_env, mo
     # MLflow's own opt-out makes it a store MLflow writes to
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     assert cli.main(unset) == cli.EXIT_OK
+
+
+def test_a_resume_names_the_fix_it_can_use_for_a_file_store(exp_file, mlflow_env,
+                                                             monkeypatch, capsys):
+    """An experiment recorded with a file store before it was refused: `resume` reads its
+    settings from the record and takes no --set, and the resumed tracker is the one pickled
+    at the start (it keeps its URI), so the fix is what the environment can change."""
+    import ray
+
+    from raytune_ft import cli
+    from raytune_ft.experiment import CONFIG_FILE, write_record
+    from raytune_ft.tracking import check_tracking
+
+    experiment = mlflow_env / "results" / "old"
+    experiment.mkdir(parents=True)
+    record = f"{experiment}/{CONFIG_FILE}"
+    configured = load_config(exp_file, ["tracking.mlflow.tracking_uri=./mlruns"])
+    write_record(str(experiment), configured, {})
+    assert cli.main(["resume", str(experiment)]) == cli.EXIT_BAD_INPUT
+    assert not ray.is_initialized()
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "set tracking.mlflow.tracking_uri" not in err, err
+    assert err.endswith("tracking.mlflow.tracking_uri: './mlruns' is an MLflow file store, "
+                        f"{_refusal()}; a resumed experiment logs to the store it started "
+                        f"with ({record}), so resume it with MLFLOW_ALLOW_FILE_STORE=true in "
+                        "the environment"), err
+    # none configured: MLflow chooses again in the resumed driver, from its environment
+    unset = load_config(exp_file, ["tracking.mlflow={}"])
+    write_record(str(experiment), unset, {})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "/srv/mlruns")
+    assert cli.main(["resume", str(experiment)]) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("MLFLOW_TRACKING_URI='/srv/mlruns' is an MLflow file store, "
+                        f"{_refusal()}; resume it with MLFLOW_TRACKING_URI set to a database "
+                        "(sqlite:////srv/mlflow.db) or a tracking server (http://host:5000), "
+                        "or with MLFLOW_ALLOW_FILE_STORE=true, in the environment"), err
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # the fix named: the check passes
+    check_tracking(configured.tracking, record)
+    check_tracking(unset.tracking, record)
+
+
+def _refusal() -> str:
+    from importlib.metadata import version
+
+    return f"which MLflow {version('mlflow')} refuses to log to (maintenance mode)"
 
 
 def test_an_unreachable_mlflow_server_is_one_short_warning_and_no_retry_noise(caplog):

@@ -10,7 +10,6 @@ import pickle
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -19,15 +18,10 @@ from raytune_ft.tracking._wandb import WandbTracker
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from _helpers import exploit, tune_trial  # noqa: E402
 from wandb_records import history, records, run_info, summary  # noqa: E402
 
 OLD, NEW = {"learning_rate": 1e-4, "batch_size": 16}, {"learning_rate": 1.2e-4, "batch_size": 16}
-
-
-class _Trial(SimpleNamespace):
-    def __str__(self) -> str:
-        return f"train_trial_{self.trial_id}"
-
 
 def _result(iteration: int, samples: int, accuracy: float, config=OLD) -> dict:
     return {"training_iteration": iteration, "samples_seen": samples,
@@ -55,26 +49,28 @@ def _offline(tmp_path, monkeypatch):
 
 
 def test_exploits_restores_and_a_resume_log_each_point_once(tmp_path):
-    (tmp_path / "exp").mkdir()
-    tracker = _driver(tmp_path / "exp")
-    trial = _Trial(trial_id="t_00000", config=dict(OLD), last_result={})
+    experiment = tmp_path / "exp"
+    experiment.mkdir()
+    tracker = _driver(experiment)
+    trial, donor = tune_trial(experiment, "t_00000", OLD), tune_trial(experiment, "t_00001", NEW)
     tracker.on_trial_start(0, [], trial)
     tracker.on_trial_result(0, [], trial, _result(1, 100, 0.5))
     tracker.on_trial_result(0, [], trial, _result(2, 200, 0.6))
     tracker.on_trial_result(0, [], trial, _result(3, 300, 0.65))
     # PBT with `synch: true` exploits it later, on another trial's result (the MLflow test
     # has the asynchronous order: the config changes before its own result is logged)
-    trial.config = NEW
+    exploit(trial, donor, "checkpoint_000001", NEW)
     # the clone restarts from its donor's checkpoint (200 samples) with the new settings
+    tracker.on_trial_start(0, [], trial)
     tracker.on_trial_result(0, [], trial, _result(2, 200, 0.7, NEW))
     tracker.on_experiment_end([])  # the driver stops (Ctrl-C) with the trial unfinished
 
     time.sleep(1.1)  # offline run folders are named to the second: a resume comes later
-    resumed = _driver(tmp_path / "exp")  # `raytune-ft resume`: a new driver
-    resumed.on_trial_start(0, [], trial)
+    resumed = _driver(experiment)  # `raytune-ft resume`: a new driver
+    resumed.on_trial_start(0, [], trial)  # from the donor's checkpoint again: no new exploit
     resumed.on_trial_result(0, [], trial, _result(2, 200, 0.7, NEW))  # re-reported: restored
     resumed.on_trial_result(0, [], trial, _result(3, 300, 0.8, NEW))
-    trial.last_result = _result(3, 300, 0.8, NEW)
+    trial.update_last_result(_result(3, 300, 0.8, NEW))
     resumed.on_trial_complete(0, [], trial)
     resumed.on_experiment_end([])
     assert _guard.not_logged() == []
@@ -100,12 +96,12 @@ def test_exploits_restores_and_a_resume_log_each_point_once(tmp_path):
 def test_a_run_is_finished_after_wandb_failed(tmp_path):
     (tmp_path / "exp").mkdir()
     tracker = _driver(tmp_path / "exp")
-    trial = _Trial(trial_id="t_00001", config=dict(OLD), last_result={})
+    trial = tune_trial(tmp_path / "exp", "t_00001", OLD)
     tracker.on_trial_start(0, [], trial)
     tracker.on_trial_result(0, [], trial, _result(1, 100, 0.5))
     tracker._worker.submit("results", "a result", _fail)  # W&B fails after the run opened
     tracker.on_trial_result(0, [], trial, _result(2, 200, 0.6))  # skipped from then on
-    trial.last_result = _result(4, 400, 0.7)
+    trial.update_last_result(_result(4, 400, 0.7))
     tracker.on_trial_complete(0, [], trial)
     tracker.on_experiment_end([])
     lines = _guard.not_logged()

@@ -7,17 +7,22 @@ Tune makes at `Tuner.restore`: every decision equal. Through the real `Tuner` an
 whose metric is a function of its config and its checkpointed state, one trial at a time (each
 takes both CPUs): an experiment interrupted by SIGINT (Tune's Ctrl-C) and resumed ends with the
 same trials stopped at the same iterations, the same PBT exploits and the same values as one
-that ran through, and a restored trial's iterations go on from its checkpoint.
+that ran through, and a restored trial's iterations go on from its checkpoint. Under
+`run.max_concurrent_trials`, a trial the running limit holds at a snapshot runs after the
+resume (on the scheduler alone for HyperBand, ASHA and FIFO, and through the real Tuner).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickle
+import signal
 from pathlib import Path
 
 import pytest
 import synthetic
+from ray import tune
 
 from raytune_ft.schedulers import build_scheduler
 from raytune_ft.schema import validate_config
@@ -31,13 +36,18 @@ SCHEDULERS = {
     # synthetic trainable ignores the batch size PBT explores (a random draw)
     "pbt": {"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.25,
             "synch": True, "mutations": ["batch_size"]},
+    "fifo": {"type": "fifo"},
+    # asynchronous: a trial at its perturbation is ranked at once, the best asked to save
+    "pbt_async": {"type": "pbt", "perturbation_interval": 2, "quantile_fraction": 0.5,
+                  "mutations": ["batch_size"]},
 }
 
 
-def experiment(kind: str, num_trials: int = len(RATES), iterations: int = 8):
+def experiment(kind: str, num_trials: int = len(RATES), iterations: int = 8,
+               limit: int | None = None):
     search = {"learning_rate": {"grid": RATES[:num_trials]}}
     search_alg = {"type": "grid"}
-    if kind == "pbt":
+    if kind.startswith("pbt"):
         search["batch_size"] = {"choice": [16, 32]}
         search_alg = {"type": "random", "seed": 0}
     return validate_config({
@@ -45,7 +55,7 @@ def experiment(kind: str, num_trials: int = len(RATES), iterations: int = 8):
         "metric": "eval_accuracy", "mode": "max",
         "train": {"max_epochs": iterations / 4, "eval_every_epochs": 0.25},
         "search": search, "scheduler": SCHEDULERS[kind], "search_alg": search_alg,
-        "run": {"num_samples": 1, "verbose": 0}})
+        "run": {"num_samples": 1, "verbose": 0, "max_concurrent_trials": limit}})
 
 
 # --------------------------------------------------------------------- the scheduler alone
@@ -132,6 +142,182 @@ def test_a_saved_state_pickles_trials_by_id_and_keeps_no_session_objects():
         pickle.loads(state["scheduler"])
 
 
+class _Controller:
+    """What a scheduler and the running limit call of Tune's controller; `save`: the object
+    reference a checkpoint save asked of a trial's actor returns."""
+
+    search_alg = None
+
+    def __init__(self, trials, save=None) -> None:
+        self.trials = trials
+        self.save = save
+
+    def _schedule_trial_save(self, trial, result=None):
+        from ray.train._internal.session import _FutureTrainingResult
+
+        trial.temporary_state.saving_to = _FutureTrainingResult(self.save)
+        return trial.temporary_state.saving_to
+
+    def pause_trial(self, trial, should_checkpoint: bool = True) -> None:
+        from ray.tune.experiment import Trial
+
+        trial.set_status(Trial.PAUSED)
+
+    def get_trials(self):
+        return self.trials
+
+    def get_live_trials(self):
+        from ray.tune.experiment import Trial
+
+        return [t for t in self.trials if t.status not in (Trial.TERMINATED, Trial.ERROR)]
+
+    def _set_trial_status(self, trial, status) -> None:
+        trial.set_status(status)
+
+    def step(self, scheduler) -> None:
+        """Tune's step, as far as starting trials goes: the scheduler's choice starts, and
+        so does every trial PENDING (what fits the cluster, here all)."""
+        from ray.tune.experiment import Trial
+
+        chosen = scheduler.choose_trial_to_run(self)
+        for trial in self.trials:
+            if trial is chosen or trial.status == Trial.PENDING:
+                trial.set_status(Trial.RUNNING)
+
+
+@pytest.mark.parametrize("save", ["resolves", "actor gone", "does not answer"])
+def test_a_pbt_save_in_flight_is_saved_as_what_it_returns(save, tmp_path, ray_local):
+    """Asynchronous PBT asks its best trial to save at a perturbation, and Tune's snapshot
+    may come while that save is in flight. Restored, the worse trial exploits what the save
+    returns, as it would have without the interrupt: the value it resolved to, else (an
+    actor gone at Ctrl-C, a save that does not answer at once) the trial's newest
+    checkpoint, which is what a function trainable's save returns. Such a save was stored
+    as no checkpoint (the exploit skipped), after up to 10 s."""
+    import time
+
+    import ray
+    from ray import cloudpickle
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _FutureTrainingResult, _TrainingResult
+    from ray.train._internal.storage import StorageContext
+    from ray.tune.experiment import Trial
+
+    @ray.remote(num_cpus=0)
+    class Saving:  # a trial's actor, whose save does not answer
+        def save(self) -> None:
+            time.sleep(60)
+
+    def trials():
+        storage = StorageContext(storage_path=str(tmp_path), experiment_dir_name="exp")
+        out = [Trial("synthetic", config={"learning_rate": RATES[i], "batch_size": 16},
+                     trial_id=f"t{i}", stub=True, storage=storage) for i in range(2)]
+        for trial in out:
+            trial.init_local_path()  # PBT logs its exploits beside the trials
+        return out
+
+    def saved_at(iteration: int) -> _TrainingResult:
+        return _TrainingResult(checkpoint=Checkpoint(str(tmp_path / f"t0_{iteration}")),
+                               metrics={"training_iteration": iteration,
+                                        "eval_accuracy": 0.9})
+
+    actor = None
+    if save == "resolves":
+        reference = ray.put(saved_at(3))  # (another checkpoint than the newest: which one?)
+    else:
+        actor = Saving.remote()
+        reference = actor.save.remote()
+        if save == "actor gone":
+            ray.kill(actor)
+    config = experiment("pbt_async", num_trials=2)
+    before, (t0, t1) = _fresh(config), trials()
+    controller = _Controller([t0, t1], save=reference)
+    for trial in (t0, t1):
+        before.on_trial_add(controller, trial)
+        trial.set_status(Trial.RUNNING)
+    t0.run_metadata.checkpoint_manager.register_checkpoint(saved_at(2))  # Tune's, at a report
+    before.on_trial_result(controller, t1, {"training_iteration": 2, "eval_accuracy": 0.1})
+    before.on_trial_result(controller, t0, {"training_iteration": 2, "eval_accuracy": 0.9})
+    assert isinstance(t0.temporary_state.saving_to, _FutureTrainingResult)  # the best saves
+    started = time.monotonic()
+    saved = cloudpickle.dumps(SchedulerState(before).get_state())  # Tune's snapshot
+    assert time.monotonic() - started < 5, "the snapshot waited for the save"
+    if actor is not None:
+        ray.kill(actor)
+    after, (r0, r1) = _fresh(config), trials()  # Tune's restore
+    callback = SchedulerState(after)
+    callback.set_state(cloudpickle.loads(saved))
+    controller = _Controller([r0, r1])
+    for trial in (r0, r1):
+        after.on_trial_add(controller, trial)
+    callback.setup()
+    for trial in (r0, r1):
+        trial.set_status(Trial.RUNNING)
+    after.on_trial_result(controller, r1, {"training_iteration": 4, "eval_accuracy": 0.1})
+    expected = saved_at(3 if save == "resolves" else 2).checkpoint.path
+    assert r1.checkpoint is not None and r1.checkpoint.path == expected, \
+        "the restored PBT skipped the exploit, or cloned another checkpoint"
+    assert r1.status == Trial.PAUSED  # to restart from it
+
+
+def _driver(config, tmp_path, saved: dict | None):
+    """A driver's limited scheduler and its callback as `tune_settings` makes them, through
+    `tuner.pkl`, and its two trials as Tune adds them (a resume requeues both PENDING), with
+    `saved` (a pickled snapshot) restored."""
+    from ray import cloudpickle
+
+    from raytune_ft.tuning.runner import tune_settings
+
+    tune_config, run_config = tune_settings(config, str(tmp_path / config.name), config.plan())
+    callback = next(c for c in run_config.callbacks if isinstance(c, SchedulerState))
+    scheduler, callback = cloudpickle.loads(cloudpickle.dumps((tune_config.scheduler,
+                                                               callback)))
+    scheduler.set_search_properties(config.metric, config.mode)
+    if saved is not None:
+        callback.set_state(cloudpickle.loads(saved))
+    trials = _trials(2)
+    controller = _Controller([])
+    for trial in trials:
+        if saved is None and trial.trial_id == "t1":
+            break  # the first run: the searcher makes t1 once t0 has ended
+        controller.trials.append(trial)
+        scheduler.on_trial_add(controller, trial)
+    callback.setup()
+    return scheduler, callback, controller, trials
+
+
+@pytest.mark.parametrize("kind", ["hyperband", "asha", "fifo"])
+def test_a_trial_the_limit_held_runs_after_a_second_resume(kind, tmp_path):
+    # `run.max_concurrent_trials: 1`. The first run: t0 errors, t1 starts; Ctrl-C. Resumed,
+    # both restart: the limit holds t1 (PAUSED) while t0 runs; Ctrl-C again. Resumed again,
+    # t1 was restored PAUSED, which HyperBand never hands back: the run hung.
+    from ray import cloudpickle
+    from ray.tune.experiment import Trial
+
+    config = experiment(kind, num_trials=2, limit=1)
+    scheduler, callback, controller, (t0, t1) = _driver(config, tmp_path, None)
+    controller.step(scheduler)
+    t0.set_status(Trial.ERROR)
+    scheduler.on_trial_error(controller, t0)
+    controller.trials.append(t1)
+    scheduler.on_trial_add(controller, t1)
+    controller.step(scheduler)
+    assert (t0.status, t1.status) == (Trial.ERROR, Trial.RUNNING)
+    saved = cloudpickle.dumps(callback.get_state())  # Tune's snapshot at Ctrl-C
+    for resume in (1, 2):
+        scheduler, callback, controller, (t0, t1) = _driver(config, tmp_path, saved)
+        controller.step(scheduler)
+        assert (t0.status, t1.status) == (Trial.RUNNING, Trial.PAUSED), resume  # one at once
+        saved = cloudpickle.dumps(callback.get_state())
+    result = {"training_iteration": config.iterations, "eval_accuracy": 0.5}
+    t0.set_status(Trial.TERMINATED)
+    scheduler.on_trial_complete(controller, t0, result)
+    controller.step(scheduler)
+    assert t1.status == Trial.RUNNING  # handed back to Tune
+    # and the restored scheduler takes its results (HyperBand: it is in a bracket)
+    assert scheduler.on_trial_result(controller, t1, {**result, "training_iteration": 1}) \
+        == "CONTINUE"
+
+
 # --------------------------------------------------------------------- the real Tuner
 
 @pytest.fixture(scope="module")
@@ -204,3 +390,69 @@ def test_a_resumed_experiment_decides_what_the_uninterrupted_one_decides(
         if (folder / "result.json").is_file():
             rows = [json.loads(x) for x in (folder / "result.json").read_text().splitlines()]
             assert all(r["training_iteration"] == r["step"] for r in rows), folder.name
+
+
+class _InterruptWhileHeld(tune.Callback):
+    """Ctrl-C (SIGINT) once `marker` exists and the running limit holds a trial: one PAUSED
+    that this driver never started and that was not PAUSED at its first step (the scheduler
+    state restores those). The marker goes with it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+        self._reset()
+
+    def _reset(self) -> None:
+        self.started: set[str] = set()
+        self.restored_paused: set[str] | None = None
+
+    def __getstate__(self) -> dict:
+        return {"marker": self.marker}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._reset()
+
+    def on_step_begin(self, iteration, trials, **info):
+        if self.restored_paused is None:
+            self.restored_paused = {t.trial_id for t in trials if t.status == "PAUSED"}
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.started.add(trial.trial_id)
+
+    def on_step_end(self, iteration, trials, **info):
+        held = [t for t in trials if t.status == "PAUSED" and t.trial_id not in self.started
+                and t.trial_id not in (self.restored_paused or ())]
+        if held and self.marker.exists():
+            self.marker.unlink()
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.mark.slow  # ~30 s; test_a_trial_the_limit_held_runs_after_a_second_resume is fast
+def test_a_limited_hyperband_run_resumed_twice_ends(tmp_path, ray_by_value):
+    """`max_concurrent_trials: 1` under HyperBand through the real Tuner: the first trial
+    errors, Ctrl-C while the second runs; resumed, both restart and the limit holds one:
+    Ctrl-C again. The second resume restored the held trial PAUSED and never started it."""
+    import threading
+
+    from raytune_ft.tuning.runner import fit_tuner
+
+    config = experiment("hyperband", num_trials=2, iterations=4, limit=1)
+    fail, first, second = (tmp_path / name for name in ("fail", "first", "second"))
+    fail.touch()
+    first.touch()
+    # half a CPU each: only the limit keeps the trials apart
+    synthetic.tuner(config, tmp_path / "exp", cpus=0.5,
+                    interrupt=synthetic.Interrupt(first, 3, 1),
+                    callbacks=(_InterruptWhileHeld(second),), fail_once=[2, str(fail)]).fit()
+    assert not first.exists() and not fail.exists()
+    second.touch()
+    _, interrupted = fit_tuner(synthetic.restored(tmp_path / "exp", cpus=0.5))
+    assert interrupted and not second.exists(), "no trial was held at the second Ctrl-C"
+    hang = threading.Timer(240, os.kill, (os.getpid(), signal.SIGINT))  # the old hang
+    hang.start()
+    try:
+        results, interrupted = fit_tuner(synthetic.restored(tmp_path / "exp", cpus=0.5))
+    finally:
+        hang.cancel()
+    assert not interrupted, "the second resume did not end: a held trial never started"
+    assert len(results) == 2 and not results.errors
