@@ -93,6 +93,7 @@ def test_reported_lr_and_batch_size_are_the_ones_in_force(pbt_run):
     assert moved, "no exploit changed a trial's batch size"
 
 
+@pytest.mark.slow  # replay of the best trial runs in the token and image e2e tests too
 def test_replay_reruns_the_best_schedule(pbt_run):
     done = run_cli("replay", str(pbt_run))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -134,6 +135,7 @@ def test_the_replay_of_an_exploited_trial_is_that_trial_to_the_last_digit(pbt_ru
             assert {k: row[k] for k in LOOP_METRICS} == {k: original[k] for k in LOOP_METRICS}
 
 
+@pytest.mark.slow  # PB2 through the CLI with the plan's invariants: tuning/test_schedulers.py
 def test_pb2_run_of_the_same_shape_completes(tmp_path_factory, tiny_bert, glue_dir):
     experiment = population(tmp_path_factory, tiny_bert, glue_dir, "pb2")
     rows = trial_rows(experiment)
