@@ -83,6 +83,18 @@ class DataConfig(_Strict):
     random_crop_scale: float | None = Field(None, gt=0, le=1)  # least area of a random crop
     horizontal_flip: bool = False  # flip half the training images (off for digits, text)
     max_object_store_mb: float = Field(2048, gt=0)  # refuse encoded splits larger than this
+    # question answering (data.kind question_answering; the task's data_fields, checked by
+    # its check_data/check_encoding): SQuAD JSON, or JSONL/Parquet rows in the Hugging Face
+    # squad layout; max_train_samples/max_eval_samples count questions
+    doc_stride: int | None = Field(None, gt=0)  # context tokens consecutive windows share;
+    #   None: max_length // 3 (HF's 128 of 384); searchable as data.doc_stride (listed values)
+    n_best: int = Field(20, gt=0)  # start and end candidates kept per window at evaluation
+    max_answer_length: int = Field(30, gt=0)  # longest predicted answer, in tokens
+    null_score_threshold: float = 0.0  # SQuAD 2.0: answer "" when null score - best > this
+    id_column: str = "id"  # the row layout's columns (HF squad / squad_v2 names by default)
+    question_column: str = "question"
+    context_column: str = "context"
+    answers_column: str = "answers"  # {text: [...], answer_start: [...]}; empty: unanswerable
 
     @field_validator("kind")
     @classmethod

@@ -33,6 +33,7 @@ TASKS: dict[str, str] = {
     "sequence_classification": "raytune_ft.tasks.sequence_classification",
     "token_classification": "raytune_ft.tasks.token_classification",
     "image_classification": "raytune_ft.tasks.image_classification",
+    "question_answering": "raytune_ft.tasks.question_answering",
 }
 
 
@@ -47,12 +48,19 @@ class Metric:
 
 
 class Split(Protocol):
-    """An encoded split: its examples are numbered 0..len-1."""
+    """An encoded split: its examples are numbered 0..len-1. A task whose samples are parts of
+    examples (question answering: a question's context in windows) also says how many
+    examples they come from (`examples`; `example_count`)."""
 
     def __len__(self) -> int: ...
 
     @property
     def lengths(self) -> np.ndarray: ...  # per example; batches group by it (1 per image)
+
+
+def example_count(split: Split) -> int:
+    """The examples a split was encoded from: its samples, unless it says otherwise."""
+    return int(getattr(split, "examples", len(split)))
 
 
 @dataclass
@@ -81,6 +89,9 @@ class Task(abc.ABC):
     default_metric: ClassVar[dict[str, str]] = {}  # dataset -> metric tuned without `metric:`
     primary_metric: ClassVar[str] = "eval_accuracy"  # tuned without `metric:` (user's files)
     data_fields: ClassVar[tuple[str, ...]] = ()  # `data.` fields only this kind of task reads
+    # Of those, the ones the encoding depends on: searchable as `data.<field>` with listed
+    # values, like model.max_length (the driver encodes the data once per value).
+    tokenization_fields: ClassVar[tuple[str, ...]] = ()
     pipeline_tag: ClassVar[str]  # the exported model card's Hub pipeline
     auto_class: ClassVar[str]  # the transformers Auto class that loads the exported model
 
@@ -101,6 +112,12 @@ class Task(abc.ABC):
     def check_data(self, data: DataConfig) -> None:
         """Refuse `data` settings this task cannot read, at validation (no file is opened):
         raise ValueError with a one-line message naming the field and what is allowed."""
+        return None
+
+    def check_encoding(self, data: DataConfig, max_length: int) -> None:
+        """Refuse `data` settings that cannot encode at `max_length`, at validation (called
+        for every max_length and `tokenization_fields` value a trial can use): raise
+        ValueError with a one-line message starting with the `data.` field."""
         return None
 
     def check_metric(self, metric: str, bundle: DataBundle, data: DataConfig) -> None:
@@ -162,6 +179,11 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def usage(self) -> list[str]:
         """Python lines that load the exported folder, for its model card."""
+
+    def usage_example(self, config: Any) -> list[str]:
+        """Lines the card runs after `usage` on the experiment's own data (the trial's
+        settings in `config`); none by default."""
+        return []
 
 
 def label_list(names: list[str], shown: int = 20) -> str:
