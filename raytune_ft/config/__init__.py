@@ -17,6 +17,7 @@ from raytune_ft.config._schedulers import (
     SchedulerConfig,
 )
 from raytune_ft.config._schema import (
+    DATA_SEARCH_PREFIX,
     GLUE_TASK_NAMES,
     INTEGER_DOMAINS,
     INTEGER_FIELDS,
@@ -34,6 +35,7 @@ from raytune_ft.config._schema import (
     SearchAlgConfig,
     TrainConfig,
     check_batch_phases,
+    data_options,
     evaluation_count,
     per_experiment_settings,
 )
@@ -45,13 +47,16 @@ from raytune_ft.config._validate import (
     model_options,
     narrow_model_search,
     searches_model,
+    tokenization_keys,
+    trial_data,
     trial_hyperparameters,
     trial_model,
     validate_config,
 )
 
 __all__ = [
-    "DISTRIBUTIONS", "FIXED_IN_AN_EPOCH", "FIXED_IN_A_TRIAL", "GLUE_TASK_NAMES",
+    "DATA_SEARCH_PREFIX", "DISTRIBUTIONS", "FIXED_IN_AN_EPOCH", "FIXED_IN_A_TRIAL",
+    "GLUE_TASK_NAMES",
     "INTEGER_DOMAINS", "INTEGER_FIELDS", "LOG_SCALED", "MODEL_SEARCH_KEYS", "PER_EXPERIMENT",
     "REPORTED_METRICS",
     "SCHEDULER_CLASSES", "SCHEDULER_CONFIGS", "SCHEDULER_TYPES", "SCHEDULES", "TASK_ALIASES",
@@ -59,7 +64,9 @@ __all__ = [
     "Domain", "ExperimentConfig", "FifoConfig", "HyperbandConfig", "ModelConfig", "PbtConfig",
     "MlflowConfig", "ResourcesConfig", "RunConfig", "SchedulerConfig", "SearchAlgConfig",
     "TrackingConfig", "TrainConfig", "WandbConfig",
-    "apply_override", "check_batch_phases", "evaluation_count", "load_config", "parse_domain",
+    "apply_override", "check_batch_phases", "data_options", "evaluation_count",
+    "load_config", "parse_domain",
     "model_options", "narrow_model_search", "per_experiment_settings", "searches_model",
-    "trial_hyperparameters", "trial_model", "validate_config",
+    "tokenization_keys", "trial_data", "trial_hyperparameters", "trial_model",
+    "validate_config",
 ]

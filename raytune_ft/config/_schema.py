@@ -208,6 +208,9 @@ INTEGER_DOMAINS = ("randint", "choice", "grid")
 # (choice, grid, a constant) are allowed, never a range.
 MODEL_SEARCH_KEYS = ("model.name", "model.max_length")
 MODEL_DOMAINS = ("constant", "choice", "grid")
+# Data settings a search may vary the same way: `data.<field>` for the fields the task's
+# encoding depends on (`Task.tokenization_fields`; question answering: data.doc_stride).
+DATA_SEARCH_PREFIX = "data."
 
 
 def _is_integer(annotation: Any) -> bool:
@@ -372,16 +375,18 @@ class ExperimentConfig(_Strict):
     @classmethod
     def _dotted_model_keys(cls, value: Any) -> Any:
         """`search: {model: {name: ...}}` (and `--set search.model.name=...`) is the dotted
-        `model.name` key. Given both ways, the nested spelling wins, whatever the order:
-        `--set search.model.name=...` writes the nested one, so it overrides a file's
-        dotted key."""
-        if not (isinstance(value, dict) and isinstance(value.get("model"), dict)):
-            return value
-        nested = value["model"]
-        if len(nested) == 1 and next(iter(nested)) in DISTRIBUTIONS:
-            return value  # `search.model: {choice: ...}`: refused as not a train setting
-        flat = {k: v for k, v in value.items() if k != "model"}
-        return {**flat, **{f"model.{key}": spec for key, spec in nested.items()}}
+        `model.name` key, and `search: {data: {doc_stride: ...}}` `data.doc_stride`. Given
+        both ways, the nested spelling wins, whatever the order: `--set
+        search.model.name=...` writes the nested one, so it overrides a file's dotted key."""
+        for section in ("model", "data"):
+            if not (isinstance(value, dict) and isinstance(value.get(section), dict)):
+                continue
+            nested = value[section]
+            if len(nested) == 1 and next(iter(nested)) in DISTRIBUTIONS:
+                continue  # `search.model: {choice: ...}`: refused as not a train setting
+            flat = {k: v for k, v in value.items() if k != section}
+            value = {**flat, **{f"{section}.{key}": spec for key, spec in nested.items()}}
+        return value
 
     @field_validator("metric")
     @classmethod
@@ -410,6 +415,7 @@ class ExperimentConfig(_Strict):
             raise ValueError("search_alg.type: 'tpe' cannot take grid dimensions; use "
                              "search_alg.type: grid, or choice instead of grid")
         _check_grid_search(self.search_alg.type, space)
+        _check_encodings(self, space)
         _check_lora_installed(self.train, space)
         check_objectives(self.objectives, self.metric, self.mode, REPORTED_METRICS)
         check_search(self)
@@ -435,6 +441,9 @@ def _check_domain_values(config: ExperimentConfig, key: str, domain: Domain) -> 
     """Every value a search dimension can produce must be a valid train setting."""
     if key.startswith("model."):
         _check_model_domain(key, domain)
+        return
+    if key.startswith(DATA_SEARCH_PREFIX):
+        _check_data_domain(config, key, domain)
         return
     if key not in TrainConfig.model_fields:
         hint = did_you_mean(key, TrainConfig.model_fields)
@@ -476,6 +485,60 @@ def _check_model_domain(key: str, domain: Domain) -> None:
                 value, int) or value <= 0):
             raise ValueError(f"search.model.max_length: value {value!r} is not a positive "
                              "integer; allowed: whole numbers of tokens > 0")
+
+
+def _check_data_domain(config: ExperimentConfig, key: str, domain: Domain) -> None:
+    """`data.<field>` searched: a field the task's encoding depends on, listed values only,
+    each one valid as the fixed field (`_check_encodings` checks each against every length)."""
+    task = task_for(config.data)
+    name = key.removeprefix(DATA_SEARCH_PREFIX)
+    if name not in task.tokenization_fields:
+        allowed = ", ".join(DATA_SEARCH_PREFIX + f for f in task.tokenization_fields) or "none"
+        raise ValueError(f"search.{key}: not searchable; allowed data keys for data.kind "
+                         f"{task.name}: {allowed}")
+    if domain.kind not in MODEL_DOMAINS:
+        raise ValueError(f"search.{key}: {domain.kind} {list(domain.args)} is a range, but "
+                         "each distinct value costs one encoding of the data; allowed: "
+                         "choice or grid of listed values, or a constant")
+    if _is_integer(DataConfig.model_fields[name].annotation):
+        _check_integer_domain(key, domain)
+    for value in domain.values:
+        try:
+            DataConfig.model_validate({**config.data.model_dump(), name: value})
+        except ValidationError as error:
+            detail = error.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"search.{key}: value {value!r} is invalid: {detail}") from None
+
+
+def data_options(config: ExperimentConfig) -> list[DataConfig]:
+    """Every `data:` a trial can use: the fixed one with each combination of the searched
+    `data.` keys' values, in the order written (one when none is searched)."""
+    import itertools
+
+    space = config.space()
+    keys = [key for key in space if key.startswith(DATA_SEARCH_PREFIX)]
+    if not keys:
+        return [config.data]
+    values = [list(dict.fromkeys(space[key].values)) for key in keys]
+    fixed = config.data.model_dump()
+    return [DataConfig.model_validate({**fixed, **{k.removeprefix(DATA_SEARCH_PREFIX): v
+                                                   for k, v in zip(keys, combo)}})
+            for combo in itertools.product(*values)]
+
+
+def _check_encodings(config: ExperimentConfig, space: dict[str, Domain]) -> None:
+    """Every data setting a trial can use must encode at every length it can use (the task
+    says what that needs, e.g. a stride below the length); a searched key is named so."""
+    task = task_for(config.data)
+    lengths = (space["model.max_length"].values if "model.max_length" in space
+               else [config.model.max_length])
+    for data in data_options(config):
+        for length in lengths:
+            try:
+                task.check_encoding(data, length)
+            except ValueError as error:
+                searched = str(error).split(":", 1)[0] in space
+                raise ValueError(f"search.{error}" if searched else str(error)) from None
 
 
 def _check_integer_domain(key: str, domain: Domain) -> None:

@@ -12,8 +12,10 @@ from pydantic import BaseModel, ValidationError
 
 from raytune_ft.config._schedulers import SCHEDULER_CLASSES, SCHEDULER_TYPES
 from raytune_ft.config._schema import (
+    DATA_SEARCH_PREFIX,
     INTEGER_FIELDS,
     MODEL_SEARCH_KEYS,
+    DataConfig,
     ExperimentConfig,
     ModelConfig,
     TrainConfig,
@@ -177,9 +179,30 @@ def trial_model(config: ExperimentConfig, sampled: dict[str, Any]) -> ModelConfi
         raise ConfigError(f"trial config {sampled}: model.{_first_error(error)}") from None
 
 
+def trial_data(config: ExperimentConfig, sampled: dict[str, Any]) -> DataConfig:
+    """The data settings of one trial: `data:` with the searched `data.` keys (those the
+    task's encoding depends on, e.g. data.doc_stride) on top; the twin of `trial_model`."""
+    update = {key.removeprefix(DATA_SEARCH_PREFIX): value for key, value in sampled.items()
+              if key.startswith(DATA_SEARCH_PREFIX)}
+    if not update:
+        return config.data
+    try:
+        return DataConfig.model_validate({**config.data.model_dump(), **update})
+    except ValidationError as error:
+        raise ConfigError(f"trial config {sampled}: data.{_first_error(error)}") from None
+
+
+def tokenization_keys(config: ExperimentConfig) -> list[str]:
+    """The searched keys that decide a trial's model or encoding: model.name,
+    model.max_length and the task's `data.` keys."""
+    return [key for key in config.search
+            if key in MODEL_SEARCH_KEYS or key.startswith(DATA_SEARCH_PREFIX)]
+
+
 def searches_model(config: ExperimentConfig) -> bool:
-    """Whether trials may differ in model or tokenization (a model key under `search:`)."""
-    return any(key in config.search for key in MODEL_SEARCH_KEYS)
+    """Whether trials may differ in model or tokenization (a model or data key under
+    `search:`)."""
+    return bool(tokenization_keys(config))
 
 
 def model_options(config: ExperimentConfig) -> tuple[list[str], list[int]]:
@@ -195,12 +218,13 @@ def model_options(config: ExperimentConfig) -> tuple[list[str], list[int]]:
 
 def narrow_model_search(config: ExperimentConfig, configs: list[dict[str, Any]]
                         ) -> ExperimentConfig:
-    """`config` whose searched model keys list only the values `configs` (trial configs to
-    run again: confirm, replay) use, so `runner.prepare` tokenizes only what they need. The
+    """`config` whose searched model and data keys list only the values `configs` (trial
+    configs to run again: confirm, replay) use, so `runner.prepare` tokenizes only what they
+    need. The
     fixed model.name becomes the first of them when it is not among them (the schema's rule,
     checked again when the run's record is read)."""
     search, model = dict(config.search), config.model
-    for key in MODEL_SEARCH_KEYS:
+    for key in tokenization_keys(config):
         if key in search:
             used = list(dict.fromkeys(c[key] for c in configs if key in c))
             search[key] = {"choice": used} if len(used) > 1 else used[0] if used else \

@@ -112,7 +112,9 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     lora = check_lora(task, model_path, bundle.label_names, config.train, config.space())
     for other in list(paths or [])[1:]:  # every searched model takes the adapters
         check_lora(task, paths[other], bundle.label_names, config.train, config.space())
-    plan = plan_experiment(config, n_train=len(bundle.train))
+    # a training split per tokenization: their sizes differ where samples are windows (QA)
+    sizes = [len(b.train) for b in models.bundles.values()] if models else [len(bundle.train)]
+    plan = plan_experiment(config, n_train=sizes)
     return Prepared(config, model_path, bundle, experiment_dir, plan,
                     _warnings(plan, bundle) + task.warnings(bundle, config.data)
                     + _batchnorm_warnings(config, plan, model_path),

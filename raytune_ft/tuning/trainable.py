@@ -79,7 +79,8 @@ def build_loop(config: dict, bundle: DataBundle, experiment: ExperimentConfig,
                         dropout_seed=trial_dropout_seed(hp.seed, scheduler.population,
                                                         trial_id),
                         keep_diverged=scheduler.keeps_diverged and not presets,
-                        budget=plan.budget if plan is not None else None, world=world)
+                        budget=plan.budget_for(len(bundle.train)) if plan is not None
+                        else None, world=world)
 
 
 def train_trial(config: dict, *, bundle: DataBundle | None, experiment: ExperimentConfig,
