@@ -50,6 +50,14 @@ def doc_stride(data: DataConfig, max_length: int) -> int:
     return data.doc_stride if data.doc_stride is not None else max_length // 3
 
 
+def data_name(train_file: str) -> str:
+    """What the header calls the data: `squad/train.json` is `squad`, `my_qa.jsonl` `my_qa`."""
+    path = Path(train_file).expanduser()
+    generic = path.stem.lower() in ("train", "training") or path.stem.lower().startswith(
+        "train-")
+    return path.resolve().parent.name if generic and path.resolve().parent.name else path.stem
+
+
 def read(data: DataConfig, path: str, where: str) -> Questions:
     from raytune_ft.tasks._squad import Columns, read_questions
 
@@ -177,7 +185,7 @@ class QuestionAnswering(Task):
         if encoded[1].has_answer.any() and not encoded[1].has_answer.all():
             metrics += ["eval_HasAns_f1", "eval_NoAns_f1"]
         return DataBundle(*encoded, list(HEAD), int(tokenizer.pad_token_id or 0),
-                          Path(data.train_file).stem, metrics, self.name)
+                          data_name(data.train_file), metrics, self.name)
 
     def describe(self, bundle: DataBundle) -> list[tuple[str, str]]:
         train, dev = bundle.train, bundle.eval
@@ -267,32 +275,66 @@ class QuestionAnswering(Task):
                 f"into windows sharing {doc_stride(config.data, length)} tokens (doc_stride)"]
 
     def usage(self) -> list[str]:
-        return [f"from transformers import {self.auto_class}, AutoTokenizer, pipeline", "",
+        return ["import torch",
+                f"from transformers import {self.auto_class}, AutoTokenizer", "",
                 f'model = {self.auto_class}.from_pretrained("<this folder>")',
-                'tokenizer = AutoTokenizer.from_pretrained("<this folder>")',
-                'qa = pipeline("question-answering", model=model, tokenizer=tokenizer)']
+                'tokenizer = AutoTokenizer.from_pretrained("<this folder>")']
 
     def usage_example(self, config) -> list[str]:
-        """The pipeline answering the first answerable question of the eval file, with the
-        windows and answer length the model was trained and scored with."""
+        """What `pipeline("question-answering")` did, which transformers 5 removed: the
+        context in windows as in training, the best span over them (the empty answer where
+        the null score wins, as the trial decided), on the first answerable question the
+        trial was scored on."""
         from raytune_ft.tasks._squad import subset
 
-        train, dev = (read(config.data, path, where) for path, where in (
-            (config.data.train_file, "data.train_file"),
-            (config.data.eval_file, "data.eval_file")))
-        null = subset(train, config.data.max_train_samples, config.data.subset_seed
-                      ).unanswerable > 0
+        data, length = config.data, config.model.max_length
+        train = subset(read(data, data.train_file, "data.train_file"), data.max_train_samples,
+                       data.subset_seed)
+        dev = subset(read(data, data.eval_file, "data.eval_file"), data.max_eval_samples,
+                     data.subset_seed)  # the questions the trial was scored on
         q = next((i for i, a in enumerate(dev.answers) if a), 0)
-        length = config.model.max_length
+        empty = (f"null > best_score + {data.null_score_threshold!r}" if train.unanswerable
+                 else "False")
+        code = CARD_ANSWER.format(length=length, stride=doc_stride(data, length),
+                                  longest=data.max_answer_length, empty=empty)
         gold = dev.answers[q][0][0] if dev.answers[q] else ""
-        return ["", f"# question {dev.ids[q]} of {Path(config.data.eval_file).name} "
-                    f"(a gold answer: {gold!r})",
+        return [*code.splitlines(), "",
+                f"# question {dev.ids[q]} of {Path(data.eval_file).name} (a gold answer: "
+                f"{gold!r})",
                 f"question = {dev.questions[q]!r}", f"context = {dev.context(q)!r}",
-                f"answer = qa(question=question, context=context, max_seq_len={length}, "
-                f"doc_stride={doc_stride(config.data, length)}, "
-                f"max_answer_len={config.data.max_answer_length}, "
-                f"handle_impossible_answer={null})",
-                'print(answer["answer"], answer["score"])']
+                "print(answer(question, context))"]
+
+
+# The model card's answer(): what transformers 4's pipeline("question-answering") did (gone in
+# transformers 5), with the trial's windows, longest span and null rule.
+CARD_ANSWER = """
+# transformers 5 removed pipeline("question-answering"); answer() does its work with the
+# windows the model was trained on ({length} tokens, {stride} shared) and spans of at most
+# {longest} tokens
+
+
+def answer(question, context):
+    enc = tokenizer(question.lstrip(), context, truncation="only_second", max_length={length},
+                    stride={stride}, return_overflowing_tokens=True,
+                    return_offsets_mapping=True, padding=True, return_tensors="pt")
+    offsets = enc.pop("offset_mapping")
+    enc.pop("overflow_to_sample_mapping")
+    with torch.no_grad():
+        out = model(**enc)
+    best, best_score, null = "", float("-inf"), float("inf")
+    for w in range(len(offsets)):
+        start, end = out.start_logits[w], out.end_logits[w]
+        null = min(null, float(start[0] + end[0]))  # the classifier token: no answer
+        inside = torch.tensor([s == 1 for s in enc.sequence_ids(w)])  # context tokens
+        scores = start[:, None] + end[None, :]
+        spans = torch.ones_like(scores, dtype=torch.bool).triu().tril({longest} - 1)
+        scores = scores.masked_fill(~(spans & inside[:, None] & inside[None, :]), float("-inf"))
+        s, e = divmod(int(scores.argmax()), scores.shape[1])
+        if scores[s, e] > best_score:
+            best_score = float(scores[s, e])
+            best = context[offsets[w][s][0]:offsets[w][e][1]]
+    return "" if {empty} else best
+"""
 
 
 TASK = QuestionAnswering()

@@ -45,7 +45,12 @@ from typing import Any
 from hyperopt import JOB_STATE_DONE, STATUS_OK
 from ray.tune.search.hyperopt import HyperOptSearch
 
-from raytune_ft.config import ExperimentConfig, trial_hyperparameters, trial_model
+from raytune_ft.config import (
+    ExperimentConfig,
+    trial_data,
+    trial_hyperparameters,
+    trial_model,
+)
 from raytune_ft.config._search import domain_contains
 from raytune_ft.errors import ConfigError, ExperimentError, ModelError
 from raytune_ft.experiment import HP, read_record
@@ -246,12 +251,14 @@ def _check_sections(config: ExperimentConfig, earlier: ExperimentConfig,
                     directory: str) -> None:
     """Every section compared as a whole (the data, and any section added later) agrees."""
     skip = (*NOT_COMPARED, *COMPARED_APART)
+    per_trial = {f"data.{k}" for k in _encoding_fields(config)}  # with model and train
     for section in type(config).model_fields:
         if section in skip:
             continue
         now, there = _dotted(config, section), _dotted(earlier, section)
         for key in sorted({*now, *there}):
-            if key in NOT_COMPUTED or _same(key, now.get(key), there.get(key), {}):
+            if key in NOT_COMPUTED or key in per_trial or _same(key, now.get(key),
+                                                                there.get(key), {}):
                 continue
             raise ConfigError(f"--warm-start {directory}: {key} differs: {now.get(key)!r} "
                               f"now, {there.get(key)!r} there; a warm start takes trials of "
@@ -290,11 +297,21 @@ def _sampled(earlier: ExperimentConfig, row: dict) -> dict[str, Any]:
 
 
 def _trial_settings(config: ExperimentConfig, sampled: dict[str, Any]) -> dict[str, Any]:
-    """What one trial computes with: its model and train settings, as dotted keys (named
+    """What one trial computes with: its model and train settings and the data settings its
+    encoding depends on (searchable, so they may vary by trial), as dotted keys (named
     batch schedules resolved to their phases)."""
     model, train = trial_model(config, sampled), trial_hyperparameters(config, sampled)
+    data = trial_data(config, sampled)
     return {**{f"model.{k}": v for k, v in model.model_dump().items()},
+            **{f"data.{k}": getattr(data, k) for k in _encoding_fields(config)},
             **{f"train.{k}": v for k, v in train.model_dump().items()}}
+
+
+def _encoding_fields(config: ExperimentConfig) -> tuple[str, ...]:
+    """The data fields compared per trial rather than with the data section."""
+    from raytune_ft.tasks import task_for
+
+    return task_for(config.data).tokenization_fields
 
 
 def _searched_key(key: str) -> str:

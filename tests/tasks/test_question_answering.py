@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -374,3 +375,45 @@ def test_always_no_answer_scores_the_unanswerable_share(squad_bundle):
 
 def test_bundle_is_a_data_bundle(squad_bundle):
     assert isinstance(squad_bundle, DataBundle) and squad_bundle.label_names == ["start", "end"]
+
+
+def _evaluate_rank(rank: int, size: int, port: int, model_dir: str, out: str) -> None:
+    from raytune_ft.training.distributed import init_world, leave_world
+
+    world = init_world(rank, size, f"tcp://127.0.0.1:{port}", "gloo")
+    try:
+        torch.set_num_threads(1)
+        data = DataConfig(kind="question_answering", train_file=str(SQUAD / "train.json"),
+                          eval_file=str(SQUAD / "dev.json"), max_train_samples=48,
+                          max_eval_samples=40, doc_stride=24)
+        bundle = TASK.load_data(data, model_dir, 96)
+        model = TASK.load_model(model_dir, bundle.label_names, seed=0)
+        loop = FineTuneLoop(model, bundle, TrainConfig(eval_batch_size=7), "eval_f1",
+                            world=world)
+        scores = loop.evaluate()
+        if rank == 0:
+            (Path(out) / "scores.json").write_text(json.dumps(scores))
+    finally:
+        leave_world(world)
+
+
+@pytest.mark.slow  # two spawned processes each import torch and encode (~25-80 s on 2 cores)
+def test_two_workers_score_every_question_as_one_worker(tiny_bert, squad_bundle, tmp_path):
+    """Evaluation batches are dealt to the ranks and gathered: each question's windows, from
+    several batches and ranks, still make one answer, and the metrics are one worker's."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    model = TASK.load_model(str(tiny_bert), squad_bundle.label_names, seed=0)
+    one = FineTuneLoop(model, squad_bundle, TrainConfig(eval_batch_size=7), "eval_f1").evaluate()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.start_processes(_evaluate_rank, args=(2, port, str(tiny_bert), str(tmp_path)), nprocs=2,
+                       start_method="spawn")
+    two = json.loads((tmp_path / "scores.json").read_text())
+    assert {k: v for k, v in two.items() if k != "eval_loss"} == {
+        k: v for k, v in one.items() if k != "eval_loss"}
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-6)
+    assert np.diff(squad_bundle.eval.question_windows).max() > 1  # questions span windows
