@@ -111,9 +111,9 @@ def main() -> None:
     print(f"baseline     always no answer on the same {args.eval_questions} questions: exact "
           f"{baseline['exact']:.2f}, f1 {baseline['f1']:.2f}")
     print(f"interval     {args.interval_windows} windows trained + one evaluation = "
-          f"{interval:.1f} s; post-processing {100 * share:.2f}% of it")
+          f"{interval:.1f} s; post-processing {100 * share:.3g}% of it")
     _common.final("bench_qa", f"train {train_rate:.2f} windows/s, eval {eval_rate:.2f} "
-                  f"windows/s, post-processing {100 * share:.2f}% of an interval",
+                  f"windows/s, post-processing {100 * share:.3g}% of an interval",
                   f"post-processing <= {100 * SHARE_TARGET:.0f}%", share <= SHARE_TARGET)
 
 

@@ -45,7 +45,8 @@ def overrides(model, storage, **settings) -> list[str]:
 @pytest.fixture(scope="module")
 def qa_run(tmp_path_factory, tiny_bert):
     root = tmp_path_factory.mktemp("qa")
-    done = run_cli("tune", "experiments/squad_quick.yaml", *overrides(tiny_bert, root / "results"))
+    done = run_cli("tune", "experiments/squad_quick.yaml", *overrides(
+        tiny_bert, root / "results", **{"tracking.tensorboard": "true"}))
     return done, root / "results" / "squad_quick"
 
 
@@ -82,6 +83,23 @@ def test_tune_trains_on_windows_and_reports_the_official_scores(qa_run):
             assert 0.0 <= r["eval_exact"] <= r["eval_f1"] <= 100.0
             assert {"eval_HasAns_f1", "eval_NoAns_f1", "eval_loss"} <= set(r)
             assert r["config"]["data.doc_stride"] in STRIDES and r["diverged"] is False
+
+
+def test_tensorboard_has_the_squad_scores_against_windows_seen(qa_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    _, experiment = qa_run
+    for name, reports in trial_rows(experiment).items():
+        events = EventAccumulator(str(experiment / name))
+        events.Reload()
+        for metric in ("eval_f1", "eval_exact", "eval_HasAns_f1", "eval_NoAns_f1"):
+            scalars = events.Scalars(metric)
+            assert [s.step for s in scalars] == [r["samples_seen"] for r in reports]
+            assert [s.value for s in scalars] == pytest.approx([r[metric] for r in reports])
+        session = plugin_data_pb2.HParamsPluginData.FromString(events.PluginTagToContent(
+            "hparams")["_hparams_/session_start_info"]).session_start_info
+        assert session.hparams["data.doc_stride"].number_value in STRIDES
 
 
 def test_analyze_and_compare_see_the_searched_stride(qa_run):

@@ -1,11 +1,13 @@
 """Tasks: what one kind of problem needs, so that the loop and the tuner need nothing more.
 
-A task (sequence classification today; token and image classification fit the same
-interface; `data.kind` chooses one for the user's files) reads its splits and encodes them
-once in the driver into flat numpy arrays (the `DataBundle` Ray's object store shares with
-every trial), collates a batch of sample indices, builds its model, computes its loss summed
-over its units (examples, or labelled tokens), turns evaluation outputs into its metrics
-(each with its direction and worst value), and says what an exported model card shows.
+A task (sequence, token and image classification, extractive question answering;
+`data.kind` chooses one for the user's files) reads its splits and encodes them once in the
+driver into flat numpy arrays (the `DataBundle` Ray's object store shares with every trial),
+collates a batch of sample indices, builds its model, computes its loss summed over its
+units (examples, labelled tokens, or windows of a question's context), turns evaluation
+outputs into its metrics (each with its direction and worst value), and says what an
+exported model card shows. A sample may be part of an example (a question answering window):
+whatever groups samples into examples lives in the bundle's arrays.
 
 Adding a task is one module that defines `TASK` (a `Task`) and one line in `TASKS`. The config
 imports this registry for dataset and metric names, so task modules import torch,
