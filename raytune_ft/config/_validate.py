@@ -220,9 +220,8 @@ def narrow_model_search(config: ExperimentConfig, configs: list[dict[str, Any]]
                         ) -> ExperimentConfig:
     """`config` whose searched model and data keys list only the values `configs` (trial
     configs to run again: confirm, replay) use, so `runner.prepare` tokenizes only what they
-    need. The
-    fixed model.name becomes the first of them when it is not among them (the schema's rule,
-    checked again when the run's record is read)."""
+    need. The fixed model.name becomes the first of them when it is not among them (the
+    schema's rule, checked again when the run's record is read)."""
     search, model = dict(config.search), config.model
     for key in tokenization_keys(config):
         if key in search:
