@@ -27,7 +27,12 @@ import numpy as np
 
 from raytune_ft.errors import DataError
 from raytune_ft.tasks import DataBundle, Metric, Task
-from raytune_ft.tasks._qa_answers import best_spans, choose_windows, official_scores
+from raytune_ft.tasks._qa_answers import (
+    best_spans,
+    choose_windows,
+    gold_forms,
+    official_scores,
+)
 from raytune_ft.tasks._qa_windows import Decoding, QASplit, collate, encode, qa_tokenizer
 
 if TYPE_CHECKING:
@@ -80,9 +85,9 @@ def squad_scores(squad_json_path: str | Path, predictions: dict[str, str]) -> di
     answer text, "" for no answer) on a SQuAD JSON (or rows) file: exact, f1, total, and
     HasAns_* / NoAns_* where the file has such questions. Every question needs a prediction
     (the official script fails on a missing one)."""
-    from raytune_ft.tasks._qa_answers import gold_forms
+    from raytune_ft.tasks._squad import read_questions
 
-    questions = _read_path(squad_json_path)
+    questions = read_questions(str(squad_json_path), "squad file")
     missing = [qid for qid in questions.ids if qid not in predictions]
     if missing:
         raise DataError(f"predictions: {len(missing)} question(s) of {squad_json_path} have no "
@@ -90,12 +95,6 @@ def squad_scores(squad_json_path: str | Path, predictions: dict[str, str]) -> di
     golds = [gold_forms([text for text, _ in answers]) for answers in questions.answers]
     has_answer = np.array([bool(a) for a in questions.answers], dtype=bool)
     return official_scores([predictions[qid] for qid in questions.ids], golds, has_answer)
-
-
-def _read_path(path: str | Path) -> Questions:
-    from raytune_ft.tasks._squad import read_questions
-
-    return read_questions(str(path), "squad file")
 
 
 def answers(split: QASplit, predictions: list[tuple[np.ndarray, tuple]]) -> list[str]:
