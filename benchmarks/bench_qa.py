@@ -49,7 +49,7 @@ def no_answer_baseline(bundle) -> dict:
     from raytune_ft.tasks._qa_answers import official_scores
 
     split = bundle.eval
-    return official_scores([""] * split.examples, split.golds, split.has_answer)
+    return official_scores([""] * split.source_examples, split.golds, split.has_answer)
 
 
 def main() -> None:

@@ -227,6 +227,8 @@ def _print_header(prepared) -> None:
           f"{config.run.num_samples} trials")
     print(f"scheduler    {config.scheduler.type}; search {_search_text(config)}; "
           f"{config.metric} ({config.mode})")
+    if prepared.cluster is not None:
+        print(f"cluster      {prepared.cluster}")
     if config.objectives:
         goals = ", ".join(f"{o.metric} ({o.mode})" for o in config.objectives)
         print(f"objectives   {goals}; {_watched(config)}")

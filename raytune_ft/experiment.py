@@ -33,7 +33,11 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------- file names
 
 CONFIG_FILE = "raytune_ft.json"  # the validated experiment and what `prepare` derived
-TRACKING_FILE = "raytune_ft_tracking.json"  # tracker run ids (MLflow), so a resume continues them
+# Tracker run ids and the last step each logged, so a resume continues them. In a folder: at
+# a restore Ray copies every top-level *.json and *.pkl into its staging folder and its
+# periodic sync copies them back over the live files (tracking._runs).
+TRACKING_FILE = "raytune_ft_tracking/runs.json"
+LEGACY_TRACKING_FILE = "raytune_ft_tracking.json"  # before: read once when resumed
 ANALYSIS_DIR = "analysis"  # the Parquet tables, report.html and confirm.parquet
 REPORT_FILE = "report.html"  # in ANALYSIS_DIR
 CONFIRM_FILE = "confirm.parquet"  # in ANALYSIS_DIR: one row per confirmed config and seed

@@ -8,7 +8,9 @@ as it would s3://); no S3 bucket or cloud is involved.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import os
 import secrets
@@ -129,6 +131,30 @@ def test_addresses_come_from_the_flag_then_ray_address(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
     assert cluster_address(None) == "ray://head:10001" and is_ray_client(None)
     assert cluster_address("auto") == "auto"  # the flag wins
+
+
+def test_joining_a_cluster_retries_and_checkpoints_unless_the_experiment_says_otherwise(
+        tmp_path, tiny_bert, glue_dir, capsys, monkeypatch):
+    # A lost node fails its trials: with the local defaults (no retry) the quick job lost its
+    # best trial with the node. validate shows what tune runs (no Ray is joined to show it).
+    def header(run: dict, *flags: str) -> list[str]:
+        path = experiment_yaml(tmp_path / "exp.yaml", tiny_bert, glue_dir, tmp_path / "r",
+                               **SMALL, run={"storage_path": str(tmp_path / "r"), **run})
+        assert cli.main(["validate", str(path), *flags]) == cli.EXIT_OK
+        return [line for line in capsys.readouterr().out.splitlines()
+                if line.startswith("cluster ")]
+
+    assert header({}, "--address", "10.0.0.5:6379") == [
+        "cluster      a failed trial (a lost node) is retried 2 times from its last checkpoint "
+        "(run.max_failures, cluster default); checkpoints every iteration "
+        "(run.checkpoint_every, cluster default)"]
+    assert header({"max_failures": 0, "checkpoint_every": 4}, "--address", "auto") == [
+        "cluster      a failed trial (a lost node) is not retried (run.max_failures, set in "
+        "the experiment); checkpoints every 4 iterations, so a retry repeats up to 3 "
+        "(run.checkpoint_every, set in the experiment)"]
+    assert header({}) == []  # a local run keeps the local defaults
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")  # `ray job submit` joins this way
+    assert "retried 2 times" in header({})[0]
 
 
 class FlakyRay:
@@ -328,16 +354,21 @@ def run_while_a_node_is_lost(tmp_path, tiny_bert, glue_dir, three_nodes, schedul
         search={"learning_rate": {"loguniform": [1e-4, 1e-3]}, "batch_size": 16},
         search_alg={"type": "random", "seed": 0},
         resources={"cpus_per_trial": 1, "custom": {"trial_node": 1}},
-        run={"num_samples": 4, "storage_path": storage.as_uri(), "max_failures": 2,
-             "checkpoint_every": 1, "verbose": 0})
+        run={"num_samples": 4, "storage_path": storage.as_uri(), "verbose": 0})
     outcome: dict = {}
     watcher = threading.Thread(target=_remove_a_busy_worker,
                                args=(cluster, workers, name, outcome), daemon=True)
     watcher.start()
-    code = cli.main(["tune", str(path), "--address", cluster.address])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):  # retries and checkpoints: the cluster defaults
+        code = cli.main(["tune", str(path), "--address", cluster.address])
     watcher.join(timeout=5)
-    assert code == cli.EXIT_OK
+    assert code == cli.EXIT_OK, out.getvalue()[-3000:]
     assert "removed" in outcome, "no trial was mid-run on a worker to remove its node"
+    assert "is retried 2 times from its last checkpoint (run.max_failures, cluster default)" \
+        in out.getvalue()
+    record = json.loads((storage / name / "raytune_ft.json").read_text())
+    assert (record["run"]["max_failures"], record["run"]["checkpoint_every"]) == (2, 1)
     return storage / name, outcome
 
 

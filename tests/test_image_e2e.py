@@ -83,6 +83,9 @@ def check_exported(out, digits_dir):
     from PIL import Image
     from transformers import AutoModelForImageClassification, pipeline
 
+    from raytune_ft.tasks._images import read_items
+    from raytune_ft.tasks.image_classification import _subset
+
     model = AutoModelForImageClassification.from_pretrained(out)
     assert model.config.id2label == {i: str(i) for i in range(10)}
     card = (out / "README.md").read_text()
@@ -98,6 +101,15 @@ def check_exported(out, digits_dir):
     with torch.no_grad():
         logits = model(**pixels).logits
     assert logits.shape == (1, 10) and record["metric"] == "eval_accuracy"
+    # the exported model and its image processor, on the image files the trial was scored
+    # on (the experiment's eval subset), reach the accuracy the trial reported
+    items = _subset(read_items(str(digits_dir / "val"), "data.eval_file", None, None), 128, 0)
+    images = [Image.open(item.source).convert("RGB") for item in items]
+    with torch.no_grad():
+        logits = model(**classify.image_processor(images, return_tensors="pt")).logits
+    labels = torch.tensor([model.config.label2id[item.label] for item in items])
+    accuracy = (logits.argmax(-1) == labels).double().mean().item()
+    assert accuracy == pytest.approx(record["metrics"]["eval_accuracy"], abs=1e-12)
 
 
 @pytest.mark.parametrize("name", ["digits_resnet", "digits_resnet_pbt", "imagefolder_resnet50"])

@@ -79,6 +79,20 @@ def test_named_targets_and_freeze_layers_choose_the_adapted_modules(tiny_bert, b
     assert len(names) == 13 and names[-1] == "bert.pooler.dense"
 
 
+def test_a_model_without_linear_layers_is_refused_for_that_reason(tiny_resnet):
+    """A ResNet's encoder is convolutions only: the refusal says so, whatever freeze_layers."""
+    from raytune_ft.tasks import get_task
+
+    model = get_task("image_classification").load_model(str(tiny_resnet), ["a", "b"], seed=0)
+    for freeze in (0, 1):
+        with pytest.raises(ModelError) as error:
+            target_modules(model, settings(freeze_layers=freeze))
+        assert str(error.value) == (
+            "train.lora_r: ResNetForImageClassification has no linear layer outside its "
+            "embeddings and task head (LoRA adapts linear layers, not convolutions); "
+            "fine-tune it in full (train.lora_r: 0)")
+
+
 def test_layer_decay_scales_adapters_by_the_depth_of_their_layer(tiny_bert, bundle):
     hp = settings(layer_decay=0.5)
     model = apply_lora(load_model(str(tiny_bert), bundle.label_names, seed=0), hp)

@@ -4,6 +4,7 @@ report, confirm, replay and export; the exported folder loads with the transform
 and pipeline and reproduces the recorded token accuracy."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -191,3 +192,68 @@ def test_the_gpu_ner_example_validates_on_a_small_conll_file(tmp_path, tiny_bert
     done = run_cli("validate", "experiments/conll_ner_bert.yaml", *args)
     assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
     assert f"data.eval_file: {tmp_path / 'eng.testa'} line 13: tag(s) 'B-GPE'" in done.stderr
+
+
+@pytest.fixture(scope="module")
+def length_search(tmp_path_factory, tiny_bert):
+    """`raytune-ft tune` searching model.max_length (8 and 16 sub-words) for a tagger."""
+    import yaml
+
+    root = tmp_path_factory.mktemp("lengths")
+    config = {"name": "ewt_lengths", "metric": "eval_token_accuracy", "mode": "max",
+              "model": {"name": str(tiny_bert), "max_length": 16},
+              "data": {"kind": "token_classification",
+                       "train_file": str(EWT / "en_ewt-ud-test.conllu"),
+                       "eval_file": str(EWT / "en_ewt-ud-dev.conllu"),
+                       "max_train_samples": TRAIN_SENTENCES, "max_eval_samples": EVAL_SENTENCES,
+                       "label_names": sorted(UPOS)},
+              "train": {"max_epochs": 1, "eval_every_epochs": 1, "batch_size": 16,
+                        "max_micro_batch": 16, "learning_rate": 1e-3},
+              "search": {"model.max_length": {"grid": [8, 16]}},
+              "scheduler": {"type": "fifo"}, "search_alg": {"type": "random", "seed": 0},
+              "run": {"num_samples": 1, "storage_path": str(root / "results")}}
+    path = root / "lengths.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return run_cli("tune", str(path)), root / "results" / "ewt_lengths"
+
+
+@pytest.mark.slow  # a Ray run of 2 trials and 2 exports: ~40 s on 2 quiet cores, 2 min loaded
+def test_a_max_length_search_scores_every_trial_on_the_same_words(length_search, tmp_path):
+    """Each length cuts its own training words (the header says so for both), yet every
+    trial is scored on every word of the eval sentences: an exported trial, scored at its own
+    length, reproduces its figure over all those words."""
+    from transformers import AutoModelForTokenClassification
+
+    from raytune_ft.config import TrainConfig
+    from raytune_ft.experiment import read_experiment_record
+    from raytune_ft.model_export import export_model
+    from raytune_ft.tasks import _conll, task_for
+    from raytune_ft.training.loop import FineTuneLoop
+
+    done, experiment = length_search
+    assert done.returncode == 0, done.stderr[-3000:]
+    for length in (8, 16):
+        assert f"max_length {length}: " in done.stdout and \
+            f"train word(s) lie beyond model.max_length {length} sub-words" in done.stdout
+    assert "(every eval word scored)" in done.stdout
+    assert re.search(r"\nwindows +max_length 8: \d+ eval sentences longer than max_length 8 "
+                     r"read in overlapping windows; max_length 16: \d+ eval sentences",
+                     done.stdout)
+    trials = pd.read_parquet(experiment / "analysis" / "trials.parquet")
+    assert sorted(trials["hp_model.max_length"]) == [8, 16]
+    config = read_experiment_record(str(experiment))
+    dev = _conll.subset(_conll.read_tagged(config.data.eval_file, "data.eval_file", "conllu",
+                                           "upos", None), EVAL_SENTENCES, 0)
+    words = sum(map(len, dev.words))
+    for _, trial in trials.iterrows():
+        out, _ = export_model(experiment, tmp_path / f"len{trial['hp_model.max_length']}",
+                              trial=trial["trial_id"])  # what `raytune-ft export` runs
+        expected = json.loads((out / "raytune_ft_export.json").read_text())["metrics"]
+        bundle = task_for(config.data).load_data(config.data, str(out),
+                                                 int(trial["hp_model.max_length"]))
+        assert len(bundle.eval.word_tags) == words and len(bundle.eval.scored) == words
+        loop = FineTuneLoop(AutoModelForTokenClassification.from_pretrained(out), bundle,
+                            TrainConfig(), config.metric, config.mode)
+        scores = loop.evaluate()
+        assert scores["eval_token_accuracy"] == pytest.approx(
+            expected["eval_token_accuracy"], abs=1e-12)

@@ -22,8 +22,9 @@ EXTRAS = {"tensorboard": ("tensorboard", "tensorboard"), "mlflow": ("mlflow", "m
 
 
 class MlflowConfig(_Strict):
-    tracking_uri: str | None = None  # http(s)://host:port, a local folder, sqlite:///f.db;
-    #                                  None: $MLFLOW_TRACKING_URI, else MLflow's default
+    tracking_uri: str | None = None  # http(s)://host:port or sqlite:///f.db (MLflow 3.17
+    #   refuses a folder, its file store: tracking._mlflow_store); None: $MLFLOW_TRACKING_URI,
+    #   else MLflow's default (sqlite:///mlflow.db in the working folder)
     experiment_name: str | None = Field(None, min_length=1)  # None: the experiment's `name`
 
     @field_validator("tracking_uri")

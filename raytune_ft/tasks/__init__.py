@@ -52,7 +52,7 @@ class Metric:
 class Split(Protocol):
     """An encoded split: its examples are numbered 0..len-1. A task whose samples are parts of
     examples (question answering: a question's context in windows) also says how many
-    examples they come from (`examples`; `example_count`)."""
+    examples they come from (a `source_examples` property; read through `example_count`)."""
 
     def __len__(self) -> int: ...
 
@@ -61,8 +61,9 @@ class Split(Protocol):
 
 
 def example_count(split: Split) -> int:
-    """The examples a split was encoded from: its samples, unless it says otherwise."""
-    return int(getattr(split, "examples", len(split)))
+    """The examples a split was encoded from: its samples, unless it says otherwise
+    (`source_examples`); a search over the encoding must keep the same ones."""
+    return int(getattr(split, "source_examples", len(split)))
 
 
 @dataclass
@@ -132,7 +133,8 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def load_model(self, path: str, label_names: list[str], seed: int) -> torch.nn.Module:
-        """The pretrained body with a fresh head initialised from `seed`."""
+        """The pretrained body with a head for `label_names`: fresh from `seed`, or the
+        folder's own with its rows mapped by label name where its labels are these."""
 
     @abc.abstractmethod
     def collate(self, data: DataBundle, split: Split, indices: np.ndarray

@@ -7,6 +7,7 @@ counts that differ, an empty file) with the config field, the file and the line.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -131,24 +132,69 @@ def _conllu_tag(fields: list[str], column: str) -> str | None:
 
 def _read_conll(lines: list[str], out: TaggedSentences, tag_column: str | None
                 ) -> TaggedSentences:
-    """Whitespace-separated columns: the token first, the tag last; a blank line between
-    sentences; -DOCSTART- lines (document boundaries) are skipped."""
+    """Columns, the token first, the tag last; a blank line between sentences; -DOCSTART-
+    lines (document boundaries) are skipped, whatever their separator. A file with a tab
+    anywhere is tab-separated (a token may then hold spaces: `New York<TAB>B-LOC` is the
+    word "New York"; empty fields after the tag, a trailing tab, are dropped); a file
+    without tabs is split on any whitespace, as CoNLL-2003's own files are."""
+    tabbed = any("\t" in line for line in lines)
+    rows = [_columns(line, tabbed) for line in lines]
+    width = _usual_width(lines, rows) if tabbed else 0
     words, tags, start = [], [], 0
-    for number, line in enumerate([*lines, ""], start=1):
-        fields = line.split()
-        if not fields or fields[0] == "-DOCSTART-":
+    for number, (line, fields) in enumerate(zip([*lines, ""], [*rows, []]), start=1):
+        if not fields or _is_docstart(line):
             if words:
                 out.add(words, tags, start)
             words, tags = [], []
             continue
-        if len(fields) < 2:
-            raise DataError(f"{out.where}: {out.path} line {number}: token {fields[0]!r} has "
-                            "no tag (CoNLL-2003 columns: token first, tag last)")
+        problem = _missing_field(line, fields, width)
+        if problem:
+            columns = "tab-separated columns" if tabbed else "columns"
+            raise DataError(f"{out.where}: {out.path} line {number}: {problem} (CoNLL-2003 "
+                            f"{columns}: token first, tag last)")
         if not words:
             start = number
         words.append(fields[0])
         tags.append(fields[-1])
     return out
+
+
+def _is_docstart(line: str) -> bool:
+    return line.split(maxsplit=1)[:1] == ["-DOCSTART-"]
+
+
+def _usual_width(lines: list[str], rows: list[list[str]]) -> int:
+    """The number of columns most lines of a tab-separated file have (after dropping empty
+    trailing fields): where a line has that many fields or more but its tag column is
+    empty, its tag is missing (`EU<TAB>NNP<TAB>` in a three-column file), not `NNP`."""
+    counts = Counter(len(fields) for line, fields in zip(lines, rows)
+                     if fields and not _is_docstart(line))
+    return counts.most_common(1)[0][0] if counts else 0
+
+
+def _missing_field(line: str, fields: list[str], width: int) -> str | None:
+    """What a token line lacks (its token, or its tag), None when it has both."""
+    if not fields[0]:
+        return "the token is empty"
+    given = line.count("\t") + 1  # fields on the line, empty trailing ones included
+    if "\t" in line and (len(fields) < 2 or len(fields) < width <= given):
+        return f"token {fields[0]!r}: the last (tag) column is empty"
+    if len(fields) < 2:
+        return f"token {fields[0]!r} has no tag"
+    return None
+
+
+def _columns(line: str, tabbed: bool) -> list[str]:
+    """A line's fields: split on tabs (each field stripped of surrounding spaces, empty
+    trailing fields dropped) or on any whitespace; [] for a blank line."""
+    if not line.strip():
+        return []
+    if not tabbed:
+        return line.split()
+    fields = [field.strip(" ") for field in line.strip(" \r\n").split("\t")]
+    while len(fields) > 1 and not fields[-1]:
+        fields.pop()
+    return fields
 
 
 def _read_table(path: Path, where: str, tokens_column: str, tag_column: str

@@ -5,6 +5,16 @@
 `data.image_column` holds a path (relative to the file's folder) or the encoded image bytes
 (as `datasets` writes an Image column: bytes, or a dict with `bytes` / `path`) and whose
 `data.label_column` names the class. Every refusal is one line naming the file.
+
+Image modes, read as transformers' pipeline reads a file (`load_image`: upright by its EXIF
+orientation, then Pillow's `convert`) so that the exported model sees what the trials saw:
+1, L, P, RGB, RGBA, LA, PA, CMYK, YCbCr, LAB, HSV are converted by Pillow to the model's
+channels (L, RGB or RGBA): a palette by its colours, an alpha channel dropped (not
+composited) when the model takes no alpha, CMYK by Pillow's formula (no ICC profile).
+16-bit greyscale (I;16, I;16L, I;16B, I;16N: 16-bit PNG and TIFF) is scaled to 8 bits by its
+high byte, as Pillow itself reads 16-bit RGB PNGs; Pillow's own `convert` would clip it at 255
+(almost all white). 32-bit integer (I) and floating-point (F) images have no fixed range and
+are refused, and so is a conversion Pillow lacks (LAB to L).
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ if TYPE_CHECKING:
     from PIL import Image
 
 
+SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")  # 16-bit greyscale: scaled to 8 bits
+NO_RANGE = {"I": "32-bit integer", "F": "32-bit floating-point"}  # refused
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 TABLE_SUFFIXES = (".csv", ".jsonl", ".parquet")
 
@@ -136,6 +148,25 @@ def open_image(item: ImageItem, field: str) -> Image.Image:
         raise ConfigError(f"{field}: {item.where}: unreadable image ({error})") from None
     # Camera JPEGs: upright as transformers' load_image (the pipeline) will read them.
     return ImageOps.exif_transpose(image)
+
+
+def convert(image: Image.Image, mode: str, item: ImageItem, field: str) -> Image.Image:
+    """`image` in `mode` (L, RGB or RGBA) as the module docstring says: 16-bit greyscale by
+    its high byte, 32-bit integer and float refused in one line naming the file."""
+    import numpy as np
+    from PIL import Image
+
+    if image.mode in NO_RANGE:
+        raise ConfigError(f"{field}: {item.where}: a {NO_RANGE[image.mode]} image (mode "
+                          f"{image.mode}) has no fixed range to read as 8 bits; allowed: 8-bit "
+                          "or 16-bit images (convert it first)")
+    if image.mode in SIXTEEN_BIT:
+        image = Image.fromarray((np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8))
+    try:
+        return image.convert(mode)
+    except ValueError as error:  # e.g. LAB to L: Pillow has no such conversion
+        raise ConfigError(f"{field}: {item.where}: a {image.mode} image cannot be read as "
+                          f"{mode} ({error})") from None
 
 
 def label_names(train: list[ImageItem], evaluation: list[ImageItem], field: str) -> list[str]:

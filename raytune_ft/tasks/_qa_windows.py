@@ -71,7 +71,7 @@ class QASplit:
         return np.diff(self.offsets)
 
     @property
-    def examples(self) -> int:
+    def source_examples(self) -> int:
         """Questions: a search over the windowing must keep the same ones."""
         return len(self.question_windows) - 1
 

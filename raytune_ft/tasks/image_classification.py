@@ -2,9 +2,10 @@
 
 The driver decodes every image once and runs the model's `AutoImageProcessor` for its
 geometry only (resize, centre crop), storing uint8 arrays (N, C, H, W) that Ray's object store
-shares with every trial; refused when larger than `data.max_object_store_mb`. A trial rescales
-and normalises each batch (the processor's factor, mean and std) and augments training
-batches: a random resized crop (`data.random_crop_scale`) and a horizontal flip
+shares with every trial; refused when larger than `data.max_object_store_mb`. A batch stays
+uint8 on the host (the loop keeps the eval batches for the whole trial) and is rescaled and
+normalised on the device (the processor's factor, mean and std); training batches are
+augmented: a random resized crop (`data.random_crop_scale`) and a horizontal flip
 (`data.horizontal_flip`). Augmentation draws from a generator per sample seeded by the sample's
 index and the step's position (the loop seeds torch by position before collating), so a
 restore continues bit for bit. Metrics: accuracy, top-5 accuracy (more than 5 classes) and
@@ -23,7 +24,9 @@ import numpy as np
 from raytune_ft.errors import ConfigError, ModelError
 from raytune_ft.tasks import DataBundle, Metric, Task, label_list, summed_cross_entropy
 from raytune_ft.tasks._images import (
+    SIXTEEN_BIT,
     ImageItem,
+    convert,
     label_names,
     mode_counts,
     open_image,
@@ -107,8 +110,9 @@ def encode(items: list[ImageItem], processor, mode: str, field: str, limit_mb: f
         images = [open_image(item, field) for item in chunk]
         for name, count in mode_counts(images).items():
             modes[name] = modes.get(name, 0) + count
+        images = [convert(image, mode, item, field) for image, item in zip(images, chunk)]
         try:
-            block = _geometry(processor, [image.convert(mode) for image in images])
+            block = _geometry(processor, images)
         except ValueError as error:
             raise ConfigError(f"{field}: the model's image processor cannot take these "
                               f"images ({error})") from None
@@ -196,7 +200,13 @@ def augment(image: torch.Tensor, rng: np.random.Generator, crop_scale: float | N
 
 
 def collate(split: ImageSplit, indices: np.ndarray, augmented: bool) -> dict:
-    """Rescale, augment (training) and normalise the images at `indices`.
+    """The images at `indices`, augmented on a training split, with what normalises them.
+
+    `pixels` stay uint8 unless cropped (a crop's interpolation gives float32 on the same
+    0-255 scale; a flip alone keeps uint8), and `normalize` holds the processor's rescale,
+    mean and std as one (2, C) float32 tensor: `forward` normalises on the device
+    (`pixel_values`). The loop keeps the collated eval batches for the whole trial, so they
+    stay the size of the shared uint8 array, not 4x as float32.
 
     Each sample's augmentation generator is seeded by its index and one number drawn from
     torch's generator, which the loop seeds by the step's position before collating each
@@ -205,16 +215,31 @@ def collate(split: ImageSplit, indices: np.ndarray, augmented: bool) -> dict:
     """
     import torch
 
-    images = torch.from_numpy(split.pixels[indices]).float() * split.rescale
+    pixels = torch.from_numpy(split.pixels[indices])  # a copy: the object store is read-only
     if augmented and (split.flip or split.crop_scale is not None):
         step_seed = int(torch.randint(0, 2**31 - 1, ()))
-        images = torch.stack([augment(image, np.random.default_rng([step_seed, int(index)]),
+        # only a crop interpolates: flipping alone keeps uint8 (a quarter of the bytes)
+        cropped = split.crop_scale is not None and split.crop_scale < 1.0
+        pixels = torch.stack([augment(image, np.random.default_rng([step_seed, int(index)]),
                                       split.crop_scale, split.flip)
-                              for image, index in zip(images, indices)])
-    mean = torch.tensor(split.mean)[None, :, None, None]  # the object store is read-only
-    std = torch.tensor(split.std)[None, :, None, None]
-    return {"pixel_values": (images - mean) / std,
-            "labels": torch.from_numpy(split.labels[indices])}
+                              for image, index in zip(pixels.float() if cropped else pixels,
+                                                      indices)])
+    # (x * rescale - mean) / std == x * (rescale / std) - mean / std
+    normalize = torch.from_numpy(np.stack([split.rescale / split.std, split.mean / split.std]
+                                          ).astype(np.float32))
+    return {"pixels": pixels, "labels": torch.from_numpy(split.labels[indices]),
+            "normalize": normalize}
+
+
+def pixel_values(batch: dict) -> torch.Tensor:
+    """The model's input: a collated batch's pixels rescaled and normalised as the image
+    processor does (in float32, or float64 for float64 pixels)."""
+    import torch
+
+    pixels = batch["pixels"]
+    pixels = pixels.to(torch.promote_types(pixels.dtype, torch.float32))
+    scale, shift = batch["normalize"].to(pixels.dtype)[:, None, :, None, None]
+    return pixels * scale - shift
 
 
 def image_metrics(top: np.ndarray, labels: np.ndarray, num_labels: int) -> dict[str, float]:
@@ -293,20 +318,21 @@ class ImageClassification(Task):
         return []
 
     def load_model(self, path: str, label_names: list[str], seed: int) -> torch.nn.Module:
-        """The pretrained body with a fresh head for these classes (a hub model's ImageNet
-        head of another size is replaced, not an error)."""
+        """The pretrained body with a head for these classes (`training.model.
+        load_pretrained`: a hub model's ImageNet head, of another size or other labels, is
+        replaced by a fresh one from `seed`)."""
         from raytune_ft.training.model import load_pretrained
 
-        return load_pretrained(self.auto_class, path, seed, num_labels=len(label_names),
-                               id2label=dict(enumerate(label_names)),
-                               label2id={name: i for i, name in enumerate(label_names)},
-                               ignore_mismatched_sizes=True)
+        return load_pretrained(self.auto_class, path, seed, label_names)
 
     def collate(self, data: DataBundle, split: ImageSplit, indices: np.ndarray) -> dict:
         return collate(split, indices, augmented=split is data.train)
 
     def forward(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
-        return model(pixel_values=batch["pixel_values"]).logits
+        return model(pixel_values=pixel_values(batch)).logits
+
+    def loss_units(self, batch: dict) -> int:
+        return len(batch["labels"])
 
     def loss(self, outputs: torch.Tensor, batch: dict, label_smoothing: float = 0.0
              ) -> torch.Tensor:
@@ -329,13 +355,28 @@ class ImageClassification(Task):
         load_processor(model_path).save_pretrained(out)
 
     def card_input(self, config) -> list[str]:
+        """The processor's resize and crop, and the one image it cannot read as training did:
+        16-bit greyscale, which it and the pipeline clip to white (`usage` scales it)."""
         return ["- input: images resized and cropped by the image processor saved here "
-                "(preprocessor_config.json), as in training"]
+                "(preprocessor_config.json), as in training",
+                "- 16-bit greyscale images: this image processor and "
+                '`pipeline("image-classification")` given a file clip them to almost all '
+                "white; read them as the Use section shows (their high byte, as in training)"]
 
     def usage(self) -> list[str]:
-        return ["from transformers import pipeline", "",
+        """The pipeline on an image read as training read it (`_images.convert`): upright,
+        and a 16-bit greyscale image scaled to 8 bits by its high byte, which the pipeline
+        and the image processor cannot do (they would clip it at 255)."""
+        return ["import numpy as np",
+                "from PIL import Image, ImageOps",
+                "from transformers import pipeline", "",
                 'classify = pipeline("image-classification", model="<this folder>")',
-                'classify("photo.png")  # [{"label": ..., "score": ...}, ...]']
+                'image = ImageOps.exif_transpose(Image.open("photo.png"))',
+                'if image.mode.startswith("I;16"):  # 16-bit greyscale: its high byte, as in '
+                "training",
+                "    image = Image.fromarray((np.asarray(image).astype(np.uint16) >> 8)"
+                ".astype(np.uint8))",
+                'classify(image)  # [{"label": ..., "score": ...}, ...]']
 
 
 def data_name(train_file: str) -> str:
@@ -357,7 +398,8 @@ def _conversions(train: dict | None, dev: dict | None, channel_count: str) -> st
     if not other:
         return ""
     read = ", ".join(f"{n} {mode}" for mode, n in sorted(counts.items()))
-    return f"images read as {read}; converted to {target}"
+    scaled = " (16-bit greyscale by its high byte)" if set(counts) & set(SIXTEEN_BIT) else ""
+    return f"images read as {read}; converted to {target}{scaled}"
 
 
 TASK = ImageClassification()

@@ -43,7 +43,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-HEAD = ["start", "end"]  # the head's two outputs per token (its `label_names`)
+# The head's two outputs per token (start, end) as its `label_names`: transformers' default
+# names, which every question-answering folder carries, so a folder's own QA head (a model
+# fine-tuned on SQuAD) is kept by `load_pretrained`'s rule rather than drawn afresh.
+HEAD = ["LABEL_0", "LABEL_1"]
 # The official script's figures a trial reports, as eval_<name>.
 REPORTED = {"exact": "eval_exact", "f1": "eval_f1", "HasAns_f1": "eval_HasAns_f1",
             "NoAns_f1": "eval_NoAns_f1"}
@@ -187,22 +190,23 @@ class QuestionAnswering(Task):
                           data_name(data.train_file), metrics, self.name)
 
     def describe(self, bundle: DataBundle) -> list[tuple[str, str]]:
+        """Questions (the same for every encoding a search makes), their windows (which
+        differ by max_length and stride) and how answers are chosen."""
         train, dev = bundle.train, bundle.eval
         decoding = dev.decoding
 
-        def counted(split: QASplit) -> str:
-            no = int((~split.has_answer).sum())
-            return (f"{split.examples} ({no} unanswerable) in {len(split)} windows, "
-                    f"{split.answers_lost} answers lost to truncation")
+        def questions(split: QASplit) -> str:
+            return f"{split.source_examples} ({int((~split.has_answer).sum())} unanswerable)"
 
         null = (f"SQuAD 2.0: the empty answer when its score beats the best span by more than "
                 f"data.null_score_threshold {decoding.null_score_threshold:g}"
                 if decoding.null_answers else
                 "SQuAD 1.1: no training question is unanswerable, every question gets a span")
-        return [("questions", f"train {counted(train)}; eval {counted(dev)}"),
-                ("windows", f"max_length {train.max_length}, data.doc_stride "
-                            f"{train.doc_stride} tokens shared by neighbours; question first, "
-                            "the context cut (only_second); a sample is a window"),
+        return [("questions", f"train {questions(train)}, eval {questions(dev)}"),
+                ("windows", f"train {len(train)}, eval {len(dev)} of <= {train.max_length} "
+                            f"tokens sharing {train.doc_stride} (data.doc_stride), question "
+                            f"first; answers lost to truncation: {train.answers_lost} train, "
+                            f"{dev.answers_lost} eval; a sample is a window"),
                 ("answers", f"{null}; the best of data.n_best {decoding.n_best} starts x "
                             f"ends per window, at most data.max_answer_length "
                             f"{decoding.max_answer_length} tokens; eval_f1 and eval_exact in "
@@ -221,9 +225,7 @@ class QuestionAnswering(Task):
     def load_model(self, path: str, label_names: list[str], seed: int) -> torch.nn.Module:
         from raytune_ft.training.model import load_pretrained
 
-        return load_pretrained(self.auto_class, path, seed, num_labels=len(HEAD),
-                               id2label=dict(enumerate(HEAD)),
-                               label2id={name: i for i, name in enumerate(HEAD)})
+        return load_pretrained(self.auto_class, path, seed, list(HEAD))
 
     def collate(self, data: DataBundle, split: QASplit, indices: np.ndarray) -> dict:
         return collate(split, indices, data.pad_token_id)

@@ -157,12 +157,11 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray, num_labe
 
 
 def load_model(path: str, label_names: list[str], seed: int) -> torch.nn.Module:
-    """The pretrained encoder with a fresh classification head initialised from `seed`."""
+    """The pretrained encoder with a classification head for `label_names`: fresh from
+    `seed`, or the folder's own where its labels are these (`load_pretrained`)."""
     from raytune_ft.training.model import load_pretrained
 
-    return load_pretrained(SequenceClassification.auto_class, path, seed,
-                           num_labels=len(label_names), id2label=dict(enumerate(label_names)),
-                           label2id={name: i for i, name in enumerate(label_names)})
+    return load_pretrained(SequenceClassification.auto_class, path, seed, label_names)
 
 
 class SequenceClassification(Task):

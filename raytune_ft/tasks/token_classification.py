@@ -4,9 +4,18 @@ The driver reads the tagged sentences (`_conll`: CoNLL-U, CoNLL-2003 columns, JS
 lists) and encodes them once with the model's fast tokenizer (`is_split_into_words`, its
 `word_ids()`) into flat numpy arrays: sub-word ids, the tag of each position (-100 where the
 loss ignores it: special tokens, and every sub-token of a word but its first unless
-`data.label_all_subtokens`), which positions start a word, and the gold tag of every word
-kept. A sentence longer than `model.max_length` sub-words is cut; the run header counts the
-words cut. A sample is a sentence; its length for batching is its sub-word count.
+`data.label_all_subtokens`), which positions start a scored word, and the gold tag of every
+word of the file. A sample is a sentence; its length for batching is its sub-word count.
+
+Every trial scores the same words, whatever its `model.max_length` or tokenizer: every gold
+word of the eval file. An eval sentence longer than `model.max_length` sub-words is read in
+windows of max_length that overlap by half a window (one row each in its batch; the model
+reads a batch's rows at most its sentence count at a time), and each word is predicted in the
+window where its first sub-token has the most context. A training
+sentence is cut at max_length instead (a sample stays one sequence of at most max_length on
+the device, and the budget counts sentences, the same for every length a search tries); the
+run header counts the training words cut, for every tokenization. A word the tokenizer maps
+to no sub-token has no prediction and counts as wrong.
 
 The loss is cross-entropy summed over the labelled positions, and `loss_units` is their count,
 so a step's gradient is the mean over the whole batch's labelled tokens however they fall into
@@ -19,7 +28,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +35,7 @@ import numpy as np
 
 from raytune_ft.errors import ConfigError, ModelError
 from raytune_ft.tasks import DataBundle, Metric, Task, label_list, summed_cross_entropy
-from raytune_ft.tasks._conll import TaggedSentences
+from raytune_ft.tasks._tagged import IGNORE, UNSCORED, TaggedSplit, collate, encode, passes
 
 if TYPE_CHECKING:
     import torch
@@ -36,46 +44,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IGNORE = -100  # the label of a position the loss skips (torch's cross_entropy default)
 ENTITY_TAG = re.compile(r"[BIES]-.+")  # a BIO/BIOES tag: a prefix, a dash, the entity type
 ENTITY_METRICS = ["eval_precision", "eval_recall", "eval_f1"]
-
-
-@dataclass
-class TaggedSplit:
-    """A split as flat arrays: sentence i is ids[offsets[i]:offsets[i+1]] (with `labels` and
-    `starts` aligned to it) and its kept words' gold tags word_tags[word_offsets[i]:...]."""
-
-    ids: np.ndarray  # int32 sub-word ids
-    labels: np.ndarray  # int32 tag id per position, IGNORE where the loss skips it
-    starts: np.ndarray  # bool: the position is a word's first sub-token
-    offsets: np.ndarray  # int64, n + 1
-    word_tags: np.ndarray  # int32 gold tag id per kept word
-    word_offsets: np.ndarray  # int64, n + 1
-    words_cut: int = 0  # words beyond max_length, not trained or scored
-    words_lost: int = 0  # words the tokenizer maps to no sub-token (not trained or scored)
-    examples: list[str] = field(default_factory=list)  # a few of the lost words
-
-    def __len__(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
 
 
 def is_entity_scheme(label_names: list[str]) -> bool:
     """BIO/BIOES: every tag is O or a prefixed entity tag, and at least one is."""
     return any(ENTITY_TAG.fullmatch(t) for t in label_names) and all(
         t == "O" or ENTITY_TAG.fullmatch(t) for t in label_names)
-
-
-def continuation_ids(label_names: list[str]) -> np.ndarray:
-    """The id a non-first sub-token gets under `label_all_subtokens`: the word's own tag,
-    but I-X for a B-X word when I-X exists (a sub-token inside an entity does not begin one)."""
-    index = {name: i for i, name in enumerate(label_names)}
-    return np.array([index.get("I-" + name[2:], i) if name.startswith("B-") else i
-                     for i, name in enumerate(label_names)], dtype=np.int32)
 
 
 def word_tokenizer(model_path: str):
@@ -95,70 +71,6 @@ def word_tokenizer(model_path: str):
 
         tokenizer = AutoTokenizer.from_pretrained(model_path, add_prefix_space=True)
     return tokenizer
-
-
-def encode(sentences: TaggedSentences, tokenizer, max_length: int, label_names: list[str],
-           all_subtokens: bool) -> TaggedSplit:
-    """Sub-word ids with the label on each word's first sub-token (or all of them)."""
-    index = {name: i for i, name in enumerate(label_names)}
-    inside = continuation_ids(label_names)
-    encoded = tokenizer(sentences.words, is_split_into_words=True, truncation=True,
-                        max_length=max_length, padding=False, return_attention_mask=False,
-                        return_token_type_ids=False)
-    ids, labels, starts, word_tags, lengths, kept = [], [], [], [], [], []
-    cut = lost = 0
-    examples: list[str] = []
-    for i, (words, tags) in enumerate(zip(sentences.words, sentences.tags)):
-        word_ids = encoded.word_ids(i)
-        tag_ids = [index[t] for t in tags]
-        seen = [w for w in dict.fromkeys(word_ids) if w is not None]
-        span = len(words)
-        if len(word_ids) >= max_length:  # cut: the words after the last one seen are gone
-            span = (seen[-1] + 1) if seen else 0
-            cut += len(words) - span
-        missing = set(range(span)) - set(seen)
-        lost += len(missing)
-        examples += [repr(words[w]) for w in sorted(missing)][:3 - len(examples)]
-        previous = None
-        for word in word_ids:
-            first = word is not None and word != previous
-            starts.append(first)
-            if word is None:
-                labels.append(IGNORE)
-            elif first:
-                labels.append(tag_ids[word])
-            else:
-                labels.append(int(inside[tag_ids[word]]) if all_subtokens else IGNORE)
-            previous = word
-        ids += encoded["input_ids"][i]
-        lengths.append(len(word_ids))
-        word_tags += [tag_ids[w] for w in seen]
-        kept.append(len(seen))
-    return TaggedSplit(np.asarray(ids, dtype=np.int32), np.asarray(labels, dtype=np.int32),
-                       np.asarray(starts, dtype=bool), _offsets(lengths),
-                       np.asarray(word_tags, dtype=np.int32), _offsets(kept), cut, lost,
-                       examples)
-
-
-def _offsets(lengths: list[int]) -> np.ndarray:
-    return np.concatenate([[0], np.cumsum(np.asarray(lengths, dtype=np.int64))])
-
-
-def collate(split: TaggedSplit, indices: np.ndarray, pad_token_id: int) -> dict:
-    """Pad the sentences at `indices` to the longest of them; padding is ignored by the loss."""
-    import torch
-
-    begin, end = split.offsets[indices], split.offsets[indices + 1]
-    width = int((end - begin).max())
-    shape = (len(indices), width)
-    ids, mask = np.full(shape, pad_token_id, dtype=np.int64), np.zeros(shape, dtype=np.int64)
-    labels, starts = np.full(shape, IGNORE, dtype=np.int64), np.zeros(shape, dtype=bool)
-    for row, (a, b) in enumerate(zip(begin, end)):
-        ids[row, :b - a], mask[row, :b - a] = split.ids[a:b], 1
-        labels[row, :b - a], starts[row, :b - a] = split.labels[a:b], split.starts[a:b]
-    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask),
-            "labels": torch.from_numpy(labels), "word_starts": torch.from_numpy(starts)}
-
 
 # ---------------------------------------------------------------- metrics
 
@@ -246,8 +158,10 @@ class TokenClassification(Task):
         dev = _conll.subset(splits[1], data.max_eval_samples, data.subset_seed)
         label_names = _conll.label_set(train, dev, data.label_names)
         log.info("encoding %d train and %d eval sentences", len(train), len(dev))
-        encoded = [encode(split, tokenizer, max_length, label_names, data.label_all_subtokens)
-                   for split in (train, dev)]
+        # training cuts a sentence at max_length (a sample stays one sequence of at most
+        # max_length on the device); evaluation reads all of it, in overlapping windows
+        encoded = [encode(split, tokenizer, max_length, label_names, data.label_all_subtokens,
+                          windowed) for split, windowed in ((train, False), (dev, True))]
         check_tokenizer(tokenizer, model_path, encoded[0])
         metrics = ["eval_token_accuracy", "eval_loss"]
         if is_entity_scheme(label_names):
@@ -261,19 +175,29 @@ class TokenClassification(Task):
                   if "eval_f1" in bundle.metrics else "not BIO/BIOES: token accuracy only")
         words = [f"{name} {int(split.word_offsets[-1])} words in {len(split)} sentences"
                  for name, split in (("train", bundle.train), ("eval", bundle.eval))]
-        return [("tags", text), ("tag scheme", scheme), ("words", "; ".join(words))]
+        lines = [("tags", text), ("tag scheme", scheme),
+                 ("words", "; ".join(words) + " (every eval word scored)")]
+        windowed = bundle.eval.windowed
+        if windowed:  # its own line: a max_length search gives it per tokenization
+            lines.append(("windows", f"{windowed} eval sentences longer than max_length "
+                                     f"{bundle.eval.max_length} read in overlapping windows"))
+        return lines
 
     def warnings(self, bundle: DataBundle, data: DataConfig) -> list[str]:
         """Words cut at max_length or lost by the tokenizer, and tags no training word has."""
+        train, dev = bundle.train, bundle.eval
         out = []
-        for name, split in (("train", bundle.train), ("eval", bundle.eval)):
-            if split.words_cut:
-                out.append(f"{split.words_cut} {name} word(s) lie beyond model.max_length "
-                           f"{split.lengths.max()} sub-words: cut, neither trained nor scored")
-            if split.words_lost:
-                out.append(f"{split.words_lost} {name} word(s) map to no sub-token (e.g. "
-                           f"{', '.join(split.examples)}): neither trained nor scored")
-        counts = np.bincount(bundle.train.word_tags, minlength=len(bundle.label_names))
+        if train.words_cut:
+            out.append(f"{train.words_cut} train word(s) lie beyond model.max_length "
+                       f"{train.max_length} sub-words: cut, not trained (evaluation scores "
+                       "every word, reading long sentences in overlapping windows)")
+        if train.words_lost:
+            out.append(f"{train.words_lost} train word(s) map to no sub-token (e.g. "
+                       f"{', '.join(train.examples)}): not trained")
+        if dev.words_lost:
+            out.append(f"{dev.words_lost} eval word(s) map to no sub-token (e.g. "
+                       f"{', '.join(dev.examples)}): no prediction, scored as wrong")
+        counts = np.bincount(train.word_tags[train.scored], minlength=len(bundle.label_names))
         empty = [repr(name) for i, name in enumerate(bundle.label_names) if not counts[i]]
         if empty:
             out.append(f"no training word has tag(s) {', '.join(empty)}")
@@ -287,17 +211,24 @@ class TokenClassification(Task):
                               f"{bundle.task}{why}; reported: {', '.join(bundle.metrics)}")
 
     def load_model(self, path: str, label_names: list[str], seed: int) -> torch.nn.Module:
+        """The body with a tagging head for these tags (`training.model.load_pretrained`:
+        an NER folder's own head is kept, rows by tag name, where its tags are these)."""
         from raytune_ft.training.model import load_pretrained
 
-        return load_pretrained(self.auto_class, path, seed, num_labels=len(label_names),
-                               id2label=dict(enumerate(label_names)),
-                               label2id={name: i for i, name in enumerate(label_names)})
+        return load_pretrained(self.auto_class, path, seed, label_names)
 
     def collate(self, data: DataBundle, split: TaggedSplit, indices: np.ndarray) -> dict:
         return collate(split, indices, data.pad_token_id)
 
     def forward(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        """Logits per row, at most the batch's sentence count of rows per pass (`passes`:
+        an eval batch's extra windows do not raise the memory one pass takes)."""
+        import torch
+
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        logits = [model(input_ids=ids[rows], attention_mask=mask[rows]).logits
+                  for rows in passes(batch)]
+        return logits[0] if len(logits) == 1 else torch.cat(logits)
 
     def loss(self, outputs: torch.Tensor, batch: dict, label_smoothing: float = 0.0
              ) -> torch.Tensor:
@@ -309,7 +240,8 @@ class TokenClassification(Task):
         return int((batch["labels"] != IGNORE).sum())
 
     def predict(self, outputs: torch.Tensor, batch: dict) -> list[np.ndarray]:
-        """The predicted tag of each word (at its first sub-token), per sentence."""
+        """The predicted tag of each word a row scores (at its first sub-token), per row
+        (a window; the rows of a batch are its sentences' windows, in order)."""
         predicted = outputs.float().argmax(-1).cpu().numpy()
         starts = batch["word_starts"].cpu().numpy()
         return [row[mask] for row, mask in zip(predicted, starts)]
@@ -317,15 +249,20 @@ class TokenClassification(Task):
     def compute_metrics(self, data: DataBundle,
                         predictions: list[tuple[np.ndarray, list[np.ndarray]]]
                         ) -> dict[str, float]:
+        """Every gold word of the eval split is scored: a word without a prediction (one the
+        tokenizer maps to nothing) counts as wrong, and as O for the entity scores."""
         split: TaggedSplit = data.eval
-        predicted = np.empty(len(split.word_tags), dtype=np.int64)
+        predicted = np.full(len(split.word_tags), UNSCORED, dtype=np.int64)
+        bounds = split.score_offsets
         for indices, rows in predictions:
-            for i, row in zip(indices, rows):
-                predicted[split.word_offsets[i]:split.word_offsets[i + 1]] = row
+            windows = np.concatenate([np.arange(split.windows[i], split.windows[i + 1])
+                                      for i in indices])
+            for window, row in zip(windows, rows, strict=True):
+                predicted[split.scored[bounds[window]:bounds[window + 1]]] = row
         gold = split.word_tags
         scores = {"eval_token_accuracy": float(np.mean(predicted == gold)) if len(gold) else 0.0}
         if "eval_f1" in data.metrics:
-            names = np.asarray(data.label_names, dtype=object)
+            names = np.asarray([*data.label_names, "O"], dtype=object)  # UNSCORED (-1): O
             bounds = split.word_offsets
             sentences = [(names[gold[a:b]].tolist(), names[predicted[a:b]].tolist())
                          for a, b in zip(bounds[:-1], bounds[1:])]

@@ -1,8 +1,9 @@
 """Experiment trackers: TensorBoard, MLflow, W&B. One module per tracker behind one registry.
 
-A tracker is a pair in `TRACKERS`: `callbacks(context)` gives the Tune callbacks the runner
-adds to its `RunConfig` (they run in the driver), and `finish(context, end)` runs once the
-analysis tables and report.html are written. Adding a tracker is one module and one line.
+A tracker is an entry in `TRACKERS`: `callbacks(context)` gives the Tune callbacks the runner
+adds to its `RunConfig` (they run in the driver), `finish(context, end)` runs once the
+analysis tables and report.html are written, and `check(config)` refuses, before Ray starts,
+a setting the tool would refuse at its first log. Adding a tracker is one module and one line.
 
 Every tracker logs every reported metric against `samples_seen`; a tracker that fails never
 stops a trial (`_guard`: one warning, and `not_logged()` for the end summary); credentials come
@@ -18,8 +19,8 @@ from pathlib import Path
 from raytune_ft.config import ExperimentConfig
 from raytune_ft.tracking._guard import not_logged, reset
 
-__all__ = ["TRACKERS", "End", "Tracker", "TrackingContext", "finish_tracking", "not_logged",
-           "tracking_callbacks"]
+__all__ = ["TRACKERS", "End", "Tracker", "TrackingContext", "check_tracking", "finish_tracking",
+           "not_logged", "tracking_callbacks"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class End:
 class Tracker:
     callbacks: Callable[[TrackingContext], list]
     finish: Callable[[TrackingContext, End], None] | None = None
+    check: Callable[[ExperimentConfig], None] | None = None  # raises ConfigError
 
 
 def _tensorboard(context: TrackingContext) -> list:
@@ -68,6 +70,12 @@ def _mlflow_finish(context: TrackingContext, end: End) -> None:
     finish(context.experiment_dir, end.analysis_dir, end.best, end.interrupted)
 
 
+def _mlflow_check(config: ExperimentConfig) -> None:
+    from raytune_ft.tracking._mlflow_store import check_store
+
+    check_store(config.tracking.mlflow.tracking_uri)
+
+
 def _wandb(context: TrackingContext) -> list:
     from raytune_ft.tracking._wandb import WandbTracker
 
@@ -79,9 +87,17 @@ def _wandb(context: TrackingContext) -> list:
 
 TRACKERS: dict[str, Tracker] = {
     "tensorboard": Tracker(_tensorboard),
-    "mlflow": Tracker(_mlflow, _mlflow_finish),
+    "mlflow": Tracker(_mlflow, _mlflow_finish, _mlflow_check),
     "wandb": Tracker(_wandb),
 }
+
+
+def check_tracking(config: ExperimentConfig) -> None:
+    """Every switched-on tracker's settings as its tool will take them (ConfigError)."""
+    for name in config.tracking.enabled():
+        check = TRACKERS[name].check
+        if check is not None:
+            check(config)
 
 
 def tracking_callbacks(context: TrackingContext) -> list:

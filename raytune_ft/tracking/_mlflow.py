@@ -5,10 +5,10 @@ against the iteration. Here the parent holds the validated experiment (params an
 `raytune_ft.json`), at the end the analysis tables, report.html and the best metric; each child
 holds its trial's hyperparameters, every reported metric with step = samples_seen, its end
 status (terminated, stopped, diverged, errored) and its PBT exploits as tags (at the first
-result trained with the new config, so exploits decided on another trial's result under
-`synch: true` count too). The run ids are
-kept in `raytune_ft_tracking.json`, so a resumed experiment continues the same runs, and a
-point already logged for a trial is not logged again.
+result after the trial restarted from another trial's checkpoint, `_common.clone_source`:
+whether or not the config changed, whichever trial's result PBT decided on). The run ids
+are kept in the experiment's tracker record (`_runs`), so a resumed experiment continues the
+same runs, and a point already logged for a trial is not logged again.
 
 Every call runs on a background thread (`_worker`); credentials come from the environment
 (`MLFLOW_TRACKING_TOKEN`, `MLFLOW_TRACKING_USERNAME`/`_PASSWORD`), which MLflow reads itself.
@@ -26,8 +26,9 @@ from ray import tune
 from raytune_ft.experiment import CONFIG_FILE
 from raytune_ft.tracking import _guard
 from raytune_ft.tracking._common import (
+    Clones,
+    clone_source,
     end_status,
-    exploited,
     flat_params,
     metrics_of,
     step_of,
@@ -84,12 +85,13 @@ class MlflowTracker(Threaded, tune.Callback):
         self.params = params  # the validated experiment, flattened
         self._reset()
 
-    TRANSIENT = ("_client", "_runs")
+    TRANSIENT = ("_client", "_runs", "_clones")
 
     def _reset(self) -> None:
         super()._reset()
         self._client = None
         self._runs: dict = {}
+        self._clones = Clones()
 
     # ------------------------------------------------------------------ Tune's hooks (driver)
 
@@ -99,7 +101,7 @@ class MlflowTracker(Threaded, tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self._submit("trial runs", f"trial {trial}: its run", self._start_trial,
-                     trial.trial_id, str(trial), dict(trial.config))
+                     trial.trial_id, str(trial), dict(trial.config), clone_source(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         trained = dict(result.get("config") or trial.config)  # what this result trained with
@@ -156,27 +158,25 @@ class MlflowTracker(Threaded, tune.Callback):
         write_runs(self.experiment_dir, TRACKER, self._runs)
         return known
 
-    def _start_trial(self, trial_id: str, name: str, config: dict) -> None:
-        self._trial_run(trial_id, name, config)
+    def _start_trial(self, trial_id: str, name: str, config: dict, source: str | None
+                     ) -> None:
+        self._clones.started(self._trial_run(trial_id, name, config), trial_id, source)
 
     def _log_result(self, trial_id: str, name: str, trained: dict, result: dict) -> None:
         from mlflow.entities import Metric
 
         known = self._trial_run(trial_id, name, trained)
         step = step_of(result)
-        clone = exploited(known, trained)
-        if clone:  # PBT replaced it since its last result: the config it goes on with
-            known["exploits"] += 1
+        log, source = self._clones.result(known, trial_id, step)
+        if source is not None:  # PBT replaced it: the donor's checkpoint, the config it got
             self._client.set_tag(known["run_id"], f"pbt.exploit.{known['exploits']}",
-                                 json.dumps({"samples_seen": step, "config": trained})[:5000])
-        # A point at or before the last one logged is a restore re-reporting it (a resume),
-        # unless the trial was just exploited: a clone continues from its donor's position.
-        if step > known["last_step"] or clone:
+                                 json.dumps({"samples_seen": step, "checkpoint": source,
+                                             "config": trained})[:5000])
+        if log:
             now_ms = int(time.time() * 1000)
             metrics = [Metric(key, value, now_ms, step)
                        for key, value in metrics_of(result).items()]
             self._client.log_batch(known["run_id"], metrics=metrics)
-            known["last_step"] = step
         write_runs(self.experiment_dir, TRACKER, self._runs)
 
     def _end_trial(self, trial_id: str, status: str) -> None:
@@ -198,15 +198,18 @@ def _log_params(client, run_id: str, params: dict[str, str]) -> None:
 def finish(experiment_dir: str, analysis_dir: Path | None, best: tuple[str, float] | None,
            interrupted: bool) -> None:
     """The end of a run: the analysis tables and report.html as the parent's artifacts, the
-    best metric, and the parent's status (an interrupted run stays open for its resume)."""
+    best metric, and the parent's status (an interrupted run stays open for its resume).
+    After a failure during the run, only its open runs are closed (`_close_after_failure`)."""
     try:
         runs = read_runs(experiment_dir).get(TRACKER)
     except Exception as error:  # noqa: BLE001 - the experiment itself is complete
         _guard.fail(TRACKER, "the parent run's artifacts", error)
         return
-    if not runs or _guard.broken(TRACKER):
-        if runs:
-            _guard.skip(TRACKER, "parent-run artifacts")
+    if not runs:
+        return
+    if _guard.broken(TRACKER):
+        _guard.skip(TRACKER, "parent-run artifacts")
+        _close_after_failure(runs, interrupted)
         return
     try:
         client = client_for(runs["tracking_uri"])
@@ -221,3 +224,35 @@ def finish(experiment_dir: str, analysis_dir: Path | None, best: tuple[str, floa
     except Exception as error:  # noqa: BLE001 - the experiment itself is complete
         _guard.fail(TRACKER, "the parent run's artifacts", error)
         _guard.skip(TRACKER, "parent-run artifacts")
+
+
+def _close_after_failure(runs: dict, interrupted: bool) -> None:
+    """The runs a failed tracker left RUNNING, ended as FAILED (their record is incomplete)
+    if the store answers again; else the end line says that they stay open. An interrupted
+    run's parent ends KILLED and its trial runs stay open for `raytune-ft resume`, as after
+    any Ctrl-C."""
+    failure = _guard.failure(TRACKER)
+    ours = {runs["parent_run_id"], *(t["run_id"] for t in runs.get("trials", {}).values())}
+    with _guard.quiet_retries():
+        try:
+            client = client_for(runs["tracking_uri"])
+            running = client.search_runs([runs["experiment_id"]],
+                                         filter_string="attributes.status = 'RUNNING'",
+                                         max_results=50000)
+            open_ids = [r.info.run_id for r in running if r.info.run_id in ours]
+            if interrupted:
+                open_ids = [i for i in open_ids if i == runs["parent_run_id"]]
+            client.set_tag(runs["parent_run_id"], "raytune_ft.tracking_stopped",
+                           f"not logged from {failure.first} on ({failure.error})"[:5000])
+            for run_id in open_ids:
+                client.set_terminated(run_id, "KILLED" if interrupted else "FAILED")
+        except Exception as error:  # noqa: BLE001 - still unreachable: say so
+            failure.outcome = (f"its runs stay open (RUNNING) in MLflow: the store did not "
+                               f"answer at the end either ({_guard.brief(error)})")
+            return
+    if interrupted:
+        failure.outcome = ("its parent run ended KILLED once the store answered again; the "
+                           "trial runs stay open for `raytune-ft resume`")
+    else:
+        failure.outcome = (f"its {len(open_ids)} open runs ended FAILED once the store "
+                           "answered again")

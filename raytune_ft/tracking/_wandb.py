@@ -11,7 +11,9 @@ wandb-core service writes them all; the driver only queues calls. Two more chang
 callback: the x axis is `samples_seen`, not W&B's step (Ray logs with step = iteration, which
 a PBT exploit moves backwards, and W&B then drops the points); a resumed experiment continues
 each trial's run (`resume="allow"` with the trial id) and logs no point twice (the last step
-logged per trial is kept in `raytune_ft_tracking.json`, as for MLflow).
+logged per trial is kept in the experiment's tracker record, `_runs`, as for MLflow). An
+exploit (a restart from another trial's checkpoint, `_common.clone_source`) updates the run's
+config and counts `pbt_exploits` in its summary.
 
 The API key is read by wandb from `WANDB_API_KEY` (or a `wandb login`); the callback never
 holds it, so the pickled experiment does not either. Offline runs land in `$WANDB_DIR/wandb/`,
@@ -28,8 +30,9 @@ from raytune_ft.storage import is_uri
 from raytune_ft.tracking import _guard
 from raytune_ft.tracking._common import (
     STEP,
+    Clones,
+    clone_source,
     end_status,
-    exploited,
     hparam_values,
     metrics_of,
     step_of,
@@ -55,12 +58,13 @@ class WandbTracker(Threaded, tune.Callback):
         self.iterations = iterations
         self._reset()
 
-    TRANSIENT = ("_runs", "_known")
+    TRANSIENT = ("_runs", "_known", "_clones")
 
     def _reset(self) -> None:
         super()._reset()
         self._runs: dict[str, object] = {}  # trial id -> its open wandb Run (worker thread)
         self._known: dict[str, dict] | None = None  # trial id -> last step logged, exploits
+        self._clones = Clones()
 
     # ------------------------------------------------------------------ Tune's hooks (driver)
 
@@ -70,8 +74,8 @@ class WandbTracker(Threaded, tune.Callback):
             self._worker.submit("the setup", "its setup (the API key)", _check_api_key)
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self._submit("trial runs", f"trial {trial}: its run", self._open, trial.trial_id,
-                     str(trial), dict(trial.config))
+        self._submit("trial runs", f"trial {trial}: its run", self._start, trial.trial_id,
+                     str(trial), dict(trial.config), clone_source(trial))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         trained = dict(result.get("config") or trial.config)  # what this result trained with
@@ -122,26 +126,28 @@ class WandbTracker(Threaded, tune.Callback):
         self._runs[trial_id] = run
         return run
 
-    def _log(self, trial_id: str, name: str, trained: dict, result: dict) -> None:
-        run = self._open(trial_id, name, trained)
+    def _trial_known(self, trial_id: str) -> dict:
         if self._known is None:  # a resumed experiment: what its first run logged
             self._known = read_runs(self.experiment_dir).get(TRACKER, {}).get(
                 "trials", {}) if self.experiment_dir else {}
-        known = self._known.setdefault(trial_id, {"last_step": -1, "exploits": 0})
-        step = step_of(result)
-        clone = exploited(known, trained)
-        if clone:  # PBT replaced it since its last result: the config it goes on with
-            known["exploits"] += 1
+        return self._known.setdefault(trial_id, {"last_step": -1, "exploits": 0})
+
+    def _start(self, trial_id: str, name: str, config: dict, source: str | None) -> None:
+        self._open(trial_id, name, config)
+        self._clones.started(self._trial_known(trial_id), trial_id, source)
+
+    def _log(self, trial_id: str, name: str, trained: dict, result: dict) -> None:
+        run = self._open(trial_id, name, trained)
+        known = self._trial_known(trial_id)
+        log, source = self._clones.result(known, trial_id, step_of(result))
+        if source is not None:  # PBT replaced it: the config it goes on with
             run.config.update(hparam_values(trained), allow_val_change=True)
             run.summary["pbt_exploits"] = known["exploits"]
-        # A point at or before the last one logged is a restore re-reporting it (a resume),
-        # unless the trial was just exploited: a clone continues from its donor's position.
-        if step > known["last_step"] or clone:
+        if log:
             metrics = metrics_of(result)
             if "training_iteration" in metrics:  # W&B's own step stays its running count
                 metrics["iteration"] = metrics.pop("training_iteration")
             run.log(metrics)
-            known["last_step"] = step
         if self.experiment_dir:
             write_runs(self.experiment_dir, TRACKER, {"trials": self._known})
 

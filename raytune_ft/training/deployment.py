@@ -4,21 +4,34 @@ disk, and inference latency on the trial's own device. No Ray in here.
 Latency is a median of warm forward passes with the loop's precision, on real evaluation
 examples, per example (ms per pass / batch size): at batch 1 over `B1_REPEATS` timed passes
 after `WARMUP` untimed ones (the first eval examples, one per pass, so the median covers
-their lengths), in inference mode; at the eval batch over the batches of the evaluation just
-run (each timed from the host batch to its loss, as the trial evaluates: length-sorted
-batches of `train.eval_batch_size`), so it costs no extra pass. A loop that has not
-evaluated yet times `BATCH_REPEATS` passes of the first eval examples instead.
+their lengths), in inference mode; at the eval batch over the trial's eval batches
+(length-sorted batches of `train.eval_batch_size`), each timed from the host batch to its
+loss as the trial evaluates (`FineTuneLoop.eval_passes`). For the loop's own model that is
+its last evaluation, so it costs no extra pass; a loop not evaluated yet, or a LoRA trial's
+merged model, makes one pass over the eval batches.
 
 A trial measures once, after its first evaluation (the model is built and warm then): the
 weights change during training but not the shapes, so the figures hold for the whole trial,
 and a trial a scheduler stops early carries them like one that runs its budget.
+
+The figures describe the model `export` ships. With LoRA that is the base with the adapters
+merged in (a plain transformers model): `param_count` and both latencies are measured on the
+merged model (`shipped_model`: it shares the training model's tensors, merges into the
+adapted weights in place and restores them bit for bit), so they leave out the adapters and
+peft's second copy of the head, and time the merged graph. `trainable_param_count` stays what
+the trial trains (adapters and head), and `model_mb` what its checkpoint holds of the model
+(what `export --adapter` writes).
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import itertools
 import os
 import statistics
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +39,6 @@ import torch
 
 WARMUP = 3  # untimed passes first: allocator, kernels, caches
 B1_REPEATS = 20  # timed passes at batch 1
-BATCH_REPEATS = 5  # timed passes at the eval batch
 
 
 def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
@@ -72,30 +84,64 @@ def median_ms_per_example(run, batch_size: int, repeats: int, device: torch.devi
     return statistics.median(times) / batch_size
 
 
-def measure_latency(loop) -> dict:
-    """Median ms per example at batch 1 and at the eval batch, for a `FineTuneLoop`."""
-    task, data, model, device = loop.task, loop.data, loop.model, loop.device
+@contextlib.contextmanager
+def shipped_model(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The model `export` writes, for the `with` block: a LoRA model merged (the plain
+    transformers graph merge_and_unload gives), else `model` itself.
+
+    The merged model costs no second base on the device: it is a copy of the module tree
+    that shares every tensor with `model`, and the adapters are merged into the shared
+    adapted weights in place. Those weights are set aside on the host first and copied back
+    on leaving, so the training model is bit for bit what it was (subtracting the update
+    again would not restore fp32 weights exactly).
+    """
+    from raytune_ft.training.lora import is_lora
+
+    if not is_lora(model):
+        yield model
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    adapted = [layer.get_base_layer().weight for layer in model.modules()
+               if isinstance(layer, BaseTunerLayer)]
+    aside = [weight.detach().to("cpu", copy=True) for weight in adapted]
+    shared = {id(t): t for t in itertools.chain(model.parameters(), model.buffers())}
+    try:
+        with torch.no_grad():
+            merged = copy.deepcopy(model, shared).merge_and_unload()
+        yield merged.eval()
+    finally:
+        with torch.no_grad():
+            for weight, saved in zip(adapted, aside):
+                weight.copy_(saved)
+
+
+def measure_latency(loop, model: torch.nn.Module | None = None) -> dict:
+    """Median ms per example at batch 1 and at the eval batch of `model` (default: the loop's
+    own, whose last evaluation gives the eval-batch figure), on a `FineTuneLoop`'s data and
+    device. Any other model (a LoRA trial's merged one), or a loop not evaluated yet, is
+    timed over the loop's eval batches as its evaluation times them."""
+    task, data, device = loop.task, loop.data, loop.device
+    model = loop.model if model is None else model
     split = data.eval
     n = len(split)
     singles = [task.collate(data, split, np.array([i % n])) for i in range(B1_REPEATS)]
-    size = min(loop.hp.eval_batch_size, n)
     on_device = [{k: v.to(device) for k, v in one.items()} for one in singles]
-    at_batch = loop.eval_ms_per_example
+    at_batch = loop.eval_ms_per_example if model is loop.model else None
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode(), loop._autocast():
             b1 = median_ms_per_example(
                 lambda i: task.forward(model, on_device[i % B1_REPEATS]), 1, B1_REPEATS, device)
-            if at_batch is None:  # not evaluated yet: time the first eval examples
-                batch = task.collate(data, split, np.arange(size))
-                full = {k: v.to(device) for k, v in batch.items()}
-                at_batch = median_ms_per_example(lambda i: task.forward(model, full), size,
-                                                 BATCH_REPEATS, device)
+        if at_batch is None:
+            with torch.no_grad():  # as `evaluate` runs them
+                at_batch = statistics.median(ms for *_, ms in loop.eval_passes(model))
     finally:
         model.train(was_training)
     return {"latency_ms_b1": b1, "latency_ms_eval_batch": at_batch,
-            "latency_eval_batch": size, "latency_threads": torch.get_num_threads(),
+            "latency_eval_batch": min(loop.hp.eval_batch_size, n),
+            "latency_threads": torch.get_num_threads(),
             "latency_device": device_name(device)}
 
 
@@ -112,8 +158,11 @@ def deployment_figures(loop, checkpoint_dir: str | os.PathLike | None) -> dict:
     whose checkpoint was written to `checkpoint_dir` (None: no checkpoint, no sizes).
     `checkpoint_mb` is the training state (weights, Adam moments, trainer state): what a
     search keeps on disk per trial; `model_mb` the weights a deployment ships."""
-    total, trainable = parameter_counts(loop.model)
+    with shipped_model(loop.model) as shipped:
+        total, _ = parameter_counts(shipped)
+        latency = measure_latency(loop, shipped)
+    _, trainable = parameter_counts(loop.model)
     saved = checkpoint_dir is not None
     return {"param_count": total, "trainable_param_count": trainable,
             "checkpoint_mb": folder_mb(checkpoint_dir) if saved else None,
-            "model_mb": model_mb(checkpoint_dir) if saved else None, **measure_latency(loop)}
+            "model_mb": model_mb(checkpoint_dir) if saved else None, **latency}

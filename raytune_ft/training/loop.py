@@ -21,9 +21,10 @@ the one-worker trajectory (to float tolerance); progress stays in global samples
 Divergence: a non-finite training loss, `NONFINITE_STEPS_TO_DIVERGE` non-finite gradient norms
 in a row (each such step is skipped: no update) or a non-finite eval loss marks the trial
 diverged; it reports the worst finite value of every metric and its weights are never
-checkpointed. With `keep_diverged` (population-based schedulers) a diverged trial keeps
-reporting those worst values at every evaluation point without training, so the scheduler can
-replace it with a clone of a healthy trial; otherwise it ends.
+checkpointed. With `keep_diverged` (population-based schedulers) a diverged trial moves to
+the next evaluation point without training (and without waiting there) and reports those worst
+values there, at every point until the budget, so the scheduler can replace it with a clone of
+a healthy trial (tuning/population.py holds it until then); otherwise it ends.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import logging
 import math
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -100,7 +102,6 @@ class FineTuneLoop:
         world.broadcast_parameters(self.model)  # one starting point on every rank
         self.dropout_seed = hp.seed if dropout_seed is None else dropout_seed
         self.keep_diverged = keep_diverged
-        self._trained = [0, 0.0]  # samples trained and seconds spent, for idle pacing
         self.device = torch.device(device)
         self.n_train = len(data.train)
         if budget is None:
@@ -197,10 +198,8 @@ class FineTuneLoop:
             loss_sum, units = loss_sum + step_loss, units + step_units
         train_seconds = time.perf_counter() - started
         trained = self.state.samples_seen - start_samples
-        self._trained[0] += trained
-        self._trained[1] += train_seconds
         if self.state.diverged and self.keep_diverged:
-            self._idle_to(target)
+            self.state.samples_seen = target  # to the evaluation point, untrained
         metrics = {} if self.state.diverged else {**self.evaluate(),
                                                    "train_loss": loss_sum / max(units, 1)}
         if not math.isfinite(metrics.get("eval_loss", math.nan)):
@@ -218,18 +217,6 @@ class FineTuneLoop:
         )
         self._update_plateau(metrics)
         return metrics
-
-    def _idle_to(self, target: int) -> None:
-        """A diverged population member moves to the evaluation point without training, but
-        takes as long as a trained interval: the training time at this loop's own rate, and
-        one evaluation (its result unused). An asynchronous PBT ranks it only against trials
-        that have reported; one that raced through its budget would end before any healthy
-        donor could replace it."""
-        samples, seconds = self._trained
-        if samples:
-            time.sleep((target - self.state.samples_seen) * seconds / samples)
-        self.evaluate()
-        self.state.samples_seen = target
 
     def _step(self, indices: np.ndarray) -> tuple[float, int]:
         """One optimizer step over `indices`; returns the batch's summed loss and its units.
@@ -319,13 +306,9 @@ class FineTuneLoop:
         self.model.eval()
         task = self.task
         predictions, loss_sum, units, ms_per_example = [], 0.0, 0, []
-        for indices, collated in self._eval_batches():
-            started = time.perf_counter()
-            batch = {k: v.to(self.device) for k, v in collated.items()}
-            with self._autocast():
-                outputs = task.forward(self.model, batch)
-            loss_sum += task.loss(outputs, batch).item()  # smoothing 0: the true NLL
-            ms_per_example.append((time.perf_counter() - started) * 1000 / len(indices))
+        for indices, collated, batch, outputs, loss, ms in self.eval_passes(self.model):
+            loss_sum += loss
+            ms_per_example.append(ms)
             units += int(task.loss_units(collated))
             predictions.append((indices, task.predict(outputs, batch)))
         # the deployment figures' latency at the eval batch (training/deployment.py)
@@ -340,6 +323,22 @@ class FineTuneLoop:
         # only what the task reports for this data (its bundle lists it)
         return {"eval_loss": loss_sum / max(units, 1),
                 **{k: v for k, v in scores.items() if k in self.data.metrics}}
+
+    def eval_passes(self, model: torch.nn.Module) -> Iterator[tuple]:
+        """Every eval batch through `model` (in the caller's eval mode, without gradients):
+        (indices, host batch, device batch, outputs, summed loss, ms per example), each pass
+        timed from the host batch to its loss. `evaluate` passes the loop's model; the
+        deployment figures time a LoRA trial's merged model with the same passes, so both
+        kinds of trial report the same measurement (training/deployment.py)."""
+        task = self.task
+        for indices, collated in self._eval_batches():
+            started = time.perf_counter()
+            batch = {k: v.to(self.device) for k, v in collated.items()}
+            with self._autocast():
+                outputs = task.forward(model, batch)
+            loss = task.loss(outputs, batch).item()  # smoothing 0: the true NLL
+            ms = (time.perf_counter() - started) * 1000 / len(indices)
+            yield indices, collated, batch, outputs, loss, ms
 
     def _eval_batches(self) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """The evaluation set (this rank's deal of it), sorted by length and collated once

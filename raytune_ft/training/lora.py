@@ -10,8 +10,9 @@ the model unchanged (full fine-tuning). Otherwise peft wraps it:
   e.g. `query,value`). No adapter goes into the bottom `train.freeze_layers` layers: with LoRA
   `freeze_layers: k` means "no adapters in layers 1..k" (the embeddings are frozen anyway, so
   `freeze_embeddings` changes nothing).
-- the head: the parameters the pretrained folder did not hold (`load_pretrained` records them),
-  else every parameter outside the embeddings and the encoder layers, trains in full as peft's
+- the head: the task head and the parameters the pretrained folder did not hold
+  (`load_pretrained` records them), else every parameter outside the embeddings and the
+  encoder layers, trains in full as peft's
   `modules_to_save`; a pretrained pooler is adapted like the encoder's layers (its weights
   are the pretrained ones, which a sentence-embedding model such as MiniLM never trained).
 - the update is `(lora_alpha / lora_r) x B A`; A starts from `hp.seed`, B at zero, so a trial
@@ -69,6 +70,10 @@ def target_modules(model: torch.nn.Module, hp: TrainConfig) -> list[str]:
             continue
         if wanted is None or leaf in wanted:
             found.append(name)
+    if not names_there:  # a convolutional network (ResNet): nothing LoRA can adapt
+        raise ModelError(f"train.lora_r: {type(model).__name__} has no linear layer outside "
+                         "its embeddings and task head (LoRA adapts linear layers, not "
+                         "convolutions); fine-tune it in full (train.lora_r: 0)")
     missing = sorted(wanted - names_there) if wanted else []
     if missing or not found:
         why = f"{', '.join(missing)} matches no linear layer" if missing else \
@@ -80,11 +85,12 @@ def target_modules(model: torch.nn.Module, hp: TrainConfig) -> list[str]:
 
 
 def head_modules(model: torch.nn.Module) -> list[str]:
-    """Modules trained in full: those holding the parameters `load_pretrained` initialised
-    fresh, else every module with parameters outside the embeddings and encoder layers."""
+    """Modules trained in full: those holding the task head and the parameters the folder
+    did not hold (`load_pretrained` records them), else every module with parameters outside
+    the embeddings and encoder layers."""
     embeddings, layer_pattern = _layout(model)
-    fresh = getattr(model, "raytune_ft_fresh", None)
-    if not fresh:  # not loaded by load_pretrained, or its folder already held the head
+    fresh = getattr(model, "raytune_ft_head", None)
+    if not fresh:  # not loaded by load_pretrained
         fresh = [name for name, _ in model.named_parameters()
                  if not name.startswith(tuple(e + "." for e in embeddings))
                  and not re.match(layer_pattern, name)]

@@ -7,6 +7,7 @@ biases and LayerNorm weights); the loop sets each group's lr and weight decay ev
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ConfigError, ModelError
 
+log = logging.getLogger(__name__)
 PEFT_PREFIX = "base_model.model."  # what a peft model puts before the wrapped model's names
 PACKAGED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 # base_model_prefix -> (modules at embedding depth, pattern of the encoder's layer list).
@@ -139,9 +141,17 @@ def check_tokenizer(tokenizer, path: str, train) -> None:
                      "or vocab.txt, tokenizer_config.json) in the folder")
 
 
-def load_pretrained(auto_class: str, path: str, seed: int, **head) -> torch.nn.Module:
-    """The pretrained body with a fresh task head initialised from `seed`: `auto_class` names
-    the transformers Auto class (the task's), `head` its arguments (num_labels, id2label)."""
+def load_pretrained(auto_class: str, path: str, seed: int, label_names: list[str]
+                    ) -> torch.nn.Module:
+    """The pretrained body with a task head for `label_names`; `auto_class` names the
+    transformers Auto class (the task's).
+
+    The head: a folder without one (a body, or a hub model whose head has another size) gets
+    a fresh head initialised from `seed`. A folder whose head has as many labels keeps it
+    only when its labels (config.id2label) are the data's, its rows reordered by label name
+    (a folder's [O, B-PER, I-PER] read for the data's [B-PER, I-PER, O]); with other labels
+    the head is replaced by the same fresh one from `seed`.
+    """
     import transformers
     from transformers.utils import logging as hf_logging
 
@@ -150,13 +160,115 @@ def load_pretrained(auto_class: str, path: str, seed: int, **head) -> torch.nn.M
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
     try:
-        model, info = model_class.from_pretrained(path, output_loading_info=True, **head)
+        model, info = model_class.from_pretrained(
+            path, output_loading_info=True, num_labels=len(label_names),
+            id2label=dict(enumerate(label_names)),
+            label2id={name: i for i, name in enumerate(label_names)},
+            ignore_mismatched_sizes=True)  # a head of another size: replaced, not an error
     except (OSError, ValueError) as error:
         raise ModelError(f"model.name: cannot load {path!r}: {_why(path, error)}") from None
-    # What the folder did not hold is the task head: LoRA trains it in full (training.lora).
-    model.raytune_ft_fresh = sorted({*info.get("missing_keys", ()),
-                                     *(key[0] for key in info.get("mismatched_keys", ()))})
+    fresh = {*info.get("missing_keys", ()), *(key[0] for key in info.get("mismatched_keys", ()))}
+    head = head_parameters(model)
+    body = sorted(key[0] for key in info.get("mismatched_keys", ()) if key[0] not in head)
+    if body:
+        raise ModelError(f"model.name: {path} holds weights of other shapes than its config "
+                         f"says ({', '.join(body[:3])}); the folder is inconsistent")
+    if head and not set(head) <= fresh:  # the folder held a head of this size
+        _keep_or_replace_head(model, head, folder_labels(path), label_names, seed, path)
+    # What LoRA trains in full (training.lora): what the folder did not hold, and the head.
+    model.raytune_ft_head = sorted(fresh | set(head))
     return model
+
+
+def folder_labels(path: str) -> list[str] | None:
+    """The label names of a model's config in id order (None where it cannot be read)."""
+    return _config_labels(_folder_config(path))
+
+
+def _config_labels(config) -> list[str] | None:
+    if config is None:
+        return None
+    id2label = config.id2label or {}
+    return [str(id2label[i]) for i in sorted(id2label)]
+
+
+def _folder_config(path: str):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _are_the_datas(labels: list[str] | None, label_names: list[str]) -> bool:
+    """Whether a folder's head labels are the data's (each once, in any order)."""
+    return labels is not None and sorted(labels) == sorted(label_names) \
+        and len(set(labels)) == len(labels)
+
+
+def head_origin(path: str, label_names: list[str]) -> str:
+    """What every trial's head starts from (`load_pretrained`'s rule), for the run header:
+    read once in the driver from the folder's config.json, its `id2label` against the data's
+    labels (a bare body class in `architectures`, `BertModel`, holds no head)."""
+    config = _folder_config(path)
+    labels = _config_labels(config)
+    classes = list(getattr(config, "architectures", None) or [])
+    body = bool(classes) and all(name.endswith("Model") for name in classes)
+    if not body and _are_the_datas(labels, label_names):
+        return "the folder's own (its labels are the data's), rows mapped by label name"
+    if body or not labels:
+        why = "the folder holds no head"
+    else:
+        shown = ", ".join(labels[:5]) + (", ..." if len(labels) > 5 else "")
+        why = f"the folder's {len(labels)} labels ({shown}) are not the data's"
+    return f"fresh from each trial's seed (train.seed): {why}"
+
+
+def head_parameters(model: torch.nn.Module) -> list[str]:
+    """Names of the task head's parameters: those outside the base model (`bert.`, ...)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return [name for name, _ in model.named_parameters()
+            if prefix and not name.startswith(prefix + ".")]
+
+
+def _keep_or_replace_head(model: torch.nn.Module, head: list[str], labels: list[str] | None,
+                          label_names: list[str], seed: int, path: str) -> None:
+    """A head loaded from the folder: rows mapped by label name where its labels are the
+    data's, else initialised afresh from `seed` (as a folder without a head would be)."""
+    modules = _post_order(model, {name.rsplit(".", 1)[0] for name in head})
+    output = [module for module in modules if isinstance(module, torch.nn.Linear)
+              and module.out_features == len(label_names)]
+    if _are_the_datas(labels, label_names) and output:
+        rows = torch.tensor([labels.index(name) for name in label_names])
+        with torch.no_grad():
+            for param in output[-1].parameters(recurse=False):
+                param.copy_(param[rows])
+        log.info("%s: its head's labels are the data's: kept, rows ordered as %s", path,
+                 label_names)
+        return
+    log.info("%s: its head's labels %s are not the data's %s: a fresh head from seed %d",
+             path, labels, label_names, seed)
+    torch.manual_seed(seed)  # the draws a folder without a head gives its head
+    for module in modules:
+        for key, param in list(module.named_parameters(recurse=False)):
+            setattr(module, key, torch.nn.Parameter(torch.empty_like(param)))  # unmarked
+        model._init_weights(module)
+
+
+def _post_order(model: torch.nn.Module, names: set[str]) -> list[torch.nn.Module]:
+    """The modules named `names`, children before parents, in the order transformers
+    initialises missing weights (`initialize_weights`)."""
+    found: list[torch.nn.Module] = []
+
+    def visit(module: torch.nn.Module, prefix: str) -> None:
+        for key, child in module.named_children():
+            visit(child, f"{prefix}{key}.")
+        if prefix.rstrip(".") in names:
+            found.append(module)
+
+    visit(model, "")
+    return found
 
 
 def layer_index(model: torch.nn.Module, name: str) -> tuple[int, int]:
@@ -284,12 +396,16 @@ def train_mode(model: torch.nn.Module, hp: TrainConfig) -> None:
     statistics updated with `bn_momentum`, affine trained. `eval`: the layers stay in eval
     mode (running statistics normalise and never change), affine trained. `frozen`: eval mode
     and no affine gradient. Only `eval` and `frozen` make a step's gradient independent of
-    how the batch is cut into micro-batches.
+    how the batch is cut into micro-batches. Whatever the policy, the BatchNorm layers of a
+    stage that `freeze_embeddings`/`freeze_layers` froze stay in eval mode: a frozen stage
+    computes the function it was loaded with.
     """
     model.train()
-    for _, module in batchnorm_layers(model):
+    for name, module in batchnorm_layers(model):
         module.momentum = hp.bn_momentum
-        if hp.batchnorm != "train":
+        # a frozen stage (freeze_embeddings/freeze_layers) is frozen whole: its running
+        # statistics too, whatever the policy of the layers that train
+        if hp.batchnorm != "train" or _frozen_by_layer(model, name + ".", hp):
             module.eval()
     _batchnorm_grads(model, hp)
 

@@ -45,6 +45,51 @@ def cluster_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
+# Where the experiment leaves them unset, a run that joins a cluster retries a failed trial
+# (a lost node fails its trials) and checkpoints every iteration, so a retry repeats at most
+# one; locally a failure is a bug to see (max_failures 0). Kept in the experiment record.
+CLUSTER_RUN_DEFAULTS = {"max_failures": 2, "checkpoint_every": 1}
+
+
+def with_cluster_defaults(config: ExperimentConfig, address: str | None
+                          ) -> tuple[ExperimentConfig, dict[str, int]]:
+    """`config` with CLUSTER_RUN_DEFAULTS for the `run` settings the user did not set when the
+    run joins a cluster (`--address`, or RAY_ADDRESS under `ray job submit`), and those."""
+    if not joins_cluster(address):
+        return config, {}
+    unset = {key: value for key, value in CLUSTER_RUN_DEFAULTS.items()
+             if key not in config.run.model_fields_set}
+    if not unset:
+        return config, {}
+    return config.model_copy(update={"run": config.run.model_copy(update=unset)}), unset
+
+
+def cluster_run_text(config: ExperimentConfig, defaults: dict[str, int]) -> str:
+    """The header's line about retries and checkpoints on a cluster (`defaults`: the
+    settings CLUSTER_RUN_DEFAULTS filled in)."""
+    from raytune_ft.tuning.schedulers import scheduler_spec
+
+    run = config.run
+
+    def source(key: str) -> str:
+        return "cluster default" if key in defaults else "set in the experiment"
+
+    retries = (f"a failed trial (a lost node) is retried {run.max_failures} times from its "
+               f"last checkpoint" if run.max_failures else "a failed trial (a lost node) is "
+               "not retried") + f" (run.max_failures, {source('max_failures')})"
+    if scheduler_spec(config).checkpoint_every_iteration:
+        return f"{retries}; {config.scheduler.type} checkpoints every iteration"
+    every = run.checkpoint_every
+    cadence = "every iteration" if every == 1 else \
+        f"every {every} iterations, so a retry repeats up to {every - 1}"
+    return f"{retries}; checkpoints {cadence} (run.checkpoint_every, {source('checkpoint_every')})"
+
+
+def joins_cluster(address: str | None) -> bool:
+    """The run joins a running cluster rather than starting Ray on this machine."""
+    return cluster_address(address) not in (None, "local")
+
+
 def is_ray_client(address: str | None) -> bool:
     """Ray Client (`ray://HOST:PORT`): this process stays a client and Tune's driver loop
     runs on the head, so Ray's files are written there, not on this machine."""

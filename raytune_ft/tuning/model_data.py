@@ -106,6 +106,43 @@ class ModelData:
                          refs={key: ray.put(bundle) for key, bundle in self.bundles.items()},
                          data_keys=self.data_keys)
 
+    def warnings(self, task: Task, data: DataConfig) -> list[str]:
+        """The task's warnings about every tokenization (words cut at one max_length are not
+        cut at another): one that all share is said once, the others name their length
+        (and their models, where the search has several tokenizers)."""
+        said = {key: task.warnings(bundle, data) for key, bundle in self.bundles.items()}
+        shared = set.intersection(*(set(lines) for lines in said.values())) if said else set()
+        out = [line for line in next(iter(said.values()), []) if line in shared]
+        for key, lines in said.items():
+            out += [f"{self._which(key)}: {line}" for line in lines if line not in shared]
+        return out
+
+    def about_data(self, task: Task) -> list[tuple[str, str]]:
+        """The task's header lines about the data of every tokenization: a line all share is
+        said once; one that differs (eval sentences read in windows at one max_length, not
+        at another) gives each tokenization's text after its length."""
+        said = {key: dict(task.describe(bundle)) for key, bundle in self.bundles.items()}
+        out = []
+        for name in dict.fromkeys(name for lines in said.values() for name in lines):
+            texts = {key: lines[name] for key, lines in said.items() if name in lines}
+            if len(texts) == len(said) and len(set(texts.values())) == 1:
+                out.append((name, next(iter(texts.values()))))
+            else:
+                out.append((name, "; ".join(f"{self._which(key)}: {text}"
+                                            for key, text in texts.items())))
+        return out
+
+    def _which(self, key: tuple) -> str:
+        """A tokenization in the header: its length and searched data values (and its
+        models, where the search has several tokenizers)."""
+        fingerprint, length, values = key
+        text = f"max_length {length}" + "".join(
+            f", {name} {value}" for name, value in zip(self.data_keys, values))
+        if len(set(self.tokenizers.values())) == 1:
+            return text
+        names = [name for name, print_ in self.tokenizers.items() if print_ == fingerprint]
+        return f"{text} ({', '.join(names)})"
+
     def describe(self) -> tuple[str, str]:
         """The run header's line: models, lengths, data values and how many tokenizations
         were made."""
@@ -161,7 +198,13 @@ def tokenize_models(config: ExperimentConfig, task: Task, paths: dict[str, str])
             for settings in data_options(config):
                 key = data.key(name, length, settings)
                 log.info("tokenizing for %s at max_length %d %s", name, length, key[2])
-                data.bundles[key] = task.load_data(settings, path, length)
+                try:
+                    data.bundles[key] = task.load_data(settings, path, length)
+                except ConfigError as error:  # a searched length: name the searched key
+                    if "model.max_length" not in config.search or \
+                            not str(error).startswith("model.max_length:"):
+                        raise
+                    raise ConfigError(f"search.{error}") from None
     _check_same_examples(data, first_path)
     return data
 

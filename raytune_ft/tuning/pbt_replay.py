@@ -24,14 +24,20 @@ from raytune_ft.errors import ExperimentError
 
 log = logging.getLogger(__name__)
 SCHEDULE_KEY = "confirm_rank"  # the trial config key that names its schedule
+# A replayed segment's dropout masks are those of the trial that trained it: the trial id
+# the trainable seeds dropout from instead of its own (tuning/trainable.trial_dropout_seed).
+DROPOUT_TRIAL_KEY = "dropout_trial"
 
 
 @dataclass(frozen=True)
 class Schedule:
-    """A PBT trial's schedule: the config it started from and (iteration, config) changes."""
+    """A PBT trial's schedule: the config it started from and (iteration, config) changes;
+    `trainers`: the experiment tags of the trials that trained each part (the first until the
+    first change, ...; empty when unknown)."""
 
     initial: dict
     changes: tuple[tuple[int, dict], ...] = ()
+    trainers: tuple[str, ...] = ()
 
 
 def load_policy(path: str | Path) -> Schedule:
@@ -56,13 +62,15 @@ def load_policy(path: str | Path) -> Schedule:
         raw.append((old_tag, new_tag, int(new_step), old_conf, new_conf))
     if not raw:
         raise ExperimentError(f"{path}: empty PBT policy file")
-    changes, last_new_tag, initial = [], None, None
+    changes, trainers, last_new_tag, initial = [], [], None, None
     for old_tag, new_tag, new_step, old_conf, new_conf in reversed(raw):
         if last_new_tag and old_tag != last_new_tag:
             break  # earlier changes were overwritten by the exploit after them
         last_new_tag, initial = new_tag, old_conf
         changes.append((new_step, new_conf))
-    return Schedule(initial, tuple(reversed(changes)))
+        trainers.append(str(old_tag))  # the clone trained on from the change
+    trainers.append(str(last_new_tag))  # the first donor trained up to the first change
+    return Schedule(initial, tuple(reversed(changes)), tuple(reversed(trainers)))
 
 
 @dataclass

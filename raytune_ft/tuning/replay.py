@@ -3,7 +3,9 @@
 PBT's winner is a schedule, not a configuration: it started from one config and was changed
 at exploits. The trial's policy file (`pbt_policy_<trial_id>.txt`, written by Ray's PBT) is
 replayed by `MultiScheduleReplay`: the same changes at the same iterations, so a user can
-reproduce the winner without the population.
+reproduce the winner without the population. Each part of the schedule trains with the
+dropout masks of the trial that trained it (under PBT they follow the trial's index), so the
+replay of a trial reports that trial's figures to the last digit on the same device.
 """
 
 from __future__ import annotations
@@ -62,7 +64,28 @@ def replay_trial(experiment_dir: str, trial_id: str | None = None,
     prepared = prepare(config, overwrite=True, address=address)
     # Ray's PopulationBasedTrainingReplay pauses while its own checkpoint save is in flight,
     # which ends the resumed trial early (Ray 2.60); MultiScheduleReplay pauses through Tune.
+    schedule = _seeded_as_trained(schedule, trial_id, list(trials.index))
     point = {**schedule.initial, SCHEDULE_KEY: 1}
     scheduler = MultiScheduleReplay({1: schedule}, (SCHEDULE_KEY,))
     outcome = run_presets(prepared, [point], scheduler, address)  # an earlier replay goes
     return outcome.summary(), trial_id
+
+
+def _seeded_as_trained(schedule, trial_id: str, trial_ids: list[str]):
+    """`schedule` with each part's DROPOUT_TRIAL_KEY: the id of the trial that trained it
+    (from the policy's experiment tags, whose leading number is the trial's index; a trial
+    never exploited trained all of it itself)."""
+    from raytune_ft.tuning.pbt_replay import DROPOUT_TRIAL_KEY, Schedule
+
+    by_index = {int(i.rsplit("_", 1)[1]): i for i in trial_ids
+                if "_" in i and i.rsplit("_", 1)[1].isdigit()}
+    prefix = trial_id.rsplit("_", 1)[0]
+    ids = [trial_id]
+    if schedule.trainers:
+        indices = [tag.split("_", 1)[0] for tag in schedule.trainers]
+        ids = [by_index.get(int(n), f"{prefix}_{int(n):05d}") if n.isdigit() else trial_id
+               for n in indices]
+    changes = tuple((step, {**config, DROPOUT_TRIAL_KEY: seeded})
+                    for (step, config), seeded in zip(schedule.changes, ids[1:], strict=True))
+    return Schedule({**schedule.initial, DROPOUT_TRIAL_KEY: ids[0]}, changes,
+                    schedule.trainers)

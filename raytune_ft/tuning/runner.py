@@ -31,6 +31,7 @@ from raytune_ft.training.lora import check_experiment as check_lora
 from raytune_ft.training.model import (
     check_freeze_layers,
     has_batchnorm,
+    head_origin,
     max_positions,
     resolve_model_path,
 )
@@ -39,8 +40,11 @@ from raytune_ft.tuning.cluster import (
     check_local_resources,
     check_resources,
     cluster_address,
+    cluster_run_text,
     init_ray,
+    joins_cluster,
     trial_resources,
+    with_cluster_defaults,
 )
 from raytune_ft.tuning.summary import RunSummary, summarize_run
 
@@ -59,6 +63,7 @@ class Prepared:
     about_data: list[tuple[str, str]] = field(default_factory=list)  # the task's header lines
     observations: Any = None  # earlier trials for the searcher (tuning.warm_start), or None
     models: Any = None  # model.name/max_length searched: tuning.model_data.ModelData
+    cluster: str | None = None  # joining a cluster: the header's line on retries, checkpoints
 
 
 def storage_root(config: ExperimentConfig) -> str:
@@ -71,8 +76,13 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     """Resolve the model, read and tokenize the data, check storage: no Ray needed.
 
     Without `address` the run is local, so resources are checked against this machine here;
-    a cluster's nodes are only known after joining it (`check_resources`).
+    a cluster's nodes are only known after joining it (`check_resources`). Joining one, the
+    run settings the experiment leaves unset take the cluster defaults (retries, checkpoints).
     """
+    from raytune_ft.tracking import check_tracking
+
+    check_tracking(config)  # a store the tracker would refuse at its first log
+    config, defaults = (config, {}) if resume else with_cluster_defaults(config, address)
     paths = None
     if searches_model(config):  # several models or lengths: each is checked, the first shown
         from raytune_ft.tuning.model_data import resolve_models
@@ -115,11 +125,28 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     # a training split per tokenization: their sizes differ where samples are windows (QA)
     sizes = [len(b.train) for b in models.bundles.values()] if models else [len(bundle.train)]
     plan = plan_experiment(config, n_train=sizes)
+    # each tokenization's own (words cut at one max_length are not at another)
+    data_warnings = models.warnings(task, config.data) if models else \
+        task.warnings(bundle, config.data)
     return Prepared(config, model_path, bundle, experiment_dir, plan,
-                    _warnings(plan, bundle) + task.warnings(bundle, config.data)
-                    + _batchnorm_warnings(config, plan, model_path),
-                    task.describe(bundle) + lora + ([models.describe()] if models else []),
-                    models=models)
+                    _warnings(plan, bundle) + data_warnings
+                    + _batchnorm_warnings(config, plan, model_path)
+                    + _population_warnings(config),
+                    (models.about_data(task) if models else task.describe(bundle))
+                    + [_head_line(paths or {config.model.name: model_path},
+                                  bundle.label_names)]
+                    + lora + ([models.describe()] if models else []),
+                    models=models,
+                    cluster=cluster_run_text(config, defaults) if joins_cluster(address) else None)
+
+
+def _head_line(paths: dict[str, str], label_names: list[str]) -> tuple[str, str]:
+    """The header's `head` line: whether each model folder's own head is kept (rows by
+    label name) or every trial starts a fresh one from its seed; from the config, once."""
+    origins = {name: head_origin(path, label_names) for name, path in paths.items()}
+    if len(origins) == 1:
+        return "head", next(iter(origins.values()))
+    return "head", "; ".join(f"{name}: {origin}" for name, origin in origins.items())
 
 
 def _check_freeze_layers(config: ExperimentConfig, paths: dict[str, str]) -> None:
@@ -139,6 +166,21 @@ def _warnings(plan: TrialPlan, bundle: DataBundle) -> list[str]:
         return [f"the training split has {len(bundle.train)} examples, fewer than one "
                 f"batch of {largest}: a step then repeats examples"]
     return []
+
+
+def _population_warnings(config: ExperimentConfig) -> list[str]:
+    """Under PBT/PB2 `run.max_concurrent_trials` bounds the population: a paused member is
+    unfinished, so at most that many trials are alive to exchange weights."""
+    from raytune_ft.tuning.schedulers import scheduler_spec
+
+    limit, trials = config.run.max_concurrent_trials, config.run.num_samples
+    if not limit or limit >= trials or not scheduler_spec(config).population:
+        return []
+    size = "one member: no trial has another to clone" if limit == 1 else f"{limit} members"
+    return [f"run.max_concurrent_trials {limit} under {config.scheduler.type}: at most {limit} "
+            f"of the {trials} trials are alive at once, so the population that exchanges "
+            f"weights has {size}; to take turns in a larger population, leave it unset and "
+            "let resources (gpus_per_trial) bound how many run"]
 
 
 def _batchnorm_warnings(config: ExperimentConfig, plan: TrialPlan, model_path: str
@@ -180,15 +222,18 @@ def _check_local_storage(root: Path, experiment: Path, overwrite: bool, resume: 
 
 
 def tune_settings(config: ExperimentConfig, experiment_dir: str,
-                  plan: TrialPlan | None = None):
+                  plan: TrialPlan | None = None, scheduler=None):
     """The `TuneConfig` and `RunConfig` raytune_ft runs with, for any trainable.
 
     `build_tuner` uses it; benchmarks reuse it to drive a stand-in trainable the same way.
     `plan`: the prepared experiment's (without one the scheduler computes it from `config`).
+    `scheduler`: a Ray Tune scheduler instead of the experiment's (replay, confirm). Either
+    is saved with the experiment's snapshots, so `resume` continues it (`scheduler_state`).
     """
     from ray import tune
 
     from raytune_ft.tracking import TrackingContext, tracking_callbacks
+    from raytune_ft.tuning.scheduler_state import resumable
     from raytune_ft.tuning.schedulers import build_scheduler
     from raytune_ft.tuning.search import build_search_alg
     from raytune_ft.tuning.tune_logs import result_loggers
@@ -197,6 +242,8 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str,
 
     root, name = experiment_dir.rsplit("/", 1)
     iterations = plan.iterations if plan is not None else config.iterations
+    scheduler, scheduler_state = resumable(scheduler if scheduler is not None
+                                           else build_scheduler(config, plan))
     run_config = tune.RunConfig(
         name=name, storage_path=root, verbose=config.run.verbose,
         # Tune ends a trial at its last iteration itself: HyperBand would otherwise keep it
@@ -205,16 +252,27 @@ def tune_settings(config: ExperimentConfig, experiment_dir: str,
         stop={"training_iteration": iterations},
         checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_to_keep(config)),
         failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
-        callbacks=[*result_loggers(), _sigint_watch(),
+        callbacks=[*result_loggers(), _sigint_watch(), scheduler_state,
                    *tracking_callbacks(TrackingContext(config, experiment_dir, iterations))],
     )
-    tune_config = tune.TuneConfig(
-        metric=config.metric, mode=config.mode, scheduler=build_scheduler(config, plan),
-        search_alg=build_search_alg(config), num_samples=config.run.num_samples,
-        max_concurrent_trials=config.run.max_concurrent_trials,
-        time_budget_s=config.run.time_budget_s, reuse_actors=True,
-    )
-    return tune_config, run_config
+    tune_config = tune.TuneConfig(metric=config.metric, mode=config.mode,
+                                  num_samples=config.run.num_samples,
+                                  time_budget_s=config.run.time_budget_s, reuse_actors=True)
+    return searching(tune_config, config, build_search_alg(config), scheduler), run_config
+
+
+def searching(tune_config, config: ExperimentConfig, search_alg=None, scheduler=None):
+    """`tune_config` with `search_alg` and `scheduler` (where given) in place, limited to
+    `run.max_concurrent_trials` trials at a time (`tuning.concurrency`): the search, its warm
+    start, replay and confirm all set them here."""
+    from raytune_ft.tuning.concurrency import limit_concurrency, limit_running
+
+    limit, changes = config.run.max_concurrent_trials, {}
+    if search_alg is not None:
+        changes["search_alg"] = limit_concurrency(search_alg, limit)
+    if scheduler is not None:
+        changes["scheduler"] = limit_running(scheduler, limit)
+    return dataclasses.replace(tune_config, max_concurrent_trials=None, **changes)
 
 
 def checkpoints_to_keep(config: ExperimentConfig) -> int | None:
@@ -280,28 +338,36 @@ def build_tuner(prepared: Prepared, restore: bool = False):
     config = prepared.config
     trainable = trainable_for(prepared)
     if restore:
-        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the restored run has ours
-        return tune.Tuner.restore(prepared.experiment_dir, trainable, resume_unfinished=True,
-                                  resume_errored=True)
+        return restore_tuner(prepared.experiment_dir, trainable)
     tune_config, run_config = tune_settings(config, prepared.experiment_dir, prepared.plan)
-    tune_config, run_config = _search_settings(prepared, tune_config, run_config)
+    tune_config, run_config = search_settings(config, prepared.experiment_dir, tune_config,
+                                              run_config, prepared.observations)
     return tune.Tuner(trainable, param_space=param_space(config, prepared.plan),
                       tune_config=tune_config, run_config=run_config)
 
 
-def _search_settings(prepared: Prepared, tune_config, run_config):
+def restore_tuner(experiment_dir: str, trainable):
+    """The interrupted experiment's `Tuner`, with what `tune_settings` gave it: unfinished
+    and errored trials continue from their last checkpoint, the scheduler from its last
+    snapshot (`scheduler_state`), the searcher and the trackers from theirs."""
+    from ray import tune
+
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"  # the restored run has ours
+    return tune.Tuner.restore(experiment_dir, trainable, resume_unfinished=True,
+                              resume_errored=True)
+
+
+def search_settings(config: ExperimentConfig, experiment_dir: str, tune_config, run_config,
+                    observations=None):
     """A search's own settings, which preset runs (replay, confirm) do without: the
-    searcher warm-started with earlier trials, and the `run.stop` rules."""
+    searcher warm-started with `observations` (earlier trials), and the `run.stop` rules."""
     from raytune_ft.tuning.search import build_search_alg
     from raytune_ft.tuning.stopping import SearchStopper
 
-    config = prepared.config
-    if prepared.observations is not None:
-        tune_config = dataclasses.replace(
-            tune_config, search_alg=build_search_alg(config, prepared.observations))
+    if observations is not None:
+        tune_config = searching(tune_config, config, build_search_alg(config, observations))
     if config.run.stop.any:
-        stopper = SearchStopper(config, run_config.stop["training_iteration"],
-                                prepared.experiment_dir)
+        stopper = SearchStopper(config, run_config.stop["training_iteration"], experiment_dir)
         run_config = dataclasses.replace(run_config, stop=stopper,
                                          callbacks=[*run_config.callbacks, stopper])
     return tune_config, run_config
@@ -464,20 +530,28 @@ def run_presets(prepared: Prepared, points: list[dict], scheduler, address: str 
     `files`: name -> text, written into the folder once it is laid out.
     """
     from ray import tune
-    from ray.tune.search import BasicVariantGenerator
 
     begin_run(prepared, address, replace=True)
     for name, text in (files or {}).items():
         write_text(f"{prepared.experiment_dir}/{name}", text)
-    tune_config, run_config = tune_settings(prepared.config, prepared.experiment_dir,
-                                            prepared.plan)
-    tune_config = dataclasses.replace(
-        tune_config, scheduler=scheduler, num_samples=len(points),
-        search_alg=BasicVariantGenerator(points_to_evaluate=points))
-    # Every key of a preset must be in the space; None marks "set by the preset".
-    space = {key: None for point in points for key in point}
+    space, tune_config, run_config = preset_settings(prepared.config, prepared.experiment_dir,
+                                                     prepared.plan, points, scheduler)
     tuner = tune.Tuner(trainable_for(prepared, presets=True), param_space=space,
                        tune_config=tune_config, run_config=run_config)
     results, interrupted = fit_tuner(tuner)
     return Outcome(results, prepared, interrupted)
+
+
+def preset_settings(config: ExperimentConfig, experiment_dir: str, plan: TrialPlan | None,
+                    points: list[dict], scheduler):
+    """The param space, `TuneConfig` and `RunConfig` of a preset run: one trial per point,
+    in order, under `scheduler`, at most `run.max_concurrent_trials` at a time."""
+    from ray.tune.search import BasicVariantGenerator
+
+    tune_config, run_config = tune_settings(config, experiment_dir, plan, scheduler)
+    tune_config = searching(dataclasses.replace(tune_config, num_samples=len(points)), config,
+                            BasicVariantGenerator(points_to_evaluate=points))
+    # Every key of a preset must be in the space; None marks "set by the preset".
+    space = {key: None for point in points for key in point}
+    return space, tune_config, run_config
 

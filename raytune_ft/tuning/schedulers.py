@@ -69,17 +69,18 @@ def _hyperband(cfg: HyperbandConfig, plan: TrialPlan):
 
 
 def _population_settings(cfg: PbtConfig, plan: TrialPlan) -> dict:
-    """What PBT and PB2 share: exploit timing, and explore steps kept inside the domains."""
+    """What PBT and PB2 share: exploit timing, explore steps kept inside the domains, and
+    the rescue of diverged members (tuning/population.py)."""
     from raytune_ft.tuning.search import StayInDomain, mutation_ranges
 
     return dict(time_attr=TIME_ATTR, perturbation_interval=cfg.perturbation_interval,
                 quantile_fraction=cfg.quantile_fraction, synch=cfg.synch,
-                custom_explore_fn=StayInDomain(mutation_ranges(plan.space, cfg.mutations)))
+                custom_explore_fn=StayInDomain(mutation_ranges(plan.space, cfg.mutations)),
+                max_t=plan.iterations)  # a diverged member clones a checkpoint before it
 
 
 def _pbt(cfg: PbtConfig, plan: TrialPlan):
-    from ray.tune.schedulers import PopulationBasedTraining
-
+    from raytune_ft.tuning.population import RescuePBT
     from raytune_ft.tuning.search import to_tune
 
     common, space = _population_settings(cfg, plan), plan.space
@@ -87,7 +88,7 @@ def _pbt(cfg: PbtConfig, plan: TrialPlan):
     # perturbation factors (log-scale steps) or resampled.
     mutations = {key: list(space[key].args) if space[key].kind in ("choice", "grid")
                  else to_tune(space[key]) for key in cfg.mutations}
-    return PopulationBasedTraining(
+    return RescuePBT(
         hyperparam_mutations=mutations, resample_probability=cfg.resample_probability,
         burn_in_period=cfg.burn_in_period,
         perturbation_factors=tuple(cfg.perturbation_factors), **common)

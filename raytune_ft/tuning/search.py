@@ -17,6 +17,7 @@ from ray.tune.schedulers.pb2 import PB2
 
 from raytune_ft.config import INTEGER_FIELDS, Domain, ExperimentConfig
 from raytune_ft.plan import TrialPlan, plan_experiment
+from raytune_ft.tuning.population import RescuePopulation
 
 
 def to_tune(domain: Domain) -> Any:
@@ -109,8 +110,9 @@ class StayInDomain:
         return {**config, **clipped}
 
 
-class LogScalePB2(PB2):
-    """PB2 whose Gaussian process sees log-scaled keys (loguniform domains) as log10 values.
+class LogScalePB2(RescuePopulation, PB2):
+    """PB2 whose Gaussian process sees log-scaled keys (loguniform domains) as log10 values,
+    with the rescue of diverged members and the exploit log of `tuning.population`.
 
     Ray's PB2 normalises each bound linearly: on [1e-5, 1e-3] its proposals crowd the top
     decade. Here the bounds, the data the model fits and its proposals for `log_keys` are

@@ -26,6 +26,7 @@ from raytune_ft.training.distributed import SINGLE, World
 from raytune_ft.training.loop import FineTuneLoop
 from raytune_ft.training.lora import apply_lora
 from raytune_ft.training.model import resolve_model_path
+from raytune_ft.tuning.pbt_replay import DROPOUT_TRIAL_KEY
 from raytune_ft.tuning.schedulers import scheduler_spec
 from raytune_ft.tuning.workers import WorkerGroup
 
@@ -41,7 +42,8 @@ def trial_dropout_seed(seed: int, population: bool, trial_id: str) -> int:
     """Under PBT a clone takes its donor's config and checkpoint, seed included: mixing in the
     trial's own index (the `_00003` of its id, the same in every run of the experiment; a
     hash of ids without one) gives it its own dropout masks; its data order stays the
-    donor's. Other schedulers keep `seed`, so a trial depends on its config alone."""
+    donor's. Other schedulers keep `seed`, so a trial depends on its config alone. `replay`
+    gives each part of a schedule the id of the trial that trained it (DROPOUT_TRIAL_KEY)."""
     if not population:
         return seed
     suffix = trial_id.rsplit("_", 1)[-1]
@@ -75,9 +77,10 @@ def build_loop(config: dict, bundle: DataBundle, experiment: ExperimentConfig,
                                              bundle.label_names, hp.seed)
     model = apply_lora(model, hp)  # unchanged without train.lora_r
     scheduler = scheduler_spec(experiment.scheduler)
+    seeded_as = config.get(DROPOUT_TRIAL_KEY, trial_id)  # replay: the trial that trained this
     return FineTuneLoop(model, bundle, hp, experiment.metric, experiment.mode, device,
                         dropout_seed=trial_dropout_seed(hp.seed, scheduler.population,
-                                                        trial_id),
+                                                        seeded_as),
                         keep_diverged=scheduler.keeps_diverged and not presets,
                         budget=plan.budget_for(len(bundle.train)) if plan is not None
                         else None, world=world)

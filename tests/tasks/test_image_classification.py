@@ -3,6 +3,7 @@ per-batch normalisation, seeded augmentation (a restore continues bit for bit), 
 
 import io
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -13,7 +14,12 @@ from PIL import Image
 from raytune_ft.config import DataConfig, TrainConfig
 from raytune_ft.errors import ConfigError
 from raytune_ft.tasks import get_task
-from raytune_ft.tasks.image_classification import augment, collate, image_metrics
+from raytune_ft.tasks.image_classification import (
+    augment,
+    collate,
+    image_metrics,
+    pixel_values,
+)
 from raytune_ft.training.loop import FineTuneLoop
 
 TASK = get_task("image_classification")
@@ -129,13 +135,36 @@ def test_a_table_needs_its_image_and_label_columns(tmp_path):
 def test_batches_are_rescaled_and_normalised_by_the_processor(bundle):
     indices = np.array([0, 5])
     batch = collate(bundle.eval, indices, augmented=False)
+    assert batch["pixels"].dtype == torch.uint8  # normalised on the device, by forward
+    assert torch.equal(batch["pixels"], torch.from_numpy(bundle.eval.pixels[indices]))
     pixels = bundle.eval.pixels[indices].astype(np.float32)
     expected = (pixels / 255 - 0.5) / 0.5
-    assert torch.allclose(batch["pixel_values"], torch.from_numpy(expected), atol=1e-6)
+    assert torch.allclose(pixel_values(batch), torch.from_numpy(expected), atol=1e-6)
     assert batch["labels"].tolist() == bundle.eval.labels[indices].tolist()
     # the evaluation split is never augmented; the training split is, by collate's task
     eval_batch = TASK.collate(bundle, bundle.eval, indices)
-    assert torch.equal(eval_batch["pixel_values"], batch["pixel_values"])
+    assert torch.equal(eval_batch["pixels"], batch["pixels"])
+
+
+def test_the_eval_batches_a_trial_keeps_are_the_uint8_images(digits_dir, tiny_resnet):
+    """The loop collates the evaluation set once and keeps it: measured, its tensors take
+    the uint8 split's bytes (plus labels), not 4x as float32; and they score the same as
+    float32 images normalised on the host."""
+    data = TASK.load_data(data_config(digits_dir / "train", digits_dir / "val"),
+                          str(tiny_resnet), 0)
+    loop = FineTuneLoop(TASK.load_model(str(tiny_resnet), data.label_names, 0), data,
+                        TrainConfig(eval_batch_size=64))
+    kept = sum(t.untyped_storage().nbytes() for _, batch in loop._eval_batches()
+               for t in batch.values())
+    pixels, labels = data.eval.pixels.nbytes, data.eval.labels.nbytes  # 359 x 3x16x16
+    batches = len(loop._eval_batches())
+    assert kept == pixels + labels + batches * 2 * 3 * 4, (kept, pixels)
+    scores = loop.evaluate()
+    loop.model.eval()
+    with torch.no_grad():
+        images = (torch.from_numpy(data.eval.pixels).float() / 255 - 0.5) / 0.5
+        top = loop.model(pixel_values=images).logits.argmax(-1).numpy()
+    assert scores["eval_accuracy"] == float(np.mean(top == data.eval.labels))
 
 
 def test_augmentation_is_seeded_by_sample_and_step(bundle):
@@ -143,9 +172,9 @@ def test_augmentation_is_seeded_by_sample_and_step(bundle):
 
     def at(position: int, which=indices):
         torch.manual_seed(position)  # what the loop does before collating a step
-        return TASK.collate(bundle, bundle.train, which)["pixel_values"]
+        return pixel_values(TASK.collate(bundle, bundle.train, which))
 
-    plain = collate(bundle.train, indices, augmented=False)["pixel_values"]
+    plain = pixel_values(collate(bundle.train, indices, augmented=False))
     assert torch.equal(at(1), at(1))  # the same step: the same crops
     assert not torch.equal(at(1), at(2))  # another step: other crops
     assert not torch.equal(at(1), plain)
@@ -163,6 +192,26 @@ def test_flip_alone_mirrors_or_keeps_each_image_exactly():
     assert seen == {True, False}
     # a full-area crop with ratio 1 is the identity; any crop keeps the size
     assert augment(image, np.random.default_rng(0), 0.3, False).shape == image.shape
+
+
+def test_flip_only_augmentation_keeps_the_pixels_uint8(bundle):
+    """Flipping needs no interpolation: the batch stays uint8 (a quarter of float32's bytes
+    to the device), and the model sees the pixels a float flip gives."""
+    import copy
+
+    split = copy.copy(bundle.train)
+    split.crop_scale, split.flip = None, True
+    indices = np.arange(12)
+    torch.manual_seed(5)  # what the loop does before collating a step
+    batch = collate(split, indices, augmented=True)
+    assert batch["pixels"].dtype == torch.uint8
+    torch.manual_seed(5)
+    step_seed = int(torch.randint(0, 2**31 - 1, ()))
+    floats = torch.stack([augment(torch.from_numpy(split.pixels[i]).float(),
+                                  np.random.default_rng([step_seed, int(i)]), None, True)
+                          for i in indices])
+    assert not torch.equal(floats, torch.from_numpy(split.pixels[indices]).float())  # flipped
+    assert torch.equal(pixel_values(batch), pixel_values({**batch, "pixels": floats}))
 
 
 def test_a_restored_trial_continues_bit_for_bit_with_augmentation(bundle, tiny_resnet,
@@ -221,3 +270,94 @@ def test_a_model_folder_without_weights_is_refused_not_randomly_initialised(tmp_
         shutil.copy(tiny_resnet / name, tmp_path / name)
     with pytest.raises(ModelError, match="no file named model.safetensors"):
         TASK.load_model(str(tmp_path), ["a", "b"], 0)
+
+
+# ------------------------------------------------------------------ image modes
+
+RAMP = np.arange(256, dtype=np.uint16).reshape(16, 16) * 257  # 0 .. 65535, high byte 0 .. 255
+
+
+def sixteen_bit_tree(root):
+    """Two classes of 16-bit greyscale images that differ only in brightness: a ramp up
+    (16-bit PNG) and down (big-endian 16-bit TIFF), in both splits."""
+    for split in ("train", "val"):
+        for name, values in (("up", RAMP), ("down", 65535 - RAMP)):
+            (root / split / name).mkdir(parents=True)
+            Image.fromarray(values).save(root / split / name / "a.png")
+            Image.fromarray(values.astype(">u2")).save(root / split / name / "b.tiff")
+    return root
+
+
+def test_16_bit_images_are_read_by_their_high_byte_not_clipped(tmp_path, tiny_resnet):
+    tree = sixteen_bit_tree(tmp_path)
+    assert {Image.open(p).mode for p in tree.glob("*/*/*")} == {"I;16", "I;16B"}
+    data = TASK.load_data(data_config(tree / "train", tree / "val"), str(tiny_resnet), 0)
+    assert data.label_names == ["down", "up"]
+    ramp = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    for split in (data.train, data.eval):
+        for pixels, label in zip(split.pixels, split.labels):
+            expected = ramp if data.label_names[label] == "up" else 255 - ramp
+            assert pixels.dtype == np.uint8 and pixels.shape == (3, 16, 16)
+            for channel in pixels:  # grey to RGB: three equal channels
+                assert np.array_equal(channel, expected)
+    assert dict(TASK.describe(data))["modes"] == (
+        "images read as 4 I;16, 4 I;16B; converted to RGB (16-bit greyscale by its high byte)")
+
+
+@pytest.mark.parametrize("mode, values, what", [
+    ("I", RAMP.astype(np.int32), "a 32-bit integer image (mode I)"),
+    ("F", RAMP.astype(np.float32) / 65535, "a 32-bit floating-point image (mode F)"),
+])
+def test_images_without_a_fixed_range_are_refused_in_one_line(tmp_path, digits_dir,
+                                                               tiny_resnet, mode, values, what):
+    tree = small_tree(tmp_path, digits_dir)
+    culprit = tree / "train" / "3" / "wide.tiff"
+    Image.fromarray(values).save(culprit)
+    assert Image.open(culprit).mode == mode
+    with pytest.raises(ConfigError) as error:
+        TASK.load_data(data_config(tree / "train", tree / "val"), str(tiny_resnet), 0)
+    assert str(error.value) == (
+        f"data.train_file: {culprit}: {what} has no fixed range to read as 8 bits; allowed: "
+        "8-bit or 16-bit images (convert it first)")
+
+
+def test_a_conversion_pillow_lacks_is_refused_in_one_line():
+    from raytune_ft.tasks._images import ImageItem, convert
+
+    item = ImageItem(Path("lab.tiff"), "a", "lab.tiff")
+    with pytest.raises(ConfigError) as error:
+        convert(Image.new("LAB", (2, 2)), "L", item, "data.train_file")
+    assert str(error.value) == ("data.train_file: lab.tiff: a LAB image cannot be read as L "
+                                "(conversion from LAB to RGB not supported)")
+
+
+def test_the_exported_usage_reads_a_16_bit_image_as_training_did(tmp_path, tiny_resnet):
+    """The model card's usage, run as written, gives the exported image processor the
+    pixels the trial trained on (the pipeline alone would clip a 16-bit image to white)."""
+    from transformers import pipeline
+
+    tree = sixteen_bit_tree(tmp_path / "tree")
+    data = TASK.load_data(data_config(tree / "train", tree / "val"), str(tiny_resnet), 0)
+    out = tmp_path / "model"
+    TASK.load_model(str(tiny_resnet), data.label_names, 0).save_pretrained(out)
+    TASK.save_processor(str(tiny_resnet), str(out), 0)
+    photo = tree / "val" / "up" / "a.png"
+    code = "\n".join(TASK.usage()).replace("<this folder>", str(out))
+    namespace: dict = {}
+    exec(code.replace("photo.png", str(photo)), namespace)  # noqa: S102 - the card's lines
+    processed = namespace["classify"].image_processor(namespace["image"].convert("RGB"),
+                                                      return_tensors="pt")["pixel_values"]
+    index = next(i for i, label in enumerate(data.eval.labels)
+                 if data.label_names[label] == "up")  # a.png sorts first in its class
+    trained = pixel_values(collate(data.eval, np.array([index]), augmented=False))
+    assert torch.allclose(processed, trained, atol=1e-6)
+    clipped = pipeline("image-classification", model=str(out)).image_processor(
+        Image.open(photo).convert("RGB"), return_tensors="pt")["pixel_values"]
+    assert not torch.allclose(clipped, trained, atol=0.1)  # what the card's lines avoid
+
+
+def test_the_card_warns_that_the_processor_and_pipeline_clip_16_bit_images():
+    assert TASK.card_input(None)[1] == (
+        "- 16-bit greyscale images: this image processor and "
+        '`pipeline("image-classification")` given a file clip them to almost all white; '
+        "read them as the Use section shows (their high byte, as in training)")

@@ -189,7 +189,7 @@ def test_normalisation_and_token_f1_by_hand():
 def test_every_held_answer_maps_back_to_its_context_characters(tokenizer):
     dev = subset(read_questions(str(SQUAD / "dev.json"), "data.eval_file"), 400, 0)
     split = encode(dev, tokenizer, 128, 32, Decoding(20, 30, 0.0, True))
-    assert split.answers_lost == 0 and split.examples == 400
+    assert split.answers_lost == 0 and split.source_examples == 400
     assert len(split) > 400 + 100  # long contexts give several windows at 128 tokens
     assert split.lengths.max() <= 128 and (split.lengths < 128).any()  # nothing padded
     assert (np.diff(split.question_windows) >= 1).all() and split.question_windows[-1] == len(
@@ -353,9 +353,13 @@ def test_metrics_and_header(squad_bundle):
     assert squad_bundle.metrics == ["eval_f1", "eval_loss", "eval_exact", "eval_HasAns_f1",
                                     "eval_NoAns_f1"]
     lines = dict(TASK.describe(squad_bundle))
-    assert lines["questions"].startswith("train 48 (") and "eval 40 (" in lines["questions"]
-    assert "0 answers lost to truncation" in lines["questions"]
-    assert lines["windows"].startswith("max_length 96, data.doc_stride 24 tokens shared")
+    train, dev = squad_bundle.train, squad_bundle.eval
+    unanswerable = [int((~s.has_answer).sum()) for s in (train, dev)]
+    assert lines["questions"] == (f"train 48 ({unanswerable[0]} unanswerable), eval 40 "
+                                  f"({unanswerable[1]} unanswerable)")
+    assert lines["windows"] == (f"train {len(train)}, eval {len(dev)} of <= 96 tokens sharing "
+                                "24 (data.doc_stride), question first; answers lost to "
+                                "truncation: 0 train, 0 eval; a sample is a window")
     assert lines["answers"].startswith("SQuAD 2.0: the empty answer when")
 
 
@@ -373,8 +377,24 @@ def test_always_no_answer_scores_the_unanswerable_share(squad_bundle):
     assert scores["eval_NoAns_f1"] == 100.0 and scores["eval_HasAns_f1"] == 0.0
 
 
-def test_bundle_is_a_data_bundle(squad_bundle):
-    assert isinstance(squad_bundle, DataBundle) and squad_bundle.label_names == ["start", "end"]
+def test_a_folder_with_a_qa_head_keeps_it_and_a_body_gets_one_from_the_seed(
+        tiny_bert, squad_bundle, tmp_path):
+    """The head's two outputs are named as transformers names them (LABEL_0, LABEL_1), so a
+    question-answering folder (a model fine-tuned on SQuAD) continues with its own head."""
+    from transformers import AutoModelForQuestionAnswering
+
+    assert isinstance(squad_bundle, DataBundle)
+    assert squad_bundle.label_names == ["LABEL_0", "LABEL_1"]
+    torch.manual_seed(7)
+    squad_model = AutoModelForQuestionAnswering.from_pretrained(tiny_bert)
+    squad_model.save_pretrained(tmp_path / "squad_model")
+    kept = TASK.load_model(str(tmp_path / "squad_model"), squad_bundle.label_names, seed=0)
+    torch.testing.assert_close(kept.qa_outputs.weight, squad_model.qa_outputs.weight)
+    fresh = [TASK.load_model(str(tiny_bert), squad_bundle.label_names, seed=s)
+             for s in (0, 0, 1)]
+    torch.testing.assert_close(fresh[0].qa_outputs.weight, fresh[1].qa_outputs.weight)
+    assert not torch.equal(fresh[0].qa_outputs.weight, fresh[2].qa_outputs.weight)
+    assert not torch.equal(fresh[0].qa_outputs.weight, squad_model.qa_outputs.weight)
 
 
 def _evaluate_rank(rank: int, size: int, port: int, model_dir: str, out: str) -> None:

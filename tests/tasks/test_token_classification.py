@@ -24,6 +24,7 @@ from raytune_ft.tasks.token_classification import (
     entity_scores,
     is_entity_scheme,
 )
+from raytune_ft.training.batching import eval_batches
 from raytune_ft.training.loop import FineTuneLoop
 
 EWT = REPO.parent / "shared" / "data" / "ud_ewt"
@@ -92,6 +93,46 @@ def test_conll2003_takes_token_first_tag_last_and_skips_docstart(tmp_path):
     assert read.starts == [3, 7]
 
 
+def test_a_tab_separated_column_file_keeps_spaces_inside_a_token(tmp_path):
+    """A file with tabs is split on tabs: `New York<TAB>B-LOC` is one word, not `New`."""
+    path = tmp_path / "places.conll"
+    path.write_text("New York\tNNP\tB-LOC\nis\tVBZ\tO\n\nLos  Angeles \tB-LOC\t\n")
+    with pytest.raises(DataError, match="line 4: token 'Los  Angeles': the last \\(tag\\) "
+                                        "column is empty .*tab-sep"):
+        read_tagged(str(path), "data.train_file", "conll", None, None)
+    path.write_text("New York\tNNP\tB-LOC\nis\tVBZ\tO\n\nLos Angeles\tB-LOC\n")
+    read = read_tagged(str(path), "data.train_file", "conll", None, None)
+    assert read.words == [["New York", "is"], ["Los Angeles"]]
+    assert read.tags == [["B-LOC", "O"], ["B-LOC"]]
+
+
+def test_a_tab_separated_file_with_trailing_tabs_and_a_space_separated_docstart(tmp_path):
+    """Files the whitespace reader read: a trailing tab after the tag (on one line or all),
+    and a space-separated -DOCSTART- line in an otherwise tab-separated file."""
+    path = tmp_path / "eng.train"
+    path.write_text("-DOCSTART- -X- -X- O\n\nEU\tNNP\tB-ORG\t\nrejects\tVBZ\tO\n\n"
+                    "-DOCSTART-\t-X-\tO\n\nPeter\tNNP\tB-PER\t\t\nBlackburn\tNNP\tI-PER\t\n")
+    read = read_tagged(str(path), "data.train_file", "conll", None, None)
+    assert read.words == [["EU", "rejects"], ["Peter", "Blackburn"]]
+    assert read.tags == [["B-ORG", "O"], ["B-PER", "I-PER"]]
+    assert read.starts == [3, 8]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("EU\tNNP\tB-ORG\nrejects\tVBZ\t\n", "line 2: token 'rejects': the last (tag) column "
+     "is empty (CoNLL-2003 tab-separated columns: token first, tag last)"),
+    ("EU\tB-ORG\nrejects\t\n", "line 2: token 'rejects': the last (tag) column is empty"),
+    ("EU\tB-ORG\nrejects\n", "line 2: token 'rejects' has no tag"),
+    ("EU\tB-ORG\n\tO\n", "line 2: the token is empty"),
+])
+def test_an_empty_tag_column_is_refused_with_file_and_line(tmp_path, text, message):
+    path = tmp_path / "a.conll"
+    path.write_text(text)
+    with pytest.raises(DataError) as error:
+        read_tagged(str(path), "data.train_file", "conll", None, None)
+    assert str(error.value).startswith(f"data.train_file: {path} {message}")
+
+
 def test_jsonl_and_parquet_list_columns(tmp_path):
     rows = [{"tokens": ["EU", "rejects"], "ner": ["B-ORG", "O"]},
             {"tokens": ["Peter"], "ner": ["B-PER"]}]
@@ -157,6 +198,7 @@ def test_the_label_goes_on_the_first_sub_token_of_each_word(tokenizer):
     assert split.starts.astype(int).tolist() == [0, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, 0, 1, 0]
     assert split.offsets.tolist() == [0, 6, 14] and split.lengths.tolist() == [6, 8]
     assert split.word_tags.tolist() == [2, 4, 3, 1, 0] and split.word_offsets.tolist() == [0, 3, 5]
+    assert split.scored.tolist() == [0, 1, 2, 3, 4] and split.windows.tolist() == [0, 1, 2]
     assert (split.words_cut, split.words_lost) == (0, 0)
 
 
@@ -173,9 +215,41 @@ def test_words_cut_at_max_length_and_words_without_sub_tokens_are_counted(tokeni
                              [["NOUN", "VERB", "PUNCT"], ["X", "X", "X"]]),
                    tokenizer, 4, ["NOUN", "PUNCT", "VERB", "X"], all_subtokens=False)
     assert split.ids.tolist() == [101, 19204, 3989, 102, 101, 1037, 1038, 102]
-    assert split.words_cut == 2  # "works" and "." are beyond 4 sub-words
+    assert split.words_cut == 2  # "works" and "." are beyond 4 sub-words: not trained
     assert split.words_lost == 1 and split.examples == ["'\\u200b'"]
-    assert split.word_tags.tolist() == [0, 3, 3] and split.word_offsets.tolist() == [0, 1, 3]
+    # every gold word is kept; the trained ones are those the window scores
+    assert split.word_tags.tolist() == [0, 2, 1, 3, 3, 3]
+    assert split.word_offsets.tolist() == [0, 3, 6] and split.scored.tolist() == [0, 3, 5]
+
+
+def test_evaluation_reads_a_long_sentence_in_overlapping_windows(tokenizer):
+    """At max_length 6 (4 sub-words beside [CLS] and [SEP]) windows start every 2 sub-words;
+    each word is scored once, where its first sub-token has the most context."""
+    words = ["Tokenization", "works", "well", "for", "every", "single", "word", "."]
+    tags = ["NOUN", "VERB", "ADV", "ADP", "DET", "ADJ", "NOUN", "PUNCT"]
+    names = sorted(set(tags))
+    split = encode(sentences([words, ["short"]], [tags, ["ADJ"]]), tokenizer, 6, names,
+                   all_subtokens=False, windowed=True)
+    # sub-words: token ##ization works well for every single word . (9)
+    assert split.windows.tolist() == [0, 4, 5] and len(split) == 2
+    assert np.diff(split.offsets).tolist() == [6, 6, 6, 5, 3]  # windows from 0, 2, 4, 6
+    rows = [split.ids[a:b].tolist() for a, b in zip(split.offsets[:-1], split.offsets[1:])]
+    assert all(row[0] == 101 and row[-1] == 102 for row in rows)
+    tokens = [tokenizer.convert_ids_to_tokens(row[1:-1]) for row in rows]
+    assert tokens[0] == ["token", "##ization", "works", "well"]
+    assert tokens[3] == ["single", "word", "."]
+    # each word once, in order: token (window 0, context 0), works (0: 1), well (1: 1),
+    # for (1: 1 / 2: 0 -> 1), every (2: 1), single (2: 1 / 3: 0), word (3: 1), . (3)
+    bounds = split.score_offsets
+    per_window = [split.scored[bounds[w]:bounds[w + 1]].tolist() for w in range(5)]
+    assert per_window == [[0, 1], [2, 3], [4, 5], [6, 7], [8]]
+    assert split.labels[split.starts].tolist() == [names.index(t) for t in [*tags, "ADJ"]]
+    assert int((split.labels != IGNORE).sum()) == 9  # one labelled position per word
+    assert split.words_cut == 0 and split.windowed == 1 and split.lengths.tolist() == [23, 3]
+    batch = TASK.collate(type("B", (), {"pad_token_id": 0})(), split, np.array([1, 0]))
+    assert batch["input_ids"].shape == (5, 6)  # the short sentence's row, then the 4 windows
+    assert batch["input_ids"][1:, 1:5].tolist() == [row[1:5] for row in rows[:3]] + \
+        [rows[3][1:4] + [102]]
 
 
 def test_a_slow_tokenizer_is_refused(tmp_path, tiny_bert, monkeypatch):
@@ -230,8 +304,9 @@ def test_the_loss_sums_cross_entropy_over_labelled_tokens(tiny_bert, ewt_bundle)
     batch = TASK.collate(ewt_bundle, ewt_bundle.train, np.arange(6))
     logits = TASK.forward(model, batch)
     labelled = batch["labels"] != IGNORE
+    train = ewt_bundle.train
     assert TASK.loss_units(batch) == int(labelled.sum()) == int(
-        ewt_bundle.train.word_offsets[6])  # one labelled position per word
+        (train.scored < train.word_offsets[6]).sum())  # one labelled position per kept word
     expected = torch.nn.functional.cross_entropy(logits[labelled], batch["labels"][labelled],
                                                  reduction="sum")
     torch.testing.assert_close(TASK.loss(logits, batch), expected)
@@ -337,6 +412,98 @@ def test_compute_metrics_scores_words_at_their_first_sub_token(tokenizer):
     assert scores["eval_recall"] == 0.5
 
 
+def constant_scores(bundle, tag: str) -> dict:
+    """The eval metrics of a tagger that predicts `tag` for every word, through the task's
+    own batches (collate, predict) and scoring."""
+    from raytune_ft.training.batching import eval_batches
+
+    predictions = []
+    for indices in eval_batches(bundle.eval, 64):
+        batch = TASK.collate(bundle, bundle.eval, indices)
+        logits = torch.zeros((*batch["input_ids"].shape, len(bundle.label_names)))
+        logits[..., bundle.label_names.index(tag)] = 1.0
+        predictions.append((indices, TASK.predict(logits, batch)))
+    return TASK.compute_metrics(bundle, predictions)
+
+
+def test_every_gold_word_is_scored_whatever_max_length(tiny_bert):
+    """UD EWT dev at max_length 8 and 128: the same 25,147 words are scored (a tagger that
+    says NOUN everywhere scores the same), though at 8 nearly every sentence is longer."""
+    dev = read_tagged(str(EWT / "en_ewt-ud-dev.conllu"), "data.eval_file", "conllu", "upos",
+                      None)
+    gold = [tag for tags in dev.tags for tag in tags]
+    data = DataConfig(kind="token_classification", train_file=str(EWT / "en_ewt-ud-dev.conllu"),
+                      eval_file=str(EWT / "en_ewt-ud-dev.conllu"), max_train_samples=16,
+                      label_names=sorted(set(gold)))
+    scores = {}
+    for length in (8, 128):
+        bundle = TASK.load_data(data, str(tiny_bert), length)
+        assert len(bundle.eval.word_tags) == len(gold) == 25147
+        lost = bundle.eval.words_lost
+        assert len(np.unique(bundle.eval.scored)) == len(bundle.eval.scored) == len(gold) - lost
+        scores[length] = constant_scores(bundle, "NOUN")
+    assert scores[8] == scores[128]
+    nouns = sum(tag == "NOUN" for tag in gold)
+    assert abs(scores[8]["eval_token_accuracy"] - nouns / len(gold)) <= lost / len(gold)
+
+
+def test_no_forward_pass_holds_more_rows_than_the_eval_batch(tiny_bert):
+    """UD EWT dev at max_length 32, eval_batch_size 128: length sorting gathers the most
+    windowed sentences, whose batch holds 256 windows; the model sees at most 128 rows at
+    a time (device memory stays eval_batch_size x max_length), every window once, with the
+    logits of one pass over the whole batch."""
+    dev = read_tagged(str(EWT / "en_ewt-ud-dev.conllu"), "data.eval_file", "conllu", "upos",
+                      None)
+    data = DataConfig(kind="token_classification", train_file=str(EWT / "en_ewt-ud-dev.conllu"),
+                      eval_file=str(EWT / "en_ewt-ud-dev.conllu"), max_train_samples=16,
+                      label_names=sorted({tag for tags in dev.tags for tag in tags}))
+    bundle = TASK.load_data(data, str(tiny_bert), 32)
+    hp = TrainConfig(batch_size=16, eval_batch_size=128)
+    loop = FineTuneLoop(TASK.load_model(str(tiny_bert), bundle.label_names, seed=0), bundle,
+                        hp, metric="eval_token_accuracy")
+    windows = np.diff(bundle.eval.windows)
+    assert max(int(windows[b].sum()) for b in eval_batches(bundle.eval, 128)) == 256
+    rows = []
+    loop.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows.append(len(kwargs["input_ids"])), with_kwargs=True)
+    loop.evaluate()
+    assert max(rows) == 128 and sum(rows) == len(bundle.eval.offsets) - 1
+    # the passes give the logits of the whole batch in one pass
+    widest = max(eval_batches(bundle.eval, 128), key=lambda b: int(windows[b].sum()))
+    batch = TASK.collate(bundle, bundle.eval, widest)
+    loop.model.eval()
+    with torch.no_grad():
+        whole = loop.model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits
+        torch.testing.assert_close(TASK.forward(loop.model, batch), whole, rtol=1e-5,
+                                   atol=1e-6)
+
+
+def test_an_entity_cut_by_max_length_is_not_scored_complete(tmp_path, tiny_bert):
+    """Gold `B-PER I-PER I-PER O` at a max_length that holds one word: a tagger right on the
+    first word alone has not found the entity."""
+    (tmp_path / "ner.conll").write_text("john B-PER\npaul I-PER\nsmith I-PER\nsays O\n")
+    data = DataConfig(kind="token_classification", train_file=str(tmp_path / "ner.conll"),
+                      eval_file=str(tmp_path / "ner.conll"))
+    bundle = TASK.load_data(data, str(tiny_bert), 3)  # [CLS] one sub-word [SEP]
+    names = bundle.label_names
+    assert names == ["B-PER", "I-PER", "O"]
+    batch = TASK.collate(bundle, bundle.eval, np.array([0]))
+    starts = batch["word_starts"].flatten().nonzero().flatten()  # the words, in order
+
+    def scores(tags):
+        logits = torch.zeros((batch["input_ids"].numel(), 3))
+        for position, tag in zip(starts, tags):
+            logits[position, names.index(tag)] = 1.0
+        logits = logits.view(*batch["input_ids"].shape, 3)
+        return TASK.compute_metrics(bundle, [(np.array([0]), TASK.predict(logits, batch))])
+
+    assert scores(["B-PER", "I-PER", "I-PER", "O"])["eval_f1"] == 1.0
+    cut = scores(["B-PER", "O", "O", "O"])  # only the first word tagged
+    assert cut["eval_token_accuracy"] == 0.5
+    assert (cut["eval_precision"], cut["eval_recall"], cut["eval_f1"]) == (0.0, 0.0, 0.0)
+
+
 def test_upos_is_not_an_entity_scheme_and_eval_f1_is_refused_there(ewt_bundle):
     assert is_entity_scheme(["B-PER", "I-PER", "O"]) and is_entity_scheme(["S-X", "E-X", "O"])
     assert not is_entity_scheme(ewt_bundle.label_names) and not is_entity_scheme(["O"])
@@ -399,21 +566,23 @@ def test_the_run_header_counts_words_cut_and_lost_and_tags_never_trained(tokeniz
     from raytune_ft.tasks import DataBundle
 
     names = ["NOUN", "PUNCT", "VERB", "X"]
-    train = encode(sentences([["Tokenization", "works", "."], ["a", "\u200b", "b"]],
-                             [["NOUN", "VERB", "PUNCT"], ["NOUN", "NOUN", "NOUN"]]),
-                   tokenizer, 4, names, all_subtokens=False)
-    bundle = DataBundle(train, train, names, 0, "t", ["eval_token_accuracy", "eval_loss"],
+    read = sentences([["Tokenization", "works", "."], ["a", "\u200b", "b"]],
+                     [["NOUN", "VERB", "PUNCT"], ["NOUN", "NOUN", "NOUN"]])
+    train, dev = (encode(read, tokenizer, 4, names, all_subtokens=False, windowed=windowed)
+                  for windowed in (False, True))
+    bundle = DataBundle(train, dev, names, 0, "t", ["eval_token_accuracy", "eval_loss"],
                         TASK.name)
     assert TASK.warnings(bundle, None) == [
-        "2 train word(s) lie beyond model.max_length 4 sub-words: cut, neither trained nor "
-        "scored",
-        "1 train word(s) map to no sub-token (e.g. '\\u200b'): neither trained nor scored",
-        "2 eval word(s) lie beyond model.max_length 4 sub-words: cut, neither trained nor "
-        "scored",
-        "1 eval word(s) map to no sub-token (e.g. '\\u200b'): neither trained nor scored",
+        "2 train word(s) lie beyond model.max_length 4 sub-words: cut, not trained "
+        "(evaluation scores every word, reading long sentences in overlapping windows)",
+        "1 train word(s) map to no sub-token (e.g. '\\u200b'): not trained",
+        "1 eval word(s) map to no sub-token (e.g. '\\u200b'): no prediction, scored as wrong",
         "no training word has tag(s) 'PUNCT', 'VERB', 'X'"]
-    assert dict(TASK.describe(bundle))["words"] == ("train 3 words in 2 sentences; "
-                                                    "eval 3 words in 2 sentences")
+    about = dict(TASK.describe(bundle))
+    assert about["words"] == ("train 6 words in 2 sentences; eval 6 words in 2 sentences "
+                              "(every eval word scored)")
+    assert about["windows"] == ("1 eval sentences longer than max_length 4 read in "
+                                "overlapping windows")
 
 
 def test_a_bio_tagger_trains_and_reports_entity_scores(tmp_path, tiny_bert):

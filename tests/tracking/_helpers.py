@@ -46,9 +46,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_mlflow_server(tmp_path: Path) -> tuple[subprocess.Popen, str]:
-    """`mlflow server` on 127.0.0.1 with a sqlite store and proxied artifacts under tmp_path."""
-    port = free_port()
+def start_mlflow_server(tmp_path: Path, port: int | None = None
+                        ) -> tuple[subprocess.Popen, str]:
+    """`mlflow server` on 127.0.0.1 with a sqlite store and proxied artifacts under tmp_path
+    (`port`: the one a stopped server had, to bring it back)."""
+    port = port or free_port()
     mlflow = str(Path(sys.executable).with_name("mlflow"))
     proc = subprocess.Popen(
         [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
@@ -140,3 +142,73 @@ def check_mlflow(uri: str, experiment: Path, name: str) -> dict:
     best = max(max(r[record["metric"]] for r in results(d)) for d in dirs)
     assert parent.data.metrics[f"best_{record['metric']}"] == best
     return {"parent": parent, "children": children}
+
+
+class Outage:
+    """A TCP relay on 127.0.0.1 in front of a real server: `down()` refuses connections and
+    cuts open ones, as a server that went away; `up()` takes them again on the same port.
+    The server itself (a real `mlflow server`) keeps running, so the outage starts and ends
+    exactly when the test says, without waiting for a server to boot."""
+
+    def __init__(self, upstream_port: int):
+        import threading
+
+        self.upstream = upstream_port
+        self.port = free_port()
+        self._open: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._listener: socket.socket | None = None
+        self.up()
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def up(self) -> None:
+        import threading
+
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(16)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def down(self) -> None:
+        with self._lock:
+            self._listener.close()
+            for sock in self._open:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+            self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        import threading
+
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:  # closed: down()
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream))
+            with self._lock:
+                self._open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

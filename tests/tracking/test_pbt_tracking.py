@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from support import experiment_yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -81,3 +82,64 @@ def test_pbt_exploits_are_tags_and_every_iteration_is_logged(tmp_path, tiny_bert
             # the recipient's new settings, and where it stood when they took force
             assert exploit["samples_seen"] in [r["samples_seen"] for r in rows]
             assert set(exploit["config"]) >= {"learning_rate", "batch_size"}
+
+
+def test_exploits_that_keep_the_config_are_tagged_and_agree_with_the_analysis(
+        tmp_path, tiny_bert, glue_dir):
+    """Every trial has the same config (the learning rate is not searched; the batch size is
+    a choice of one value, repeated), so every exploit leaves the config as it was; the
+    trials differ by their dropout masks (a PBT trial's own seed). Each exploit is still a
+    tag, and the clone's points are in MLflow and W&B as in iterations.parquet."""
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    path = experiment_yaml(
+        tmp_path / "exp.yaml", tiny_bert, glue_dir, tmp_path / "results", name="same",
+        metric="eval_loss", mode="min",
+        train={"max_epochs": 1, "eval_every_epochs": 0.125, "max_micro_batch": 16},
+        search={"batch_size": {"choice": [16, 16]}},
+        scheduler={"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.25,
+                   "mutations": ["batch_size"]},
+        search_alg={"type": "random", "seed": 3},
+        run={"num_samples": 4, "storage_path": str(tmp_path / "results")},
+        tracking={"mlflow": {"tracking_uri": store},
+                  "wandb": {"project": "pbt-tests", "mode": "offline"}})
+    raw = yaml.safe_load(path.read_text())
+    raw["search"] = {"batch_size": {"choice": [16, 16]}}  # the only searched key
+    path.write_text(yaml.safe_dump(raw))
+    done = run_cli(["tune", str(path)], cli_env(tmp_path), timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "warning: tracking" not in done.stderr
+    experiment = tmp_path / "results" / "same"
+    exploits = (experiment / "pbt_global.txt").read_text().splitlines()
+    assert exploits, "no exploit happened"
+    # one config for every trial, before and after any exploit
+    configs = {json.dumps(r["config"], sort_keys=True)
+               for d in trial_dirs(experiment) for r in results(d)}
+    assert configs == {'{"batch_size": 16}'}, configs
+    exploits = [json.loads(line) for line in exploits]
+    table = pd.read_parquet(experiment / "analysis" / "iterations.parquet")
+
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("same").experiment_id])
+    children = {r.data.tags["trial_id"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    for directory in trial_dirs(experiment):
+        rows, tid = results(directory), trial_id(directory)
+        index = int(directory.name.split("_")[4])  # train_trial_<5 hex>_<5 digits>_<index>_
+        cloned = sum(int(e[0].split("_")[0]) == index for e in exploits)
+        child = children[tid]
+        assert sum(k.startswith("pbt.exploit.") for k in child.data.tags) == cloned, tid
+        points = client.get_metric_history(child.info.run_id, "eval_loss")
+        assert sorted((m.step, m.value) for m in points) == sorted(
+            (r["samples_seen"], r["eval_loss"]) for r in rows)
+        last = {}
+        for m in sorted(points, key=lambda m: m.timestamp):  # at a step reported twice,
+            last[m.step] = m.value  # the analysis keeps the last report
+        ours = table[table.trial_id == tid]
+        assert last == pytest.approx(dict(zip(ours.samples_seen, ours.eval_loss))), tid
+        files = list((tmp_path / "wandb_dir" / "wandb").glob(f"*-run-*-{tid}/run-{tid}.wandb"))
+        assert len(files) == 1, files
+        assert [(int(r["samples_seen"]), float(r["eval_loss"])) for r in wandb_history(files[0])
+                ] == [(r["samples_seen"], r["eval_loss"]) for r in rows]
+        assert json.loads(summary(files[0]).get("pbt_exploits", "0")) == cloned

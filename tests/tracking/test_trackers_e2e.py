@@ -24,6 +24,8 @@ from _helpers import (  # noqa: E402
 )
 from wandb_records import history, run_info  # noqa: E402
 
+from raytune_ft.experiment import TRACKING_FILE  # noqa: E402
+
 
 @pytest.fixture(scope="module")
 def tracked(tmp_path_factory, tiny_bert, glue_dir):
@@ -61,7 +63,7 @@ def test_mlflow_local_store_holds_a_parent_and_nested_trial_runs(tracked):
     # a local store keeps the artifacts beside its database, not in the working folder
     parent = runs["parent"].info.run_id
     assert list(root.glob(f"mlartifacts/{parent}/artifacts/analysis/report.html"))
-    ids = json.loads((experiment / "raytune_ft_tracking.json").read_text())["mlflow"]
+    ids = json.loads((experiment / TRACKING_FILE).read_text())["mlflow"]
     assert ids["parent_run_id"] == runs["parent"].info.run_id
     assert {k: v["run_id"] for k, v in ids["trials"].items()} == {
         k: r.info.run_id for k, r in runs["children"].items()}

@@ -4,6 +4,7 @@ tokenizer's progress bar: fast, no Ray started."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 from types import SimpleNamespace
 
@@ -180,3 +181,120 @@ def test_an_unreadable_tracking_file_is_an_error_not_a_fresh_start(tmp_path):
     with pytest.raises(ValueError):
         write_runs(str(tmp_path), "wandb", {"trials": {"t": {}}})
     assert path.read_text() == '{"mlflow": {"parent_run_id": "p1"'  # MLflow's ids not dropped
+
+
+def test_the_tracking_record_is_where_rays_restore_does_not_copy_it(tmp_path):
+    """Ray 2.60's restore copies the experiment's top-level *.json and *.pkl (listed without
+    recursion) into its staging folder, which every snapshot syncs back over the experiment:
+    the record is in a subfolder, which that listing does not see."""
+    import pyarrow.fs
+    from ray.train._internal.storage import _list_at_fs_path
+
+    from raytune_ft.experiment import LEGACY_TRACKING_FILE, TRACKING_FILE
+    from raytune_ft.tracking._runs import read_runs, write_runs
+
+    write_runs(str(tmp_path), "mlflow", {"parent_run_id": "p1"})
+    listed = _list_at_fs_path(pyarrow.fs.LocalFileSystem(), str(tmp_path))
+    copied = [name for name in listed if name.endswith((".json", ".pkl"))]  # as Ray filters
+    assert (tmp_path / TRACKING_FILE).is_file() and copied == []
+    # an experiment started before: its top-level record is read, then written to the folder
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / LEGACY_TRACKING_FILE).write_text(json.dumps({"mlflow": {"parent_run_id": "p0"}}))
+    assert read_runs(str(old)) == {"mlflow": {"parent_run_id": "p0"}}
+    write_runs(str(old), "wandb", {"trials": {}})
+    assert json.loads((old / TRACKING_FILE).read_text()) == {
+        "mlflow": {"parent_run_id": "p0"}, "wandb": {"trials": {}}}
+
+
+# ---------------------------------------------------------------------- MLflow's file store
+
+@pytest.fixture
+def mlflow_env(tmp_path, monkeypatch):
+    """A working folder of its own and no MLflow settings from the shell."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    workdir = tmp_path / "work"
+    workdir.mkdir()
+    monkeypatch.chdir(workdir)
+    return workdir
+
+
+@pytest.mark.parametrize("uri, fix", [
+    ("file:///data/runs/mlruns", "sqlite:////data/runs/mlflow.db"),  # an absolute path
+    ("/data/runs/mlruns", "sqlite:////data/runs/mlflow.db"),
+    ("./mlruns", "sqlite:///{workdir}/mlflow.db"),
+])
+def test_an_mlflow_file_store_is_refused_at_validate_naming_the_fix(
+        exp_file, mlflow_env, capsys, uri, fix):
+    from raytune_ft import cli
+
+    code = cli.main(["validate", str(exp_file), "--set", f"tracking.mlflow.tracking_uri={uri}"])
+    err = capsys.readouterr().err.strip()
+    assert code == cli.EXIT_BAD_INPUT and "\n" not in err, err
+    assert f"tracking.mlflow.tracking_uri: {uri!r} is an MLflow file store, which MLflow " \
+        in err and fix.format(workdir=mlflow_env) in err, err
+
+
+def test_tune_refuses_a_file_store_before_ray_starts(exp_file, mlflow_env, capsys):
+    import ray
+
+    from raytune_ft import cli
+
+    assert not ray.is_initialized()
+    code = cli.main(["tune", str(exp_file), "--set", "tracking.mlflow.tracking_uri=./mlruns"])
+    assert code == cli.EXIT_BAD_INPUT and not ray.is_initialized()
+    assert "is an MLflow file store" in capsys.readouterr().err
+
+
+def test_an_unset_uri_is_checked_where_mlflow_would_log(exp_file, mlflow_env, monkeypatch,
+                                                        capsys):
+    from raytune_ft import cli
+
+    unset = ["validate", str(exp_file), "--set", "tracking.mlflow={}"]
+    # MLflow's default in an empty working folder: sqlite:///mlflow.db there
+    assert cli.main(unset) == cli.EXIT_OK, capsys.readouterr().err
+    # ... but a ./mlruns that holds runs keeps MLflow on that file store
+    (mlflow_env / "mlruns" / "0").mkdir(parents=True)
+    (mlflow_env / "mlruns" / "0" / "meta.yaml").write_text("name: Default\n")
+    capsys.readouterr()
+    assert cli.main(unset) == cli.EXIT_BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"MLflow's default here is the file store file://{mlflow_env}/mlruns" in err, err
+    assert f"sqlite:///{mlflow_env}/mlflow.db" in err
+    # the variable MLflow reads when the experiment does not say
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "/srv/mlruns")
+    assert cli.main(unset) == cli.EXIT_BAD_INPUT
+    assert "MLFLOW_TRACKING_URI='/srv/mlruns' is an MLflow file store" in \
+        capsys.readouterr().err
+    # MLflow's own opt-out makes it a store MLflow writes to
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert cli.main(unset) == cli.EXIT_OK
+
+
+def test_an_unreachable_mlflow_server_is_one_short_warning_and_no_retry_noise(caplog):
+    """The guard's warning keeps the request and its root cause, not urllib3's whole chain;
+    urllib3's own retry warning for the tracker's request is not repeated beside it."""
+    import socket
+
+    from raytune_ft.tracking._mlflow import client_for
+    from raytune_ft.tracking._worker import Worker
+
+    with socket.socket() as probe:  # a port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    _guard.reset()
+    client = client_for(f"http://127.0.0.1:{port}")
+    with caplog.at_level(logging.WARNING):
+        worker = Worker("mlflow")
+        worker.submit("results", "trial t1: iteration 1", client.get_experiment_by_name, "x")
+        worker.submit("results", "trial t1: iteration 2", client.get_experiment_by_name, "x")
+        assert worker.close(timeout_s=120)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    expected = (f"API request to http://127.0.0.1:{port}/api/2.0/mlflow/experiments/"
+                "get-by-name failed: Connection refused")
+    assert warnings == ["mlflow tracking failed while logging trial t1: iteration 1 "
+                        f"({expected}); training goes on without it"], warnings
+    assert _guard.not_logged() == [f"mlflow: not logged from trial t1: iteration 1 on "
+                                   f"({expected}); skipped 2 results"]
+    _guard.reset()

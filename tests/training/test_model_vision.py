@@ -9,7 +9,7 @@ from support import build_tiny_vision_model
 
 from raytune_ft.config import TrainConfig
 from raytune_ft.tasks import get_task
-from raytune_ft.tasks.image_classification import ImageSplit
+from raytune_ft.tasks.image_classification import ImageSplit, pixel_values
 from raytune_ft.training.loop import FineTuneLoop
 from raytune_ft.training.model import batchnorm_layers, parameter_groups, train_mode
 
@@ -65,14 +65,36 @@ def test_each_policy_moves_exactly_what_it_says(tiny_resnet, images, policy):
             assert (param.grad is None) is (policy == "frozen")
 
 
+def test_a_frozen_stage_keeps_its_batchnorm_statistics_under_batchnorm_train(tiny_resnet,
+                                                                            images):
+    """freeze_embeddings/freeze_layers freeze a stage whole: its running statistics stay
+    those it was loaded with, while the stages that train update theirs."""
+    net = model(tiny_resnet)
+    hp = TrainConfig(learning_rate=1e-2, batch_size=8, max_epochs=1, eval_every_epochs=1,
+                     batchnorm="train", max_micro_batch=8, freeze_embeddings=True,
+                     freeze_layers=1)
+    loop = FineTuneLoop(net, images, hp)
+    stats, _ = batchnorm_state(net)
+    loop.run_interval()
+    after, _ = batchnorm_state(net)
+    frozen = ("resnet.embedder.", "resnet.encoder.stages.0.")
+    assert any(k.startswith(frozen[1]) for k in stats)
+    for key in stats:
+        moved = not torch.equal(stats[key], after[key])
+        assert moved is (not key.startswith(frozen)), key
+    train_mode(net, hp)
+    for name, module in batchnorm_layers(net):
+        assert module.training is (not name.startswith(frozen)), name
+
+
 def gradients(net, data, hp, indices, micro):
     """A step's gradient as the loop computes it: summed losses over the batch's units."""
     train_mode(net, hp)
     net.zero_grad(set_to_none=True)
     for part in np.array_split(indices, len(indices) // micro):
         batch = TASK.collate(data, data.eval, part)
-        loss = TASK.loss(TASK.forward(net, {**batch, "pixel_values":
-                                            batch["pixel_values"].double()}), batch)
+        loss = TASK.loss(TASK.forward(net, {**batch, "pixels": batch["pixels"].double()}),
+                         batch)
         (loss / len(indices)).backward()
     return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
@@ -104,10 +126,10 @@ def test_bn_momentum_sets_the_running_statistics_update(tiny_resnet, images):
     train_mode(net, TrainConfig(bn_momentum=0.3))
     stem = net.resnet.embedder.embedder
     before = stem.normalization.running_mean.clone()
-    batch = TASK.collate(images, images.eval, np.arange(8))
+    inputs = pixel_values(TASK.collate(images, images.eval, np.arange(8)))
     with torch.no_grad():
-        features = stem.convolution(batch["pixel_values"])
-        net(pixel_values=batch["pixel_values"])
+        features = stem.convolution(inputs)
+        net(pixel_values=inputs)
     expected = 0.7 * before + 0.3 * features.mean(dim=(0, 2, 3))
     assert torch.allclose(stem.normalization.running_mean, expected, atol=1e-6)
 
@@ -187,10 +209,12 @@ def test_a_relative_model_folder_resolves_to_an_absolute_path(tiny_resnet, monke
     assert resolve_model_path(tiny_resnet.name) == str(tiny_resnet.resolve())
 
 
-@pytest.mark.parametrize("policy", ["eval", "frozen"])
+@pytest.mark.parametrize("policy", ["eval", "frozen", "train"])
 def test_augmented_steps_accumulate_exactly_however_the_batch_is_split(tiny_resnet, images,
                                                                        policy):
-    # Crops and flips are drawn per sample and step: the same in micro-batches of 16 as of 4.
+    # Crops and flips are drawn per sample and step: the same in micro-batches of 16 as of 4,
+    # once the loop's BatchNorm policy is in force (as run_interval puts it before training);
+    # under `train` the statistics come from each micro-batch, so the gradients differ.
     from dataclasses import replace
 
     augmented = replace(images, train=replace(images.train, crop_scale=0.5, flip=True))
@@ -199,11 +223,16 @@ def test_augmented_steps_accumulate_exactly_however_the_batch_is_split(tiny_resn
         hp = TrainConfig(batchnorm=policy, batch_size=16, max_micro_batch=micro,
                          max_epochs=1, eval_every_epochs=1)
         loop = FineTuneLoop(model(tiny_resnet), augmented, hp)
+        train_mode(loop.model, hp)
         loop._step(loop.stream.take(0, 16))
         steps.append({n: p.grad.clone() for n, p in loop.model.named_parameters()
                       if p.grad is not None})
     whole, accumulated = steps
     assert whole.keys() == accumulated.keys()
+    name = "resnet.embedder.embedder.convolution.weight"
+    if policy == "train":
+        assert (whole[name] - accumulated[name]).abs().max() > 1e-4
+        return
     for name in whole:
         torch.testing.assert_close(whole[name], accumulated[name], rtol=1e-4, atol=1e-6,
                                    msg=name)

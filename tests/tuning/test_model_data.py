@@ -210,6 +210,73 @@ def test_freeze_layers_above_a_searched_model_depth_is_refused_before_training(
     assert not (tmp_path / "results").exists()  # refused before anything was written
 
 
+def test_a_tagging_search_warns_about_the_words_cut_at_every_length(family, tmp_path):
+    """Each tokenization cuts its own training words: the header names every length's count
+    (a warning all lengths share, e.g. a tag no training word has, is said once)."""
+    from support import REPO
+
+    from raytune_ft.tuning.runner import prepare
+
+    ewt = REPO.parent / "shared" / "data" / "ud_ewt"
+    settings = {"name": "tags", "metric": "eval_token_accuracy",
+                "model": {"name": str(family["two"]), "max_length": 64},
+                "data": {"kind": "token_classification",
+                         "train_file": str(ewt / "en_ewt-ud-test.conllu"),
+                         "eval_file": str(ewt / "en_ewt-ud-dev.conllu"),
+                         "max_train_samples": 48, "max_eval_samples": 16,
+                         "label_names": ["NOUN", "VERB", "ADJ", "ADV", "PRON", "DET", "ADP",
+                                         "AUX", "CCONJ", "SCONJ", "PART", "NUM", "PROPN",
+                                         "PUNCT", "SYM", "INTJ", "X", "FOREIGN"]},
+                "search": {"model.max_length": {"grid": [8, 16]}},
+                "run": {"storage_path": str(tmp_path / "results")}}
+    prepared = prepare(validate_config(settings))
+    cut = {length: bundle.train.words_cut
+           for (_, length, _), bundle in prepared.models.bundles.items()}
+    assert cut[8] > cut[16] > 0
+    for length in (8, 16):
+        assert (f"max_length {length}: {cut[length]} train word(s) lie beyond model.max_length "
+                f"{length} sub-words: cut, not trained (evaluation scores every word, reading "
+                "long sentences in overlapping windows)") in prepared.warnings
+    assert prepared.warnings.count("no training word has tag(s) 'X', 'FOREIGN'") == 1
+    # header lines: said once where every tokenization gives the same, else per length
+    windowed = {length: bundle.eval.windowed
+                for (_, length, _), bundle in prepared.models.bundles.items()}
+    assert windowed[8] > windowed[16] > 0
+    about = dict(prepared.about_data)
+    assert about["windows"] == "; ".join(
+        f"max_length {length}: {windowed[length]} eval sentences longer than max_length "
+        f"{length} read in overlapping windows" for length in (8, 16))
+    assert about["words"].endswith("(every eval word scored)") and "max_length" not in \
+        about["words"]
+
+
+def test_a_searched_length_that_leaves_no_room_names_the_searched_key(family, tmp_path):
+    """max_length 2 holds only [CLS] and [SEP]: refused before any trial, naming
+    search.model.max_length when the length is searched, model.max_length when fixed."""
+    from support import REPO
+
+    from raytune_ft.tuning.runner import prepare
+
+    ewt = REPO.parent / "shared" / "data" / "ud_ewt" / "en_ewt-ud-dev.conllu"
+    settings = {"name": "tags", "metric": "eval_token_accuracy",
+                "model": {"name": str(family["two"]), "max_length": 16},
+                "data": {"kind": "token_classification", "train_file": str(ewt),
+                         "eval_file": str(ewt), "max_train_samples": 8,
+                         "max_eval_samples": 8},
+                "search": {"model.max_length": {"grid": [16, 2]}},
+                "run": {"storage_path": str(tmp_path / "results")}}
+    message = ("model.max_length: 2 leaves no room for a word beside the tokenizer's 2 "
+               "special tokens")
+    with pytest.raises(ConfigError) as error:
+        prepare(validate_config(settings))
+    assert str(error.value) == "search." + message
+    settings["search"] = {"model.name": {"choice": [str(family["two"])]}}
+    settings["model"]["max_length"] = 2
+    with pytest.raises(ConfigError) as error:
+        prepare(validate_config(settings))
+    assert str(error.value) == message
+
+
 # ------------------------------------------------------------- data keys (issue 27)
 # A task's encoding may depend on data settings (question answering: data.doc_stride): they
 # are searched like model.max_length, one encoding per value, and the number of samples
@@ -304,7 +371,7 @@ def test_one_encoding_per_length_and_stride_with_a_budget_per_window_count(tiny_
             _, bundle = data.for_trial(config, {"model.max_length": length,
                                                 "data.doc_stride": stride})
             assert (bundle.train.max_length, bundle.train.doc_stride) == (length, stride)
-            assert bundle.train.examples == 40 and bundle.eval.examples == 24
+            assert bundle.train.source_examples == 40 and bundle.eval.source_examples == 24
             windows[length, stride] = len(bundle.train)
     # shorter windows and a larger overlap both cut the same questions into more windows
     assert windows[56, 24] > windows[56, 16] > windows[64, 16]

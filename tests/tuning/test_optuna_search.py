@@ -3,6 +3,8 @@ starts reaching the searchers (Optuna's study, hyperopt's trials) before they su
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from raytune_ft.config import validate_config
@@ -122,8 +124,14 @@ def test_warm_hyperopt_trials_hold_the_rewards_as_losses():
     config = experiment({"type": "tpe", "seed": 0, "n_initial_points": 4,
                          "points_to_evaluate": [point]})
     searcher, points = suggestions(config, n=2, observations=OBSERVED)
-    losses = sorted(t["result"]["loss"] for t in searcher.completed)
-    assert losses == pytest.approx(sorted(-m["eval_accuracy"] for m in OBSERVED.metrics))
+    # each hyperopt trial holds its own point's reward (as a loss), not another point's
+    from hyperopt import space_eval
+
+    learned = [(space_eval(searcher._space, {k: v[0] for k, v in t["misc"]["vals"].items()}),
+                t["result"]["loss"]) for t in searcher.completed]
+    expected = [(p, -m["eval_accuracy"]) for p, m in zip(OBSERVED.points, OBSERVED.metrics)]
+    assert sorted(learned, key=lambda pair: pair[1]) == \
+        sorted(expected, key=lambda pair: pair[1])
     assert points[0] == point  # the user's starting point still comes first
     _, cold = suggestions(config, n=2)
     assert points[1] != cold[1]  # TPE's first own suggestion learned from the six
@@ -204,3 +212,80 @@ def test_a_trial_without_an_objective_value_fails_in_the_study(missing):
     assert states == ["FAIL", "COMPLETE"]  # Ray's own method left t0 RUNNING
     assert searcher.study.trials[1].values == [0.8, 3.0]
     searcher.suggest("t2")  # the sampler carries on past the failed trial
+
+
+# ------------------------------------------------------------------ the samplers in a run
+
+CONTRACT_TRIALS = 4  # NSGA-II's population is then 2: the last two are children
+
+
+def reports_goals(config):
+    """One result; the objectives are set functions of the config."""
+    from ray import tune
+
+    tune.report({"eval_accuracy": round(1.0 - abs(math.log10(config["learning_rate"]) + 4) / 2
+                                        - config["warmup_ratio"], 6),
+                 "latency_ms_b1": float(config["batch_size"])})
+
+
+@pytest.fixture(scope="module")
+def ray_by_value(ray_local):
+    import sys
+
+    from ray import cloudpickle
+
+    # `reports_goals` lives in this test module, which Ray's workers cannot import
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    yield
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "gp", "nsga2", "random", "qmc", "cmaes"])
+def test_every_sampler_runs_a_search_and_learns_every_trial(sampler, tmp_path, ray_by_value):
+    # Through the real Tuner, which pickles the searcher (tuner.pkl, its saved state): NSGA-II
+    # ended every run there (its sampler held a threading.Lock). cmaes takes one objective.
+    from ray import tune
+
+    from raytune_ft.tuning.runner import tune_settings
+
+    goals = {} if sampler == "cmaes" else {"objectives": TWO}
+    config = experiment({"type": "optuna", "sampler": sampler, "seed": 0,
+                         "n_initial_points": 2}, resources={"cpus_per_trial": 0.5},
+                        run={"num_samples": CONTRACT_TRIALS, "verbose": 0}, **goals)
+    tune_config, run_config = tune_settings(config, str(tmp_path / sampler))
+    results = tune.Tuner(tune.with_resources(reports_goals, {"cpu": 0.5}),
+                         param_space=param_space(config), tune_config=tune_config,
+                         run_config=run_config).fit()
+    assert len(results) == CONTRACT_TRIALS and not results.errors
+    saved = build_search_alg(config)  # the searcher as the experiment saved it
+    saved.restore_from_dir(str(tmp_path / sampler))
+    done = {t.number: t for t in saved.study.trials if t.state.name == "COMPLETE"}
+    assert len(done) == CONTRACT_TRIALS
+    for result in results:
+        learned = done[saved._ot_trials[result.metrics["trial_id"]].number]
+        assert learned.params == {k: result.config[k] for k in SEARCH}
+        assert learned.values == [result.metrics[m] for m, _ in config.objective_list()]
+
+
+@pytest.mark.slow  # ~35 s here; the contract above runs NSGA-II through the Tuner by default
+def test_nsga2_through_the_cli(tmp_path, tiny_bert, glue_dir, ray_by_value):
+    import contextlib
+    import io
+
+    from support import experiment_yaml
+
+    from raytune_ft import cli
+
+    path = experiment_yaml(
+        tmp_path / "nsga2.yaml", tiny_bert, glue_dir, tmp_path / "results", name="nsga2",
+        data={"max_train_samples": 64, "max_eval_samples": 32},
+        train={"max_epochs": 1, "eval_every_epochs": 1.0, "max_micro_batch": 16},
+        objectives=[{"metric": "eval_loss", "mode": "min"},
+                    {"metric": "model_mb", "mode": "min"}],
+        scheduler={"type": "fifo"}, search_alg={"type": "optuna", "sampler": "nsga2", "seed": 0},
+        run={"num_samples": 3, "storage_path": str(tmp_path / "results"), "verbose": 0})
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(["tune", str(path)])
+    assert code == cli.EXIT_OK, out.getvalue()[-3000:]
+    assert "search optuna nsga2 (seed 0)" in out.getvalue()
+    assert "trials       3 run, 0 failed, 0 diverged" in out.getvalue()

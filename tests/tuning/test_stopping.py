@@ -1,8 +1,9 @@
 """run.stop: each rule ends a real Tune run early and records why (stop_reason.json).
 
 The trials are a small function trainable reporting set values, so when each rule must
-fire is known exactly; the stopper is the one `raytune-ft tune` installs (runner.py passes
-the same object as Tune's stopper and as a callback, as here).
+fire is known exactly; the searcher, its one-trial-at-a-time limit and the stopper are the
+ones `raytune-ft tune` builds (runner.tune_settings and runner.search_settings: the stopper is
+Tune's stopper and a callback).
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from ray import tune
 
 from raytune_ft.config import validate_config
 from raytune_ft.experiment import STOP_FILE
-from raytune_ft.tuning.stopping import SearchStopper, read_stop_reason
+from raytune_ft.tuning.runner import restore_tuner, search_settings, tune_settings
+from raytune_ft.tuning.stopping import read_stop_reason
 
 ITERATIONS = 4
 
@@ -25,21 +27,33 @@ def reports(config):
         tune.report({"eval_accuracy": config["peak"] * i / ITERATIONS})
 
 
-def run(tmp_path, stop: dict, peaks: list[float], cpus: float = 1.0):
-    config = validate_config({
+def experiment(stop: dict, cpus: float = 1.0):
+    """Grid search over `peak` (the trainable's key; the grid here only passes validation),
+    one trial at a time, with the stop rules `stop`."""
+    return validate_config({
         "name": "stop", "model": {"name": "m"}, "data": {"task": "sst2"},
-        "resources": {"cpus_per_trial": cpus}, "run": {"stop": stop}})
-    experiment = tmp_path / "stop"
-    stopper = SearchStopper(config, ITERATIONS, str(experiment))
-    tuner = tune.Tuner(
-        reports, param_space={"peak": tune.grid_search(peaks)},
-        tune_config=tune.TuneConfig(metric="eval_accuracy", mode="max",
-                                    max_concurrent_trials=1, reuse_actors=True),
-        run_config=tune.RunConfig(name="stop", storage_path=str(tmp_path), stop=stopper,
-                                  callbacks=[stopper], verbose=0))
-    results = tuner.fit()
+        "train": {"max_epochs": ITERATIONS},
+        "search": {"learning_rate": {"grid": [1e-5, 1e-4]}}, "search_alg": {"type": "grid"},
+        "resources": {"cpus_per_trial": cpus},
+        "run": {"num_samples": 1, "max_concurrent_trials": 1, "stop": stop, "verbose": 0}})
+
+
+def tuner(tmp_path, config, trainable, space: dict):
+    """The Tuner `raytune-ft tune` would build for `config`, around `trainable`, and its
+    stopper."""
+    experiment = str(tmp_path / "stop")
+    tune_config, run_config = tune_settings(config, experiment)
+    tune_config, run_config = search_settings(config, experiment, tune_config, run_config)
+    return tune.Tuner(trainable, param_space=space, tune_config=tune_config,
+                      run_config=run_config), run_config.stop
+
+
+def run(tmp_path, stop: dict, peaks: list[float], cpus: float = 1.0):
+    search, _ = tuner(tmp_path, experiment(stop, cpus), reports,
+                      {"peak": tune.grid_search(peaks)})
+    results = search.fit()
     ran = [r for r in results if r.metrics]
-    return ran, read_stop_reason(str(experiment))
+    return ran, read_stop_reason(str(tmp_path / "stop"))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -111,27 +125,19 @@ def test_the_rules_continue_after_a_resume(tmp_path):
     # its counts would take 0.605 as its first best and count only 0.6 without gain.
     import os
 
-    config = validate_config({
-        "name": "stop", "model": {"name": "m"}, "data": {"task": "sst2"},
-        "run": {"stop": {"plateau": {"patience": 2, "min_delta": 0.01}}}})
-    experiment = tmp_path / "stop"
-    stopper = SearchStopper(config, ITERATIONS, str(experiment))
+    config = experiment({"plateau": {"patience": 2, "min_delta": 0.01}})
+    experiment_dir = tmp_path / "stop"
     space = {"peak": tune.grid_search([0.5, 0.6, 0.605, 0.6]), "stop_at": 0.605,
              "marker": str(tmp_path / "interrupted"), "driver": os.getpid()}
-    tuner = tune.Tuner(
-        interrupts_once, param_space=space,
-        tune_config=tune.TuneConfig(metric="eval_accuracy", mode="max",
-                                    max_concurrent_trials=1, reuse_actors=True),
-        run_config=tune.RunConfig(name="stop", storage_path=str(tmp_path), stop=stopper,
-                                  callbacks=[stopper], verbose=0))
-    first = tuner.fit()
+    search, stopper = tuner(tmp_path, config, interrupts_once, space)
+    first = search.fit()
     done = [r.config["peak"] for r in first if (r.metrics or {}).get("eval_accuracy")]
-    assert sorted(done) == [0.5, 0.6] and read_stop_reason(str(experiment)) is None
+    assert sorted(done) == [0.5, 0.6] and read_stop_reason(str(experiment_dir)) is None
     saved = stopper.get_state()
     assert (saved["finished"], saved["best"], saved["without_gain"]) == (2, 0.6, 0)
     # the resumed run's stopper is the one in tuner.pkl, as `raytune-ft resume` gets it
-    tune.Tuner.restore(str(experiment), interrupts_once, resume_unfinished=True).fit()
-    reason = read_stop_reason(str(experiment))
+    restore_tuner(str(experiment_dir), interrupts_once).fit()
+    reason = read_stop_reason(str(experiment_dir))
     assert reason is not None and reason["rule"] == "plateau"
     assert reason["finished_trials"] == 4 and "the best eval_accuracy (0.6)" in reason["detail"]
     assert reason["device_hours"] > saved["device_hours"] > 0  # counted on, not anew
