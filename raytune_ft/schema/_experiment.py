@@ -223,10 +223,7 @@ def _check_model_domain(key: str, domain: Domain) -> None:
     if key not in MODEL_SEARCH_KEYS:
         raise ValueError(f"search.{key}: not searchable; allowed model keys: "
                          f"{', '.join(MODEL_SEARCH_KEYS)}")
-    if domain.kind not in MODEL_DOMAINS:
-        raise ValueError(f"search.{key}: {domain.kind} {list(domain.args)} is a range, but "
-                         "each distinct value costs one tokenization of the data; allowed: "
-                         "choice or grid of listed values, or a constant")
+    _check_listed(key, domain, "tokenization")
     for value in domain.values:
         if key == "model.name" and not (isinstance(value, str) and value.strip()):
             raise ValueError(f"search.model.name: value {value!r} is not a model name; "
@@ -237,6 +234,15 @@ def _check_model_domain(key: str, domain: Domain) -> None:
                              "integer; allowed: whole numbers of tokens > 0")
 
 
+def _check_listed(key: str, domain: Domain, cost: str) -> None:
+    """A key whose every distinct value costs the driver one `cost` of the data (a
+    tokenization, an encoding) takes listed values only, never a range."""
+    if domain.kind not in MODEL_DOMAINS:
+        raise ValueError(f"search.{key}: {domain.kind} {list(domain.args)} is a range, but "
+                         f"each distinct value costs one {cost} of the data; allowed: "
+                         "choice or grid of listed values, or a constant")
+
+
 def _check_data_domain(config: ExperimentConfig, key: str, domain: Domain) -> None:
     """`data.<field>` searched: a field the task's encoding depends on, listed values only,
     each one valid as the fixed field (`check_encodings` checks each against every length)."""
@@ -245,10 +251,7 @@ def _check_data_domain(config: ExperimentConfig, key: str, domain: Domain) -> No
         allowed = ", ".join(DATA_SEARCH_PREFIX + f for f in task.tokenization_fields) or "none"
         raise ValueError(f"search.{key}: not searchable; allowed data keys for data.kind "
                          f"{task.name}: {allowed}")
-    if domain.kind not in MODEL_DOMAINS:
-        raise ValueError(f"search.{key}: {domain.kind} {list(domain.args)} is a range, but "
-                         "each distinct value costs one encoding of the data; allowed: "
-                         "choice or grid of listed values, or a constant")
+    _check_listed(key, domain, "encoding")
     settings = type(config.data)
     if is_integer_type(settings.model_fields[name].annotation):
         _check_integer_domain(key, domain)
