@@ -211,9 +211,10 @@ def _print_header(prepared) -> None:
           f"{len(bundle.label_names)} labels")
     for name, text in prepared.about_data:
         print(f"{name:<12} {text}")
-    print(f"budget       {plan.budget.total_samples} samples per trial "
-          f"({plan.max_epochs:g} epochs), {plan.iterations} evaluations of "
-          f"{plan.eval_every_epochs:g} epoch")
+    others = "".join(f", {b.total_samples}" for b in plan.other_budgets)
+    print(f"budget       {plan.budget.total_samples}{others} samples per trial "
+          f"({plan.max_epochs:g} epochs{', by tokenization' if others else ''}), "
+          f"{plan.iterations} evaluations of {plan.eval_every_epochs:g} epoch")
     print(f"batch        effective {_batch_text(plan)}")
     if config.resources.workers_per_trial > 1:
         print(f"workers      {_workers_text(config, plan)}")

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raytune_ft.config import MODEL_SEARCH_KEYS, TrainConfig
+from raytune_ft.config import DATA_SEARCH_PREFIX, MODEL_SEARCH_KEYS, TrainConfig
 from raytune_ft.errors import ConfigError, ExperimentError
 from raytune_ft.experiment import (
     EXPORT_RECORD,
@@ -27,7 +27,12 @@ from raytune_ft.experiment import (
     read_confirm_rows,
     trial_results,
 )
-from raytune_ft.schema import ExperimentConfig, trial_hyperparameters, trial_model
+from raytune_ft.schema import (
+    ExperimentConfig,
+    trial_data,
+    trial_hyperparameters,
+    trial_model,
+)
 from raytune_ft.storage import atomic_write
 from raytune_ft.tasks import Task, task_for
 from raytune_ft.tuning.confirm import finished_trials
@@ -121,9 +126,10 @@ def export_model(experiment_dir: str | Path, out: str | Path, trial: str | None 
     out = Path(out).expanduser().resolve()
     _check_out(out, overwrite)
     choice = choose_checkpoint(directory, config, trial, confirmed)
-    # the trial's own model and max_length where the search varied them
-    config = config.model_copy(update={"model": trial_model(
-        config, choice.report.get("config") or {})})
+    # the trial's own model, max_length and data settings where the search varied them
+    sampled = choice.report.get("config") or {}
+    config = config.model_copy(update={"model": trial_model(config, sampled),
+                                       "data": trial_data(config, sampled)})
     hp = trial_hyperparameters(config, _hyperparameters(choice))
     if adapter and not hp.lora_r:
         raise ConfigError(f"--adapter: trial {choice.trial_id} trained every weight (train."
@@ -203,6 +209,8 @@ def _write_card(staging: Path, choice: Choice, config: ExperimentConfig, record:
     hp = _hyperparameters(choice)
     hp.update({key: getattr(config.model, key.removeprefix("model."))
                for key in MODEL_SEARCH_KEYS if key in config.search})
+    hp.update({key: getattr(config.data, key.removeprefix(DATA_SEARCH_PREFIX))
+               for key in config.search if key.startswith(DATA_SEARCH_PREFIX)})
     n_train, n_eval = record.get("train_samples"), record.get("eval_samples")
     report = choice.report
     metrics = {k: report[k] for k in (config.metric, *card_metrics(task_for(config.data)))
@@ -272,6 +280,7 @@ def model_card(info: dict, config: ExperimentConfig, record: dict) -> str:
         lines += lora_card_lines(info["lora"])
         if info["lora"]["form"] == "adapter":
             usage = adapter_usage(task, record.get("label_names", []), info["lora"])
+    usage = [*usage, *task.usage_example(config)]  # on the experiment's own data, if any
     lines += ["", "## Use", "", "```python", *usage, "```", ""]
     front = card_data.to_yaml(original_order=list(CARD_FRONT_ORDER))
     return str(ModelCard(f"---\n{front}\n---\n" + "\n".join(lines)))

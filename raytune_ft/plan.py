@@ -92,7 +92,11 @@ class BatchOption:
 @dataclass(frozen=True)
 class TrialPlan:
     """What every trial of one experiment shares. `budget` is None until the data is read
-    (validation, a scheduler built from the config alone)."""
+    (validation, a scheduler built from the config alone). A search over the encoding can
+    give training splits of several sizes (question answering: more windows at a shorter
+    max_length): `budget` is the first one's and `other_budgets` the others' (`budget_for`);
+    all have the same epochs and evaluation count, so schedulers compare trials at equal
+    iterations."""
 
     max_epochs: float  # as every trial trains with it (train, or a constant under search:)
     eval_every_epochs: float
@@ -102,29 +106,46 @@ class TrialPlan:
     micro_batch: tuple[int, int]  # fewest and most samples on the device at once
     batches: tuple[BatchOption, ...]
     budget: Budget | None = field(default=None)
+    other_budgets: tuple[Budget, ...] = ()  # training splits of other sizes (see above)
 
     @property
     def largest_batch(self) -> int:
         return max(span.high for option in self.batches for span in option.spans)
 
+    def budget_for(self, n_train: int) -> Budget:
+        """The budget of a trial whose training split has `n_train` samples."""
+        for budget in (self.budget, *self.other_budgets):
+            if budget is not None and budget.n_train == n_train:
+                return budget
+        known = [b.n_train for b in (self.budget, *self.other_budgets) if b is not None]
+        raise ValueError(f"the plan has no budget for {n_train} training samples "
+                         f"(planned: {known})")
+
     def record(self) -> dict[str, Any]:
-        """The plan as JSON values, for the experiment record (raytune_ft.json)."""
+        """The plan as JSON values, for the experiment record (raytune_ft.json); without
+        other budgets it reads as before they existed (resume compares records)."""
         record = asdict(self)
         record["space"] = {key: domain.model_dump(mode="json")
                            for key, domain in self.space.items()}
+        if not self.other_budgets:
+            del record["other_budgets"]
         return record
 
 
 def plan_experiment(train: TrainConfig, space: dict[str, Domain],
-                    batch_schedules: dict[str, BatchPhases], n_train: int | None = None
-                    ) -> TrialPlan:
+                    batch_schedules: dict[str, BatchPhases],
+                    n_train: int | list[int] | None = None) -> TrialPlan:
     """The plan of a validated experiment (its `train:`, parsed `search:` and
     `batch_schedules:`; `ExperimentConfig.plan` passes them); with `n_train` (the training
-    split's size) it holds the budget and evaluation points too."""
+    split's size, or the sizes of every tokenization a trial can take, the first one's
+    first) it holds the budgets and evaluation points too."""
     max_epochs, every = per_experiment_settings(train, space)
     micro = [v for span in _int_spans(space.get("max_micro_batch"),
                                       train.max_micro_batch) for v in span]
     micro_batch = (min(micro), max(micro))
+    sizes = [] if n_train is None else list(dict.fromkeys(
+        [n_train] if isinstance(n_train, int) else n_train))
+    budgets = tuple(trial_budget(max_epochs, every, n) for n in sizes)
     return TrialPlan(
         max_epochs=max_epochs, eval_every_epochs=every,
         iterations=evaluation_count(max_epochs, every),
@@ -132,7 +153,8 @@ def plan_experiment(train: TrainConfig, space: dict[str, Domain],
         log_scaled=tuple(key for key, domain in space.items() if domain.kind in LOG_SCALED),
         micro_batch=micro_batch,
         batches=_batch_options(train, space, batch_schedules, micro_batch),
-        budget=None if n_train is None else trial_budget(max_epochs, every, n_train),
+        budget=budgets[0] if budgets else None,
+        other_budgets=budgets[1:],
     )
 
 

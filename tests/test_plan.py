@@ -133,3 +133,24 @@ def test_analysis_reads_budget_and_log_scale_from_the_record_plan(tmp_path):
     (tmp_path / "raytune_ft.json").write_text(json.dumps(record))
     with pytest.raises(ConfigError, match="search.seed: unknown distribution"):
         read_meta(tmp_path, [])
+
+
+def test_several_training_sizes_give_a_budget_each_and_one_size_records_as_before():
+    """A search over the encoding (question answering's windows) can give training splits of
+    several sizes: each has its budget, with the same epochs and evaluation count."""
+    config = experiment(train={"max_epochs": 2, "eval_every_epochs": 0.5})
+    plan = config.plan([100, 120, 100])
+    assert plan.budget == trial_budget(2, 0.5, 100)
+    assert plan.other_budgets == (trial_budget(2, 0.5, 120),)
+    assert plan.budget_for(120).evaluation_points == (60, 120, 180, 240)
+    assert plan.budget_for(100) is plan.budget
+    with pytest.raises(ValueError, match=r"no budget for 99 training samples \(planned: "
+                                         r"\[100, 120\]\)"):
+        plan.budget_for(99)
+    record = json.loads(json.dumps(plan.record()))
+    assert record["other_budgets"][0]["total_samples"] == 240
+    # one size: the record has no other_budgets key, so experiments recorded before it
+    # existed still resume (runner._check_same_plan compares the records)
+    single = config.plan(100)
+    assert "other_budgets" not in single.record()
+    assert single.record() == config.plan([100]).record()

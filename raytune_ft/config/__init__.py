@@ -30,6 +30,7 @@ from raytune_ft.config._search import (
     on_grid,
 )
 from raytune_ft.config._sections import (
+    DATA_SEARCH_PREFIX,
     INTEGER_DOMAINS,
     INTEGER_FIELDS,
     LORA_ALL_LINEAR,
@@ -45,19 +46,20 @@ from raytune_ft.config._sections import (
     TrainConfig,
     check_batch_phases,
     evaluation_count,
+    is_integer_type,
     per_experiment_settings,
 )
 from raytune_ft.config._space import DISTRIBUTIONS, LOG_SCALED, Domain, did_you_mean, parse_domain
 from raytune_ft.config._yaml import apply_override, read_yaml
 
 __all__ = [
-    "DISTRIBUTIONS", "INTEGER_DOMAINS", "INTEGER_FIELDS", "LOG_SCALED", "LORA_ALL_LINEAR",
-    "MODEL_DOMAINS", "MODEL_SEARCH_KEYS", "OPTUNA_PIP", "PER_EXPERIMENT", "SAMPLERS",
-    "SAMPLER_PACKAGES", "SCHEDULES", "SINGLE_OBJECTIVE_SAMPLERS",
+    "DATA_SEARCH_PREFIX", "DISTRIBUTIONS", "INTEGER_DOMAINS", "INTEGER_FIELDS", "LOG_SCALED",
+    "LORA_ALL_LINEAR", "MODEL_DOMAINS", "MODEL_SEARCH_KEYS", "OPTUNA_PIP", "PER_EXPERIMENT",
+    "SAMPLERS", "SAMPLER_PACKAGES", "SCHEDULES", "SINGLE_OBJECTIVE_SAMPLERS",
     "BatchPhases", "ComponentKind", "DataSettings", "Domain", "ModelConfig", "Objective",
     "PlateauConfig", "ResourcesConfig", "RunConfig", "SchedulerSettings", "SearchAlgConfig",
     "StopConfig", "Strict", "TrackerSettings", "TrainConfig",
     "apply_override", "check_batch_phases", "check_objectives", "component_union",
-    "did_you_mean", "domain_contains", "evaluation_count", "load_entries", "on_grid",
-    "one_line", "parse_domain", "per_experiment_settings", "read_yaml",
+    "did_you_mean", "domain_contains", "evaluation_count", "is_integer_type", "load_entries",
+    "on_grid", "one_line", "parse_domain", "per_experiment_settings", "read_yaml",
 ]

@@ -99,16 +99,19 @@ INTEGER_DOMAINS = ("randint", "choice", "grid")
 # (choice, grid, a constant) are allowed, never a range.
 MODEL_SEARCH_KEYS = ("model.name", "model.max_length")
 MODEL_DOMAINS = ("constant", "choice", "grid")
+# Data settings a search may vary the same way: `data.<field>` for the fields a task's
+# encoding depends on (`Task.tokenization_fields`; question answering: data.doc_stride).
+DATA_SEARCH_PREFIX = "data."
 
 
-def _is_integer(annotation: Any) -> bool:
+def is_integer_type(annotation: Any) -> bool:
     """`int` or `int | None`; `bool` is its own annotation, and batch phases are lists."""
     return annotation is int or int in get_args(annotation)
 
 
 # Settings counted in whole units: a searched one must be an integer in every trial.
 INTEGER_FIELDS = tuple(name for name, field in TrainConfig.model_fields.items()
-                       if _is_integer(field.annotation))
+                       if is_integer_type(field.annotation))
 
 
 def evaluation_count(max_epochs: float, eval_every_epochs: float) -> int:

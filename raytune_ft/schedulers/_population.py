@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from raytune_ft.config import INTEGER_FIELDS, Domain, SchedulerSettings
+from raytune_ft.config import DATA_SEARCH_PREFIX, INTEGER_FIELDS, Domain, SchedulerSettings
 from raytune_ft.plan import TrialPlan
 from raytune_ft.schedulers._base import TIME_ATTR
 
@@ -23,8 +23,9 @@ FIXED_IN_A_TRIAL = ("freeze_embeddings", "freeze_layers")
 # shapes follow rank and targets; alpha scales the donor's B A, so a new alpha would change
 # the function the clone continues from (not a hyperparameter moving from here on).
 FIXED_ADAPTER = ("lora_r", "lora_alpha", "lora_targets")
-# The model a trial trains and the length its data was tokenized to: a clone continues its
-# donor's weights, so a mutated model (or tokenization) is meaningless.
+# The model a trial trains and the length its data was tokenized to (and any searched `data.`
+# key, which decides the encoding too): a clone continues its donor's weights, so a mutated
+# model (or tokenization) is meaningless.
 FIXED_MODEL = ("model.name", "model.max_length")
 # The current epoch's sample order is built from this; a change mid-epoch would reorder it.
 FIXED_IN_AN_EPOCH = ("length_group_window",)
@@ -63,7 +64,7 @@ class PopulationSettings(SchedulerSettings):
             raise ValueError(f"scheduler.mutations: {key!r} cannot change inside a running "
                              "trial (a clone loads its donor's LoRA adapters, built with it); "
                              "mutable: learning_rate, batch_size, weight_decay, lora_dropout, ...")
-        if key in FIXED_MODEL:
+        if key in FIXED_MODEL or key.startswith(DATA_SEARCH_PREFIX):
             raise ValueError(f"scheduler.mutations: {key!r} cannot change inside a running "
                              "trial (a clone continues its donor's weights, trained with the "
                              "donor's model and tokenization); search it, but do not mutate it")

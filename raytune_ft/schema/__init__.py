@@ -6,6 +6,7 @@ Above the registries and below everything that runs an experiment: it imports no
 Ray.
 """
 
+from raytune_ft.schema._data_search import data_options
 from raytune_ft.schema._experiment import (
     DEFAULT_METRICS,
     LOOP_REPORTED,
@@ -21,11 +22,14 @@ from raytune_ft.schema._trial import (
     model_options,
     narrow_model_search,
     searches_model,
+    tokenization_keys,
+    trial_data,
     trial_hyperparameters,
     trial_model,
 )
 
 __all__ = ["DEFAULT_METRICS", "LOOP_REPORTED", "REPORTED_METRICS", "DataConfig",
-           "ExperimentConfig", "SchedulerConfig", "TrackingConfig", "data_settings", "load_config",
-           "model_options", "narrow_model_search", "searches_model", "trial_hyperparameters",
+           "ExperimentConfig", "SchedulerConfig", "TrackingConfig", "data_options",
+           "data_settings", "load_config", "model_options", "narrow_model_search",
+           "searches_model", "tokenization_keys", "trial_data", "trial_hyperparameters",
            "trial_model", "validate_config", "validate_record"]

@@ -13,6 +13,7 @@ from pydantic import Field, TypeAdapter, ValidationError, field_validator, model
 
 from raytune_ft import schedulers, tasks, tracking
 from raytune_ft.config import (
+    DATA_SEARCH_PREFIX,
     DISTRIBUTIONS,
     INTEGER_DOMAINS,
     INTEGER_FIELDS,
@@ -37,11 +38,13 @@ from raytune_ft.config import (
     did_you_mean,
     domain_contains,
     evaluation_count,
+    is_integer_type,
     parse_domain,
     per_experiment_settings,
 )
 from raytune_ft.plan import TrialPlan, plan_experiment
 from raytune_ft.schedulers import SCHEDULERS, scheduler_spec
+from raytune_ft.schema._data_search import check_encodings
 from raytune_ft.tasks import TASKS, default_metrics, get_task, task_for, task_metrics
 from raytune_ft.training.metrics import DEPLOYMENT_METRICS, LOOP_METRICS
 
@@ -64,7 +67,7 @@ class ExperimentConfig(Strict):
     data: DataConfig  # the task's own settings (tasks/<kind>.py), chosen by data.kind
     train: TrainConfig = TrainConfig()
     batch_schedules: dict[str, BatchPhases] = {}  # name -> [[progress, batch_size], ...]
-    search: dict[str, Any] = {}  # train setting (or model.name/max_length) -> its domain
+    search: dict[str, Any] = {}  # train setting (model.name/max_length, data.*) -> domain
     scheduler: SchedulerConfig = Field(default_factory=lambda: SCHEDULERS["fifo"].settings())
     search_alg: SearchAlgConfig = SearchAlgConfig()
     resources: ResourcesConfig = ResourcesConfig()
@@ -116,16 +119,18 @@ class ExperimentConfig(Strict):
     @classmethod
     def _dotted_model_keys(cls, value: Any) -> Any:
         """`search: {model: {name: ...}}` (and `--set search.model.name=...`) is the dotted
-        `model.name` key. Given both ways, the nested spelling wins, whatever the order:
-        `--set search.model.name=...` writes the nested one, so it overrides a file's
-        dotted key."""
-        if not (isinstance(value, dict) and isinstance(value.get("model"), dict)):
-            return value
-        nested = value["model"]
-        if len(nested) == 1 and next(iter(nested)) in DISTRIBUTIONS:
-            return value  # `search.model: {choice: ...}`: refused as not a train setting
-        flat = {k: v for k, v in value.items() if k != "model"}
-        return {**flat, **{f"model.{key}": spec for key, spec in nested.items()}}
+        `model.name` key, and `search: {data: {doc_stride: ...}}` `data.doc_stride`. Given
+        both ways, the nested spelling wins, whatever the order: `--set
+        search.model.name=...` writes the nested one, so it overrides a file's dotted key."""
+        for section in ("model", "data"):
+            if not (isinstance(value, dict) and isinstance(value.get(section), dict)):
+                continue
+            nested = value[section]
+            if len(nested) == 1 and next(iter(nested)) in DISTRIBUTIONS:
+                continue  # `search.model: {choice: ...}`: refused as not a train setting
+            flat = {k: v for k, v in value.items() if k != section}
+            value = {**flat, **{f"{section}.{key}": spec for key, spec in nested.items()}}
+        return value
 
     @field_validator("metric")
     @classmethod
@@ -154,14 +159,16 @@ class ExperimentConfig(Strict):
             raise ValueError("search_alg.type: 'tpe' cannot take grid dimensions; use "
                              "search_alg.type: grid, or choice instead of grid")
         _check_grid_search(self.search_alg.type, space)
+        check_encodings(self.data, self.model.max_length, space)
         _check_lora_installed(self.train, space)
         check_objectives(self.objectives, self.metric, self.mode, REPORTED_METRICS)
         _check_task_metrics(self)  # a metric some task reports, but not the chosen one
         check_search(self)
         return self
 
-    def plan(self, n_train: int | None = None) -> TrialPlan:
-        """The trial plan (`raytune_ft.plan`); with `n_train` it holds the budget too."""
+    def plan(self, n_train: int | list[int] | None = None) -> TrialPlan:
+        """The trial plan (`raytune_ft.plan`); with `n_train` (a size per tokenization where
+        they differ) it holds the budgets too."""
         return plan_experiment(self.train, self.space(), self.batch_schedules, n_train)
 
     def objective_list(self) -> list[tuple[str, str]]:
@@ -184,6 +191,9 @@ def _check_domain_values(config: ExperimentConfig, key: str, domain: Domain) -> 
     """Every value a search dimension can produce must be a valid train setting."""
     if key.startswith("model."):
         _check_model_domain(key, domain)
+        return
+    if key.startswith(DATA_SEARCH_PREFIX):
+        _check_data_domain(config, key, domain)
         return
     if key not in TrainConfig.model_fields:
         hint = did_you_mean(key, TrainConfig.model_fields)
@@ -213,10 +223,7 @@ def _check_model_domain(key: str, domain: Domain) -> None:
     if key not in MODEL_SEARCH_KEYS:
         raise ValueError(f"search.{key}: not searchable; allowed model keys: "
                          f"{', '.join(MODEL_SEARCH_KEYS)}")
-    if domain.kind not in MODEL_DOMAINS:
-        raise ValueError(f"search.{key}: {domain.kind} {list(domain.args)} is a range, but "
-                         "each distinct value costs one tokenization of the data; allowed: "
-                         "choice or grid of listed values, or a constant")
+    _check_listed(key, domain, "tokenization")
     for value in domain.values:
         if key == "model.name" and not (isinstance(value, str) and value.strip()):
             raise ValueError(f"search.model.name: value {value!r} is not a model name; "
@@ -225,6 +232,35 @@ def _check_model_domain(key: str, domain: Domain) -> None:
                 value, int) or value <= 0):
             raise ValueError(f"search.model.max_length: value {value!r} is not a positive "
                              "integer; allowed: whole numbers of tokens > 0")
+
+
+def _check_listed(key: str, domain: Domain, cost: str) -> None:
+    """A key whose every distinct value costs the driver one `cost` of the data (a
+    tokenization, an encoding) takes listed values only, never a range."""
+    if domain.kind not in MODEL_DOMAINS:
+        raise ValueError(f"search.{key}: {domain.kind} {list(domain.args)} is a range, but "
+                         f"each distinct value costs one {cost} of the data; allowed: "
+                         "choice or grid of listed values, or a constant")
+
+
+def _check_data_domain(config: ExperimentConfig, key: str, domain: Domain) -> None:
+    """`data.<field>` searched: a field the task's encoding depends on, listed values only,
+    each one valid as the fixed field (`check_encodings` checks each against every length)."""
+    task, name = task_for(config.data), key.removeprefix(DATA_SEARCH_PREFIX)
+    if name not in task.tokenization_fields:
+        allowed = ", ".join(DATA_SEARCH_PREFIX + f for f in task.tokenization_fields) or "none"
+        raise ValueError(f"search.{key}: not searchable; allowed data keys for data.kind "
+                         f"{task.name}: {allowed}")
+    _check_listed(key, domain, "encoding")
+    settings = type(config.data)
+    if is_integer_type(settings.model_fields[name].annotation):
+        _check_integer_domain(key, domain)
+    for value in domain.values:
+        try:
+            settings.model_validate({**config.data.model_dump(), name: value})
+        except ValidationError as error:
+            detail = error.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ValueError(f"search.{key}: value {value!r} is invalid: {detail}") from None
 
 
 def _check_integer_domain(key: str, domain: Domain) -> None:

@@ -1,5 +1,6 @@
 """One trial's settings: the fixed ones with what the search sampled on top (train settings,
-and a searched model name or max length), and what a search over models lists."""
+a searched model name or max length, searched data settings of the encoding), and what a
+search over models lists."""
 
 from __future__ import annotations
 
@@ -7,8 +8,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from raytune_ft.config import INTEGER_FIELDS, MODEL_SEARCH_KEYS, ModelConfig, TrainConfig, one_line
+from raytune_ft.config import (
+    DATA_SEARCH_PREFIX,
+    INTEGER_FIELDS,
+    MODEL_SEARCH_KEYS,
+    DataSettings,
+    ModelConfig,
+    TrainConfig,
+    one_line,
+)
 from raytune_ft.errors import ConfigError
+from raytune_ft.schema._data_search import data_keys
 from raytune_ft.schema._experiment import ExperimentConfig
 
 
@@ -51,9 +61,30 @@ def trial_model(config: ExperimentConfig, sampled: dict[str, Any]) -> ModelConfi
         raise ConfigError(f"trial config {sampled}: model.{message}") from None
 
 
+def trial_data(config: ExperimentConfig, sampled: dict[str, Any]) -> DataSettings:
+    """The data settings of one trial: `data:` with the searched `data.` keys (those the
+    task's encoding depends on, e.g. data.doc_stride) on top; the twin of `trial_model`."""
+    update = {key.removeprefix(DATA_SEARCH_PREFIX): sampled[key] for key in data_keys(sampled)}
+    if not update:
+        return config.data
+    settings = type(config.data)
+    try:
+        return settings.model_validate({**config.data.model_dump(), **update})
+    except ValidationError as error:
+        raise ConfigError(f"trial config {sampled}: data.{one_line(error, settings)}") from None
+
+
+def tokenization_keys(config: ExperimentConfig) -> list[str]:
+    """The searched keys that decide a trial's model or encoding: model.name,
+    model.max_length and the task's `data.` keys."""
+    return [key for key in config.search
+            if key in MODEL_SEARCH_KEYS or key.startswith(DATA_SEARCH_PREFIX)]
+
+
 def searches_model(config: ExperimentConfig) -> bool:
-    """Whether trials may differ in model or tokenization (a model key under `search:`)."""
-    return any(key in config.search for key in MODEL_SEARCH_KEYS)
+    """Whether trials may differ in model or tokenization (a model or data key under
+    `search:`)."""
+    return bool(tokenization_keys(config))
 
 
 def model_options(config: ExperimentConfig) -> tuple[list[str], list[int]]:
@@ -69,12 +100,12 @@ def model_options(config: ExperimentConfig) -> tuple[list[str], list[int]]:
 
 def narrow_model_search(config: ExperimentConfig, configs: list[dict[str, Any]]
                         ) -> ExperimentConfig:
-    """`config` whose searched model keys list only the values `configs` (trial configs to
-    run again: confirm, replay) use, so `runner.prepare` tokenizes only what they need. The
-    fixed model.name becomes the first of them when it is not among them (the schema's rule,
-    checked again when the run's record is read)."""
+    """`config` whose searched model and data keys list only the values `configs` (trial
+    configs to run again: confirm, replay) use, so `runner.prepare` tokenizes only what they
+    need. The fixed model.name becomes the first of them when it is not among them (the
+    schema's rule, checked again when the run's record is read)."""
     search, model = dict(config.search), config.model
-    for key in MODEL_SEARCH_KEYS:
+    for key in tokenization_keys(config):
         if key in search:
             used = list(dict.fromkeys(c[key] for c in configs if key in c))
             search[key] = {"choice": used} if len(used) > 1 else used[0] if used else \

@@ -12,17 +12,25 @@ from typing import Any
 
 from raytune_ft.config import ComponentKind, DataSettings, component_union, load_entries
 from raytune_ft.errors import ConfigError
-from raytune_ft.tasks._base import DataBundle, Metric, Task, label_list, summed_cross_entropy
+from raytune_ft.tasks._base import (
+    DataBundle,
+    Metric,
+    Task,
+    example_count,
+    label_list,
+    summed_cross_entropy,
+)
 
 __all__ = ["TASKS", "DataBundle", "Metric", "Task", "canonical_dataset", "dataset_names",
-           "default_metrics", "get_task", "kind_of", "label_list", "settings_union",
-           "summed_cross_entropy", "task_for", "task_metrics"]
+           "default_metrics", "example_count", "get_task", "kind_of", "label_list",
+           "settings_union", "summed_cross_entropy", "task_for", "task_metrics"]
 
 # data.kind -> its module's TASK; one line per task, the first reads data without a kind
 TASKS: dict[str, Task] = load_entries(__name__, "TASK", (
     "sequence_classification",
     "token_classification",
     "image_classification",
+    "question_answering",
 ))
 
 

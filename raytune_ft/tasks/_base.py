@@ -65,6 +65,9 @@ class Task(abc.ABC):
     primary_metric: ClassVar[str] = "eval_accuracy"  # tuned without `metric:` (user's files)
     settings: ClassVar[type[DataSettings]]  # its `data:` section: its fields and validators
     example: ClassVar[dict[str, Any]]  # a `data:` section that validates (contract tests)
+    # Its settings the encoding depends on: searchable as `data.<field>` with listed values,
+    # like model.max_length (the driver encodes the data once per value).
+    tokenization_fields: ClassVar[tuple[str, ...]] = ()
     pipeline_tag: ClassVar[str]  # the exported model card's Hub pipeline
     auto_class: ClassVar[str]  # the transformers Auto class that loads the exported model
 
@@ -81,6 +84,12 @@ class Task(abc.ABC):
     def warnings(self, bundle: DataBundle, data: DataSettings) -> list[str]:
         """What makes this data unlike what the settings suggest (the run header says so)."""
         return []
+
+    def check_encoding(self, data: DataSettings, max_length: int) -> None:
+        """Refuse `data` settings that cannot encode at `max_length`, at validation (called
+        for every max_length and `tokenization_fields` value a trial can use): raise
+        ValueError with a one-line message starting with the `data.` field."""
+        return None
 
     def check_metric(self, metric: str, bundle: DataBundle, data: DataSettings) -> None:
         """Refuse an experiment metric this data never reports, before Ray starts."""
@@ -142,6 +151,18 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def usage(self) -> list[str]:
         """Python lines that load the exported folder, for its model card."""
+
+    def usage_example(self, config: Any) -> list[str]:
+        """Lines the card runs after `usage` on the experiment's own data (the trial's
+        settings in `config`); none by default."""
+        return []
+
+
+def example_count(split: Split) -> int:
+    """The examples a split was encoded from: its samples, unless its samples are parts of
+    examples (question answering: a question's context in windows) and it says how many
+    (`source_examples`); a search over the encoding must keep the same ones."""
+    return int(getattr(split, "source_examples", len(split)))
 
 
 def label_list(names: list[str], shown: int = 20) -> str:

@@ -144,8 +144,8 @@ def confirm_experiment(experiment_dir: str | Path, top: int = 3, seeds: int = 3,
     plan = [{"confirm_rank": int(t["rank"]), "confirm_source": str(t["trial_id"]),
              "seed": next(seed_list)} for _, t in chosen.iterrows() for _ in range(seeds)]
     results, prepared, interrupted = _run(directory, config, schedules, plan, pbt, address)
-    budget = prepared.plan.budget.total_samples
-    rows = confirm_rows(Path(prepared.experiment_dir), plan, chosen, config.metric, budget)
+    rows = confirm_rows(Path(prepared.experiment_dir), plan, chosen, config.metric,
+                        prepared.plan.iterations)
     summary = confirm_summary(rows, config.mode)
     parquet = None
     if not interrupted:
@@ -202,10 +202,12 @@ def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[
 
 
 def confirm_rows(confirm_dir: Path, plan: list[dict], chosen: pd.DataFrame, metric: str,
-                 budget: int) -> pd.DataFrame:
+                 iterations: int) -> pd.DataFrame:
     """One row per planned (configuration, seed): the metric at the end of the budget.
 
-    `status`: `finished` (reached the budget), `diverged` (its worst finite metric, as
+    `status`: `finished` (reached the budget: reported its last, `iterations`-th, evaluation;
+    budgets in samples may differ by configuration where a searched encoding changes the
+    training split's size), `diverged` (its worst finite metric, as
     reported to the schedulers) or `incomplete` (failed or interrupted: metric NaN).
     `hp_*` are the source trial's columns of the analysis trials table (under PBT: the config
     in force at its end; the replayed schedule is in the confirm folder's PLAN_FILE).
@@ -221,7 +223,7 @@ def confirm_rows(confirm_dir: Path, plan: list[dict], chosen: pd.DataFrame, metr
         trial_id, folder, last = runs.get((rank, seed), (None, None, {}))
         if last.get("diverged"):
             status, value = "diverged", last.get(metric)
-        elif last.get("samples_seen", 0) >= budget:
+        elif last.get("training_iteration", 0) >= iterations:
             status, value = "finished", last.get(metric)
         else:
             status, value = "incomplete", math.nan

@@ -1,11 +1,14 @@
-"""Data for a search over `model.name` and `model.max_length`: one tokenization per distinct
-(tokenizer, max_length), made once in the driver and shared by every trial that needs it.
+"""Data for a search over `model.name`, `model.max_length` and the `data.` keys a task's
+encoding depends on (`Task.tokenization_fields`, e.g. data.doc_stride): one tokenization per
+distinct (tokenizer, max_length, data values), made once in the driver and shared by every
+trial that needs it.
 
 Two model names whose tokenizer files are the same (a fingerprint of the files, not the name)
-share one tokenization. Every tokenization reads the same examples (the same subset), so the
-trial plan is the same for all; their label names must match, else the search is refused.
-Without a model key under `search:` none of this runs: `runner.prepare` tokenizes once, as it
-always did.
+share one tokenization. Every tokenization reads the same examples (the same subset) under
+the same label names, else the search is refused; the samples they give may differ in number
+(question answering: windows), and each number has its budget in the trial plan. Without
+such a key under `search:` none of this runs: `runner.prepare` tokenizes once, as it always
+did.
 """
 
 from __future__ import annotations
@@ -17,10 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from raytune_ft.config import DataSettings
+from raytune_ft.config import DATA_SEARCH_PREFIX, DataSettings
 from raytune_ft.errors import ConfigError, ModelError
-from raytune_ft.schema import ExperimentConfig, model_options, trial_model
-from raytune_ft.tasks import DataBundle, Task
+from raytune_ft.schema import (
+    ExperimentConfig,
+    data_options,
+    model_options,
+    trial_data,
+    trial_model,
+)
+from raytune_ft.tasks import DataBundle, Task, example_count
 
 log = logging.getLogger(__name__)
 
@@ -62,23 +71,26 @@ def tokenizer_fingerprint(model_path: str) -> str:
 class ModelData:
     """The models a search may train and their tokenized data.
 
-    `bundles` is keyed by (tokenizer fingerprint, max_length); `refs` holds the same keys
-    with Ray object references once the bundles are in the object store (`to_object_store`),
-    and then `bundles` is emptied so the trials do not carry them.
+    `bundles` is keyed by (tokenizer fingerprint, max_length, searched data values); `refs`
+    holds the same keys with Ray object references once the bundles are in the object store
+    (`to_object_store`), and then `bundles` is emptied so the trials do not carry them.
     """
 
     paths: dict[str, str]  # model.name -> resolved path (on the driver)
     tokenizers: dict[str, str]  # model.name -> tokenizer fingerprint
-    bundles: dict[tuple[str, int], DataBundle] = field(default_factory=dict)
-    refs: dict[tuple[str, int], Any] = field(default_factory=dict)
+    bundles: dict[tuple, DataBundle] = field(default_factory=dict)
+    refs: dict[tuple, Any] = field(default_factory=dict)
+    data_keys: tuple[str, ...] = ()  # the searched `data.` keys, in the order written
 
     @classmethod
     def single(cls, name: str, path: str, max_length: int, bundle: DataBundle) -> ModelData:
-        """The one tokenization of an experiment that searches no model key."""
-        return cls({name: path}, {name: "fixed"}, bundles={("fixed", max_length): bundle})
+        """The one tokenization of an experiment that searches no model or data key."""
+        return cls({name: path}, {name: "fixed"}, bundles={("fixed", max_length, ()): bundle})
 
-    def key(self, name: str, max_length: int) -> tuple[str, int]:
-        return self.tokenizers[name], max_length
+    def key(self, name: str, max_length: int, data: DataSettings | None = None) -> tuple:
+        values = tuple(getattr(data, k.removeprefix(DATA_SEARCH_PREFIX))
+                       for k in self.data_keys) if data is not None else ()
+        return self.tokenizers[name], max_length, values
 
     @property
     def tokenizations(self) -> int:
@@ -87,7 +99,7 @@ class ModelData:
     def for_trial(self, experiment: ExperimentConfig, sampled: dict) -> tuple[str, Any]:
         """(model path, bundle or object reference) of the trial with config `sampled`."""
         model = trial_model(experiment, sampled)
-        key = self.key(model.name, model.max_length)
+        key = self.key(model.name, model.max_length, trial_data(experiment, sampled))
         return self.paths[model.name], (self.refs or self.bundles)[key]
 
     def to_object_store(self) -> ModelData:
@@ -95,7 +107,8 @@ class ModelData:
         import ray
 
         return ModelData(dict(self.paths), dict(self.tokenizers),
-                         refs={key: ray.put(bundle) for key, bundle in self.bundles.items()})
+                         refs={key: ray.put(bundle) for key, bundle in self.bundles.items()},
+                         data_keys=self.data_keys)
 
     def warnings(self, task: Task, data: DataSettings) -> list[str]:
         """The task's warnings about every tokenization (words cut at one max_length are not
@@ -123,26 +136,31 @@ class ModelData:
                                             for key, text in texts.items())))
         return out
 
-    def _which(self, key: tuple[str, int]) -> str:
-        """A tokenization in the header: its length (and its models, where the search has
-        several tokenizers)."""
-        fingerprint, length = key
+    def _which(self, key: tuple) -> str:
+        """A tokenization in the header: its length and searched data values (and its
+        models, where the search has several tokenizers)."""
+        fingerprint, length, values = key
+        text = f"max_length {length}" + "".join(
+            f", {name} {value}" for name, value in zip(self.data_keys, values))
         if len(set(self.tokenizers.values())) == 1:
-            return f"max_length {length}"
+            return text
         names = [name for name, print_ in self.tokenizers.items() if print_ == fingerprint]
-        return f"max_length {length} ({', '.join(names)})"
+        return f"{text} ({', '.join(names)})"
 
     def describe(self) -> tuple[str, str]:
-        """The run header's line: models, lengths and how many tokenizations were made."""
+        """The run header's line: models, lengths, data values and how many tokenizations
+        were made."""
         groups: dict[str, list[str]] = {}
         for name, fingerprint in self.tokenizers.items():
             groups.setdefault(fingerprint, []).append(name)
-        lengths = sorted({length for _, length in self.bundles})
+        lengths = sorted({length for _, length, _ in self.bundles})
+        data = "".join(f", {key} {list(dict.fromkeys(v[i] for *_, v in self.bundles))}"
+                       for i, key in enumerate(self.data_keys))
         shared = "; ".join(f"tokenizer {i + 1}: {', '.join(names)}"
                            for i, names in enumerate(groups.values()))
         models = (f"{len(self.paths)} searched" if len(self.paths) > 1
                   else next(iter(self.paths)))
-        return ("models", f"{models}, max_length {lengths}: "
+        return ("models", f"{models}, max_length {lengths}{data}: "
                           f"{self.tokenizations} tokenizations ({shared})")
 
 
@@ -171,22 +189,26 @@ def resolve_models(config: ExperimentConfig) -> dict[str, str]:
 
 
 def tokenize_models(config: ExperimentConfig, task: Task, paths: dict[str, str]) -> ModelData:
-    """One `task.load_data` per distinct (tokenizer, max_length); label names must agree."""
+    """One `task.load_data` per distinct (tokenizer, max_length, data values); label names
+    and examples must agree."""
     _, lengths = model_options(config)
-    data = ModelData(paths, {name: tokenizer_fingerprint(path) for name, path in paths.items()})
+    data = ModelData(paths, {name: tokenizer_fingerprint(path) for name, path in paths.items()},
+                     data_keys=tuple(k for k in config.search if k.startswith(DATA_SEARCH_PREFIX)))
     first_path = {}
     for name, fingerprint in data.tokenizers.items():
         first_path.setdefault(fingerprint, (name, paths[name]))
-    for fingerprint, (name, path) in first_path.items():
+    for name, path in first_path.values():
         for length in lengths:
-            log.info("tokenizing for %s at max_length %d", name, length)
-            try:
-                data.bundles[(fingerprint, length)] = task.load_data(config.data, path, length)
-            except ConfigError as error:  # a searched length: name the searched key
-                if "model.max_length" not in config.search or \
-                        not str(error).startswith("model.max_length:"):
-                    raise
-                raise ConfigError(f"search.{error}") from None
+            for settings in data_options(config.data, config.space()):
+                key = data.key(name, length, settings)
+                log.info("tokenizing for %s at max_length %d %s", name, length, key[2])
+                try:
+                    data.bundles[key] = task.load_data(settings, path, length)
+                except ConfigError as error:  # a searched length: name the searched key
+                    if "model.max_length" not in config.search or \
+                            not str(error).startswith("model.max_length:"):
+                        raise
+                    raise ConfigError(f"search.{error}") from None
     _check_same_examples(data, first_path)
     return data
 
@@ -202,10 +224,10 @@ def _check_same_examples(data: ModelData, first_path: dict[str, tuple[str, str]]
                               f"labels {bundle.label_names}, but model {name_of[key[0]]} "
                               f"reads {reference.label_names}; every searched model must "
                               "read the same labels")
-        sizes = (len(bundle.train), len(bundle.eval))
-        if sizes != (len(reference.train), len(reference.eval)):
+        sizes = (example_count(bundle.train), example_count(bundle.eval))
+        expected = (example_count(reference.train), example_count(reference.eval))
+        if sizes != expected:
             raise ConfigError(f"search.model.name: model {name_of[other_key[0]]} kept "
                               f"{sizes[0]} train / {sizes[1]} eval examples, model "
-                              f"{name_of[key[0]]} {len(reference.train)} / "
-                              f"{len(reference.eval)}; every tokenization must keep the same "
-                              "examples")
+                              f"{name_of[key[0]]} {expected[0]} / {expected[1]}; every "
+                              "tokenization must keep the same examples")

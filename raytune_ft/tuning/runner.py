@@ -123,7 +123,9 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
     lora = check_lora(task, model_path, bundle.label_names, config.train, config.space())
     for other in list(paths or [])[1:]:  # every searched model takes the adapters
         check_lora(task, paths[other], bundle.label_names, config.train, config.space())
-    plan = config.plan(len(bundle.train))
+    # a training split per tokenization: their sizes differ where samples are windows (QA)
+    sizes = [len(b.train) for b in models.bundles.values()] if models else [len(bundle.train)]
+    plan = config.plan(sizes)
     # each tokenization's own (words cut at one max_length are not at another)
     data_warnings = models.warnings(task, config.data) if models else \
         task.warnings(bundle, config.data)

@@ -32,7 +32,7 @@ class TrialSetup:
     """What every trial of one run shares, built once in the driver."""
 
     experiment: ExperimentConfig
-    plan: TrialPlan  # budget, evaluation points, batches: the same for every trial
+    plan: TrialPlan  # evaluation points, batches, a budget per training split size
     data: ModelData  # model paths and one object reference per tokenization
     presets: bool = False  # fixed configurations (replay, confirm): no population rescues
 
@@ -85,7 +85,8 @@ class Trial:
                             dropout_seed=trial_dropout_seed(hp.seed, scheduler.population,
                                                             seeded_as),
                             keep_diverged=scheduler.keeps_diverged and not self.setup.presets,
-                            budget=self.setup.plan.budget, world=world, task=task)
+                            budget=self.setup.plan.budget_for(len(bundle.train)),
+                            world=world, task=task)
 
 
 def node_model_path(model_path: str, name: str) -> str:

@@ -49,7 +49,8 @@ from raytune_ft.config import domain_contains
 from raytune_ft.errors import ConfigError, ExperimentError, ModelError
 from raytune_ft.experiment import HP, read_record
 from raytune_ft.schedulers import SCHEDULERS, scheduler_spec
-from raytune_ft.schema import ExperimentConfig, trial_hyperparameters, trial_model
+from raytune_ft.schema import ExperimentConfig, trial_data, trial_hyperparameters, trial_model
+from raytune_ft.tasks import canonical_dataset, task_for
 
 USABLE = ("terminated", "stopped")  # statuses whose last values a searcher would have seen
 # Sections that change no trial's result: where it runs, how it is searched, scheduled and
@@ -246,12 +247,14 @@ def _check_sections(config: ExperimentConfig, earlier: ExperimentConfig,
                     directory: str) -> None:
     """Every section compared as a whole (the data, and any section added later) agrees."""
     skip = (*NOT_COMPARED, *COMPARED_APART)
+    per_trial = {f"data.{k}" for k in _encoding_fields(config)}  # with model and train
     for section in type(config).model_fields:
         if section in skip:
             continue
         now, there = _dotted(config, section), _dotted(earlier, section)
         for key in sorted({*now, *there}):
-            if key in NOT_COMPUTED or _same(key, now.get(key), there.get(key), {}):
+            if key in NOT_COMPUTED or key in per_trial or _same(key, now.get(key),
+                                                                there.get(key), {}):
                 continue
             raise ConfigError(f"--warm-start {directory}: {key} differs: {now.get(key)!r} "
                               f"now, {there.get(key)!r} there; a warm start takes trials of "
@@ -261,11 +264,10 @@ def _check_sections(config: ExperimentConfig, earlier: ExperimentConfig,
 def _dotted(config: ExperimentConfig, section: str) -> dict[str, Any]:
     """`section`'s settings as dotted keys, the data's task and kind as the tasks read them."""
     value = getattr(config, section)
-    if section == "data":
-        from raytune_ft.tasks import canonical_dataset, task_for
-
+    if section == "data":  # only some tasks read a named dataset (`task`)
+        dataset = getattr(value, "task", None)
         value = {**value.model_dump(), "kind": task_for(value).name,
-                 "task": value.task and canonical_dataset(value.task)}
+                 **({"task": canonical_dataset(dataset)} if dataset else {})}
     elif hasattr(value, "model_dump"):
         value = value.model_dump()
     if not isinstance(value, dict):
@@ -290,11 +292,19 @@ def _sampled(earlier: ExperimentConfig, row: dict) -> dict[str, Any]:
 
 
 def _trial_settings(config: ExperimentConfig, sampled: dict[str, Any]) -> dict[str, Any]:
-    """What one trial computes with: its model and train settings, as dotted keys (named
+    """What one trial computes with: its model and train settings and the data settings its
+    encoding depends on (searchable, so they may vary by trial), as dotted keys (named
     batch schedules resolved to their phases)."""
     model, train = trial_model(config, sampled), trial_hyperparameters(config, sampled)
+    data = trial_data(config, sampled)
     return {**{f"model.{k}": v for k, v in model.model_dump().items()},
+            **{f"data.{k}": getattr(data, k) for k in _encoding_fields(config)},
             **{f"train.{k}": v for k, v in train.model_dump().items()}}
+
+
+def _encoding_fields(config: ExperimentConfig) -> tuple[str, ...]:
+    """The data fields compared per trial rather than with the data section."""
+    return task_for(config.data).tokenization_fields
 
 
 def _searched_key(key: str) -> str:

@@ -4,11 +4,13 @@ model (`config.trial_model`), tokenizer fingerprints and one tokenization per di
 
 from __future__ import annotations
 
+import json
+
 import pytest
-from support import build_model_family
+from support import REPO, build_model_family
 
 from raytune_ft.errors import ConfigError
-from raytune_ft.schema import trial_model, validate_config
+from raytune_ft.schema import data_options, trial_data, trial_model, validate_config
 from raytune_ft.tasks import task_for
 from raytune_ft.tuning.model_data import resolve_models, tokenize_models, tokenizer_fingerprint
 
@@ -229,7 +231,7 @@ def test_a_tagging_search_warns_about_the_words_cut_at_every_length(family, tmp_
                 "run": {"storage_path": str(tmp_path / "results")}}
     prepared = prepare(validate_config(settings))
     cut = {length: bundle.train.words_cut
-           for (_, length), bundle in prepared.models.bundles.items()}
+           for (_, length, _), bundle in prepared.models.bundles.items()}
     assert cut[8] > cut[16] > 0
     for length in (8, 16):
         assert (f"max_length {length}: {cut[length]} train word(s) lie beyond model.max_length "
@@ -238,7 +240,7 @@ def test_a_tagging_search_warns_about_the_words_cut_at_every_length(family, tmp_
     assert prepared.warnings.count("no training word has tag(s) 'X', 'FOREIGN'") == 1
     # header lines: said once where every tokenization gives the same, else per length
     windowed = {length: bundle.eval.windowed
-                for (_, length), bundle in prepared.models.bundles.items()}
+                for (_, length, _), bundle in prepared.models.bundles.items()}
     assert windowed[8] > windowed[16] > 0
     about = dict(prepared.about_data)
     assert about["windows"] == "; ".join(
@@ -274,3 +276,117 @@ def test_a_searched_length_that_leaves_no_room_names_the_searched_key(family, tm
         prepare(validate_config(settings))
     assert str(error.value) == message
 
+
+# ------------------------------------------------------------- data keys (issue 27)
+# A task's encoding may depend on data settings (question answering: data.doc_stride): they
+# are searched like model.max_length, one encoding per value, and the number of samples
+# (windows) may differ between encodings of the same questions.
+
+SQUAD = REPO.parent / "shared" / "data" / "squad"
+
+
+def qa_raw(model, tmp_path=None, **search):
+    settings = {"name": "q", "model": {"name": str(model), "max_length": 64},
+                "data": {"kind": "question_answering", "train_file": str(SQUAD / "train.json"),
+                         "eval_file": str(SQUAD / "dev.json"), "max_train_samples": 40,
+                         "max_eval_samples": 24},
+                "search": {"data.doc_stride": {"choice": [16, 24]}, **search}}
+    if tmp_path is not None:
+        settings["run"] = {"storage_path": str(tmp_path / "results")}
+    return settings
+
+
+def test_data_doc_stride_is_searched_with_listed_values(tiny_bert):
+    config = validate_config(qa_raw(tiny_bert))
+    assert config.metric == "eval_f1" and config.space()["data.doc_stride"].values == [16, 24]
+    assert trial_data(config, {}) is config.data
+    assert trial_data(config, {"data.doc_stride": 24, "learning_rate": 1e-3}).doc_stride == 24
+    settings = qa_raw(tiny_bert)
+    settings["search"] = {"data": {"doc_stride": {"grid": [16, 32]}}}  # the nested spelling
+    nested = validate_config(settings)
+    assert list(nested.search) == ["data.doc_stride"]
+    assert [d.doc_stride for d in data_options(nested.data, nested.space())] == [16, 32]
+
+
+@pytest.mark.parametrize(("search", "message"), [
+    ({"data.doc_stride": {"randint": [16, 32]}},
+     "search.data.doc_stride: randint [16, 32] is a range, but each distinct value costs one "
+     "encoding of the data; allowed: choice or grid of listed values, or a constant"),
+    ({"data.doc_stride": {"choice": [16, 24.0]}},
+     "search.data.doc_stride: value 24.0 is not an integer"),
+    ({"data.doc_stride": {"choice": [16, 0]}},
+     "search.data.doc_stride: value 0 is invalid: Input should be greater than 0"),
+    ({"data.doc_stride": {"choice": [16, 64]}},
+     "search.data.doc_stride: 64 is not below model.max_length 64; the stride is the number "
+     "of context tokens consecutive windows share"),
+    ({"model.max_length": {"choice": [64, 24]}},
+     "search.data.doc_stride: 24 is not below model.max_length 24"),
+    ({"data.n_best": {"choice": [5, 10]}},
+     "search.data.n_best: not searchable; allowed data keys for data.kind question_answering: "
+     "data.doc_stride"),
+])
+def test_refused_data_domains(tiny_bert, search, message):
+    with pytest.raises(ConfigError) as error:
+        validate_config(qa_raw(tiny_bert, **search))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_fixed_stride_is_checked_against_every_length_and_other_tasks_search_none(
+        tiny_bert, glue_dir, family):
+    settings = qa_raw(tiny_bert)
+    settings["search"] = {}
+    settings["data"]["doc_stride"] = 64
+    with pytest.raises(ConfigError, match=r"^config: data.doc_stride: 64 is not below "
+                                          r"model.max_length 64;"):
+        validate_config(settings)
+    with pytest.raises(ConfigError, match=r"search.data.doc_stride: not searchable; allowed data "
+                                          r"keys for data.kind sequence_classification: none"):
+        validate_config(raw(family, glue_dir, **{"data.doc_stride": {"choice": [8, 16]}}))
+    with pytest.raises(ConfigError, match=r"data.doc_stride: unknown key for data.kind "
+                                          r"sequence_classification \(read by data.kind "
+                                          r"question_answering\)"):
+        validate_config({**raw(family, glue_dir), "data": {"task": "sst2", "doc_stride": 8}})
+
+
+def test_a_data_key_cannot_be_mutated_by_pbt(tiny_bert):
+    settings = qa_raw(tiny_bert, learning_rate={"loguniform": [1e-4, 1e-3]})
+    settings["train"] = {"max_epochs": 2, "eval_every_epochs": 0.5}
+    settings["scheduler"] = {"type": "pbt", "mutations": ["learning_rate", "data.doc_stride"]}
+    with pytest.raises(ConfigError, match=r"scheduler.mutations: 'data.doc_stride' cannot "
+                                          r"change inside a running trial"):
+        validate_config(settings)
+
+
+def test_one_encoding_per_length_and_stride_with_a_budget_per_window_count(tiny_bert,
+                                                                          tmp_path):
+    from raytune_ft.schema import narrow_model_search
+    from raytune_ft.tuning.runner import prepare
+
+    config = validate_config(qa_raw(tiny_bert, tmp_path,
+                                    **{"model.max_length": {"choice": [56, 64]}}))
+    task = CountingTask(task_for(config.data))
+    data = tokenize_models(config, task, resolve_models(config))
+    assert data.tokenizations == len(task.calls) == 4
+    windows = {}
+    for length in (56, 64):
+        for stride in (16, 24):
+            _, bundle = data.for_trial(config, {"model.max_length": length,
+                                                "data.doc_stride": stride})
+            assert (bundle.train.max_length, bundle.train.doc_stride) == (length, stride)
+            assert bundle.train.source_examples == 40 and bundle.eval.source_examples == 24
+            windows[length, stride] = len(bundle.train)
+    # shorter windows and a larger overlap both cut the same questions into more windows
+    assert windows[56, 24] > windows[56, 16] > windows[64, 16]
+    assert windows[56, 24] > windows[64, 24] > windows[64, 16]
+    assert data.describe()[1].startswith(
+        f"{tiny_bert}, max_length [56, 64], data.doc_stride [16, 24]: 4 tokenizations")
+    prepared = prepare(config)
+    plan = prepared.plan
+    sizes = sorted({b.n_train for b in (plan.budget, *plan.other_budgets)})
+    assert sizes == sorted(set(windows.values()))
+    assert plan.budget_for(windows[56, 24]).total_samples == 3 * windows[56, 24]  # 3 epochs
+    record = json.loads(json.dumps(plan.record()))
+    assert len(record["other_budgets"]) == len(sizes) - 1
+    narrowed = narrow_model_search(config, [{"model.max_length": 56, "data.doc_stride": 24}])
+    assert narrowed.search["data.doc_stride"] == 24 and narrowed.search["model.max_length"] == 56
+    assert [d.doc_stride for d in data_options(narrowed.data, narrowed.space())] == [24]

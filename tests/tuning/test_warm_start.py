@@ -295,3 +295,30 @@ def test_a_model_named_by_another_path_to_the_same_folder_is_the_same(tmp_path, 
     (tmp_path / "run" / CONFIG_FILE).write_text(json.dumps(record))
     target = experiment(search_alg=TPE, model={"name": str(model)})
     assert load_observations(target, [folder]).imported == [2]
+
+
+QA = {"kind": "question_answering", "train_file": "t.json", "eval_file": "d.json"}
+STRIDES = [{"learning_rate": 1e-4, "data.doc_stride": 16},
+           {"learning_rate": 2e-4, "data.doc_stride": 24}]
+
+
+def qa_experiment(data=None, **extra):
+    return validate_config({"name": "x", "model": {"name": "m"}, "data": {**QA, **(data or {})},
+                            "search": SEARCH, **extra})
+
+
+def test_a_searched_stride_is_compared_per_trial_like_the_model(tmp_path):
+    """A task without named datasets (no `data.task`) is compared as a section, and its
+    searched encoding setting (question answering's data.doc_stride) per trial."""
+    earlier = qa_experiment(search={**SEARCH, "data.doc_stride": {"choice": [16, 24]}})
+    folder = earlier_run(tmp_path, earlier, STRIDES,
+                         reported={0: {"eval_f1": 40.0}, 1: {"eval_f1": 50.0}})
+    seen = load_observations(qa_experiment({"doc_stride": 16}, search_alg=TPE), [folder])
+    assert seen.points == LRS[:1] and seen.metrics == [{"eval_f1": 40.0}]
+    assert seen.skipped == [{"ran data.doc_stride != 16": 1}]
+    seen = load_observations(qa_experiment(search_alg=TPE, search={
+        **SEARCH, "data.doc_stride": {"choice": [24, 16]}}), [folder])
+    assert seen.points == STRIDES and seen.imported == [2]
+    assert refusal(qa_experiment({"doc_stride": 16, "n_best": 5}, search_alg=TPE),
+                   folder).startswith(f"--warm-start {folder}: data.n_best differs: 5 now, "
+                                      "20 there")
