@@ -56,14 +56,33 @@ REPORTED_METRICS = (*(metric.name for metric in task_metrics()), *LOOP_METRICS,
 class ModelConfig(_Strict):
     name: str  # hub id, local directory, or "all-MiniLM-L6-v2" (the packaged offline copy)
     max_length: int = Field(128, gt=0)  # tokens per example after truncation; batches pad less
+    # seq2seq: an encoder-decoder warm-started from two checkpoints (Rothe et al. 2020):
+    # model.name the encoder, this the decoder (cross-attention new); None: model.name is one
+    decoder_name: str | None = None
+
+
+class ParallelFiles(_Strict):
+    """Two line-aligned text files: line i of `target` translates line i of `source`."""
+
+    source: str
+    target: str
+
+
+class GenerationConfig(_Strict):
+    """How a seq2seq model generates at evaluation (data.kind seq2seq)."""
+
+    num_beams: int = Field(1, gt=0)  # 1: greedy, the cheap default while searching
+    max_new_tokens: int = Field(128, gt=0)  # generated tokens per example at most
+    length_penalty: float = 1.0  # beam search ranks by score / length^this (> 1: longer)
+    final_num_beams: int | None = Field(None, gt=0)  # confirm runs and export; None: num_beams
 
 
 class DataConfig(_Strict):
     kind: str | None = None  # the task (a TASKS key); None: the one reading data.task, else text
     task: str | None = None  # GLUE task (mrpc, sst2, rte, cola, qnli, qqp, mnli); None = files
     path: str | None = None  # folder of GLUE TSVs; default $RAYTUNE_FT_DATA_DIR, else the hub
-    train_file: str | None = None  # CSV/TSV/JSONL/Parquet with text and label columns
-    eval_file: str | None = None
+    train_file: str | ParallelFiles | None = None  # CSV/TSV/JSONL/Parquet with text and
+    eval_file: str | ParallelFiles | None = None  # label columns (seq2seq: see below)
     text_columns: list[str] | None = None  # one column (single sentence) or two (pairs)
     label_column: str | None = None
     # token classification (data.kind token_classification): tagged sentences
@@ -83,6 +102,32 @@ class DataConfig(_Strict):
     random_crop_scale: float | None = Field(None, gt=0, le=1)  # least area of a random crop
     horizontal_flip: bool = False  # flip half the training images (off for digits, text)
     max_object_store_mb: float = Field(2048, gt=0)  # refuse encoded splits larger than this
+    # sequence to sequence (data.kind seq2seq: translation, summarisation). train_file and
+    # eval_file: {source: ..., target: ...} text files (one sentence per line, aligned), a
+    # stem whose suffixes are the languages (train -> train.de + train.en), or a table
+    # (JSONL/JSON/Parquet/CSV/TSV) with source and target columns or the Hugging Face
+    # `translation: {de: ..., en: ...}` column.
+    source_lang: str | None = None  # text files' suffix, the translation column's key
+    target_lang: str | None = None
+    source_column: str | None = None  # table: default "source"
+    target_column: str | None = None  # table: default "target"
+    source_prefix: str = ""  # before every source (T5: "translate German to English: ")
+    max_target_length: int = Field(128, gt=0)  # target tokens after truncation (eos counted)
+    metrics: list[Literal["bleu", "chrf", "rouge"]] = Field(  # what a trial scores
+        default_factory=lambda: ["bleu", "chrf"], min_length=1)  # summarisation: [rouge]
+    lowercase: bool = False  # sacreBLEU BLEU and chrF case-insensitive (-lc)
+    drop_bad_pairs: bool = True  # drop and count pairs with an empty or markup-only side
+    eval_subset: Literal["random", "first"] = "random"  # max_eval_samples: seeded or first n
+    generation: GenerationConfig = GenerationConfig()  # greedy while searching
+
+    def for_final_model(self) -> DataConfig:
+        """These settings as confirm runs and export use them: `generation.final_num_beams`
+        in force (beam search for the final figure, greedy while searching)."""
+        final = self.generation.final_num_beams
+        if final is None or final == self.generation.num_beams:
+            return self
+        generation = self.generation.model_copy(update={"num_beams": final})
+        return self.model_copy(update={"generation": generation})
 
     @field_validator("kind")
     @classmethod
@@ -111,12 +156,18 @@ class DataConfig(_Strict):
         if self.train_file is not None and self.eval_file is None:
             raise ValueError("data.eval_file is required with data.train_file")
         task = task_for(self)
+        pairs = [f for f in ("train_file", "eval_file")
+                 if isinstance(getattr(self, f), ParallelFiles)]
+        if pairs and not task.file_pairs:
+            raise ValueError(f"data.{pairs[0]}: {{source, target}} file pairs are read only by "
+                             f"data.kind seq2seq (this data is read by {task.name}); give a "
+                             "path")
         if self.task is not None and canonical_dataset(self.task) not in task.datasets:
             raise ValueError(f"data.task {self.task!r} is not a {task.name} dataset; "
                              f"data.kind {self.kind!r} reads data.train_file")
         for other in all_tasks():  # a field another kind of task reads would be ignored
-            ignored = [f for f in other.data_fields if f not in task.data_fields
-                       and getattr(self, f) != type(self).model_fields[f].default]
+            ignored = [f for f in other.data_fields if f not in task.data_fields and getattr(
+                self, f) != type(self).model_fields[f].get_default(call_default_factory=True)]
             if ignored:
                 raise ValueError(f"data.{ignored[0]}: read only by data.kind {other.name} "
                                  f"(this data is read by {task.name})")
@@ -386,6 +437,7 @@ class ExperimentConfig(_Strict):
         space = self.space()
         for key, domain in space.items():
             _check_domain_values(self, key, domain)
+        _check_decoder_name(self, space)
         if "model.name" in space and self.model.name not in space["model.name"].values:
             raise ValueError(f"model.name: {self.model.name!r} is not among search.model.name "
                              f"{space['model.name'].values}; leave model.name out or list it")
@@ -443,6 +495,20 @@ def _check_domain_values(config: ExperimentConfig, key: str, domain: Domain) -> 
         except ValidationError as error:
             detail = error.errors()[0]["msg"]
             raise ValueError(f"search.{key}: value {value!r} is invalid: {detail}") from None
+
+
+def _check_decoder_name(config: ExperimentConfig, space: dict[str, Domain]) -> None:
+    """`model.decoder_name` warm-starts an encoder-decoder: only a generating task reads
+    it, and only beside one fixed encoder."""
+    if config.model.decoder_name is None:
+        return
+    task = task_for(config.data)
+    if task.auto_class != "AutoModelForSeq2SeqLM":
+        raise ValueError(f"model.decoder_name: read only by data.kind seq2seq (an "
+                         f"encoder-decoder; this data is read by {task.name})")
+    if "model.name" in space:
+        raise ValueError("model.decoder_name: set with search.model.name; the encoder of a "
+                         "warm-started encoder-decoder is one fixed model.name")
 
 
 def _check_model_domain(key: str, domain: Domain) -> None:
