@@ -1,7 +1,7 @@
 """Tasks: what one kind of problem needs, so that the loop and the tuner need nothing more.
 
-A task (sequence classification today; token and image classification fit the same
-interface; `data.kind` chooses one for the user's files) reads its splits and encodes them
+A task (sequence, token and image classification, sequence to sequence; `data.kind` chooses
+one for the user's files) reads its splits and encodes them
 once in the driver into flat numpy arrays (the `DataBundle` Ray's object store shares with
 every trial), collates a batch of sample indices, builds its model, computes its loss summed
 over its units (examples, or labelled tokens), turns evaluation outputs into its metrics
@@ -33,6 +33,7 @@ TASKS: dict[str, str] = {
     "sequence_classification": "raytune_ft.tasks.sequence_classification",
     "token_classification": "raytune_ft.tasks.token_classification",
     "image_classification": "raytune_ft.tasks.image_classification",
+    "seq2seq": "raytune_ft.tasks.seq2seq",
 }
 
 
@@ -81,6 +82,7 @@ class Task(abc.ABC):
     default_metric: ClassVar[dict[str, str]] = {}  # dataset -> metric tuned without `metric:`
     primary_metric: ClassVar[str] = "eval_accuracy"  # tuned without `metric:` (user's files)
     data_fields: ClassVar[tuple[str, ...]] = ()  # `data.` fields only this kind of task reads
+    file_pairs: ClassVar[bool] = False  # train_file/eval_file may be {source:, target:} files
     pipeline_tag: ClassVar[str]  # the exported model card's Hub pipeline
     auto_class: ClassVar[str]  # the transformers Auto class that loads the exported model
 
@@ -136,9 +138,18 @@ class Task(abc.ABC):
         units, so accumulation gives the whole batch's gradient however units fall."""
         return len(next(iter(batch.values())))
 
-    @abc.abstractmethod
     def predict(self, outputs: Any, batch: dict[str, torch.Tensor]) -> Any:
-        """What `compute_metrics` needs of one eval batch, on the host."""
+        """What `compute_metrics` needs of one eval batch, on the host. A task defines this
+        or `predict_model`."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither predict nor "
+                                  "predict_model")
+
+    def predict_model(self, model: torch.nn.Module, outputs: Any,
+                      batch: dict[str, torch.Tensor], data: DataBundle) -> Any:
+        """What the loop calls per eval batch (and the latency figures time after `forward`):
+        `predict(outputs, batch)`, unless a task's predictions need the model itself or its
+        data's settings, e.g. a generating task decodes with `model.generate`."""
+        return self.predict(outputs, batch)
 
     @abc.abstractmethod
     def compute_metrics(self, data: DataBundle, predictions: list[tuple[np.ndarray, Any]]
@@ -155,6 +166,11 @@ class Task(abc.ABC):
     def save_processor(self, model_path: str, out: str, max_length: int) -> None:
         """Write the tokenizer (or image processor) the exported model is used with."""
 
+    def prepare_export(self, model: torch.nn.Module, config: Any) -> None:
+        """Settings of the experiment the exported model keeps (a generating task: how it
+        generates), set on the model before it is saved; by default none."""
+        return None
+
     def card_input(self, config: Any) -> list[str]:
         """The model card's Data lines about the model's input (text: its max length)."""
         return [f"- max length: {config.model.max_length} tokens"]
@@ -162,6 +178,11 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def usage(self) -> list[str]:
         """Python lines that load the exported folder, for its model card."""
+
+    def card_usage(self, config: Any) -> list[str]:
+        """The card's usage lines for the experiment `config` (e.g. an example read from its
+        eval file); by default `usage()`."""
+        return self.usage()
 
 
 def label_list(names: list[str], shown: int = 20) -> str:

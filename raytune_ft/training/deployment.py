@@ -1,13 +1,16 @@
 """Deployment figures of a trial's model: parameter counts, checkpoint and model size on
 disk, and inference latency on the trial's own device. No Ray in here.
 
-Latency is a median of warm forward passes with the loop's precision, on real evaluation
-examples, per example (ms per pass / batch size): at batch 1 over `B1_REPEATS` timed passes
-after `WARMUP` untimed ones (the first eval examples, one per pass, so the median covers
-their lengths), in inference mode; at the eval batch over the batches of the evaluation just
-run (each timed from the host batch to its loss, as the trial evaluates: length-sorted
-batches of `train.eval_batch_size`), so it costs no extra pass. A loop that has not
-evaluated yet times `BATCH_REPEATS` passes of the first eval examples instead.
+Latency is a median of warm inference passes (the forward pass and the task's predictions
+from it: an argmax, or for a generating task the decoding with the trial's generation
+settings, so for seq2seq it is generation time) with the loop's precision, on real
+evaluation examples, per example (ms per pass / batch size): at batch 1 over `B1_REPEATS`
+timed passes after `WARMUP` untimed ones (the first eval examples, one per pass, so the
+median covers their lengths), in inference mode; at the eval batch over the batches of the
+evaluation just run (each timed from the host batch to its predictions, as the trial
+evaluates: length-sorted batches of `train.eval_batch_size`), so it costs no extra pass. A
+loop that has not evaluated yet times `BATCH_REPEATS` passes of the first eval examples
+instead.
 
 A trial measures once, after its first evaluation (the model is built and warm then): the
 weights change during training but not the shapes, so the figures hold for the whole trial,
@@ -72,6 +75,12 @@ def median_ms_per_example(run, batch_size: int, repeats: int, device: torch.devi
     return statistics.median(times) / batch_size
 
 
+def infer(task, model: torch.nn.Module, batch: dict, data):
+    """One inference pass as the evaluation makes it: the forward pass and the task's
+    predictions from it (a generating task: decoding, after its teacher-forced pass)."""
+    return task.predict_model(model, task.forward(model, batch), batch, data)
+
+
 def measure_latency(loop) -> dict:
     """Median ms per example at batch 1 and at the eval batch, for a `FineTuneLoop`."""
     task, data, model, device = loop.task, loop.data, loop.model, loop.device
@@ -86,11 +95,12 @@ def measure_latency(loop) -> dict:
     try:
         with torch.inference_mode(), loop._autocast():
             b1 = median_ms_per_example(
-                lambda i: task.forward(model, on_device[i % B1_REPEATS]), 1, B1_REPEATS, device)
+                lambda i: infer(task, model, on_device[i % B1_REPEATS], data), 1, B1_REPEATS,
+                device)
             if at_batch is None:  # not evaluated yet: time the first eval examples
                 batch = task.collate(data, split, np.arange(size))
                 full = {k: v.to(device) for k, v in batch.items()}
-                at_batch = median_ms_per_example(lambda i: task.forward(model, full), size,
+                at_batch = median_ms_per_example(lambda i: infer(task, model, full, data), size,
                                                  BATCH_REPEATS, device)
     finally:
         model.train(was_training)

@@ -114,6 +114,7 @@ class FineTuneLoop:
                                            eps=hp.adam_epsilon)
         self._eval_cache: tuple[int | None, list] = (None, [])
         self.eval_ms_per_example: float | None = None  # of the last evaluation
+        self.eval_seconds = (0.0, 0.0)  # the last evaluation's, and of it the predictions'
         self.state = TrainerState(seed=hp.seed,
                                   reference_batch_size=hp.reference_batch_size
                                   or batch_size_at(hp, 0.0))
@@ -203,6 +204,7 @@ class FineTuneLoop:
             self._idle_to(target)
         metrics = {} if self.state.diverged else {**self.evaluate(),
                                                    "train_loss": loss_sum / max(units, 1)}
+        eval_s, predict_s = self.eval_seconds
         if not math.isfinite(metrics.get("eval_loss", math.nan)):
             if not self.state.diverged:
                 log.warning("non-finite eval loss at step %d: trial diverged", self.state.step)
@@ -214,6 +216,7 @@ class FineTuneLoop:
             epoch=self.state.samples_seen / self.n_train,
             samples_seen=self.state.samples_seen, step=self.state.step,
             samples_per_s=trained / train_seconds if trained and train_seconds > 0 else 0.0,
+            train_s=train_seconds, eval_s=eval_s, eval_predict_s=predict_s,
             diverged=self.state.diverged, skipped_steps=self.state.skipped_steps,
         )
         self._update_plateau(metrics)
@@ -319,18 +322,25 @@ class FineTuneLoop:
         self.model.eval()
         task = self.task
         predictions, loss_sum, units, ms_per_example = [], 0.0, 0, []
+        evaluating, predict_s = time.perf_counter(), 0.0
         for indices, collated in self._eval_batches():
             started = time.perf_counter()
             batch = {k: v.to(self.device) for k, v in collated.items()}
             with self._autocast():
                 outputs = task.forward(self.model, batch)
             loss_sum += task.loss(outputs, batch).item()  # smoothing 0: the true NLL
-            ms_per_example.append((time.perf_counter() - started) * 1000 / len(indices))
+            predicting = time.perf_counter()
+            with self._autocast():  # a generating task decodes here
+                predicted = task.predict_model(self.model, outputs, batch, self.data)
+            done = time.perf_counter()
+            predict_s += done - predicting
+            ms_per_example.append((done - started) * 1000 / len(indices))
             units += int(task.loss_units(collated))
-            predictions.append((indices, task.predict(outputs, batch)))
+            predictions.append((indices, predicted))
         # the deployment figures' latency at the eval batch (training/deployment.py)
         self.eval_ms_per_example = statistics.median(ms_per_example) if ms_per_example \
             else None
+        self.eval_seconds = (time.perf_counter() - evaluating, predict_s)  # this rank's
         if self.world.distributed:  # every rank: the whole evaluation set's figures
             totals = self.world.sum_(torch.tensor([loss_sum, units], dtype=torch.float64,
                                                   device=self.device))
