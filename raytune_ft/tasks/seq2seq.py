@@ -178,7 +178,7 @@ class Seq2Seq(Task):
                    "source_prefix", "max_target_length", "metrics", "lowercase",
                    "drop_bad_pairs", "eval_subset", "generation")
     file_pairs = True
-    pipeline_tag = "translation"
+    pipeline_tag = "text2text-generation"  # the Hub's tag for translation and summarisation
     auto_class = "AutoModelForSeq2SeqLM"
 
     # ------------------------------------------------------------------ driver
@@ -348,7 +348,9 @@ class Seq2Seq(Task):
         return self.card_usage(None)
 
     def card_usage(self, config: Any) -> list[str]:
-        """Load with the pipeline and translate a sentence of the eval file."""
+        """Load with the Auto classes and translate a sentence of the eval file. The
+        translation / text2text-generation pipelines were removed in transformers 5: the
+        model generates itself, as its generation_config.json says (the tuned beams)."""
         sentence, prefix = "Ein Mann fährt Fahrrad.", ""
         if config is not None:
             from raytune_ft.tasks._parallel import read_pairs
@@ -359,19 +361,26 @@ class Seq2Seq(Task):
             except Exception:  # noqa: BLE001 - the card keeps its stock sentence
                 log.warning("the eval file cannot be read for the card; a stock sentence")
             prefix = config.data.source_prefix
-        return ["from transformers import pipeline", "",
-                'translate = pipeline("translation", model="<this folder>")',
-                "# a sentence of the eval file" + (" (the source prefix before it, as in "
-                                                    "training)" if prefix else ""),
+        return [f"from transformers import {self.auto_class}, AutoTokenizer", "",
+                f'model = {self.auto_class}.from_pretrained("<this folder>")',
+                'tokenizer = AutoTokenizer.from_pretrained("<this folder>")',
+                "# the first source sentence of the eval file" + (
+                    " behind the source prefix, as in training" if prefix else ""),
                 f"source = {prefix + sentence!r}",
-                "translated = translate(source)[0][\"translation_text\"]",
+                'encoded = tokenizer(source, truncation=True, return_tensors="pt")',
+                "generated = model.generate(**encoded)  # as generation_config.json says",
+                "translated = tokenizer.decode(generated[0], skip_special_tokens=True)",
                 "print(translated)"]
 
 
 def data_name(train_file: Any) -> str:
-    """What the header and card call the data: the stem of the (source) training file."""
-    source = getattr(train_file, "source", None) or train_file
-    return Path(str(source)).stem
+    """What the header and card call the data: the stem of the (source) training file, or
+    its folder's name when the file is just `train` (Multi30K's `translation/train`)."""
+    path = Path(str(getattr(train_file, "source", None) or train_file)).expanduser()
+    stem = path.name.split(".")[0]
+    if stem.lower() in ("train", "training") and path.resolve().parent.name:
+        return path.resolve().parent.name
+    return stem
 
 
 TASK = Seq2Seq()
