@@ -279,3 +279,66 @@ def test_scores_equal_the_libraries_command_lines(tmp_path):
         column = rows[f"{name}-F"]  # written to 6 decimals
         assert len(column) == len(HYPOTHESES)
         assert ours[f"eval_{name}"] == pytest.approx(100 * column.mean(), abs=1e-4)
+
+
+def test_copy_baseline_on_the_first_500_test_sentences():
+    """The source sentence as its own translation: the floor the quick experiment's figure
+    is quoted beside (docs/seq2seq.md)."""
+    sources = (MULTI30K / "test_2016_flickr.de").read_text().splitlines()[:500]
+    references = (MULTI30K / "test_2016_flickr.en").read_text().splitlines()[:500]
+    lowercased = corpus_scores(sources, references, ["bleu", "chrf"], lowercase=True)
+    cased = corpus_scores(sources, references, ["bleu", "chrf"])
+    assert round(lowercased["eval_bleu"], 2) == 0.82 and round(cased["eval_bleu"], 2) == 0.57
+    assert round(cased["eval_chrf"], 1) == 17.7
+
+
+def test_the_tokenizer_is_trained_deterministically(tmp_path):
+    from raytune_ft.multi30k import corpus_lines, train_tokenizer
+
+    lines = corpus_lines(MULTI30K, limit=2000)
+    first, second = (train_tokenizer(lines, 800) for _ in range(2))
+    assert first.get_vocab() == second.get_vocab() and len(first) == 800
+    ids = first("Zwei Männer stehen am Herd.")["input_ids"]
+    assert ids[-1] == first.eos_token_id == 1 and first.pad_token_id == 0
+    assert first.decode(ids, skip_special_tokens=True) == "Zwei Männer stehen am Herd."
+
+
+def test_decoder_name_only_for_seq2seq_and_a_fixed_encoder():
+    from raytune_ft.config import validate_config
+    from raytune_ft.errors import ConfigError
+
+    base = {"name": "x", "metric": "eval_bleu",
+            "model": {"name": "enc", "decoder_name": "dec"},
+            "data": {"kind": "seq2seq", "train_file": str(MULTI30K / "train"),
+                     "eval_file": str(MULTI30K / "val"), "source_lang": "de",
+                     "target_lang": "en"}}
+    assert validate_config(base).model.decoder_name == "dec"
+    with pytest.raises(ConfigError, match="model.decoder_name: set with search.model.name"):
+        validate_config({**base, "search": {"model.name": {"choice": ["enc", "b"]}}})
+    with pytest.raises(ConfigError, match="model.decoder_name: read only by data.kind "
+                                          "seq2seq"):
+        validate_config({**base, "metric": "eval_accuracy",
+                         "data": {"train_file": "t.csv", "eval_file": "t.csv",
+                                  "text_columns": ["a"], "label_column": "b"}})
+
+
+def test_the_gpu_example_validates_on_a_small_table(tmp_path, tiny_marian):
+    """experiments/wmt_t5.yaml as written, on a small table in the Hugging Face translation
+    layout; only what this CPU machine lacks is overridden (t5-small is not cached here, no
+    GPU, no bucket)."""
+    from support import run_cli
+
+    german = (MULTI30K / "val.de").read_text().splitlines()[:40]
+    english = (MULTI30K / "val.en").read_text().splitlines()[:40]
+    rows = [{"de": d, "en": e} for d, e in zip(german, english)]
+    for name in ("train", "validation"):
+        pd.DataFrame({"translation": rows}).to_parquet(tmp_path / f"{name}.parquet")
+    overrides = [f"data.train_file={tmp_path / 'train.parquet'}",
+                 f"data.eval_file={tmp_path / 'validation.parquet'}",
+                 f"model.name={tiny_marian}", "resources.gpus_per_trial=0",
+                 "resources.cpus_per_trial=1", f"run.storage_path={tmp_path / 'results'}"]
+    done = run_cli("validate", "experiments/wmt_t5.yaml",
+                   *(arg for o in overrides for arg in ("--set", o)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert ": 40 train, 40 eval\n" in done.stdout
+    assert "generation   greedy, at most 128 new tokens" in done.stdout
