@@ -99,20 +99,32 @@ def test_export_translates_with_the_cards_own_lines(translation_run, tmp_path):
 
 
 @pytest.mark.slow  # two more Ray runs
-def test_confirm_generates_with_the_final_beams_and_replay(translation_run):
+def test_confirm_generates_with_the_final_beams(translation_run):
     _, experiment = translation_run
     done = run_cli("confirm", str(experiment), "--top", "1", "--seeds", "2")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "generation   beam search, 4 beams" in done.stdout
+    from raytune_ft.experiment import read_experiment_record
+
+    confirmed = read_experiment_record(str(experiment.parent / "multi30k_quick-confirm"))
+    assert confirmed.data.generation.num_beams == 4  # final_num_beams in force
+    assert read_experiment_record(str(experiment)).data.generation.num_beams == 1
     rows = pd.read_parquet(experiment / "analysis" / "confirm.parquet")
     assert len(rows) == 2 and rows["metric"].between(0, 100).all()
-    done = run_cli("replay", str(experiment))
+
+
+@pytest.mark.slow  # one more Ray run
+def test_a_warm_start_imports_the_translation_trials(translation_run, tmp_path, tiny_marian):
+    _, experiment = translation_run
+    sets = [f"model.name={tiny_marian}", f"run.storage_path={tmp_path / 'again'}", *SMALL,
+            "run.num_samples=1"]
+    done = run_cli("tune", "experiments/multi30k_quick.yaml", "--warm-start", str(experiment),
+                   *(arg for o in sets for arg in ("--set", o)))
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "eval_bleu=" in done.stdout
+    assert "warm start   2 of 2 trials imported from 1 experiment" in done.stdout
 
 
 @pytest.mark.slow
-def test_pbt_mutates_the_batch_size_of_translation_trials(tmp_path, tiny_marian):
+def test_pbt_mutates_the_batch_size_and_replays(tmp_path, tiny_marian):
     scheduler = ("scheduler={type: pbt, perturbation_interval: 1, quantile_fraction: 0.5, "
                  "mutations: [learning_rate, batch_size]}")
     done, experiment = tune(tmp_path, tiny_marian, scheduler, "run.num_samples=2",
@@ -123,6 +135,10 @@ def test_pbt_mutates_the_batch_size_of_translation_trials(tmp_path, tiny_marian)
             for r in read_results(trial)]
     assert rows and all(math.isfinite(r["eval_loss"]) for r in rows)
     assert {r["samples_seen"] for r in rows} <= {24, 48, 72, 96}
+    assert {r["batch_size"] for r in rows} <= {16, 32}
+    done = run_cli("replay", str(experiment))  # the best trial's schedule from scratch
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "eval_bleu=" in done.stdout
 
 
 @pytest.mark.slow

@@ -111,7 +111,7 @@ class FineTuneLoop:
                                  f"samples, but the data has {self.n_train}")
         self.total_samples = self.budget.total_samples
         self.optimizer = torch.optim.AdamW(parameter_groups(model, hp), lr=hp.learning_rate,
-                                           eps=hp.adam_epsilon)
+                                           eps=hp.adam_epsilon, betas=(0.9, hp.adam_beta2))
         self._eval_cache: tuple[int | None, list] = (None, [])
         self.eval_ms_per_example: float | None = None  # of the last evaluation
         self.eval_seconds = (0.0, 0.0)  # the last evaluation's, and of it the predictions'
@@ -140,6 +140,7 @@ class FineTuneLoop:
         self.hp = hp
         for group in self.optimizer.param_groups:  # lr and weight decay are set every step
             group["eps"] = hp.adam_epsilon
+            group["betas"] = (group["betas"][0], hp.adam_beta2)
         self.stream = SampleStream(self.data.train.lengths, self.state.seed,
                                    hp.length_group_window)
         if hp.reference_batch_size:
