@@ -52,6 +52,8 @@ def loop_for(model_path: str, data, batch: int, beams: int = 1):
     from raytune_ft.training.model import load_pretrained
 
     data.eval.decoding.generation.update(num_beams=beams, max_new_tokens=64)
+    if beams > 1:
+        data.eval.decoding.generation["length_penalty"] = 1.0
     model = load_pretrained("AutoModelForSeq2SeqLM", model_path, 0)
     hp = TrainConfig(batch_size=batch, max_micro_batch=batch, learning_rate=1e-3,
                      max_epochs=1, eval_batch_size=100)

@@ -216,9 +216,11 @@ class Seq2Seq(Task):
         check_tokenizer(tokenizer, model_path, splits[0])
         splits[1].references = list(dev.targets)
         generation = data.generation
-        splits[1].decoding = Decoding(tokenizer, {
-            "num_beams": generation.num_beams, "max_new_tokens": generation.max_new_tokens,
-            "length_penalty": generation.length_penalty}, list(data.metrics), data.lowercase)
+        settings = {"num_beams": generation.num_beams,
+                    "max_new_tokens": generation.max_new_tokens}
+        if generation.num_beams > 1:  # greedy search has no length penalty (it would warn)
+            settings["length_penalty"] = generation.length_penalty
+        splits[1].decoding = Decoding(tokenizer, settings, list(data.metrics), data.lowercase)
         metrics = ["eval_loss", *(m for s in data.metrics for m in METRICS_OF[s]),
                    "eval_gen_len"]
         pad = tokenizer.pad_token_id
@@ -233,7 +235,7 @@ class Seq2Seq(Task):
         generation = decoding.generation
         how = ("greedy" if generation["num_beams"] == 1 else
                f"beam search, {generation['num_beams']} beams, length penalty "
-               f"{generation['length_penalty']:g}")
+               f"{generation.get('length_penalty', 1.0):g}")
         tokens = [f"{name} {int(np.diff(s.offsets).sum())} source and "
                   f"{int(s.target_lengths.sum())} target tokens"
                   for name, s in (("train", train), ("eval", dev))]
@@ -287,9 +289,6 @@ class Seq2Seq(Task):
 
     def loss_units(self, batch: dict) -> int:
         return int((batch["labels"] != IGNORE).sum())
-
-    def predict(self, outputs: Any, batch: dict) -> Any:
-        raise NotImplementedError("seq2seq predicts by generating: predict_model")
 
     def predict_model(self, model: torch.nn.Module, outputs: Any, batch: dict,
                       data: DataBundle) -> tuple[list[str], np.ndarray]:
