@@ -342,3 +342,29 @@ def test_the_gpu_example_validates_on_a_small_table(tmp_path, tiny_marian):
     assert done.returncode == 0, done.stderr[-2000:]
     assert ": 40 train, 40 eval\n" in done.stdout
     assert "generation   greedy, at most 128 new tokens" in done.stdout
+
+
+def test_summarisation_reports_rouge_only(tmp_path, tiny_marian):
+    from raytune_ft.errors import ConfigError
+
+    english = (MULTI30K / "val.en").read_text().splitlines()[:12]
+    table = tmp_path / "summaries.jsonl"
+    table.write_text("".join(json.dumps({"document": f"{e} {e}", "summary": e}) + "\n"
+                             for e in english))
+    data = DataConfig(kind="seq2seq", train_file=str(table), eval_file=str(table),
+                      source_column="document", target_column="summary", metrics=["rouge"],
+                      generation={"max_new_tokens": 8})
+    bundle = TASK.load_data(data, str(tiny_marian), 64)
+    assert bundle.metrics == ["eval_loss", "eval_rouge1", "eval_rouge2", "eval_rougeL",
+                              "eval_gen_len"]
+    assert ("scores", "ROUGE-1/2/L F (rouge-score, Porter stemmer, its own lowercasing "
+                      "tokenizer); 0-100") in TASK.describe(bundle)
+    with pytest.raises(ConfigError, match=r"metric: 'eval_bleu' is not reported with "
+                                          r"data.metrics \['rouge'\]"):
+        TASK.check_metric("eval_bleu", bundle, data)
+    from raytune_ft.training.model import load_pretrained
+
+    model = load_pretrained("AutoModelForSeq2SeqLM", str(tiny_marian), 0)
+    scores = FineTuneLoop(model, bundle, TrainConfig(), "eval_rougeL", "max").evaluate()
+    assert set(scores) == set(bundle.metrics)
+    assert 0.0 <= scores["eval_rougeL"] <= 100.0 and scores["eval_gen_len"] <= 8
