@@ -113,14 +113,28 @@ def test_confirm_generates_with_the_final_beams(translation_run):
 
 
 @pytest.mark.slow  # one more Ray run
-def test_a_warm_start_imports_the_translation_trials(translation_run, tmp_path, tiny_marian):
+def test_a_warm_start_imports_the_translation_trials_and_tensorboard_tracks(
+        translation_run, tmp_path, tiny_marian):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
     _, experiment = translation_run
     sets = [f"model.name={tiny_marian}", f"run.storage_path={tmp_path / 'again'}", *SMALL,
-            "run.num_samples=1"]
+            "run.num_samples=1", "tracking.tensorboard=true"]
     done = run_cli("tune", "experiments/multi30k_quick.yaml", "--warm-start", str(experiment),
                    *(arg for o in sets for arg in ("--set", o)))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "warm start   2 of 2 trials imported from 1 experiment" in done.stdout
+    trial = next(p for p in (tmp_path / "again" / "multi30k_quick").iterdir()
+                 if (p / "result.json").is_file())
+    rows = read_results(trial)
+    events = EventAccumulator(str(trial))
+    events.Reload()
+    for metric in ("eval_bleu", "eval_chrf", "eval_gen_len", "eval_predict_s"):
+        scalars = events.Scalars(metric)
+        assert [s.step for s in scalars] == [r["samples_seen"] for r in rows], metric
+        assert [s.value for s in scalars] == pytest.approx([r[metric] for r in rows],
+                                                           rel=1e-6), metric
 
 
 @pytest.mark.slow
@@ -147,7 +161,7 @@ def test_lora_adapts_both_stacks_and_exports_merged(tmp_path, tiny_marian):
     from safetensors.torch import load_file
 
     done, experiment = tune(tmp_path, tiny_marian, "train.lora_r=4", "run.num_samples=1",
-                            "search.learning_rate={loguniform: [1e-3, 1e-2]}", name="s2s_lora")
+                            "search.learning_rate={loguniform: [1.0e-3, 1.0e-2]}", name="s2s_lora")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "lora         rank 4 on all-linear (16 linear layers)" in done.stdout
     saved = load_file(next(experiment.glob("*/checkpoint_*")) / "model.safetensors")
@@ -176,7 +190,7 @@ def test_two_workers_gather_the_generated_text(tmp_path, tiny_marian):
 
     done, experiment = tune(tmp_path, tiny_marian, "run.num_samples=1", "search={}",
                             "search_alg={type: random}", "train.batch_size=16",
-                            "train.learning_rate=3e-3", "resources.workers_per_trial=2",
+                            "train.learning_rate=0.003", "resources.workers_per_trial=2",
                             name="two")
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 data-parallel workers of 1 CPU" in done.stdout
