@@ -103,7 +103,7 @@ def main() -> None:
         rows[beams] = (seconds, predict_s)
         print(f"evaluate   {args.eval / seconds:8.1f} sentences/s  beams {beams}: "
               f"{seconds:.1f} s, generation {predict_s:.1f} s ({predict_s / eval_s:.0%}); "
-              f"BLEU {scores['eval_bleu']:.2f} (untrained weights), gen_len "
+              f"BLEU {scores['eval_bleu']:.2f} (of --model), gen_len "
               f"{scores['eval_gen_len']:.1f}", flush=True)
     interval_tokens = EVERY * TRAIN_PAIRS * float(np.mean(data.train.target_lengths))
     train_s = interval_tokens / tokens_per_s
