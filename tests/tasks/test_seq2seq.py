@@ -139,7 +139,7 @@ def test_config_refuses_what_seq2seq_cannot_read():
 @pytest.fixture(scope="module")
 def bundle(tiny_marian):
     data = multi30k(max_train_samples=64, max_eval_samples=16, eval_subset="first",
-                    max_target_length=12)
+                    max_target_length=12, generation={"max_new_tokens": 16})
     return TASK.load_data(data, str(tiny_marian), 16)
 
 
@@ -228,7 +228,7 @@ def test_evaluation_generates_and_scores_the_decoded_text(bundle, tiny_marian):
     with torch.no_grad():
         for sentence in german:
             encoded = tokenizer(sentence, truncation=True, max_length=16, return_tensors="pt")
-            out = model.generate(**encoded, num_beams=1, do_sample=False, max_new_tokens=128)
+            out = model.generate(**encoded, num_beams=1, do_sample=False, max_new_tokens=16)
             hypotheses.append(tokenizer.decode(out[0], skip_special_tokens=True).strip())
             lengths.append(generated_lengths(out.numpy(), 0, 1)[0])
     expected = corpus_scores(hypotheses, bundle.eval.references, ["bleu", "chrf"])
