@@ -23,6 +23,7 @@ TASKS: dict[str, Task] = load_entries(__name__, "TASK", (
     "sequence_classification",
     "token_classification",
     "image_classification",
+    "seq2seq",
 ))
 
 

@@ -116,9 +116,18 @@ class Task(abc.ABC):
         units, so accumulation gives the whole batch's gradient however units fall."""
         return len(next(iter(batch.values())))
 
-    @abc.abstractmethod
     def predict(self, outputs: Any, batch: dict[str, torch.Tensor]) -> Any:
-        """What `compute_metrics` needs of one eval batch, on the host."""
+        """What `compute_metrics` needs of one eval batch, on the host. A task defines this
+        or `predict_model`."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither predict nor "
+                                  "predict_model")
+
+    def predict_model(self, model: torch.nn.Module, outputs: Any,
+                      batch: dict[str, torch.Tensor], data: DataBundle) -> Any:
+        """What the loop calls per eval batch (and the latency figures time after `forward`):
+        `predict(outputs, batch)`, unless a task's predictions need the model itself or its
+        data, e.g. a generating task decodes with `model.generate`."""
+        return self.predict(outputs, batch)
 
     @abc.abstractmethod
     def compute_metrics(self, data: DataBundle, predictions: list[tuple[np.ndarray, Any]]
@@ -135,6 +144,11 @@ class Task(abc.ABC):
     def save_processor(self, model_path: str, out: str, max_length: int) -> None:
         """Write the tokenizer (or image processor) the exported model is used with."""
 
+    def prepare_export(self, model: torch.nn.Module, config: Any) -> None:
+        """Settings of the experiment the exported model keeps (a generating task: how it
+        generates), set on the model before it is saved; by default none."""
+        return None
+
     def card_input(self, config: Any) -> list[str]:
         """The model card's Data lines about the model's input (text: its max length)."""
         return [f"- max length: {config.model.max_length} tokens"]
@@ -142,6 +156,11 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def usage(self) -> list[str]:
         """Python lines that load the exported folder, for its model card."""
+
+    def card_usage(self, config: Any) -> list[str]:
+        """The card's usage lines for the experiment `config` (e.g. an example read from its
+        eval file); by default `usage()`."""
+        return self.usage()
 
 
 def label_list(names: list[str], shown: int = 20) -> str:
