@@ -174,7 +174,26 @@ def load_pretrained(auto_class: str, path: str, seed: int,
         _keep_or_replace_head(model, head, folder_labels(path), label_names, seed, path)
     # What LoRA trains in full (training.lora): what the folder did not hold, and the head.
     model.raytune_ft_head = sorted(fresh | set(head))
+    _keep_fixed(model)
     return model
+
+
+def _keep_fixed(model: torch.nn.Module) -> None:
+    """Freeze again what the model's class builds frozen (Marian's sinusoidal position
+    tables): transformers 5 loads every floating-point weight as a new Parameter with
+    requires_grad on (core_model_loading), which would train them. The class is built on
+    the meta device to read its own flags (no memory, no weights drawn)."""
+    try:
+        with torch.device("meta"):
+            built = type(model)(model.config)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as error:
+        log.info("%s cannot be built from its config alone (%s): its parameters' "
+                 "requires_grad as loaded", type(model).__name__, error)
+        return
+    fixed = {name for name, param in built.named_parameters() if not param.requires_grad}
+    for name, param in model.named_parameters():
+        if name in fixed:
+            param.requires_grad_(False)
 
 
 def folder_labels(path: str) -> list[str] | None:
@@ -318,9 +337,12 @@ def parameter_groups(model: torch.nn.Module, hp: TrainConfig) -> list[dict]:
     (training/layouts.py). The groups have the same structure
     whatever the decay, so a checkpoint's optimizer state loads under a new `layer_decay`.
     With LoRA (`training.lora`) the adapters take the decay of the layer they sit in, the
-    head trains at lr, and what peft froze (the base) stays out of the optimizer.
+    head trains at lr, and what peft froze (the base) stays out of the optimizer. A parameter
+    the model keeps fixed itself (`fixed_parameters`: Marian's sinusoidal positions) never
+    trains.
     """
     adapted = is_lora(model)
+    fixed = frozenset() if adapted else fixed_parameters(model)
     try:
         layout = model_layout(model)
     except ModelError:  # the message names the model class
@@ -336,6 +358,7 @@ def parameter_groups(model: torch.nn.Module, hp: TrainConfig) -> list[dict]:
             known and layout.frozen_by(name, hp.freeze_layers))
         if adapted:  # peft decided what trains; freeze_layers kept adapters out of layers 1..k
             frozen = not param.requires_grad
+        frozen = frozen or name in fixed
         param.requires_grad_(not frozen)
         if not frozen:
             groups.setdefault((depth, not _no_decay(name, param)), []).append(param)
@@ -347,6 +370,19 @@ def parameter_groups(model: torch.nn.Module, hp: TrainConfig) -> list[dict]:
     return [{"params": params, "decays": decays,
              "lr_scale": hp.layer_decay ** (num_layers + 1 - depth) if known else 1.0}
             for (depth, decays), params in sorted(groups.items())]
+
+
+def fixed_parameters(model: torch.nn.Module) -> frozenset[str]:
+    """Names of the parameters the model does not train by its own design (requires_grad off
+    as built or loaded, `_keep_fixed`: sinusoidal position tables), read the first time the
+    model is asked and kept on it, so that freezing for a trial never turns into training
+    them."""
+    fixed = getattr(model, "raytune_ft_fixed", None)
+    if fixed is None:
+        fixed = frozenset(name for name, param in model.named_parameters()
+                          if not param.requires_grad)
+        model.raytune_ft_fixed = fixed
+    return fixed
 
 
 # ---------------------------------------------------------------------------- BatchNorm
@@ -372,9 +408,10 @@ def _batchnorm_grads(model: torch.nn.Module, hp: TrainConfig) -> None:
     With LoRA adapters, peft decided what trains."""
     if is_lora(model):
         return
+    fixed = fixed_parameters(model)
     for name, module in batchnorm_layers(model):
         for key, param in module.named_parameters(recurse=False):
-            param.requires_grad_(hp.batchnorm != "frozen"
+            param.requires_grad_(hp.batchnorm != "frozen" and f"{name}.{key}" not in fixed
                                  and not _frozen_by_layer(model, f"{name}.{key}", hp))
 
 

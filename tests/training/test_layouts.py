@@ -5,6 +5,7 @@ the meta device); and an encoder-decoder warm-started from two encoders."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -54,6 +55,45 @@ def test_marian_decay_by_depth_in_both_stacks_and_freezing_the_encoder(tiny_mari
     assert scales["model.decoder.layers.2.encoder_attn.q_proj.weight"] == 0.5 ** 1
     layout = model_layout(model)
     assert layout.num_layers == 3 and layout.depth("lm_head.weight") == 4
+
+
+@pytest.mark.parametrize("hp", [{}, {"freeze_layers": 1}, {"batchnorm": "train"}],
+                         ids=["full", "freeze_layers", "batchnorm"])
+def test_parameters_the_model_keeps_fixed_never_train(tiny_marian, hp):
+    """Marian's sinusoidal position tables are built with requires_grad off: the model never
+    trains them. Building the optimizer groups (whatever freezing a trial asks for) leaves
+    them off and out of every group, and a training step leaves them bit for bit as built."""
+    from raytune_ft.tasks import get_task
+    from raytune_ft.training.loop import FineTuneLoop
+
+    model = load_pretrained("AutoModelForSeq2SeqLM", str(tiny_marian), 0)
+    positions = {name: p.detach().clone() for name, p in model.named_parameters()
+                 if "embed_positions" in name}
+    assert len(positions) == 2 and not any(
+        p.requires_grad for name, p in model.named_parameters() if name in positions)
+    task = get_task("seq2seq")
+    bundle = task.load_data(multi30k_data(), str(tiny_marian), 16)
+    loop = FineTuneLoop(model, bundle, TrainConfig(batch_size=8, max_epochs=1, **hp),
+                        "eval_bleu", "max", task=task)
+    grouped = {id(p) for group in loop.optimizer.param_groups for p in group["params"]}
+    for name, param in model.named_parameters():
+        if name in positions:
+            assert not param.requires_grad and id(param) not in grouped, name
+    assert any(p.requires_grad for n, p in model.named_parameters() if "decoder.layers" in n)
+    loop._step(np.arange(8))
+    for name, param in model.named_parameters():
+        if name in positions:
+            assert torch.equal(param, positions[name]), name
+
+
+def multi30k_data():
+    from support import MULTI30K
+
+    from raytune_ft.schema import data_settings
+
+    return data_settings(kind="seq2seq", train_file=str(MULTI30K / "train"),
+                         eval_file=str(MULTI30K / "val"), source_lang="de", target_lang="en",
+                         max_train_samples=16, max_eval_samples=4, max_target_length=12)
 
 
 def test_hub_configs_have_known_layouts_and_lora_targets():
