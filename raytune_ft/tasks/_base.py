@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+IGNORE = -100  # the label of a position the loss skips (torch's cross_entropy default)
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -161,6 +163,21 @@ class Task(abc.ABC):
         """The card's usage lines for the experiment `config` (e.g. an example read from its
         eval file); by default `usage()`."""
         return self.usage()
+
+
+class PositionLoss:
+    """`loss` and `loss_units` of a task whose labels are one per position (a tag, a target
+    token), `IGNORE` where the loss skips one: cross-entropy summed over the labelled
+    positions, and their count, so a step's gradient is the mean over the whole batch's
+    labelled positions however they fall into micro-batches. Listed before `Task`."""
+
+    def loss(self, outputs: torch.Tensor, batch: dict, label_smoothing: float = 0.0
+             ) -> torch.Tensor:
+        return summed_cross_entropy(outputs.flatten(0, 1), batch["labels"].flatten(),
+                                    label_smoothing, ignore_index=IGNORE)
+
+    def loss_units(self, batch: dict) -> int:
+        return int((batch["labels"] != IGNORE).sum())
 
 
 def label_list(names: list[str], shown: int = 20) -> str:

@@ -11,11 +11,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from raytune_ft.errors import ModelError
+from raytune_ft.tasks._base import IGNORE
 
 if TYPE_CHECKING:
     from raytune_ft.tasks._parallel import Pairs
 
-IGNORE = -100  # the label of a padding position (torch's cross_entropy default)
 
 
 @dataclass

@@ -26,9 +26,8 @@ from pydantic import Field, model_validator
 
 from raytune_ft.config import DataSettings, Strict
 from raytune_ft.errors import ConfigError, ModelError
-from raytune_ft.tasks._base import DataBundle, Metric, Task, summed_cross_entropy
+from raytune_ft.tasks._base import DataBundle, Metric, PositionLoss, Task
 from raytune_ft.tasks._pair_split import (
-    IGNORE,
     Decoding,
     PairSplit,
     collate,
@@ -116,7 +115,7 @@ class Seq2SeqData(DataSettings):
         return self.model_copy(update={"generation": generation})
 
 
-class Seq2Seq(Task):
+class Seq2Seq(PositionLoss, Task):
     name = "seq2seq"
     primary_metric = "eval_bleu"
     settings = Seq2SeqData
@@ -210,15 +209,6 @@ class Seq2Seq(Task):
     def forward(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      decoder_input_ids=batch["decoder_input_ids"], use_cache=False).logits
-
-    def loss(self, outputs: torch.Tensor, batch: dict, label_smoothing: float = 0.0
-             ) -> torch.Tensor:
-        """Cross-entropy summed over the target tokens (smoothing on training steps)."""
-        return summed_cross_entropy(outputs.flatten(0, 1), batch["labels"].flatten(),
-                                    label_smoothing, ignore_index=IGNORE)
-
-    def loss_units(self, batch: dict) -> int:
-        return int((batch["labels"] != IGNORE).sum())
 
     def predict_model(self, model: torch.nn.Module, outputs: Any, batch: dict,
                       data: DataBundle) -> tuple[list[str], np.ndarray]:

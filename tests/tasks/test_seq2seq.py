@@ -19,9 +19,10 @@ from raytune_ft.config import TrainConfig
 from raytune_ft.errors import DataError
 from raytune_ft.schema import data_settings
 from raytune_ft.tasks import get_task
+from raytune_ft.tasks._base import IGNORE
 from raytune_ft.tasks._parallel import read_pairs, subset
 from raytune_ft.tasks._scores import corpus_scores
-from raytune_ft.tasks.seq2seq import IGNORE, Seq2SeqData, collate, generated_lengths
+from raytune_ft.tasks.seq2seq import Seq2SeqData, collate, generated_lengths
 from raytune_ft.training.loop import FineTuneLoop
 
 TASK = get_task("seq2seq")
