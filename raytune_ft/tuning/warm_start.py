@@ -264,8 +264,9 @@ def _dotted(config: ExperimentConfig, section: str) -> dict[str, Any]:
     if section == "data":
         from raytune_ft.tasks import canonical_dataset, task_for
 
-        value = {**value.model_dump(), "kind": task_for(value).name,
-                 "task": value.task and canonical_dataset(value.task)}
+        value = {**value.model_dump(), "kind": task_for(value).name}
+        if value.get("task"):  # a named dataset (sequence classification's data.task)
+            value["task"] = canonical_dataset(value["task"])
     elif hasattr(value, "model_dump"):
         value = value.model_dump()
     if not isinstance(value, dict):
