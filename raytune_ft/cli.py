@@ -207,8 +207,9 @@ def _print_header(prepared) -> None:
         print(f"model        searched: {', '.join(prepared.models.paths)}")
     else:
         print(f"model        {config.model.name} ({prepared.model_path})")
-    print(f"data         {bundle.task}: {len(bundle.train)} train, {len(bundle.eval)} eval, "
-          f"{len(bundle.label_names)} labels")
+    labels = f", {len(bundle.label_names)} labels" if bundle.label_names else ""
+    print(f"data         {bundle.task}: {len(bundle.train)} train, {len(bundle.eval)} eval"
+          f"{labels}")
     for name, text in prepared.about_data:
         print(f"{name:<12} {text}")
     others = "".join(f", {b.total_samples}" for b in plan.other_budgets)

@@ -158,7 +158,7 @@ def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record
     from raytune_ft.training.model import resolve_model_path
 
     label_names = record.get("label_names")
-    if not label_names:
+    if label_names is None:  # a generating task has none ([]), a classifier its classes
         raise ExperimentError("raytune_ft.json holds no label_names; cannot name the labels")
     searched = record.get("model_paths") or {}  # model.name -> path, when it was searched
     model_path = searched.get(config.model.name) or (
@@ -190,6 +190,7 @@ def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record
             model.peft_config["default"].base_model_name_or_path = model_path
         else:  # W + (alpha / r) B A in every adapted layer: a plain transformers model
             model = model.merge_and_unload()
+    task.prepare_export(model, config)  # e.g. how a generating model generates
     model.save_pretrained(staging)
     task.save_processor(model_path, str(staging), config.model.max_length)
     return lora
@@ -260,7 +261,7 @@ def model_card(info: dict, config: ExperimentConfig, record: dict) -> str:
              f"{info['samples_seen']} samples seen, epoch {info['epoch']:g}).", "",
              "## Data", "", f"- kind: `{task.name}` ({task.pipeline_tag})",
              f"- task: `{data['task']}`", f"- examples: {sizes}",
-             f"- labels: {labels}", *task.card_input(config), "",
+             *([f"- labels: {labels}"] if labels else []), *task.card_input(config), "",
              "## Result", "",
              f"- {config.metric} of this checkpoint on the dev/eval data: {value:.4f}"]
     lines += [f"- {k}: {v:.4f}" for k, v in info["metrics"].items() if k != config.metric]
@@ -275,12 +276,11 @@ def model_card(info: dict, config: ExperimentConfig, record: dict) -> str:
     searched = set(info["searched"])
     for key, val in sorted(info["hyperparameters"].items(), key=lambda kv: kv[0] not in searched):
         lines.append(f"| {key}{' *' if key in searched else ''} | {val} |")
-    usage = task.usage()
+    usage = task.card_usage(config)
     if info.get("lora"):
         lines += lora_card_lines(info["lora"])
         if info["lora"]["form"] == "adapter":
-            usage = adapter_usage(task, record.get("label_names", []), info["lora"])
-    usage = [*usage, *task.usage_example(config)]  # on the experiment's own data, if any
+            usage = adapter_usage(task, record.get("label_names", []), info["lora"], usage)
     lines += ["", "## Use", "", "```python", *usage, "```", ""]
     front = card_data.to_yaml(original_order=list(CARD_FRONT_ORDER))
     return str(ModelCard(f"---\n{front}\n---\n" + "\n".join(lines)))
@@ -302,11 +302,12 @@ def lora_card_lines(lora: dict) -> list[str]:
             f"- this folder: {form}"]
 
 
-def adapter_usage(task: Task, label_names: list[str], lora: dict) -> list[str]:
-    """The task's usage lines with the model loaded as the base plus this adapter."""
+def adapter_usage(task: Task, label_names: list[str], lora: dict, usage: list[str]
+                  ) -> list[str]:
+    """The card's `usage` lines with the model loaded as the base plus this adapter."""
     labels = dict(enumerate(label_names))
     lines = ["from peft import PeftModel"]
-    for line in task.usage():
+    for line in usage:
         if line.startswith("model = "):
             lines += [f'base = {task.auto_class}.from_pretrained("{lora["base_path"]}", '
                       f"num_labels={len(labels)}, id2label={labels})",

@@ -15,6 +15,7 @@ os.environ.pop("RAY_ADDRESS", None)
 
 from support import (  # noqa: E402 - after the environment
     GLUE_DIR,
+    build_tiny_marian,
     build_tiny_model,
     build_tiny_vision_model,
 )
@@ -30,6 +31,12 @@ def glue_dir() -> Path:
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_marian(tmp_path_factory) -> Path:
+    """A tiny random Marian translation model with a BPE tokenizer of Multi30K pieces."""
+    return build_tiny_marian(tmp_path_factory.mktemp("tiny_marian"))
 
 
 @pytest.fixture(scope="session")

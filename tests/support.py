@@ -10,6 +10,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 GLUE_DIR = REPO.parent / "shared" / "data" / "glue"
+MULTI30K = REPO.parent / "shared" / "data" / "translation"  # research and education use only
 # tests/fault_hook/sitecustomize.py: the trial whose train.seed is this variable raises
 FAULT_HOOK = "RAYTUNE_FT_TEST_FAIL_SEED"
 FAULT_HOOK_DIR = REPO / "tests" / "fault_hook"
@@ -169,3 +170,15 @@ def build_model_family(root: Path) -> dict[str, Path]:
     (swapped / "tokenizer.json").write_text(json.dumps(tokenizer))
     (swapped / "vocab.txt").unlink(missing_ok=True)  # the fast tokenizer's file decides
     return {"two": two, "one": one, "swapped": swapped}
+
+
+def build_tiny_marian(directory: Path, *, d_model: int = 32, layers: int = 1,
+                      dropout: float = 0.1, lines: int = 3000, vocab_size: int = 1000) -> Path:
+    """A random Marian translation model from its config with a BPE tokenizer trained on
+    the first `lines` of Multi30K's train.de and train.en (the multi30k data command's code,
+    at test size)."""
+    from raytune_ft.multi30k import write_model
+
+    write_model(directory, MULTI30K, seed=0, vocab_size=vocab_size, lines=lines,
+                d_model=d_model, layers=layers, heads=2, ffn=2 * d_model, dropout=dropout)
+    return directory

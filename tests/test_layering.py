@@ -25,7 +25,7 @@ LAYERS = (
     ("tasks", "schedulers", "tracking"),  # the three registries, one module per component
     ("schema",),  # the experiment, assembled from config and the registries
     ("experiment",),  # the experiment folder: names, the record, raw rows, ranking
-    ("analysis", "tuning", "model_export", "digits"),  # what runs and reads experiments
+    ("analysis", "tuning", "model_export", "digits", "multi30k"),  # what runs, reads, demos
     ("cli", "__main__"),
 )
 SAME_LAYER = {

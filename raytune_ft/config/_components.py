@@ -31,6 +31,11 @@ class DataSettings(Strict):
         reading named datasets says its dataset's name)."""
         return str(self.train_file)
 
+    def for_final_model(self) -> DataSettings:
+        """These settings as confirm runs and export use them (seq2seq: beam search where
+        the search generated greedily); by default the search's."""
+        return self
+
     @model_validator(mode="after")
     def _eval_with_train(self) -> DataSettings:
         if self.train_file is not None and self.eval_file is None:

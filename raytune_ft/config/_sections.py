@@ -25,6 +25,9 @@ SCHEDULES = ("linear", "constant", "cosine", "step", "exponential", "plateau")
 class ModelConfig(Strict):
     name: str  # hub id, local directory, or "all-MiniLM-L6-v2" (the packaged offline copy)
     max_length: int = Field(128, gt=0)  # tokens per example after truncation; batches pad less
+    # an encoder-decoder warm-started from two checkpoints (Rothe et al. 2020): model.name
+    # the encoder, this the decoder (its cross-attention new); None: model.name is one model
+    decoder_name: str | None = None
 
 
 BatchPhases = list[tuple[float, int]]
@@ -55,6 +58,9 @@ class TrainConfig(Strict):
     reference_batch_size: int | None = Field(None, gt=0)  # default: the trial's first batch
     max_grad_norm: float | None = Field(1.0, gt=0)  # None disables clipping
     adam_epsilon: float = Field(1e-8, gt=0)  # AdamW's epsilon
+    # AdamW's second-moment decay: torch's 0.999 for fine-tuning; 0.98 (Vaswani et al. 2017)
+    # steadies a transformer trained from its config in its first thousand steps
+    adam_beta2: float = Field(0.999, gt=0, lt=1)
     seed: int = Field(0, ge=0, lt=2**32)  # head init, data order, dropout (numpy: 0..2^32-1)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, fp32 CPU
     eval_batch_size: int = Field(128, gt=0)  # examples per evaluation batch (no gradients)

@@ -147,6 +147,7 @@ class ExperimentConfig(Strict):
         space = self.space()
         for key, domain in space.items():
             _check_domain_values(self, key, domain)
+        _check_decoder_name(self, space)
         if "model.name" in space and self.model.name not in space["model.name"].values:
             raise ValueError(f"model.name: {self.model.name!r} is not among search.model.name "
                              f"{space['model.name'].values}; leave model.name out or list it")
@@ -214,6 +215,20 @@ def _check_domain_values(config: ExperimentConfig, key: str, domain: Domain) -> 
         except ValidationError as error:
             detail = error.errors()[0]["msg"]
             raise ValueError(f"search.{key}: value {value!r} is invalid: {detail}") from None
+
+
+def _check_decoder_name(config: ExperimentConfig, space: dict[str, Domain]) -> None:
+    """`model.decoder_name` warm-starts an encoder-decoder: only a generating task reads
+    it, and only beside one fixed encoder."""
+    if config.model.decoder_name is None:
+        return
+    task = task_for(config.data)
+    if task.auto_class != "AutoModelForSeq2SeqLM":
+        raise ValueError(f"model.decoder_name: read only by data.kind seq2seq (an "
+                         f"encoder-decoder; this data is read by {task.name})")
+    if "model.name" in space:
+        raise ValueError("model.decoder_name: set with search.model.name; the encoder of a "
+                         "warm-started encoder-decoder is one fixed model.name")
 
 
 def _check_model_domain(key: str, domain: Domain) -> None:

@@ -48,6 +48,10 @@ def configuration_reference() -> str:
     for name, task in TASKS.items():
         parts.append(_table(f"`data:` with `kind: {name}`", task.settings,
                             intro=_summary(task.settings)))
+        for key, field in task.settings.model_fields.items():  # its own nested sections
+            if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+                parts.append(_table(f"`data.{key}:` with `kind: {name}`", field.annotation,
+                                    intro=_summary(field.annotation)))
     parts.append(_table("`train:`", TrainConfig))
     for name, spec in SCHEDULERS.items():
         parts.append(_table(f"`scheduler:` with `type: {name}`", spec.settings,

@@ -31,6 +31,7 @@ TASKS: dict[str, Task] = load_entries(__name__, "TASK", (
     "token_classification",
     "image_classification",
     "question_answering",
+    "seq2seq",
 ))
 
 

@@ -27,6 +27,8 @@ if TYPE_CHECKING:
     import numpy as np
     import torch
 
+IGNORE = -100  # the label of a position the loss skips (torch's cross_entropy default)
+
 
 @dataclass(frozen=True)
 class Metric:
@@ -125,9 +127,18 @@ class Task(abc.ABC):
         units, so accumulation gives the whole batch's gradient however units fall."""
         return len(next(iter(batch.values())))
 
-    @abc.abstractmethod
     def predict(self, outputs: Any, batch: dict[str, torch.Tensor]) -> Any:
-        """What `compute_metrics` needs of one eval batch, on the host."""
+        """What `compute_metrics` needs of one eval batch, on the host. A task defines this
+        or `predict_model`."""
+        raise NotImplementedError(f"{type(self).__name__} defines neither predict nor "
+                                  "predict_model")
+
+    def predict_model(self, model: torch.nn.Module, outputs: Any,
+                      batch: dict[str, torch.Tensor], data: DataBundle) -> Any:
+        """What the loop calls per eval batch (and the latency figures time after `forward`):
+        `predict(outputs, batch)`, unless a task's predictions need the model itself or its
+        data, e.g. a generating task decodes with `model.generate`."""
+        return self.predict(outputs, batch)
 
     @abc.abstractmethod
     def compute_metrics(self, data: DataBundle, predictions: list[tuple[np.ndarray, Any]]
@@ -144,6 +155,11 @@ class Task(abc.ABC):
     def save_processor(self, model_path: str, out: str, max_length: int) -> None:
         """Write the tokenizer (or image processor) the exported model is used with."""
 
+    def prepare_export(self, model: torch.nn.Module, config: Any) -> None:
+        """Settings of the experiment the exported model keeps (a generating task: how it
+        generates), set on the model before it is saved; by default none."""
+        return None
+
     def card_input(self, config: Any) -> list[str]:
         """The model card's Data lines about the model's input (text: its max length)."""
         return [f"- max length: {config.model.max_length} tokens"]
@@ -152,10 +168,10 @@ class Task(abc.ABC):
     def usage(self) -> list[str]:
         """Python lines that load the exported folder, for its model card."""
 
-    def usage_example(self, config: Any) -> list[str]:
-        """Lines the card runs after `usage` on the experiment's own data (the trial's
-        settings in `config`); none by default."""
-        return []
+    def card_usage(self, config: Any) -> list[str]:
+        """The card's usage lines for the experiment `config` (e.g. run on an example of its
+        own eval file); by default `usage()`."""
+        return self.usage()
 
 
 def example_count(split: Split) -> int:
@@ -163,6 +179,21 @@ def example_count(split: Split) -> int:
     examples (question answering: a question's context in windows) and it says how many
     (`source_examples`); a search over the encoding must keep the same ones."""
     return int(getattr(split, "source_examples", len(split)))
+
+
+class PositionLoss:
+    """`loss` and `loss_units` of a task whose labels are one per position (a tag, a target
+    token), `IGNORE` where the loss skips one: cross-entropy summed over the labelled
+    positions, and their count, so a step's gradient is the mean over the whole batch's
+    labelled positions however they fall into micro-batches. Listed before `Task`."""
+
+    def loss(self, outputs: torch.Tensor, batch: dict, label_smoothing: float = 0.0
+             ) -> torch.Tensor:
+        return summed_cross_entropy(outputs.flatten(0, 1), batch["labels"].flatten(),
+                                    label_smoothing, ignore_index=IGNORE)
+
+    def loss_units(self, batch: dict) -> int:
+        return int((batch["labels"] != IGNORE).sum())
 
 
 def label_list(names: list[str], shown: int = 20) -> str:

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from raytune_ft.errors import ConfigError
+from raytune_ft.tasks._base import IGNORE
 from raytune_ft.tasks._conll import TaggedSentences
 
-IGNORE = -100  # the label of a position the loss skips (torch's cross_entropy default)
 UNSCORED = -1  # the prediction of a word no window predicts: wrong (O for entity scores)
 
 

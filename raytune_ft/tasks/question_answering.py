@@ -299,11 +299,11 @@ class QuestionAnswering(Task):
                 f'model = {self.auto_class}.from_pretrained("<this folder>")',
                 'tokenizer = AutoTokenizer.from_pretrained("<this folder>")']
 
-    def usage_example(self, config) -> list[str]:
-        """What `pipeline("question-answering")` did, which transformers 5 removed: the
-        context in windows as in training, the best span over them (the empty answer where
-        the null score wins, as the trial decided), on the first answerable question the
-        trial was scored on."""
+    def card_usage(self, config) -> list[str]:
+        """`usage`, then what `pipeline("question-answering")` did, which transformers 5
+        removed: the context in windows as in training, the best span over them (the empty
+        answer where the null score wins, as the trial decided), on the first answerable
+        question the trial was scored on."""
         from raytune_ft.tasks._squad import subset
 
         data, length = config.data, config.model.max_length
@@ -317,7 +317,7 @@ class QuestionAnswering(Task):
         code = CARD_ANSWER.format(length=length, stride=doc_stride(data, length),
                                   longest=data.max_answer_length, empty=empty)
         gold = dev.answers[q][0][0] if dev.answers[q] else ""
-        return [*code.splitlines(), "",
+        return [*self.usage(), *code.splitlines(), "",
                 f"# question {dev.ids[q]} of {Path(data.eval_file).name} (a gold answer: "
                 f"{gold!r})",
                 f"question = {dev.questions[q]!r}", f"context = {dev.context(q)!r}",

@@ -37,9 +37,16 @@ from pydantic import model_validator
 import raytune_ft.tasks._conll as _conll
 from raytune_ft.config import DataSettings
 from raytune_ft.errors import ConfigError, ModelError
-from raytune_ft.tasks._base import DataBundle, Metric, Task, label_list, summed_cross_entropy
+from raytune_ft.tasks._base import DataBundle, Metric, PositionLoss, Task, label_list
 from raytune_ft.tasks._conll import check_tag_column, file_format
-from raytune_ft.tasks._tagged import IGNORE, UNSCORED, TaggedSplit, collate, encode, passes
+from raytune_ft.tasks._tagged import (  # noqa: F401 - IGNORE: the tests read it here
+    IGNORE,
+    UNSCORED,
+    TaggedSplit,
+    collate,
+    encode,
+    passes,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -149,7 +156,7 @@ def entity_scores(gold: list[list[str]], predicted: list[list[str]]) -> dict[str
 # ---------------------------------------------------------------- the task
 
 
-class TokenClassification(Task):
+class TokenClassification(PositionLoss, Task):
     name = "token_classification"
     primary_metric = "eval_token_accuracy"
     settings = TokenData
@@ -243,15 +250,6 @@ class TokenClassification(Task):
         logits = [model(input_ids=ids[rows], attention_mask=mask[rows]).logits
                   for rows in passes(batch)]
         return logits[0] if len(logits) == 1 else torch.cat(logits)
-
-    def loss(self, outputs: torch.Tensor, batch: dict, label_smoothing: float = 0.0
-             ) -> torch.Tensor:
-        """Cross-entropy summed over the labelled positions (smoothing on training steps)."""
-        return summed_cross_entropy(outputs.flatten(0, 1), batch["labels"].flatten(),
-                                    label_smoothing, ignore_index=IGNORE)
-
-    def loss_units(self, batch: dict) -> int:
-        return int((batch["labels"] != IGNORE).sum())
 
     def predict(self, outputs: torch.Tensor, batch: dict) -> list[np.ndarray]:
         """The predicted tag of each word a row scores (at its first sub-token), per row

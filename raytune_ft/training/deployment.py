@@ -1,14 +1,16 @@
 """Deployment figures of a trial's model: parameter counts, checkpoint and model size on
 disk, and inference latency on the trial's own device. No Ray in here.
 
-Latency is a median of warm forward passes with the loop's precision, on real evaluation
-examples, per example (ms per pass / batch size): at batch 1 over `B1_REPEATS` timed passes
-after `WARMUP` untimed ones (the first eval examples, one per pass, so the median covers
-their lengths), in inference mode; at the eval batch over the trial's eval batches
-(length-sorted batches of `train.eval_batch_size`), each timed from the host batch to its
-loss as the trial evaluates (`FineTuneLoop.eval_passes`). For the loop's own model that is
-its last evaluation, so it costs no extra pass; a loop not evaluated yet, or a LoRA trial's
-merged model, makes one pass over the eval batches.
+Latency is a median of warm inference passes (the forward pass and the task's predictions
+from it: an argmax, or for a generating task the decoding with the trial's generation
+settings, so for seq2seq it is generation time) with the loop's precision, on real
+evaluation examples, per example (ms per pass / batch size): at batch 1 over `B1_REPEATS`
+timed passes after `WARMUP` untimed ones (the first eval examples, one per pass, so the
+median covers their lengths), in inference mode; at the eval batch over the trial's eval
+batches (length-sorted batches of `train.eval_batch_size`), each timed from the host batch
+to its predictions as the trial evaluates (`FineTuneLoop.eval_passes`). For the loop's own
+model that is its last evaluation, so it costs no extra pass; a loop not evaluated yet, or a
+LoRA trial's merged model, makes one pass over the eval batches.
 
 A trial measures once, after its first evaluation (the model is built and warm then): the
 weights change during training but not the shapes, so the figures hold for the whole trial,
@@ -116,6 +118,12 @@ def shipped_model(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
                 weight.copy_(saved)
 
 
+def _infer(task, model: torch.nn.Module, batch: dict, data):
+    """One inference pass as the evaluation makes it: the forward pass and the task's
+    predictions from it (a generating task: decoding, after its teacher-forced pass)."""
+    return task.predict_model(model, task.forward(model, batch), batch, data)
+
+
 def measure_latency(loop, model: torch.nn.Module | None = None) -> dict:
     """Median ms per example at batch 1 and at the eval batch of `model` (default: the loop's
     own, whose last evaluation gives the eval-batch figure), on a `FineTuneLoop`'s data and
@@ -133,10 +141,11 @@ def measure_latency(loop, model: torch.nn.Module | None = None) -> dict:
     try:
         with torch.inference_mode(), loop._autocast():
             b1 = median_ms_per_example(
-                lambda i: task.forward(model, on_device[i % B1_REPEATS]), 1, B1_REPEATS, device)
+                lambda i: _infer(task, model, on_device[i % B1_REPEATS], data), 1, B1_REPEATS,
+                device)
         if at_batch is None:
             with torch.no_grad():  # as `evaluate` runs them
-                at_batch = statistics.median(ms for *_, ms in loop.eval_passes(model))
+                at_batch = statistics.median(ms for *_, ms, _ in loop.eval_passes(model))
     finally:
         model.train(was_training)
     return {"latency_ms_b1": b1, "latency_ms_eval_batch": at_batch,

@@ -97,7 +97,8 @@ class LoopTask(Protocol):
 
     def loss_units(self, batch: dict[str, torch.Tensor]) -> int: ...
 
-    def predict(self, outputs: Any, batch: dict[str, torch.Tensor]) -> Any: ...
+    def predict_model(self, model: torch.nn.Module, outputs: Any,
+                      batch: dict[str, torch.Tensor], data: Any) -> Any: ...
 
     def compute_metrics(self, data: Any, predictions: list[tuple[np.ndarray, Any]]
                         ) -> dict[str, float]: ...
@@ -144,9 +145,10 @@ class FineTuneLoop:
                                  f"samples, but the data has {self.n_train}")
         self.total_samples = self.budget.total_samples
         self.optimizer = torch.optim.AdamW(parameter_groups(model, hp), lr=hp.learning_rate,
-                                           eps=hp.adam_epsilon)
+                                           eps=hp.adam_epsilon, betas=(0.9, hp.adam_beta2))
         self._eval_cache: tuple[int | None, list] = (None, [])
         self.eval_ms_per_example: float | None = None  # of the last evaluation
+        self.eval_seconds = (0.0, 0.0)  # the last evaluation's, and of it the predictions'
         self.state = TrainerState(seed=hp.seed,
                                   reference_batch_size=hp.reference_batch_size
                                   or batch_size_at(hp, 0.0))
@@ -172,6 +174,7 @@ class FineTuneLoop:
         self.hp = hp
         for group in self.optimizer.param_groups:  # lr and weight decay are set every step
             group["eps"] = hp.adam_epsilon
+            group["betas"] = (group["betas"][0], hp.adam_beta2)
         self.stream = SampleStream(self.data.train.lengths, self.state.seed,
                                    hp.length_group_window)
         if hp.reference_batch_size:
@@ -234,6 +237,7 @@ class FineTuneLoop:
             self.state.samples_seen = target  # to the evaluation point, untrained
         metrics = {} if self.state.diverged else {**self.evaluate(),
                                                    "train_loss": loss_sum / max(units, 1)}
+        eval_s, predict_s = self.eval_seconds
         if not math.isfinite(metrics.get("eval_loss", math.nan)):
             if not self.state.diverged:
                 log.warning("non-finite eval loss at step %d: trial diverged", self.state.step)
@@ -245,6 +249,7 @@ class FineTuneLoop:
             epoch=self.state.samples_seen / self.n_train,
             samples_seen=self.state.samples_seen, step=self.state.step,
             samples_per_s=trained / train_seconds if trained and train_seconds > 0 else 0.0,
+            train_s=train_seconds, eval_s=eval_s, eval_predict_s=predict_s,
             diverged=self.state.diverged, skipped_steps=self.state.skipped_steps,
         )
         self._update_plateau(metrics)
@@ -333,14 +338,17 @@ class FineTuneLoop:
         self.model.eval()
         task = self.task
         predictions, loss_sum, units, ms_per_example = [], 0.0, 0, []
-        for indices, collated, batch, outputs, loss, ms in self.eval_passes(self.model):
+        evaluating, predict_s = time.perf_counter(), 0.0
+        for indices, collated, predicted, loss, ms, predicting in self.eval_passes(self.model):
             loss_sum += loss
             ms_per_example.append(ms)
+            predict_s += predicting
             units += int(task.loss_units(collated))
-            predictions.append((indices, task.predict(outputs, batch)))
+            predictions.append((indices, predicted))
         # the deployment figures' latency at the eval batch (training/deployment.py)
         self.eval_ms_per_example = statistics.median(ms_per_example) if ms_per_example \
             else None
+        self.eval_seconds = (time.perf_counter() - evaluating, predict_s)  # this rank's
         if self.world.distributed:  # every rank: the whole evaluation set's figures
             totals = self.world.sum_(torch.tensor([loss_sum, units], dtype=torch.float64,
                                                   device=self.device))
@@ -353,10 +361,11 @@ class FineTuneLoop:
 
     def eval_passes(self, model: torch.nn.Module) -> Iterator[tuple]:
         """Every eval batch through `model` (in the caller's eval mode, without gradients):
-        (indices, host batch, device batch, outputs, summed loss, ms per example), each pass
-        timed from the host batch to its loss. `evaluate` passes the loop's model; the
-        deployment figures time a LoRA trial's merged model with the same passes, so both
-        kinds of trial report the same measurement (training/deployment.py)."""
+        (indices, host batch, predictions, summed loss, ms per example, seconds predicting),
+        each pass timed from the host batch to its predictions (a generating task decodes
+        there). `evaluate` passes the loop's model; the deployment figures time a LoRA
+        trial's merged model with the same passes, so both kinds of trial report the same
+        measurement (training/deployment.py)."""
         task = self.task
         for indices, collated in self._eval_batches():
             started = time.perf_counter()
@@ -364,8 +373,12 @@ class FineTuneLoop:
             with self._autocast():
                 outputs = task.forward(model, batch)
             loss = task.loss(outputs, batch).item()  # smoothing 0: the true NLL
-            ms = (time.perf_counter() - started) * 1000 / len(indices)
-            yield indices, collated, batch, outputs, loss, ms
+            predicting = time.perf_counter()
+            with self._autocast():
+                predicted = task.predict_model(model, outputs, batch, self.data)
+            done = time.perf_counter()
+            ms = (done - started) * 1000 / len(indices)
+            yield indices, collated, predicted, loss, ms, done - predicting
 
     def _eval_batches(self) -> list[tuple[np.ndarray, dict[str, torch.Tensor]]]:
         """The evaluation set (this rank's deal of it), sorted by length and collated once

@@ -4,17 +4,20 @@
 the model unchanged (full fine-tuning). Otherwise peft wraps it:
 
 - targets: `train.lora_targets` is `all-linear` (as in peft: every pretrained `nn.Linear`
-  but the embeddings' and the task head's; for BERT-family models query, key, value and the
-  dense layers of the attention output and the feed-forward block in every layer, and the
-  pooler's dense layer) or comma-separated module names (the last part of a module's path,
-  e.g. `query,value`). No adapter goes into the bottom `train.freeze_layers` layers: with LoRA
-  `freeze_layers: k` means "no adapters in layers 1..k" (the embeddings are frozen anyway, so
-  `freeze_embeddings` changes nothing).
+  but the embeddings', the task head's and an output projection's; for BERT-family models
+  query, key, value and the dense layers of the attention output and the feed-forward block
+  in every layer, and the pooler's dense layer; for an encoder-decoder every projection of
+  both stacks, cross-attention included) or comma-separated module names (the last part of a
+  module's path, e.g. `query,value`, `q_proj,v_proj`). No adapter goes into the bottom
+  `train.freeze_layers` encoder layers: with LoRA `freeze_layers: k` means "no adapters in
+  encoder layers 1..k" (the embeddings are frozen anyway, so `freeze_embeddings` changes
+  nothing).
 - the head: the task head and the parameters the pretrained folder did not hold
   (`load_pretrained` records them), else every parameter outside the embeddings and the
-  encoder layers, trains in full as peft's
-  `modules_to_save`; a pretrained pooler is adapted like the encoder's layers (its weights
-  are the pretrained ones, which a sentence-embedding model such as MiniLM never trained).
+  layers, trains in full as peft's `modules_to_save` (a translation model's LM head tied
+  to its embeddings is no such module: it stays frozen); a pretrained pooler is adapted
+  like the encoder's layers (its weights are the pretrained ones, which a
+  sentence-embedding model such as MiniLM never trained).
 - the update is `(lora_alpha / lora_r) x B A`; A starts from `hp.seed`, B at zero, so a trial
   starts from exactly the pretrained function.
 
@@ -24,43 +27,46 @@ the model folder each time a trial builds its model, and is never written.
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import torch
 
 from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ModelError
-from raytune_ft.training.model import LAYOUTS
+from raytune_ft.training.layouts import model_layout
 
 ALL_LINEAR = "all-linear"
 
 
-def _layout(model: torch.nn.Module) -> tuple[tuple[str, ...], str]:
-    layout = LAYOUTS.get(getattr(model, "base_model_prefix", ""))
-    if layout is None:
-        raise ModelError(f"train.lora_r: LoRA needs the layer layout of {type(model).__name__}"
-                         " to tell the encoder from the head; supported: "
-                         + ", ".join(sorted(LAYOUTS)))
-    return layout
+def _layout(model: torch.nn.Module):
+    return model_layout(model, "train.lora_r")  # unknown: an error naming the model class
+
+
+def _output_projection(model: torch.nn.Module) -> str | None:
+    """The module path of a generating model's output projection (its LM head), which,
+    like the embeddings it is often tied to, gets no adapter."""
+    output = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if output is None:
+        return None
+    return next((name for name, module in model.named_modules() if module is output), None)
 
 
 def target_modules(model: torch.nn.Module, hp: TrainConfig) -> list[str]:
     """Full names of the linear layers that get adapters (see the module docstring): inside
-    the encoder layers above `freeze_layers`, and the pretrained ones above them (BERT's
-    pooler), never the task head, which trains in full."""
-    embeddings, layer_pattern = _layout(model)
+    the layers (an encoder-decoder: both stacks) not frozen by `freeze_layers`, and the
+    pretrained ones outside them (BERT's pooler), never the task head, which trains in
+    full, nor an output projection."""
+    layout = _layout(model)
     wanted = None if hp.lora_targets == ALL_LINEAR else set(hp.lora_targets.split(","))
     head = tuple(name + "." for name in head_modules(model))
+    output = _output_projection(model)
     found, names_there = [], set()
     for name, module in model.named_modules():
         if not isinstance(module, torch.nn.Linear) or (name + ".").startswith(head) or \
-                name.startswith(tuple(e + "." for e in embeddings)):
+                name == output or layout.in_embeddings(name + "."):
             continue
-        match = re.match(layer_pattern, name + ".")
         leaf = name.rsplit(".", 1)[-1]
         names_there.add(leaf)
-        if match and int(match.group(1)) + 1 <= hp.freeze_layers:
+        if layout.frozen_by(name + ".", hp.freeze_layers):
             continue
         if wanted is None or leaf in wanted:
             found.append(name)
@@ -72,7 +78,7 @@ def target_modules(model: torch.nn.Module, hp: TrainConfig) -> list[str]:
     if missing or not found:
         why = f"{', '.join(missing)} matches no linear layer" if missing else \
             "no linear layer is left above train.freeze_layers"
-        raise ModelError(f"train.lora_targets: {hp.lora_targets!r}: {why} in the encoder of "
+        raise ModelError(f"train.lora_targets: {hp.lora_targets!r}: {why} in the layers of "
                          f"{type(model).__name__}; names there: "
                          f"{', '.join(sorted(names_there)) or 'none'} (or {ALL_LINEAR})")
     return found
@@ -80,16 +86,19 @@ def target_modules(model: torch.nn.Module, hp: TrainConfig) -> list[str]:
 
 def head_modules(model: torch.nn.Module) -> list[str]:
     """Modules trained in full: those holding the task head and the parameters the folder
-    did not hold (`load_pretrained` records them), else every module with parameters outside
-    the embeddings and encoder layers."""
-    embeddings, layer_pattern = _layout(model)
+    did not hold (`load_pretrained` records them), else every module with parameters
+    outside the embeddings and layers. A generating model may have none: its head is the
+    output projection tied to the embeddings (Marian, BART), which stays frozen with them."""
+    layout = _layout(model)
     fresh = getattr(model, "raytune_ft_head", None)
-    if not fresh:  # not loaded by load_pretrained
+    if not fresh:  # not loaded by load_pretrained, or its folder already held the head
         fresh = [name for name, _ in model.named_parameters()
-                 if not name.startswith(tuple(e + "." for e in embeddings))
-                 and not re.match(layer_pattern, name)]
+                 if not layout.in_embeddings(name) and not layout.in_layers(name)]
     modules = sorted({name.rsplit(".", 1)[0] for name in fresh if "." in name})
-    if not modules:
+    # a module inside another listed one trains with it (peft would wrap it twice)
+    modules = [m for m in modules if not any(m.startswith(o + ".") for o in modules)]
+    generates = bool(getattr(model.config, "is_encoder_decoder", False))
+    if not modules and not generates:
         raise ModelError(f"train.lora_r: {type(model).__name__} has no task head to train "
                          "beside the adapters")
     return modules
@@ -106,7 +115,7 @@ def apply_lora(model: torch.nn.Module, hp: TrainConfig) -> torch.nn.Module:
                          ) from None
     config = LoraConfig(r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
                         target_modules=target_modules(model, hp),
-                        modules_to_save=head_modules(model))
+                        modules_to_save=head_modules(model) or None)
     # A's initialisation draws from its own stream, not the one the head was drawn from.
     torch.manual_seed(int(np.random.SeedSequence([hp.seed, 1]).generate_state(1)[0]))
     return get_peft_model(model, config)

@@ -19,6 +19,12 @@ LOOP_METRICS: dict[str, type] = {
     "samples_seen": int,
     "step": int,
     "samples_per_s": float,
+    # wall seconds of the interval: training, evaluating, and of the evaluation the task's
+    # predictions (a generating task: decoding), so the share of a trial's time spent
+    # generating is sum(eval_predict_s) / time_total_s
+    "train_s": float,
+    "eval_s": float,
+    "eval_predict_s": float,
 }
 # Reported too, but flags rather than metrics: no scheduler watches them.
 LOOP_FLAGS: dict[str, type] = {"diverged": bool, "skipped_steps": int}

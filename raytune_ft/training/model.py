@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -17,26 +16,15 @@ import torch
 
 from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ConfigError, ModelError
+from raytune_ft.training.layouts import (  # noqa: F401 - LAYOUTS, SUPPORTED_LAYOUTS re-exported
+    LAYOUTS,
+    SUPPORTED_LAYOUTS,
+    encoder_layer_count,
+    model_layout,
+)
 
 log = logging.getLogger(__name__)
-PEFT_PREFIX = "base_model.model."  # what a peft model puts before the wrapped model's names
 PACKAGED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-# base_model_prefix -> (modules at embedding depth, pattern of the encoder's layer list).
-# ELECTRA projects its smaller embeddings up to the hidden size: that projection belongs to
-# the embeddings, not to the task head.
-LAYOUTS = {
-    "bert": (("bert.embeddings",), r"bert\.encoder\.layer\.(\d+)\."),
-    "roberta": (("roberta.embeddings",), r"roberta\.encoder\.layer\.(\d+)\."),
-    "distilbert": (("distilbert.embeddings",), r"distilbert\.transformer\.layer\.(\d+)\."),
-    "electra": (("electra.embeddings", "electra.embeddings_project"),
-                r"electra\.encoder\.layer\.(\d+)\."),
-    # vision: the stem is the embeddings, a stage (ResNet, ConvNeXt) or an encoder layer (ViT)
-    # is a layer; the final norm and pooler go with the classifier (the head)
-    "resnet": (("resnet.embedder",), r"resnet\.encoder\.stages\.(\d+)\."),
-    "convnext": (("convnext.embeddings",), r"convnext\.encoder\.stages\.(\d+)\."),
-    "vit": (("vit.embeddings",), r"vit\.(?:encoder\.layer|layers)\.(\d+)\."),  # 5.x: layers
-}
-SUPPORTED_LAYOUTS = "BERT, RoBERTa, DistilBERT, MiniLM, ELECTRA, ResNet, ConvNeXt, ViT"
 
 
 def is_lora(model: torch.nn.Module) -> bool:
@@ -147,10 +135,11 @@ def check_tokenizer(tokenizer, path: str, train) -> None:
                      "or vocab.txt, tokenizer_config.json) in the folder")
 
 
-def load_pretrained(auto_class: str, path: str, seed: int, label_names: list[str]
-                    ) -> torch.nn.Module:
+def load_pretrained(auto_class: str, path: str, seed: int,
+                    label_names: list[str] | None = None) -> torch.nn.Module:
     """The pretrained body with a task head for `label_names`; `auto_class` names the
-    transformers Auto class (the task's).
+    transformers Auto class (the task's). Without `label_names` (a generating model) the
+    folder's model as it is, what it did not hold drawn from `seed`.
 
     The head: a folder without one (a body, or a hub model whose head has another size) gets
     a fresh head initialised from `seed`. A folder whose head has as many labels keeps it
@@ -165,17 +154,18 @@ def load_pretrained(auto_class: str, path: str, seed: int, label_names: list[str
     hf_logging.set_verbosity_error()  # "newly initialized weights" is expected here
     hf_logging.disable_progress_bar()
     torch.manual_seed(seed)
+    labels = {} if label_names is None else dict(
+        num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+        label2id={name: i for i, name in enumerate(label_names)})
     try:
         model, info = model_class.from_pretrained(
-            path, output_loading_info=True, num_labels=len(label_names),
-            id2label=dict(enumerate(label_names)),
-            label2id={name: i for i, name in enumerate(label_names)},
+            path, output_loading_info=True, **labels,
             ignore_mismatched_sizes=True)  # a head of another size: replaced, not an error
     except (OSError, ValueError) as error:
         raise ModelError(f"model.name: cannot load {path!r}: "
                          f"{load_failure(path, error)}") from None
     fresh = {*info.get("missing_keys", ()), *(key[0] for key in info.get("mismatched_keys", ()))}
-    head = head_parameters(model)
+    head = head_parameters(model) if label_names is not None else []
     body = sorted(key[0] for key in info.get("mismatched_keys", ()) if key[0] not in head)
     if body:
         raise ModelError(f"model.name: {path} holds weights of other shapes than its config "
@@ -184,7 +174,26 @@ def load_pretrained(auto_class: str, path: str, seed: int, label_names: list[str
         _keep_or_replace_head(model, head, folder_labels(path), label_names, seed, path)
     # What LoRA trains in full (training.lora): what the folder did not hold, and the head.
     model.raytune_ft_head = sorted(fresh | set(head))
+    _keep_fixed(model)
     return model
+
+
+def _keep_fixed(model: torch.nn.Module) -> None:
+    """Freeze again what the model's class builds frozen (Marian's sinusoidal position
+    tables): transformers 5 loads every floating-point weight as a new Parameter with
+    requires_grad on (core_model_loading), which would train them. The class is built on
+    the meta device to read its own flags (no memory, no weights drawn)."""
+    try:
+        with torch.device("meta"):
+            built = type(model)(model.config)
+    except (TypeError, ValueError, RuntimeError, NotImplementedError) as error:
+        log.info("%s cannot be built from its config alone (%s): its parameters' "
+                 "requires_grad as loaded", type(model).__name__, error)
+        return
+    fixed = {name for name, param in built.named_parameters() if not param.requires_grad}
+    for name, param in model.named_parameters():
+        if name in fixed:
+            param.requires_grad_(False)
 
 
 def folder_labels(path: str) -> list[str] | None:
@@ -279,28 +288,16 @@ def _post_order(model: torch.nn.Module, names: set[str]) -> list[torch.nn.Module
 
 
 def layer_index(model: torch.nn.Module, name: str) -> tuple[int, int]:
-    """(depth, L): 0 for embeddings, 1..L for encoder layers, L + 1 for the head."""
-    layout = LAYOUTS.get(getattr(model, "base_model_prefix", ""))
-    if layout is None:
-        raise ModelError(f"train.layer_decay/freeze: layer layout of {type(model).__name__} is "
-                         f"not supported; supported: {SUPPORTED_LAYOUTS}")
-    embeddings, layer_pattern = layout
-    name = name.removeprefix(PEFT_PREFIX)  # an adapted model's names (training.lora)
-    num_layers = layer_count(model.config)
-    if name.startswith(tuple(prefix + "." for prefix in embeddings)):
-        return 0, num_layers
-    match = re.match(layer_pattern, name)
-    if match:
-        return int(match.group(1)) + 1, num_layers
-    return num_layers + 1, num_layers
+    """(depth, L): 0 for embeddings, 1..L for layers (an encoder-decoder: each stack's), L + 1
+    for the head (training/layouts.py)."""
+    layout = model_layout(model)
+    return layout.depth(name), layout.num_layers
 
 
 def layer_count(config) -> int:
-    """Encoder layers (text, ViT) or stages (ResNet, ConvNeXt) of a model's config."""
-    for key in ("num_hidden_layers", "n_layers"):
-        if hasattr(config, key):
-            return getattr(config, key)
-    return len(config.depths)
+    """Encoder layers (text, ViT; an encoder-decoder's encoder) or stages (ResNet, ConvNeXt)
+    of a model's config: what `freeze_layers` counts."""
+    return encoder_layer_count(config)
 
 
 def config_layer_count(path: str) -> int | None:
@@ -335,32 +332,57 @@ def parameter_groups(model: torch.nn.Module, hp: TrainConfig) -> list[dict]:
     """AdamW groups, one per (depth, decays); frozen parameters are left out.
 
     Layer-wise decay: encoder layer l (0-based) of L gets decay^(L - l), the embeddings
-    decay^(L + 1), the task head (and pooler) decay^0. The groups have the same structure
+    decay^(L + 1), the task head (and pooler) decay^0; an encoder-decoder's decoder layer l
+    the same as encoder layer l, and `freeze_layers` freezes encoder layers only
+    (training/layouts.py). The groups have the same structure
     whatever the decay, so a checkpoint's optimizer state loads under a new `layer_decay`.
     With LoRA (`training.lora`) the adapters take the decay of the layer they sit in, the
-    head trains at lr, and what peft froze (the base) stays out of the optimizer.
+    head trains at lr, and what peft froze (the base) stays out of the optimizer. A parameter
+    the model keeps fixed itself (`fixed_parameters`: Marian's sinusoidal positions) never
+    trains.
     """
     adapted = is_lora(model)
-    known = getattr(model, "base_model_prefix", "") in LAYOUTS
-    if not known and (hp.layer_decay != 1.0 or hp.freeze_layers or hp.freeze_embeddings):
-        layer_index(model, "")  # raises, naming the model class
+    fixed = frozenset() if adapted else fixed_parameters(model)
+    try:
+        layout = model_layout(model)
+    except ModelError:  # the message names the model class
+        if hp.layer_decay != 1.0 or hp.freeze_layers or hp.freeze_embeddings:
+            raise
+        layout = None  # one group: neither decay nor freezing asked for
+    known = layout is not None
     groups: dict[tuple[int, bool], list] = {}
-    num_layers = 0
+    num_layers = layout.num_layers if known else 0
     for name, param in model.named_parameters():
-        depth, num_layers = layer_index(model, name) if known else (1, 0)
-        frozen = (depth == 0 and hp.freeze_embeddings) or (1 <= depth <= hp.freeze_layers)
+        depth = layout.depth(name) if known else 1
+        frozen = (depth == 0 and hp.freeze_embeddings) or (
+            known and layout.frozen_by(name, hp.freeze_layers))
         if adapted:  # peft decided what trains; freeze_layers kept adapters out of layers 1..k
             frozen = not param.requires_grad
+        frozen = frozen or name in fixed
         param.requires_grad_(not frozen)
         if not frozen:
             groups.setdefault((depth, not _no_decay(name, param)), []).append(param)
-    if hp.freeze_layers > num_layers:
+    frozen_layers = encoder_layer_count(model.config) if known else 0
+    if hp.freeze_layers > frozen_layers:
         raise ModelError(f"train.freeze_layers: {hp.freeze_layers} is above the model's "
-                         f"{num_layers} encoder layers")
+                         f"{frozen_layers} encoder layers")
     _batchnorm_grads(model, hp)
     return [{"params": params, "decays": decays,
              "lr_scale": hp.layer_decay ** (num_layers + 1 - depth) if known else 1.0}
             for (depth, decays), params in sorted(groups.items())]
+
+
+def fixed_parameters(model: torch.nn.Module) -> frozenset[str]:
+    """Names of the parameters the model does not train by its own design (requires_grad off
+    as built or loaded, `_keep_fixed`: sinusoidal position tables), read the first time the
+    model is asked and kept on it, so that freezing for a trial never turns into training
+    them."""
+    fixed = getattr(model, "raytune_ft_fixed", None)
+    if fixed is None:
+        fixed = frozenset(name for name, param in model.named_parameters()
+                          if not param.requires_grad)
+        model.raytune_ft_fixed = fixed
+    return fixed
 
 
 # ---------------------------------------------------------------------------- BatchNorm
@@ -374,8 +396,9 @@ def batchnorm_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]
 def _frozen_by_layer(model: torch.nn.Module, name: str, hp: TrainConfig) -> bool:
     if not (hp.freeze_embeddings or hp.freeze_layers):
         return False
-    depth, _ = layer_index(model, name)
-    return (depth == 0 and hp.freeze_embeddings) or (1 <= depth <= hp.freeze_layers)
+    layout = model_layout(model)
+    return (layout.depth(name) == 0 and hp.freeze_embeddings) or layout.frozen_by(
+        name, hp.freeze_layers)
 
 
 def _batchnorm_grads(model: torch.nn.Module, hp: TrainConfig) -> None:
@@ -385,9 +408,10 @@ def _batchnorm_grads(model: torch.nn.Module, hp: TrainConfig) -> None:
     With LoRA adapters, peft decided what trains."""
     if is_lora(model):
         return
+    fixed = fixed_parameters(model)
     for name, module in batchnorm_layers(model):
         for key, param in module.named_parameters(recurse=False):
-            param.requires_grad_(hp.batchnorm != "frozen"
+            param.requires_grad_(hp.batchnorm != "frozen" and f"{name}.{key}" not in fixed
                                  and not _frozen_by_layer(model, f"{name}.{key}", hp))
 
 

@@ -178,7 +178,8 @@ def _run(directory: Path, config: ExperimentConfig, schedules: dict, plan: list[
     run = config.run.model_copy(update={"num_samples": len(plan), "time_budget_s": None,
                                         "storage_path": str(directory.parent)})
     update = {"name": f"{config.name}{CONFIRM_SUFFIX}", "run": run,
-              "search_alg": SearchAlgConfig(type="random", seed=0)}
+              "search_alg": SearchAlgConfig(type="random", seed=0),
+              "data": config.data.for_final_model()}  # e.g. beam search where set
     if not pbt:  # under PBT the trainable must checkpoint every iteration, as in the search
         update["scheduler"] = SCHEDULERS["fifo"].settings()
     points = [{**schedules[p["confirm_rank"]].initial, **p} for p in plan]

@@ -96,6 +96,10 @@ def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = Fa
         if limit is not None and config.model.max_length > limit:
             raise ConfigError(f"model.max_length: {config.model.max_length} is above the "
                               f"model's position limit {limit}")
+        if config.model.decoder_name is not None:  # one seq2seq folder from two encoders
+            from raytune_ft.training.encoder_decoder import warm_start
+
+            model_path = warm_start(model_path, resolve_model_path(config.model.decoder_name))
     _check_freeze_layers(config, paths or {config.model.name: model_path})
     check_client_storage(config, address)
     root = storage_root(config)

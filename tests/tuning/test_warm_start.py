@@ -138,6 +138,23 @@ def test_a_different_fixed_setting_is_refused_naming_it(tmp_path, change, messag
     assert refusal(target, folder).startswith(f"--warm-start {folder}: {message}")
 
 
+def test_data_without_a_named_dataset_is_compared_field_by_field(tmp_path):
+    """A task whose settings have no `data.task` (seq2seq, tagging, images): its data
+    section is compared as it is, and a difference named."""
+    pairs = {"kind": "seq2seq", "train_file": {"source": "t.de", "target": "t.en"},
+             "eval_file": "val", "source_lang": "de", "target_lang": "en"}
+
+    def translation(data=None, **extra):
+        return experiment(metric="eval_bleu", data={**pairs, **(data or {})}, **extra)
+
+    folder = earlier_run(tmp_path, translation(), LRS,
+                         reported={i: {"eval_bleu": 10.0 + i} for i in range(2)})
+    assert load_observations(translation(search_alg=TPE), [folder]).imported == [2]
+    assert refusal(translation({"source_lang": "en", "target_lang": "de"}, search_alg=TPE),
+                   folder).startswith(f"--warm-start {folder}: data.source_lang differs: "
+                                      "'en' now, 'de' there")
+
+
 def test_a_different_batch_schedule_is_compared_by_its_phases(tmp_path):
     phases = {"ramp": [[0.0, 16], [0.5, 32]], "same": [[0.0, 16], [0.5, 32]],
               "other": [[0.0, 16], [0.25, 32]]}
