@@ -109,8 +109,22 @@ def test_an_unknown_tracker_key_lists_the_trackers_own_fields(name):
     spec = TRACKERS[name]
     message = _refusal({**AROUND, "tracking": {name: {**spec.example, "no_such_field": 1}}})
     assert f"tracking.{name}.no_such_field: unknown key" in message
-    assert message.endswith(f"allowed: {', '.join(spec.settings.model_fields)}") or \
-        not spec.settings.model_fields
+    if spec.settings.model_fields:
+        assert message.endswith(f"allowed: {', '.join(spec.settings.model_fields)}")
+    else:  # a switch: no empty list of allowed keys
+        assert message.endswith(f"tracking.{name} takes no settings (`tracking.{name}: true` "
+                                "switches it on)")
+
+
+@pytest.mark.parametrize("section, value, names", [
+    ("data", "sst2", ("kind", TASKS)), ("data", None, ("kind", TASKS)),
+    ("scheduler", "asha", ("type", SCHEDULERS)), ("scheduler", 3, ("type", SCHEDULERS))])
+def test_a_component_section_that_is_not_a_mapping_says_so(section, value, names):
+    field, registry = names
+    message = _refusal({**AROUND, section: value})
+    assert message.endswith(f"{section}: must be a mapping with {field}: one of "
+                            f"{', '.join(registry)}; got {value!r}"
+                            + (" (write scheduler: {type: asha})" if value == "asha" else ""))
 
 
 @pytest.mark.parametrize("name", list(TRACKERS))

@@ -52,6 +52,12 @@ class SchedulerSettings(Strict):
         """Checks against the rest of the experiment: the iterations of a full-budget trial
         and the parsed search space. Raise ValueError naming the field."""
 
+    def checkpoints_needed(self) -> int:
+        """The fewest checkpoints per trial this scheduler works with: a cap the user sets
+        (`run.checkpoints_to_keep`) under a population-based scheduler is raised to it, so
+        the checkpoint a clone takes is still there. Default: the newest one."""
+        return 1
+
 
 class TrackerSettings(Strict):
     """A tracker's settings (`tracking.<name>: {...}`); `true` switches a tracker on with

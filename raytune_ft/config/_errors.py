@@ -25,6 +25,10 @@ def one_line(error: ValidationError, root: type[BaseModel]) -> str:
     kind, message, value = detail["type"], detail["msg"], detail.get("input")
     if kind == "extra_forbidden":
         hint = did_you_mean(path_parts[-1], parent.model_fields) if parent else ""
+        if parent is not None and not parent.model_fields:  # a switch: `true` or nothing
+            section = ".".join(path_parts[:-1])
+            return (f"{path}: unknown key; {section} takes no settings (`{section}: true` "
+                    "switches it on)")
         allowed = f"; allowed: {', '.join(parent.model_fields)}" if parent else ""
         elsewhere = _elsewhere(path_parts[-1], chosen)
         return f"{path}: unknown key{elsewhere or hint}{allowed}"
@@ -33,6 +37,10 @@ def one_line(error: ValidationError, root: type[BaseModel]) -> str:
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         name, noun = _discriminator(field)
         tags = list(_tagged_members(field))
+        if kind == "union_tag_not_found" and not isinstance(value, dict):
+            example = f" (write {path}: {{{name}: {value}}})" if value in tags else ""
+            return (f"{path}: must be a mapping with {name}: one of {', '.join(tags)}; got "
+                    f"{value!r}{example}")
         if kind == "union_tag_not_found":
             return f"{path}.{name}: required; allowed: {', '.join(tags)}"
         given = detail["ctx"]["tag"]

@@ -24,9 +24,9 @@ from raytune_ft.schedulers._population import (
     to_tune,
 )
 
-__all__ = ["FIXED_IN_AN_EPOCH", "FIXED_IN_A_TRIAL", "SCHEDULERS", "TIME_ATTR", "Range",
-           "Scheduler", "StayInDomain", "bounds", "build_scheduler", "mutation_ranges",
-           "scheduler_spec", "settings_union", "to_tune"]
+__all__ = ["FIXED_IN_AN_EPOCH", "FIXED_IN_A_TRIAL", "SCHEDULERS", "TIME_ATTR", "LogScalePB2",
+           "Range", "RescuePBT", "Scheduler", "StayInDomain", "bounds", "build_scheduler",
+           "mutation_ranges", "scheduler_spec", "settings_union", "to_tune"]
 
 # scheduler.type -> its module's SCHEDULER; one line per scheduler
 SCHEDULERS: dict[str, Scheduler] = load_entries(__name__, "SCHEDULER", (
@@ -60,3 +60,19 @@ def scheduler_spec(scheduler: Any) -> Scheduler:
 def build_scheduler(settings: Any, plan: TrialPlan):
     """A Ray Tune scheduler whose time unit is one evaluation interval (equal samples)."""
     return scheduler_spec(settings).build(settings, plan)
+
+
+def __getattr__(name: str) -> Any:
+    """`RescuePBT` and `LogScalePB2`, the Ray schedulers PBT and PB2 build, imported on first
+    use: they import Ray, which reading the registry must not. Public for the `tuner.pkl` of
+    experiments started before the component split, which name them at their old paths
+    (`raytune_ft.tuning.population`, `raytune_ft.tuning.search`)."""
+    if name == "RescuePBT":
+        from raytune_ft.schedulers._rescue import RescuePBT
+
+        return RescuePBT
+    if name == "LogScalePB2":
+        from raytune_ft.schedulers._log_pb2 import LogScalePB2
+
+        return LogScalePB2
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

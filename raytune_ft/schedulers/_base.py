@@ -36,6 +36,19 @@ class Scheduler:
     # of ending, so the scheduler can replace it with a clone of a healthy trial.
     keeps_diverged: bool = False
 
+    def checkpoints_to_keep(self, settings: Any, keep: int, capped: bool) -> int | None:
+        """How many checkpoints Ray keeps per trial (None: every one), for `keep`
+        (`run.checkpoints_to_keep`) and whether the user set it (`capped`).
+
+        A population clones the checkpoint a donor wrote at its last perturbation point,
+        which can be behind its newest one: every checkpoint is kept unless the user sets a
+        cap, and a cap is raised to what the scheduler's settings need
+        (`SchedulerSettings.checkpoints_needed`).
+        """
+        if not self.population:
+            return keep
+        return max(keep, settings.checkpoints_needed()) if capped else None
+
     @property
     def name(self) -> str:
         """Its `scheduler.type`."""

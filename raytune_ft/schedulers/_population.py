@@ -54,6 +54,11 @@ class PopulationSettings(SchedulerSettings):
         for key in self.mutations:
             self.check_mutation(key, space)
 
+    def checkpoints_needed(self) -> int:
+        # A donor's checkpoint of its last perturbation point can be several iterations
+        # behind its newest one: two intervals cover it.
+        return 2 * self.perturbation_interval + 2
+
     def check_mutation(self, key: str, space: dict[str, Domain]) -> None:
         """A key this scheduler may change inside a running trial."""
         domain = space.get(key)

@@ -24,5 +24,7 @@ def build(settings: HyperbandSettings, plan: TrialPlan):
                               reduction_factor=settings.reduction_factor)
 
 
-SCHEDULER = Scheduler(HyperbandSettings, build, example={"type": "hyperband"},
+# reduction_factor 2: in a short experiment (4 iterations, tests) a bracket still halves
+SCHEDULER = Scheduler(HyperbandSettings, build,
+                      example={"type": "hyperband", "reduction_factor": 2},
                       pauses_trials=True)

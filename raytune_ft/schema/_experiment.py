@@ -223,9 +223,10 @@ def _check_decoder_name(config: ExperimentConfig, space: dict[str, Domain]) -> N
     if config.model.decoder_name is None:
         return
     task = task_for(config.data)
-    if task.auto_class != "AutoModelForSeq2SeqLM":
-        raise ValueError(f"model.decoder_name: read only by data.kind seq2seq (an "
-                         f"encoder-decoder; this data is read by {task.name})")
+    if not task.encoder_decoder:
+        readers = [name for name, other in TASKS.items() if other.encoder_decoder]
+        raise ValueError(f"model.decoder_name: read only by data.kind {', '.join(readers)} "
+                         f"(an encoder-decoder; this data is read by {task.name})")
     if "model.name" in space:
         raise ValueError("model.decoder_name: set with search.model.name; the encoder of a "
                          "warm-started encoder-decoder is one fixed model.name")

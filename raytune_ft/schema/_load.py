@@ -3,6 +3,7 @@ naming the dotted path."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -11,6 +12,8 @@ from raytune_ft import schedulers, tasks
 from raytune_ft.config import apply_override, one_line, read_yaml
 from raytune_ft.errors import ConfigError
 from raytune_ft.schema._experiment import ExperimentConfig
+
+logger = logging.getLogger(__name__)
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
@@ -42,8 +45,11 @@ def validate_record(settings: dict, source: str) -> ExperimentConfig:
     is. A record written before each component owned its settings held one shared `data:`
     and PBT/PB2 section with every component's fields at their defaults: those fields, where
     the chosen component has none and the value is another component's default, are what
-    the shared section wrote, not the user's, and are dropped."""
+    the shared section wrote, not the user's, and are dropped. The shared PBT/PB2 section
+    took PBT's fields for PB2 too, which ignored them: in such a record they are dropped
+    whatever their value, with a warning (`_unread_population_fields`)."""
     settings = dict(settings)
+    before_the_split = _before_the_split(settings.get("data"))
     sections = (("data", tasks.TASKS, "kind", lambda task: task.settings, tasks.kind_of),
                 ("scheduler", schedulers.SCHEDULERS, "type", lambda spec: spec.settings,
                  lambda section: section.get("type")))
@@ -51,7 +57,38 @@ def validate_record(settings: dict, source: str) -> ExperimentConfig:
         section = settings.get(key)
         if isinstance(section, dict):
             settings[key] = _own_fields(section, registry, tag, settings_of, kind_of)
+    if before_the_split and isinstance(settings.get("scheduler"), dict):
+        settings["scheduler"] = _unread_population_fields(settings["scheduler"], source)
     return validate_config(settings, source)
+
+
+def _before_the_split(data) -> bool:
+    """Whether a record was written before each component owned its settings: its `data:`
+    section then held every task's fields (one shared class), now only its own task's."""
+    if not isinstance(data, dict):
+        return False
+    task = tasks.TASKS.get(tasks.kind_of({k: v for k, v in data.items()
+                                          if not (k == "kind" and v is None)}))
+    return task is not None and not set(data) <= set(task.settings.model_fields)
+
+
+def _unread_population_fields(section: dict, source: str) -> dict:
+    """A population scheduler's section without the fields of its family (PBT, PB2) it does
+    not read: the old shared section let PB2 take `resample_probability`,
+    `perturbation_factors` and `burn_in_period` and ignored them, so the experiment ran
+    without them; dropped with one warning naming them."""
+    chosen = schedulers.SCHEDULERS.get(section.get("type"))
+    if chosen is None or not chosen.population:
+        return section
+    family = {name for spec in schedulers.SCHEDULERS.values() if spec.population
+              for name in spec.settings.model_fields}
+    unread = [k for k in section if k in family and k not in chosen.settings.model_fields]
+    if unread:
+        named = ", ".join(f"scheduler.{k}={section[k]!r}" for k in unread)
+        logger.warning("%s: %s ignored: scheduler.type %s does not read it (a record written "
+                       "before each scheduler had its own settings; its run ignored it too)",
+                       source, named, section["type"])
+    return {k: v for k, v in section.items() if k not in unread}
 
 
 def _own_fields(section: dict, registry: dict, tag: str, settings_of, kind_of) -> dict:

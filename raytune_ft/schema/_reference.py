@@ -47,15 +47,15 @@ def configuration_reference() -> str:
     parts.append(_table("`model:`", ModelConfig))
     for name, task in TASKS.items():
         parts.append(_table(f"`data:` with `kind: {name}`", task.settings,
-                            intro=_summary(task.settings)))
+                            intro=_summary(_own_doc(task.settings))))
         for key, field in task.settings.model_fields.items():  # its own nested sections
             if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
                 parts.append(_table(f"`data.{key}:` with `kind: {name}`", field.annotation,
-                                    intro=_summary(field.annotation)))
+                                    intro=_summary(_own_doc(field.annotation))))
     parts.append(_table("`train:`", TrainConfig))
     for name, spec in SCHEDULERS.items():
         parts.append(_table(f"`scheduler:` with `type: {name}`", spec.settings,
-                            intro=_summary(inspect.getmodule(spec.settings))))
+                            intro=_summary(inspect.getmodule(spec.settings).__doc__)))
     parts.append(_table("`search_alg:`", SearchAlgConfig))
     parts.append(_table("`resources:`", ResourcesConfig))
     parts.append(_table("`run:`", RunConfig))
@@ -63,15 +63,22 @@ def configuration_reference() -> str:
     parts.append(_table("`run.stop.plateau:`", PlateauConfig))
     for name, spec in TRACKERS.items():
         parts.append(_table(f"`tracking.{name}:`", spec.settings,
-                            intro=_summary(inspect.getmodule(spec.callbacks)) +
+                            intro=_summary(inspect.getmodule(spec.callbacks).__doc__) +
                             f" Needs `pip install 'raytune-ft[{spec.extra}]'`; `true` "
                             "switches it on with these defaults."))
     return "\n".join(parts)
 
 
-def _summary(thing: Any) -> str:
+def _own_doc(cls: type) -> str | None:
+    """A settings class's own docstring, else its module's (as scheduler sections read):
+    never the docstring of the class it inherits from (`DataSettings` says what every task
+    has, not what this one is)."""
+    return cls.__dict__.get("__doc__") or inspect.getmodule(cls).__doc__
+
+
+def _summary(doc: str | None) -> str:
     """The first sentence of a docstring, on one line."""
-    doc = " ".join((inspect.getdoc(thing) or "").split())
+    doc = " ".join((doc or "").split())
     return doc.split(". ")[0].rstrip(".") + "." if doc else ""
 
 

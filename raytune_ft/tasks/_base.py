@@ -72,6 +72,9 @@ class Task(abc.ABC):
     tokenization_fields: ClassVar[tuple[str, ...]] = ()
     pipeline_tag: ClassVar[str]  # the exported model card's Hub pipeline
     auto_class: ClassVar[str]  # the transformers Auto class that loads the exported model
+    # It trains an encoder-decoder, so `model.decoder_name` (an encoder and a decoder
+    # warm-started into one) is read.
+    encoder_decoder: ClassVar[bool] = False
 
     # ------------------------------------------------------------------ driver
 

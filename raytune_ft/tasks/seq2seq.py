@@ -128,6 +128,7 @@ class Seq2Seq(PositionLoss, Task):
                Metric("eval_gen_len", "min", WORST_LOSS))
     pipeline_tag = "text2text-generation"  # the Hub's tag for translation and summarisation
     auto_class = "AutoModelForSeq2SeqLM"
+    encoder_decoder = True
 
     # ------------------------------------------------------------------ driver
 

@@ -290,21 +290,13 @@ def tracking_run(config: ExperimentConfig, experiment_dir: str, iterations: int)
 
 
 def checkpoints_to_keep(config: ExperimentConfig) -> int | None:
-    """How many checkpoints Ray keeps per trial.
-
-    PBT clones the checkpoint a donor wrote at its last perturbation point, which can be
-    several iterations behind its newest one: under a population-based scheduler every
-    checkpoint is kept (None) unless the user sets a cap, and a cap is raised to cover two
-    perturbation intervals.
-    """
+    """How many checkpoints Ray keeps per trial (None: every one): the scheduler's answer
+    (`Scheduler.checkpoints_to_keep`) to `run.checkpoints_to_keep`."""
     from raytune_ft.schedulers import scheduler_spec
 
-    keep = config.run.checkpoints_to_keep
-    if not scheduler_spec(config.scheduler).population:
-        return keep
-    if "checkpoints_to_keep" not in config.run.model_fields_set:
-        return None
-    return max(keep, 2 * config.scheduler.perturbation_interval + 2)
+    capped = "checkpoints_to_keep" in config.run.model_fields_set
+    return scheduler_spec(config.scheduler).checkpoints_to_keep(
+        config.scheduler, config.run.checkpoints_to_keep, capped)
 
 
 def trainable_for(prepared: Prepared, presets: bool = False):

@@ -9,6 +9,10 @@ from raytune_ft.plan import TrialPlan
 from raytune_ft.schedulers import to_tune
 from raytune_ft.schema import ExperimentConfig
 
+# The `tuner.pkl` of a PB2 experiment started before the component split names these classes
+# here (`Tuner.restore` unpickles them by module path); they live in `raytune_ft.schedulers`.
+_MOVED_TO_SCHEDULERS = ("LogScalePB2", "StayInDomain", "Range")
+
 
 def param_space(plan: TrialPlan) -> dict[str, Any]:
     """The Tune search space of the experiment's plan."""
@@ -39,3 +43,13 @@ def build_search_alg(config: ExperimentConfig, observations=None):
 
     return BasicVariantGenerator(random_state=cfg.seed, points_to_evaluate=points or None)
 
+
+
+def __getattr__(name: str) -> Any:
+    """The classes that moved to `raytune_ft.schedulers` (`_MOVED_TO_SCHEDULERS`), by their old
+    path, for resuming an experiment started before the component split."""
+    if name in _MOVED_TO_SCHEDULERS:
+        import raytune_ft.schedulers
+
+        return getattr(raytune_ft.schedulers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -339,6 +339,25 @@ def test_decoder_name_only_for_seq2seq_and_a_fixed_encoder():
                                   "text_columns": ["a"], "label_column": "b"}})
 
 
+def test_decoder_name_is_read_by_the_tasks_that_declare_an_encoder_decoder(monkeypatch):
+    """A capability the task declares (`Task.encoder_decoder`), not its Auto class: the
+    message lists the kinds that have it, from the registry."""
+    from raytune_ft.errors import ConfigError
+    from raytune_ft.schema import validate_config
+    from raytune_ft.tasks import TASKS
+
+    table = {"name": "x", "model": {"name": "enc", "decoder_name": "dec"},
+             "data": {"train_file": "t.csv", "eval_file": "t.csv", "text_columns": ["a"],
+                      "label_column": "b"}}
+    monkeypatch.setattr(TASKS["token_classification"], "encoder_decoder", True)
+    with pytest.raises(ConfigError, match=r"model.decoder_name: read only by data.kind "
+                       r"token_classification, seq2seq \(an encoder-decoder; this data is "
+                       r"read by sequence_classification\)"):
+        validate_config(table)
+    monkeypatch.setattr(TASKS["sequence_classification"], "encoder_decoder", True)
+    assert validate_config(table).model.decoder_name == "dec"
+
+
 def test_the_gpu_example_validates_on_a_small_table(tmp_path, tiny_marian):
     """experiments/wmt_t5.yaml as written, on a small table in the Hugging Face translation
     layout; only what this CPU machine lacks is overridden (t5-small is not cached here, no
