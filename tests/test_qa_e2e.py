@@ -24,9 +24,9 @@ TRAIN_QUESTIONS, EVAL_QUESTIONS = 96, 48
 STRIDES = (24, 16)  # the first-listed encoding has more windows: a larger budget in samples
 
 
-def run_cli(*args):
+def run_cli(*args, cwd=REPO):
     return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
-                          text=True, timeout=600, cwd=REPO)
+                          text=True, timeout=600, cwd=cwd)
 
 
 SEARCH = {  # one trial per stride: a grid over it, the learning rate drawn per trial
@@ -136,8 +136,8 @@ def test_analyze_and_compare_see_the_searched_stride(qa_run):
 
 
 def check_export(experiment, tmp_path) -> None:
-    """The exported folder scores the eval questions as the trial did, and the card's
-    answer() answers a question as the trial's decoding does."""
+    """Exported from another working directory, the folder scores the eval questions as the
+    trial did, and the card's answer() answers a question as the trial's decoding does."""
     import torch
     from transformers import AutoModelForQuestionAnswering
 
@@ -149,7 +149,9 @@ def check_export(experiment, tmp_path) -> None:
     from raytune_ft.training.loop import FineTuneLoop
 
     out = tmp_path / "reader"
-    done = run_cli("export", str(experiment), "--out", str(out))
+    # from another directory: the record holds the data files (relative to the repository
+    # in squad_quick.yaml) as absolute paths, so the card's example still reads them
+    done = run_cli("export", str(experiment), "--out", str(out), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads((out / "raytune_ft_export.json").read_text())
     stride = info["hyperparameters"]["data.doc_stride"]

@@ -463,10 +463,20 @@ def _sigint_watch():
     return SigintWatch()
 
 
+def recorded_config(config: ExperimentConfig) -> ExperimentConfig:
+    """`config` as the record keeps it: its local data paths absolute (read from the
+    working directory of the run), so confirm, resume and export find the same files from
+    any directory."""
+    def absolute(path: str) -> str:
+        return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+    return config.model_copy(update={"data": config.data.with_paths(absolute)})
+
+
 def write_experiment_record(prepared: Prepared) -> None:
     """Save the validated config beside Ray's files, with what `prepare` derived (the trial
     plan among it): analysis, resume, confirm and export read it."""
-    write_record(prepared.experiment_dir, prepared.config, {
+    write_record(prepared.experiment_dir, recorded_config(prepared.config), {
         "budget_samples": prepared.plan.budget.total_samples,
         "model_path": prepared.model_path,
         "label_names": prepared.bundle.label_names,
