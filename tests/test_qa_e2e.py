@@ -84,6 +84,9 @@ def check_tune(done, experiment) -> None:
     assert "best         eval_f1=" in out
     record = json.loads((experiment / "raytune_ft.json").read_text())
     budgets = [record["plan"]["budget"], *record["plan"]["other_budgets"]]
+    assert (record["train_examples"], record["eval_examples"]) == (TRAIN_QUESTIONS,
+                                                                   EVAL_QUESTIONS)
+    assert record["train_samples"] == budgets[0]["n_train"]  # the first encoding's windows
     windows = {b["n_train"] for b in budgets}
     assert len(windows) == 2  # the two strides cut the same questions into other counts
     rows = trial_rows(experiment)
@@ -165,6 +168,13 @@ def check_export(experiment, tmp_path) -> None:
     model = AutoModelForQuestionAnswering.from_pretrained(out)
     task = task_for(data)
     bundle = task.load_data(data, str(out), model_settings.max_length)
+    # examples are questions; the windows are the trial's own (its stride's), eval windows
+    # differ by stride so the card leaves them out
+    assert (f"- examples: {TRAIN_QUESTIONS} train, {EVAL_QUESTIONS} dev/eval; windows: "
+            f"{len(bundle.train)} train\n") in card
+    assert info["data"] == {"task": data.source, "train_examples": TRAIN_QUESTIONS,
+                            "eval_examples": EVAL_QUESTIONS, "samples_are": "windows",
+                            "train_samples": len(bundle.train), "eval_samples": None}
     loop = FineTuneLoop(model, bundle, TrainConfig(), "eval_f1", "max", task=task)
     assert loop.evaluate()["eval_f1"] == pytest.approx(info["metrics"]["eval_f1"], abs=1e-9)
     # the card's own lines, run as a user would, answer its question as the trial decodes it

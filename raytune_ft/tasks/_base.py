@@ -72,6 +72,9 @@ class Task(abc.ABC):
     tokenization_fields: ClassVar[tuple[str, ...]] = ()
     pipeline_tag: ClassVar[str]  # the exported model card's Hub pipeline
     auto_class: ClassVar[str]  # the transformers Auto class that loads the exported model
+    # What a sample is where it is a part of an example (question answering: "windows" of a
+    # question's context); None: a sample is an example.
+    samples_are: ClassVar[str | None] = None
 
     # ------------------------------------------------------------------ driver
 

@@ -180,6 +180,7 @@ class QuestionAnswering(Task):
                Metric("eval_HasAns_f1", "max", 0.0), Metric("eval_NoAns_f1", "max", 0.0))
     pipeline_tag = "question-answering"
     auto_class = "AutoModelForQuestionAnswering"
+    samples_are = "windows"
 
     def check_encoding(self, data: QuestionAnsweringData, max_length: int) -> None:
         stride = doc_stride(data, max_length)
