@@ -52,7 +52,8 @@ class Questions:
 
     def add_context(self, text: Any, place: str, qid: Any) -> int:
         """Store a context (refusing an empty one); returns its index. `place` ("line 3: ",
-        or "" in SQuAD JSON) and `qid` name the (first) question it belongs to."""
+        "article 2 paragraph 5: " in SQuAD JSON) and `qid` name the (first) question it
+        belongs to."""
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{self.where}: {self.path} {place}question {qid}: empty context; "
                             "every question needs the text its answer is taken from")
@@ -66,7 +67,7 @@ class Questions:
         if isinstance(qid, (int, np.integer)) and not isinstance(qid, bool):
             qid = str(qid)
         if not isinstance(qid, str) or not qid.strip():
-            raise DataError(f"{self.where}: {self.path} {place}: question without an id "
+            raise DataError(f"{self.where}: {self.path} {place}question without an id "
                             f"(got {qid!r}); every question needs a unique id")
         where = f"{self.where}: {self.path} {place}question {qid}"
         if qid in self._seen:
@@ -189,7 +190,8 @@ def _read_squad(whole: dict, out: Questions) -> None:
                                 "expected {\"context\": ..., \"qas\": [...]}")
             qas = paragraph.get("qas") or []
             first = qas[0].get("id") if qas and isinstance(qas[0], dict) else None
-            context = out.add_context(paragraph.get("context"), "", first)
+            place = f"article {a + 1} paragraph {p + 1}: "  # 1-based, as a reader counts
+            context = out.add_context(paragraph.get("context"), place, first)
             for qa in qas:
                 if not isinstance(qa, dict):
                     raise DataError(f"{out.where}: {out.path} article {a + 1} paragraph "
@@ -199,13 +201,14 @@ def _read_squad(whole: dict, out: Questions) -> None:
                 answers = [(ans.get("text"), ans.get("answer_start"))
                            for ans in qa.get("answers") or []]
                 if impossible and answers:
-                    raise DataError(f"{out.where}: {out.path} question {qid}: is_impossible "
-                                    f"is true but it has {len(answers)} answer(s)")
+                    raise DataError(f"{out.where}: {out.path} {place}question {qid}: "
+                                    f"is_impossible is true but it has {len(answers)} "
+                                    "answer(s)")
                 if not impossible and not answers:
-                    raise DataError(f"{out.where}: {out.path} question {qid}: no answers, and "
-                                    "is_impossible is not true (SQuAD 2.0 marks an "
-                                    "unanswerable question so)")
-                out.add(qid, qa.get("question"), context, answers, "")
+                    raise DataError(f"{out.where}: {out.path} {place}question {qid}: no "
+                                    "answers, and is_impossible is not true (SQuAD 2.0 marks "
+                                    "an unanswerable question so)")
+                out.add(qid, qa.get("question"), context, answers, place)
 
 
 def _read_rows(rows, out: Questions, columns: Columns) -> None:

@@ -139,19 +139,31 @@ ROW = {"id": "r1", "question": "Who won?", "context": CONTEXT,
 
 @pytest.mark.parametrize("name, content, message", [
     ("s.json", squad_json([qa("q1", start=3)]),
-     "s.json question q1: answer 1 'Denver Broncos' is not at answer_start 3 of its context "
+     "s.json article 1 paragraph 1: question q1: answer 1 'Denver Broncos' is not at "
+     "answer_start 3 of its context "
      "(there: 'ver Broncos wo'); answer_start must index the answer text in the context"),
     ("s.json", squad_json([qa("q1", text="Denver", start=90)]),
      "question q1: answer 1 'Denver' is not at answer_start 90"),
-    ("s.json", squad_json([qa("q1", question="  ")]), "s.json question q1: empty question"),
+    ("s.json", squad_json([qa("q1", question="  ")]), "s.json article 1 paragraph 1: question q1: empty question"),
     ("s.json", squad_json([qa("q1")], context=" "),
-     "s.json question q1: empty context; every question needs the text"),
+     "s.json article 1 paragraph 1: question q1: empty context; every question needs the "
+     "text"),
     ("s.json", squad_json([qa("q1"), qa("q1", "Again?")]),
-     "s.json question q1: duplicate id (first at question q1)"),
+     "s.json article 1 paragraph 1: question q1: duplicate id (first at article 1 paragraph "
+     "1: question q1)"),
+    ("s.json", {"version": "v2.0", "data": [squad_json([qa("q0"), qa("q1")])["data"][0], {
+        "title": "u", "paragraphs": [{"context": "x", "qas": []},
+                                     {"context": CONTEXT, "qas": [qa("q1", "Again?")]}]}]},
+     "s.json article 2 paragraph 2: question q1: duplicate id (first at article 1 paragraph "
+     "1: question q1); every question needs a unique id"),
+    ("s.json", squad_json([qa("")]), "s.json article 1 paragraph 1: question without an id "
+                                     "(got ''); every question needs a unique id"),
+    ("r.jsonl", [{**ROW, "id": " "}], "r.jsonl line 1: question without an id (got ' ')"),
     ("s.json", squad_json([qa("q1", impossible=True)]),
-     "question q1: is_impossible is true but it has 1 answer(s)"),
+     "s.json article 1 paragraph 1: question q1: is_impossible is true but it has 1 "
+     "answer(s)"),
     ("s.json", squad_json([qa("q1", text=None)]),
-     "question q1: no answers, and is_impossible is not true"),
+     "s.json article 1 paragraph 1: question q1: no answers, and is_impossible is not true"),
     ("s.json", squad_json([qa("q1", text=" ")]), "question q1: answer 1 is empty"),
     ("s.json", {"version": "v2.0", "data": []}, "s.json holds no questions"),
     ("r.jsonl", "", "r.jsonl holds no questions"),
