@@ -177,6 +177,17 @@ class Task(abc.ABC):
         return self.usage()
 
 
+def subset_indices(count: int, size: int | None, seed: int) -> np.ndarray | None:
+    """The sorted indices of a fixed random subset of `size` of `count` examples
+    (data.max_train_samples / max_eval_samples): the same in every trial and every run for
+    a seed. None where the subset is everything."""
+    import numpy as np
+
+    if size is None or size >= count:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(count, size, replace=False))
+
+
 def example_count(split: Split) -> int:
     """The examples a split was encoded from: its samples, unless its samples are parts of
     examples (question answering: a question's context in windows) and it says how many

@@ -47,6 +47,18 @@ class Questions:
     def unanswerable(self) -> int:
         return sum(not answers for answers in self.answers)
 
+    @property
+    def has_answer(self) -> np.ndarray:
+        """Whether each question has an answer (False: unanswerable, SQuAD 2.0)."""
+        return np.array([bool(answers) for answers in self.answers], dtype=bool)
+
+    def golds(self) -> list[list[str]]:
+        """Each question's gold answers as the official script compares them (`gold_forms`:
+        normalised; [""] for an unanswerable question)."""
+        from raytune_ft.tasks._qa_answers import gold_forms
+
+        return [gold_forms([text for text, _ in answers]) for answers in self.answers]
+
     def context(self, i: int) -> str:
         return self.contexts[self.context_of[i]]
 
@@ -245,9 +257,11 @@ def _row_answers(value: Any, column: str, where: str) -> list[Answer]:
 
 def subset(questions: Questions, size: int | None, seed: int) -> Questions:
     """A fixed random subset of questions (the same in every trial and every run)."""
-    if size is None or size >= len(questions):
+    from raytune_ft.tasks._base import subset_indices
+
+    keep = subset_indices(len(questions), size, seed)
+    if keep is None:
         return questions
-    keep = np.sort(np.random.default_rng(seed).choice(len(questions), size, replace=False))
     out = Questions(questions.where, questions.path, contexts=questions.contexts)
     out.ids = [questions.ids[i] for i in keep]
     out.questions = [questions.questions[i] for i in keep]

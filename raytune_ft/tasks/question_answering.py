@@ -32,7 +32,6 @@ from raytune_ft.tasks._base import DataBundle, Metric, Task
 from raytune_ft.tasks._qa_answers import (
     best_spans,
     choose_windows,
-    gold_forms,
     official_scores,
 )
 from raytune_ft.tasks._qa_windows import Decoding, QASplit, collate, encode, qa_tokenizer
@@ -120,9 +119,8 @@ def squad_scores(squad_json_path: str | Path, predictions: dict[str, str]) -> di
     if missing:
         raise DataError(f"predictions: {len(missing)} question(s) of {squad_json_path} have no "
                         f"prediction (e.g. {missing[0]})")
-    golds = [gold_forms([text for text, _ in answers]) for answers in questions.answers]
-    has_answer = np.array([bool(a) for a in questions.answers], dtype=bool)
-    return official_scores([predictions[qid] for qid in questions.ids], golds, has_answer)
+    return official_scores([predictions[qid] for qid in questions.ids], questions.golds(),
+                           questions.has_answer)
 
 
 def answers(split: QASplit, predictions: list[tuple[np.ndarray, tuple]]) -> list[str]:
