@@ -56,6 +56,7 @@ def confirm_folder(experiment_dir: Path, name: str) -> Path:
 
 # Keys the runner adds to the validated config; the rest of the record is the config itself.
 DERIVED_KEYS = ("budget_samples", "model_path", "label_names", "train_samples", "eval_samples",
+                "train_examples", "eval_examples",  # examples where samples are parts of them
                 "plan", "warm_start",  # warm_start: [{experiment, trials, skipped, why}]
                 "model_paths")  # model_paths: model.name -> path, when searched
 

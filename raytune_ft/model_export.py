@@ -212,7 +212,6 @@ def _write_card(staging: Path, choice: Choice, config: ExperimentConfig, record:
                for key in MODEL_SEARCH_KEYS if key in config.search})
     hp.update({key: getattr(config.data, key.removeprefix(DATA_SEARCH_PREFIX))
                for key in config.search if key.startswith(DATA_SEARCH_PREFIX)})
-    n_train, n_eval = record.get("train_samples"), record.get("eval_samples")
     report = choice.report
     metrics = {k: report[k] for k in (config.metric, *card_metrics(task_for(config.data)))
                if report.get(k) is not None}
@@ -221,11 +220,30 @@ def _write_card(staging: Path, choice: Choice, config: ExperimentConfig, record:
             "samples_seen": report.get("samples_seen"), "epoch": report.get("epoch"),
             "metric": config.metric, "mode": config.mode, "metrics": metrics,
             "hyperparameters": hp, "searched": sorted(config.search),
-            "data": {"task": config.data.source,
-                     "train_samples": n_train, "eval_samples": n_eval},
+            "data": {"task": config.data.source, **data_sizes(config, record, report)},
             "confirmed": choice.confirmed or None, "lora": lora}
     (staging / EXPORT_RECORD).write_text(json.dumps(info, indent=1, default=str))
     (staging / "README.md").write_text(model_card(info, config, record))
+
+
+def data_sizes(config: ExperimentConfig, record: dict, report: dict) -> dict:
+    """The data's sizes for the card: its examples (questions, sentences, images) and,
+    where a sample is a part of an example (question answering's windows), the samples: the
+    trial's own training windows (its encoding's, where a search varied it: samples seen per
+    epoch) and the eval windows where one encoding served every trial."""
+    unit = task_for(config.data).samples_are
+    fallback = {} if unit else record  # a record before the examples: its samples are them
+    sizes = {"train_examples": record.get("train_examples", fallback.get("train_samples")),
+             "eval_examples": record.get("eval_examples", fallback.get("eval_samples"))}
+    if unit:
+        searched = any(key in config.search for key in MODEL_SEARCH_KEYS) or any(
+            key.startswith(DATA_SEARCH_PREFIX) for key in config.search)
+        seen, epoch = report.get("samples_seen"), report.get("epoch")
+        sizes["samples_are"] = unit
+        sizes["train_samples"] = (round(seen / epoch) if seen and epoch else
+                                  None if searched else record.get("train_samples"))
+        sizes["eval_samples"] = None if searched else record.get("eval_samples")
+    return sizes
 
 
 def card_metrics(task: Task) -> tuple[str, ...]:
@@ -245,7 +263,12 @@ def model_card(info: dict, config: ExperimentConfig, record: dict) -> str:
                               base_model=base if hub_id else None)
     data = info["data"]
     sizes = ", ".join(f"{n if n is not None else 'unknown'} {what}" for n, what in
-                      ((data["train_samples"], "train"), (data["eval_samples"], "dev/eval")))
+                      ((data["train_examples"], "train"), (data["eval_examples"], "dev/eval")))
+    if data.get("samples_are"):  # windows: this trial's (its encoding's)
+        samples = [f"{n} {what}" for n, what in ((data["train_samples"], "train"),
+                                                  (data["eval_samples"], "dev/eval"))
+                   if n is not None]
+        sizes += f"; {data['samples_are']}: {', '.join(samples) or 'unknown'}"
     labels = ", ".join(f"{i}: {name}" for i, name in enumerate(record.get("label_names", [])))
     value = info["metrics"].get(config.metric)
     confirmed = info["confirmed"]

@@ -125,8 +125,7 @@ def test_analysis_reads_budget_and_log_scale_from_the_record_plan(tmp_path):
               "plan": config.plan(256).record()}
     (tmp_path / "raytune_ft.json").write_text(json.dumps(record))
     meta = read_meta(tmp_path, [])
-    assert meta.log_scale == {"learning_rate"} and meta.budget_samples == 512
-    assert meta.max_epochs == 2.0
+    assert meta.log_scale == {"learning_rate"} and meta.iterations == 2
     # The record is read as everything else reads it: validated, so a search entry the
     # config refuses is an error naming it, not a key guessed to be linear.
     record["search"]["seed"] = {"lograndint": [1, 100]}

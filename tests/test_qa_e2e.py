@@ -21,12 +21,12 @@ from support import REPO
 
 SQUAD = REPO.parent / "shared" / "data" / "squad"
 TRAIN_QUESTIONS, EVAL_QUESTIONS = 96, 48
-STRIDES = (16, 24)
+STRIDES = (24, 16)  # the first-listed encoding has more windows: a larger budget in samples
 
 
-def run_cli(*args):
+def run_cli(*args, cwd=REPO):
     return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
-                          text=True, timeout=600, cwd=REPO)
+                          text=True, timeout=600, cwd=cwd)
 
 
 SEARCH = {  # one trial per stride: a grid over it, the learning rate drawn per trial
@@ -75,15 +75,18 @@ def check_tune(done, experiment) -> None:
     assert "data         squad: " in out
     assert f"questions    train {TRAIN_QUESTIONS} (" in out and f"eval {EVAL_QUESTIONS} (" in out
     # the windows differ by stride: one text per encoding, after its stride
-    assert "windows      max_length 80, data.doc_stride 16: train " in out
-    assert "; max_length 80, data.doc_stride 24: train " in out
+    assert "windows      max_length 80, data.doc_stride 24: train " in out
+    assert "; max_length 80, data.doc_stride 16: train " in out
     assert "answers lost to truncation: 0 train, 0 eval" in out
     assert "answers      SQuAD 2.0: the empty answer when" in out
-    assert "data.doc_stride [16, 24]: 2 tokenizations" in out
+    assert "data.doc_stride [24, 16]: 2 tokenizations" in out
     assert "samples per trial (1 epochs, by tokenization)" in out
     assert "best         eval_f1=" in out
     record = json.loads((experiment / "raytune_ft.json").read_text())
     budgets = [record["plan"]["budget"], *record["plan"]["other_budgets"]]
+    assert (record["train_examples"], record["eval_examples"]) == (TRAIN_QUESTIONS,
+                                                                   EVAL_QUESTIONS)
+    assert record["train_samples"] == budgets[0]["n_train"]  # the first encoding's windows
     windows = {b["n_train"] for b in budgets}
     assert len(windows) == 2  # the two strides cut the same questions into other counts
     rows = trial_rows(experiment)
@@ -98,6 +101,11 @@ def check_tune(done, experiment) -> None:
             assert 0.0 <= r["eval_exact"] <= r["eval_f1"] <= 100.0
             assert {"eval_HasAns_f1", "eval_NoAns_f1", "eval_loss"} <= set(r)
             assert r["config"]["data.doc_stride"] in STRIDES and r["diverged"] is False
+    # a trial that ran its two evaluations reached its own budget, whatever its windows (the
+    # record's budget_samples is the first encoding's, more than the stride-16 trial's)
+    trials = pd.read_parquet(experiment / "analysis" / "trials.parquet")
+    for trial in trials.itertuples():
+        assert trial.status == ("terminated" if trial.last_iteration == 2 else "stopped")
 
 
 @pytest.mark.slow  # reads the default test's run (~1 min on 2 cores when run alone)
@@ -131,20 +139,14 @@ def test_analyze_and_compare_see_the_searched_stride(qa_run):
 
 
 def check_export(experiment, tmp_path) -> None:
-    """The exported folder scores the eval questions as the trial did, and the card's
-    answer() answers a question as the trial's decoding does."""
-    import torch
+    """Exported from another working directory, the folder scores the eval questions as the
+    trial did, and the card's answer() answers a question as the trial's decoding does."""
     from transformers import AutoModelForQuestionAnswering
 
-    from raytune_ft.config import TrainConfig
-    from raytune_ft.experiment import read_experiment_record
-    from raytune_ft.schema import trial_data, trial_model
-    from raytune_ft.tasks import task_for
-    from raytune_ft.tasks.question_answering import answers
-    from raytune_ft.training.loop import FineTuneLoop
-
     out = tmp_path / "reader"
-    done = run_cli("export", str(experiment), "--out", str(out))
+    # from another directory: the record holds the data files (relative to the repository
+    # in squad_quick.yaml) as absolute paths, so the card's example still reads them
+    done = run_cli("export", str(experiment), "--out", str(out), cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads((out / "raytune_ft_export.json").read_text())
     stride = info["hyperparameters"]["data.doc_stride"]
@@ -152,31 +154,71 @@ def check_export(experiment, tmp_path) -> None:
     assert "pipeline_tag: question-answering" in card and "| data.doc_stride * |" in card
     assert f"windows sharing {stride} tokens (doc_stride)" in card
     # the exported folder scores the eval questions as the trial did, with its own stride
+    model = AutoModelForQuestionAnswering.from_pretrained(out)
+    task, data, bundle = trial_bundle(experiment, out, stride)
+    # examples are questions; the windows are the trial's own (its stride's), eval windows
+    # differ by stride so the card leaves them out
+    assert (f"- examples: {TRAIN_QUESTIONS} train, {EVAL_QUESTIONS} dev/eval; windows: "
+            f"{len(bundle.train)} train\n") in card
+    assert info["data"] == {"task": data.source, "train_examples": TRAIN_QUESTIONS,
+                            "eval_examples": EVAL_QUESTIONS, "samples_are": "windows",
+                            "train_samples": len(bundle.train), "eval_samples": None}
+    assert one_worker_f1(model, task, bundle) == pytest.approx(info["metrics"]["eval_f1"],
+                                                               abs=1e-9)
+    # the card's own lines, run as a user would, answer its question as the trial decodes it
+    namespace = run_card(out)
+    said = namespace["answer"](namespace["question"], namespace["context"])
+    assert (said, namespace["context"]) == decoded(model, task, bundle, card)
+
+
+def trial_bundle(experiment, out, stride):
+    """(task, data settings, data) of a trial of `experiment` at `stride`, tokenized by the
+    exported folder `out`."""
+    from raytune_ft.experiment import read_experiment_record
+    from raytune_ft.schema import trial_data, trial_model
+    from raytune_ft.tasks import task_for
+
     config = read_experiment_record(str(experiment))
     sampled = {"data.doc_stride": stride}
     data, model_settings = trial_data(config, sampled), trial_model(config, sampled)
-    model = AutoModelForQuestionAnswering.from_pretrained(out)
     task = task_for(data)
-    bundle = task.load_data(data, str(out), model_settings.max_length)
-    loop = FineTuneLoop(model, bundle, TrainConfig(), "eval_f1", "max", task=task)
-    assert loop.evaluate()["eval_f1"] == pytest.approx(info["metrics"]["eval_f1"], abs=1e-9)
-    # the card's own lines, run as a user would, answer its question as the trial decodes it
+    return task, data, task.load_data(data, str(out), model_settings.max_length)
+
+
+def one_worker_f1(model, task, bundle) -> float:
+    """eval_f1 of `model` on the eval windows, evaluated by one process."""
+    from raytune_ft.config import TrainConfig
+    from raytune_ft.training.loop import FineTuneLoop
+
+    return FineTuneLoop(model, bundle, TrainConfig(), "eval_f1", "max",
+                        task=task).evaluate()["eval_f1"]
+
+
+def run_card(out) -> dict:
+    """The namespace of the card's own Python lines, run on the folder `out`."""
+    card = (out / "README.md").read_text()
     code = card.split("```python\n", 1)[1].split("```", 1)[0].replace("<this folder>", str(out))
     namespace: dict = {}
     exec(code, namespace)  # noqa: S102 - the card's own lines
-    question, context = namespace["question"], namespace["context"]
-    said = namespace["answer"](question, context)
-    assert said == "" or said in context
+    return namespace
+
+
+def decoded(model, task, bundle, card: str) -> tuple[str, str]:
+    """(the trial's answer, its context) of the card's question: the eval windows in four
+    batches through the task's own predict and decoding."""
+    import torch
+
+    from raytune_ft.tasks.question_answering import answers
+
     split = bundle.eval
     q = split.question_ids.index(card.split("# question ", 1)[1].split()[0])
-    assert split.contexts[split.context_of[q]] == context
     predictions = []
     with torch.no_grad():
         for indices in np.array_split(np.arange(len(split)), 4):
             batch = task.collate(bundle, split, indices)
             predictions.append((indices, task.predict(task.forward(model.eval(), batch),
                                                       batch)))
-    assert said == answers(split, predictions)[q]
+    return answers(split, predictions)[q], split.contexts[split.context_of[q]]
 
 
 # ------------------------------------------------------------------ slow: the rest of the tool
@@ -233,7 +275,10 @@ def test_pbt_mutates_the_batch_of_windows_then_confirm_and_replay(tmp_path, tiny
             assert r["samples_seen"] == budget["evaluation_points"][r["training_iteration"] - 1]
             assert r["batch_size"] in (8, 16)
     assert run_cli("analyze", str(experiment)).returncode == 0
-    assert (experiment / "analysis" / "pbt_events.parquet").is_file()
+    events = pd.read_parquet(experiment / "analysis" / "pbt_events.parquet")
+    assert len(events) >= 1  # an exploit, whose explore changed what the clone trains with
+    assert ((events["new_hp_learning_rate"] != events["donor_hp_learning_rate"])
+            | (events["new_hp_batch_size"] != events["donor_hp_batch_size"])).any()
     done = run_cli("confirm", str(experiment), "--top", "1", "--seeds", "2")
     assert done.returncode == 0, done.stderr[-3000:]
     rows = pd.read_parquet(experiment / "analysis" / "confirm.parquet")
@@ -252,18 +297,23 @@ def test_lora_trains_the_qa_head_and_both_exports_answer(tmp_path, tiny_bert):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "trained in full: qa_outputs" in done.stdout
     experiment = storage / "squad_quick"
+    from transformers import AutoModelForQuestionAnswering
+
+    said = {}
     for form, extra in (("merged", []), ("adapter", ["--adapter"])):
         out = tmp_path / form
         done = run_cli("export", str(experiment), "--out", str(out), *extra)
         assert done.returncode == 0, done.stderr[-3000:]
-        card = (out / "README.md").read_text()
-        code = card.split("```python\n", 1)[1].split("```", 1)[0].replace("<this folder>",
-                                                                          str(out))
-        namespace: dict = {}
-        exec(code, namespace)  # noqa: S102 - the card's own lines
-        said = namespace["answer"](namespace["question"], namespace["context"])
-        assert said == "" or said in namespace["context"]
+        namespace = run_card(out)
+        said[form] = namespace["answer"](namespace["question"], namespace["context"])
+    card = (tmp_path / "adapter" / "README.md").read_text()
     assert "PeftModel.from_pretrained(base" in card
+    # both cards answer as the trial decodes the question (the merged weights, its windows)
+    model = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "merged")
+    task, _, bundle = trial_bundle(experiment, tmp_path / "merged", 16)
+    expected, context = decoded(model, task, bundle, card)
+    assert namespace["context"] == context
+    assert said == {"merged": expected, "adapter": expected}
 
 
 @pytest.mark.slow  # one trial on two data-parallel workers (~1-2 min on 2 cores)
@@ -273,9 +323,21 @@ def test_a_two_worker_trial_gathers_every_window(tmp_path, tiny_bert):
         tiny_bert, storage, **{"resources.workers_per_trial": 2, "search.data.doc_stride": 16,
                                "resources.cpus_per_trial": 1}))
     assert done.returncode == 0, done.stderr[-3000:]
-    (reports,) = trial_rows(storage / "squad_quick").values()
-    assert all(0.0 <= r["eval_f1"] <= 100.0 for r in reports)
+    experiment = storage / "squad_quick"
+    (reports,) = trial_rows(experiment).values()
     assert "workers      2 per trial" in done.stdout
+    # the exported model (the trial's last checkpoint) scored by one process gives the
+    # eval_f1 the two workers reported: each scored its share and every window was gathered
+    from transformers import AutoModelForQuestionAnswering
+
+    out = tmp_path / "reader"
+    done = run_cli("export", str(experiment), "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((out / "raytune_ft_export.json").read_text())
+    (reported,) = [r for r in reports if r["training_iteration"] == info["iteration"]]
+    task, _, bundle = trial_bundle(experiment, out, 16)
+    model = AutoModelForQuestionAnswering.from_pretrained(out)
+    assert one_worker_f1(model, task, bundle) == pytest.approx(reported["eval_f1"], abs=1e-9)
 
 
 @pytest.mark.slow  # a second search warm-started from the first (~1-2 min on 2 cores)

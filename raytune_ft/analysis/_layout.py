@@ -36,8 +36,9 @@ class ExperimentMeta:
     mode: str = DEFAULT_MODE
     hyperparameters: tuple[str, ...] = ()
     log_scale: frozenset[str] = frozenset()  # hyperparameters searched on a log scale
-    budget_samples: int | None = None
-    max_epochs: float | None = None
+    # evaluations of a full-budget trial (the plan's): the same for every tokenization a
+    # search can give, where the budget in samples is not (question answering's windows)
+    iterations: int | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     scheduler: str | None = None
@@ -84,7 +85,7 @@ def read_meta(exp_dir: Path, params_keys: list[str]) -> ExperimentMeta:
         logger.warning("%s not found; assuming metric %s/%s", exp_dir / CONFIG_FILE,
                        DEFAULT_METRIC, DEFAULT_MODE)
         return ExperimentMeta(name=exp_dir.name, hyperparameters=tuple(params_keys))
-    config, record = read_record(str(exp_dir))
+    config, _ = read_record(str(exp_dir))
     plan = config.plan()
     resources = config.resources
     workers = resources.workers_per_trial
@@ -92,7 +93,7 @@ def read_meta(exp_dir: Path, params_keys: list[str]) -> ExperimentMeta:
         name=config.name, metric=config.metric, mode=config.mode,
         hyperparameters=tuple(config.search) or tuple(params_keys),
         log_scale=frozenset(plan.log_scaled),
-        budget_samples=record.get("budget_samples"), max_epochs=plan.max_epochs,
+        iterations=plan.iterations,
         cpus_per_trial=float(workers * resources.worker_cpus),
         gpus_per_trial=float(workers * resources.worker_gpus),
         scheduler=config.scheduler.type, has_config=True,

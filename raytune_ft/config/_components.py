@@ -6,9 +6,9 @@ key is checked against that component's fields only."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, ClassVar, Union
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, model_validator
 
 from raytune_ft.config._base import Strict
 from raytune_ft.config._space import Domain
@@ -24,6 +24,26 @@ class DataSettings(Strict):
     max_train_samples: int | None = Field(None, gt=0)  # fixed random subset, seeded below
     max_eval_samples: int | None = Field(None, gt=0)  # fixed random subset of the eval split
     subset_seed: int = Field(0, ge=0)  # the subset is the same for every trial and every run
+
+    # The fields naming local files or folders (a path, or settings of paths: seq2seq's
+    # source/target pair); a task reading another one adds it.
+    path_fields: ClassVar[tuple[str, ...]] = ("train_file", "eval_file")
+
+    def with_paths(self, change: Callable[[str], str]) -> DataSettings:
+        """These settings with each path of `path_fields` passed through `change`: the
+        experiment record keeps them absolute, so confirm, resume and export read the same
+        files from any working directory."""
+        def one(value: Any) -> Any:
+            if isinstance(value, str):
+                return change(value)
+            if isinstance(value, BaseModel):
+                return value.model_copy(update={key: one(item) for key, item in value
+                                                if isinstance(item, str)})
+            return value
+
+        return self.model_copy(update={name: one(getattr(self, name))
+                                       for name in self.path_fields
+                                       if getattr(self, name) is not None})
 
     @property
     def source(self) -> str:

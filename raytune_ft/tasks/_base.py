@@ -75,6 +75,9 @@ class Task(abc.ABC):
     # It trains an encoder-decoder, so `model.decoder_name` (an encoder and a decoder
     # warm-started into one) is read.
     encoder_decoder: ClassVar[bool] = False
+    # What a sample is where it is a part of an example (question answering: "windows" of a
+    # question's context); None: a sample is an example.
+    samples_are: ClassVar[str | None] = None
 
     # ------------------------------------------------------------------ driver
 
@@ -175,6 +178,17 @@ class Task(abc.ABC):
         """The card's usage lines for the experiment `config` (e.g. run on an example of its
         own eval file); by default `usage()`."""
         return self.usage()
+
+
+def subset_indices(count: int, size: int | None, seed: int) -> np.ndarray | None:
+    """The sorted indices of a fixed random subset of `size` of `count` examples
+    (data.max_train_samples / max_eval_samples): the same in every trial and every run for
+    a seed. None where the subset is everything."""
+    import numpy as np
+
+    if size is None or size >= count:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(count, size, replace=False))
 
 
 def example_count(split: Split) -> int:

@@ -234,9 +234,11 @@ def _string_list(value, column: str, place: str) -> list[str]:
 
 def subset(sentences: TaggedSentences, size: int | None, seed: int) -> TaggedSentences:
     """A fixed random subset of sentences (the same in every trial and every run)."""
-    if size is None or size >= len(sentences):
+    from raytune_ft.tasks._base import subset_indices
+
+    keep = subset_indices(len(sentences), size, seed)
+    if keep is None:
         return sentences
-    keep = np.sort(np.random.default_rng(seed).choice(len(sentences), size, replace=False))
     return TaggedSentences([sentences.words[i] for i in keep], [sentences.tags[i] for i in keep],
                            [sentences.starts[i] for i in keep], sentences.where, sentences.path,
                            sentences.rows)

@@ -24,7 +24,6 @@ from itertools import chain
 import numpy as np
 
 from raytune_ft.errors import DataError, ModelError
-from raytune_ft.tasks._qa_answers import gold_forms
 from raytune_ft.tasks._squad import Questions
 
 
@@ -134,7 +133,7 @@ def encode(questions: Questions, tokenizer, max_length: int, doc_stride: int,
     owner = np.asarray(encoded["overflow_to_sample_mapping"], dtype=np.int64)
     span = context_spans(segment, offsets)
     starts, ends, held = label_windows(questions, owner, span, offsets, chars)
-    has_answer = np.array([bool(a) for a in questions.answers], dtype=bool)
+    has_answer = questions.has_answer
     lost = int((has_answer & ~np.bincount(owner, weights=held, minlength=len(questions))
                 .astype(bool)).sum())
     counts = np.bincount(owner, minlength=len(questions))
@@ -146,8 +145,7 @@ def encode(questions: Questions, tokenizer, max_length: int, doc_stride: int,
         split.question_ids = list(questions.ids)
         split.contexts = questions.contexts
         split.context_of = np.asarray(questions.context_of, dtype=np.int32)
-        split.golds = [gold_forms([text for text, _ in answers])
-                       for answers in questions.answers]
+        split.golds = questions.golds()
         split.decoding = decoding
     return split
 

@@ -47,12 +47,25 @@ class Questions:
     def unanswerable(self) -> int:
         return sum(not answers for answers in self.answers)
 
+    @property
+    def has_answer(self) -> np.ndarray:
+        """Whether each question has an answer (False: unanswerable, SQuAD 2.0)."""
+        return np.array([bool(answers) for answers in self.answers], dtype=bool)
+
+    def golds(self) -> list[list[str]]:
+        """Each question's gold answers as the official script compares them (`gold_forms`:
+        normalised; [""] for an unanswerable question)."""
+        from raytune_ft.tasks._qa_answers import gold_forms
+
+        return [gold_forms([text for text, _ in answers]) for answers in self.answers]
+
     def context(self, i: int) -> str:
         return self.contexts[self.context_of[i]]
 
     def add_context(self, text: Any, place: str, qid: Any) -> int:
         """Store a context (refusing an empty one); returns its index. `place` ("line 3: ",
-        or "" in SQuAD JSON) and `qid` name the (first) question it belongs to."""
+        "article 2 paragraph 5: " in SQuAD JSON) and `qid` name the (first) question it
+        belongs to."""
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{self.where}: {self.path} {place}question {qid}: empty context; "
                             "every question needs the text its answer is taken from")
@@ -66,7 +79,7 @@ class Questions:
         if isinstance(qid, (int, np.integer)) and not isinstance(qid, bool):
             qid = str(qid)
         if not isinstance(qid, str) or not qid.strip():
-            raise DataError(f"{self.where}: {self.path} {place}: question without an id "
+            raise DataError(f"{self.where}: {self.path} {place}question without an id "
                             f"(got {qid!r}); every question needs a unique id")
         where = f"{self.where}: {self.path} {place}question {qid}"
         if qid in self._seen:
@@ -189,7 +202,8 @@ def _read_squad(whole: dict, out: Questions) -> None:
                                 "expected {\"context\": ..., \"qas\": [...]}")
             qas = paragraph.get("qas") or []
             first = qas[0].get("id") if qas and isinstance(qas[0], dict) else None
-            context = out.add_context(paragraph.get("context"), "", first)
+            place = f"article {a + 1} paragraph {p + 1}: "  # 1-based, as a reader counts
+            context = out.add_context(paragraph.get("context"), place, first)
             for qa in qas:
                 if not isinstance(qa, dict):
                     raise DataError(f"{out.where}: {out.path} article {a + 1} paragraph "
@@ -199,13 +213,14 @@ def _read_squad(whole: dict, out: Questions) -> None:
                 answers = [(ans.get("text"), ans.get("answer_start"))
                            for ans in qa.get("answers") or []]
                 if impossible and answers:
-                    raise DataError(f"{out.where}: {out.path} question {qid}: is_impossible "
-                                    f"is true but it has {len(answers)} answer(s)")
+                    raise DataError(f"{out.where}: {out.path} {place}question {qid}: "
+                                    f"is_impossible is true but it has {len(answers)} "
+                                    "answer(s)")
                 if not impossible and not answers:
-                    raise DataError(f"{out.where}: {out.path} question {qid}: no answers, and "
-                                    "is_impossible is not true (SQuAD 2.0 marks an "
-                                    "unanswerable question so)")
-                out.add(qid, qa.get("question"), context, answers, "")
+                    raise DataError(f"{out.where}: {out.path} {place}question {qid}: no "
+                                    "answers, and is_impossible is not true (SQuAD 2.0 marks "
+                                    "an unanswerable question so)")
+                out.add(qid, qa.get("question"), context, answers, place)
 
 
 def _read_rows(rows, out: Questions, columns: Columns) -> None:
@@ -242,9 +257,11 @@ def _row_answers(value: Any, column: str, where: str) -> list[Answer]:
 
 def subset(questions: Questions, size: int | None, seed: int) -> Questions:
     """A fixed random subset of questions (the same in every trial and every run)."""
-    if size is None or size >= len(questions):
+    from raytune_ft.tasks._base import subset_indices
+
+    keep = subset_indices(len(questions), size, seed)
+    if keep is None:
         return questions
-    keep = np.sort(np.random.default_rng(seed).choice(len(questions), size, replace=False))
     out = Questions(questions.where, questions.path, contexts=questions.contexts)
     out.ids = [questions.ids[i] for i in keep]
     out.questions = [questions.questions[i] for i in keep]

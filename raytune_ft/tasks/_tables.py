@@ -262,7 +262,9 @@ def _read_hub(task: GlueTask) -> tuple[TextSplit, TextSplit, list[str]]:
 
 def subset(split: TextSplit, size: int | None, seed: int) -> TextSplit:
     """A fixed random subset (the same in every trial and every run for a seed)."""
-    if size is None or size >= len(split.labels):
+    from raytune_ft.tasks._base import subset_indices
+
+    keep = subset_indices(len(split.labels), size, seed)
+    if keep is None:
         return split
-    keep = np.sort(np.random.default_rng(seed).choice(len(split.labels), size, replace=False))
     return TextSplit([[col[i] for i in keep] for col in split.texts], split.labels[keep])

@@ -27,12 +27,11 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from raytune_ft.config import DataSettings
-from raytune_ft.errors import DataError
+from raytune_ft.errors import DataError, RaytuneFtError
 from raytune_ft.tasks._base import DataBundle, Metric, Task
 from raytune_ft.tasks._qa_answers import (
     best_spans,
     choose_windows,
-    gold_forms,
     official_scores,
 )
 from raytune_ft.tasks._qa_windows import Decoding, QASplit, collate, encode, qa_tokenizer
@@ -120,9 +119,8 @@ def squad_scores(squad_json_path: str | Path, predictions: dict[str, str]) -> di
     if missing:
         raise DataError(f"predictions: {len(missing)} question(s) of {squad_json_path} have no "
                         f"prediction (e.g. {missing[0]})")
-    golds = [gold_forms([text for text, _ in answers]) for answers in questions.answers]
-    has_answer = np.array([bool(a) for a in questions.answers], dtype=bool)
-    return official_scores([predictions[qid] for qid in questions.ids], golds, has_answer)
+    return official_scores([predictions[qid] for qid in questions.ids], questions.golds(),
+                           questions.has_answer)
 
 
 def answers(split: QASplit, predictions: list[tuple[np.ndarray, tuple]]) -> list[str]:
@@ -180,6 +178,7 @@ class QuestionAnswering(Task):
                Metric("eval_HasAns_f1", "max", 0.0), Metric("eval_NoAns_f1", "max", 0.0))
     pipeline_tag = "question-answering"
     auto_class = "AutoModelForQuestionAnswering"
+    samples_are = "windows"
 
     def check_encoding(self, data: QuestionAnsweringData, max_length: int) -> None:
         stride = doc_stride(data, max_length)
@@ -303,19 +302,22 @@ class QuestionAnswering(Task):
         """`usage`, then what `pipeline("question-answering")` did, which transformers 5
         removed: the context in windows as in training, the best span over them (the empty
         answer where the null score wins, as the trial decided), on the first answerable
-        question the trial was scored on."""
-        from raytune_ft.tasks._squad import subset
-
+        question the trial was scored on. Where the data files cannot be read any more, the
+        card has `usage` alone (one warning; answer()'s null rule follows the training data)
+        and the export goes on."""
         data, length = config.data, config.model.max_length
-        train = subset(read(data, data.train_file, "data.train_file"), data.max_train_samples,
-                       data.subset_seed)
-        dev = subset(read(data, data.eval_file, "data.eval_file"), data.max_eval_samples,
-                     data.subset_seed)  # the questions the trial was scored on
-        q = next((i for i, a in enumerate(dev.answers) if a), 0)
+        try:
+            train, dev = read_splits(data)  # dev: the questions the trial was scored on
+        except (RaytuneFtError, OSError, ValueError) as error:
+            log.warning("the card has no answer() example: the data cannot be read (%s)",
+                        error)
+            return [*self.usage(), "# the data files could not be read at export: no "
+                    "answer() example (it follows the training data's unanswerable questions)"]
         empty = (f"null > best_score + {data.null_score_threshold!r}" if train.unanswerable
                  else "False")
         code = CARD_ANSWER.format(length=length, stride=doc_stride(data, length),
                                   longest=data.max_answer_length, empty=empty)
+        q = next((i for i, a in enumerate(dev.answers) if a), 0)
         gold = dev.answers[q][0][0] if dev.answers[q] else ""
         return [*self.usage(), *code.splitlines(), "",
                 f"# question {dev.ids[q]} of {Path(data.eval_file).name} (a gold answer: "

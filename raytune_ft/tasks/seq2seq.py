@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from raytune_ft.config import DataSettings, Strict
-from raytune_ft.errors import ConfigError, ModelError
+from raytune_ft.errors import ConfigError, ModelError, RaytuneFtError
 from raytune_ft.tasks._base import DataBundle, Metric, PositionLoss, Task
 from raytune_ft.tasks._pair_split import (
     Decoding,
@@ -278,8 +278,9 @@ class Seq2Seq(PositionLoss, Task):
             try:
                 sentence = read_pairs(config.data.eval_file, config.data, "data.eval_file"
                                       ).sources[0]
-            except Exception:  # noqa: BLE001 - the card keeps its stock sentence
-                log.warning("the eval file cannot be read for the card; a stock sentence")
+            except (RaytuneFtError, OSError, ValueError) as error:  # the export goes on
+                log.warning("the card's example is a stock sentence: the eval file cannot "
+                            "be read (%s)", error)
             prefix = config.data.source_prefix
         return [f"from transformers import {self.auto_class}, AutoTokenizer", "",
                 f'model = {self.auto_class}.from_pretrained("<this folder>")',

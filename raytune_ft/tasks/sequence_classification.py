@@ -46,6 +46,7 @@ class SequenceData(DataSettings):
     text_columns: list[str] | None = None  # with train_file: one column (single sentence)
     #                                        or two (pairs) of a CSV/TSV/JSONL/Parquet file
     label_column: str | None = None  # with train_file: the column of labels
+    path_fields = (*DataSettings.path_fields, "path")
 
     @property
     def source(self) -> str:

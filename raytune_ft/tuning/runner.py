@@ -26,7 +26,7 @@ from raytune_ft.experiment import CONFIG_FILE, read_record, write_record
 from raytune_ft.plan import TrialPlan
 from raytune_ft.schema import ExperimentConfig, searches_model
 from raytune_ft.storage import is_uri, write_text
-from raytune_ft.tasks import DataBundle, task_for
+from raytune_ft.tasks import DataBundle, example_count, task_for
 from raytune_ft.training.lora import check_experiment as check_lora
 from raytune_ft.training.model import (
     check_freeze_layers,
@@ -455,15 +455,27 @@ def _sigint_watch():
     return SigintWatch()
 
 
+def recorded_config(config: ExperimentConfig) -> ExperimentConfig:
+    """`config` as the record keeps it: its local data paths absolute (read from the
+    working directory of the run), so confirm, resume and export find the same files from
+    any directory."""
+    def absolute(path: str) -> str:
+        return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+    return config.model_copy(update={"data": config.data.with_paths(absolute)})
+
+
 def write_experiment_record(prepared: Prepared) -> None:
     """Save the validated config beside Ray's files, with what `prepare` derived (the trial
     plan among it): analysis, resume, confirm and export read it."""
-    write_record(prepared.experiment_dir, prepared.config, {
+    write_record(prepared.experiment_dir, recorded_config(prepared.config), {
         "budget_samples": prepared.plan.budget.total_samples,
         "model_path": prepared.model_path,
         "label_names": prepared.bundle.label_names,
-        "train_samples": len(prepared.bundle.train),
+        "train_samples": len(prepared.bundle.train),  # the first encoding's, as the budget
         "eval_samples": len(prepared.bundle.eval),
+        "train_examples": example_count(prepared.bundle.train),  # every encoding's
+        "eval_examples": example_count(prepared.bundle.eval),
         "plan": prepared.plan.record(),
         **({"warm_start": prepared.observations.record()}
            if prepared.observations is not None else {}),

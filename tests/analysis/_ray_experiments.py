@@ -21,8 +21,9 @@ GRID = [2e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5]  # run in this order; 2e-3 crashes, 
 
 
 def _metrics(config: dict, it: int, acc: float, diverged: bool = False) -> dict:
-    """One iteration's report with every metric name raytune_ft reports."""
-    samples = it * TRAIN_SAMPLES
+    """One iteration's report with every metric name raytune_ft reports; `windows` (if set)
+    is the trial's own samples per epoch, as a searched question-answering encoding gives."""
+    samples = it * int(config.get("windows") or TRAIN_SAMPLES)
     return {
         "eval_accuracy": acc,
         "eval_f1": acc - 0.01,
@@ -68,8 +69,10 @@ def fake_trainable(config: dict) -> None:
             raise RuntimeError("transient failure")
 
 
-def _write_cfg(exp_dir: Path, search: dict, scheduler: dict) -> None:
-    """The experiment record raytune_ft would have written for this search."""
+def _write_cfg(exp_dir: Path, search: dict, scheduler: dict,
+               windows: tuple[int, ...] = (TRAIN_SAMPLES,)) -> None:
+    """The experiment record raytune_ft would have written for this search, whose trials
+    train on `windows` samples per epoch (the first one's budget is `budget_samples`)."""
     from raytune_ft.experiment import write_record
     from raytune_ft.schema import validate_config
 
@@ -79,7 +82,9 @@ def _write_cfg(exp_dir: Path, search: dict, scheduler: dict) -> None:
         "train": {"max_epochs": MAX_EPOCHS, "eval_every_epochs": 1.0},
         "resources": {"cpus_per_trial": 1.0, "gpus_per_trial": 0.0}, "scheduler": scheduler,
     })
-    write_record(str(exp_dir), config, {"budget_samples": BUDGET})
+    plan = config.plan(list(windows))
+    write_record(str(exp_dir), config, {"budget_samples": plan.budget.total_samples,
+                                        "plan": plan.record()})
 
 
 def _run(
@@ -182,4 +187,18 @@ def build_restored(storage: Path, marker_dir: Path) -> Path:
         failure_config=FailureConfig(max_failures=1),
     )
     _write_cfg(exp, {"learning_rate": {"grid": [1e-4, 1e-3]}}, {"type": "fifo"})
+    return exp
+
+
+ENCODING_WINDOWS = (110, 100)  # samples per epoch of the two encodings, the first one's more
+
+
+def build_encodings(storage: Path) -> Path:
+    """Two FIFO trials with their own training-set sizes, as a grid over data.doc_stride
+    gives in question answering: the first-listed encoding has more windows, so its budget
+    in samples (the record's `budget_samples`) is more than the second trial's whole budget."""
+    space = {"learning_rate": 3e-4, "batch_size": 16,
+             "windows": tune.grid_search(list(ENCODING_WINDOWS))}
+    exp = _run(storage, "encodings", space, FIFOScheduler(), 1, concurrent=1)
+    _write_cfg(exp, {"learning_rate": {"grid": [3e-4]}}, {"type": "fifo"}, ENCODING_WINDOWS)
     return exp

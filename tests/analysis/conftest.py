@@ -21,7 +21,8 @@ import _ray_experiments as rx  # noqa: E402
 
 @pytest.fixture(scope="session")
 def experiments(tmp_path_factory) -> dict[str, Path]:
-    """name -> experiment dir for: asha, pbt, restored (a trial failed once and resumed)."""
+    """name -> experiment dir for: asha, pbt, restored (a trial failed once and resumed),
+    encodings (two trials with their own samples per epoch)."""
     import ray
 
     storage = tmp_path_factory.mktemp("ray_results")
@@ -40,6 +41,7 @@ def experiments(tmp_path_factory) -> dict[str, Path]:
             "asha": rx.build_asha(storage),
             "pbt": rx.build_pbt(storage),
             "restored": rx.build_restored(storage, markers),
+            "encodings": rx.build_encodings(storage),
         }
     finally:
         if started:

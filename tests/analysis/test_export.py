@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from _ray_experiments import BUDGET, GRID
+from _ray_experiments import BUDGET, ENCODING_WINDOWS, GRID
 
 from raytune_ft.analysis import (
     SCHEMA_VERSION,
@@ -119,6 +119,18 @@ def test_restored_trial_is_deduplicated_and_charged(experiments):
     assert list(mine["n_reports"]) == [1, 2, 1, 1]
     assert failed.compute_samples == 500  # iteration 2 was trained twice
     assert failed.samples_seen == 400
+
+
+def test_a_trial_with_fewer_windows_than_the_first_encoding_reached_its_budget(experiments):
+    """A searched encoding gives each trial its own budget in samples; the record's
+    `budget_samples` is the first one's. Both trials ran every evaluation: terminated."""
+    exp = experiments["encodings"]
+    record = json.loads((exp / "raytune_ft.json").read_text())
+    assert record["budget_samples"] == 4 * ENCODING_WINDOWS[0]
+    trials = trials_table(exp)
+    assert sorted(trials["samples_seen"]) == sorted(4 * w for w in ENCODING_WINDOWS)
+    assert list(trials["status"]) == ["terminated", "terminated"]
+    assert list(trials["last_iteration"]) == [4, 4]
 
 
 def test_truncated_last_line_is_skipped_with_warning(copy_experiment, caplog):

@@ -139,19 +139,32 @@ ROW = {"id": "r1", "question": "Who won?", "context": CONTEXT,
 
 @pytest.mark.parametrize("name, content, message", [
     ("s.json", squad_json([qa("q1", start=3)]),
-     "s.json question q1: answer 1 'Denver Broncos' is not at answer_start 3 of its context "
+     "s.json article 1 paragraph 1: question q1: answer 1 'Denver Broncos' is not at "
+     "answer_start 3 of its context "
      "(there: 'ver Broncos wo'); answer_start must index the answer text in the context"),
     ("s.json", squad_json([qa("q1", text="Denver", start=90)]),
      "question q1: answer 1 'Denver' is not at answer_start 90"),
-    ("s.json", squad_json([qa("q1", question="  ")]), "s.json question q1: empty question"),
+    ("s.json", squad_json([qa("q1", question="  ")]),
+     "s.json article 1 paragraph 1: question q1: empty question"),
     ("s.json", squad_json([qa("q1")], context=" "),
-     "s.json question q1: empty context; every question needs the text"),
+     "s.json article 1 paragraph 1: question q1: empty context; every question needs the "
+     "text"),
     ("s.json", squad_json([qa("q1"), qa("q1", "Again?")]),
-     "s.json question q1: duplicate id (first at question q1)"),
+     "s.json article 1 paragraph 1: question q1: duplicate id (first at article 1 paragraph "
+     "1: question q1)"),
+    ("s.json", {"version": "v2.0", "data": [squad_json([qa("q0"), qa("q1")])["data"][0], {
+        "title": "u", "paragraphs": [{"context": "x", "qas": []},
+                                     {"context": CONTEXT, "qas": [qa("q1", "Again?")]}]}]},
+     "s.json article 2 paragraph 2: question q1: duplicate id (first at article 1 paragraph "
+     "1: question q1); every question needs a unique id"),
+    ("s.json", squad_json([qa("")]), "s.json article 1 paragraph 1: question without an id "
+                                     "(got ''); every question needs a unique id"),
+    ("r.jsonl", [{**ROW, "id": " "}], "r.jsonl line 1: question without an id (got ' ')"),
     ("s.json", squad_json([qa("q1", impossible=True)]),
-     "question q1: is_impossible is true but it has 1 answer(s)"),
+     "s.json article 1 paragraph 1: question q1: is_impossible is true but it has 1 "
+     "answer(s)"),
     ("s.json", squad_json([qa("q1", text=None)]),
-     "question q1: no answers, and is_impossible is not true"),
+     "s.json article 1 paragraph 1: question q1: no answers, and is_impossible is not true"),
     ("s.json", squad_json([qa("q1", text=" ")]), "question q1: answer 1 is empty"),
     ("s.json", {"version": "v2.0", "data": []}, "s.json holds no questions"),
     ("r.jsonl", "", "r.jsonl holds no questions"),
@@ -381,6 +394,46 @@ def test_gold_logits_score_100_however_batches_and_workers_split_them(squad_bund
     scores = TASK.compute_metrics(squad_bundle, predictions[::-1])
     assert scores == {"eval_exact": 100.0, "eval_f1": 100.0, "eval_HasAns_f1": 100.0,
                       "eval_NoAns_f1": 100.0}
+
+
+def test_the_card_example_reads_the_recorded_files_from_anywhere_or_is_left_out(
+        tmp_path, monkeypatch, caplog):
+    """The record keeps the data paths absolute, so the card's example (the first answerable
+    eval question) is read from any working directory; where the files are gone, the card
+    keeps answer() without the example, with one warning, and the export goes on."""
+    from raytune_ft.tuning.runner import recorded_config
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "data" / "train.json").write_text(json.dumps(squad_json([qa("t1")])))
+    (tmp_path / "data" / "dev.json").write_text(json.dumps(squad_json(
+        [qa("d0", text=None, impossible=True), qa("d1", "Who lost?", "Carolina Panthers",
+                                            CONTEXT.index("Carolina"))])))
+    monkeypatch.chdir(tmp_path)
+    config = validate_config({"name": "q", "model": {"name": "m", "max_length": 64}, "data": {
+        "kind": "question_answering", "train_file": "data/train.json",
+        "eval_file": "data/dev.json"}})
+    recorded = recorded_config(config)
+    assert recorded.data.train_file == str(tmp_path / "data" / "train.json")
+    assert recorded.data.eval_file == str(tmp_path / "data" / "dev.json")
+    assert recorded.data.model_copy(update={"train_file": "data/train.json",
+                                            "eval_file": "data/dev.json"}) == config.data
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    lines = TASK.card_usage(recorded)
+    assert lines[-4:] == ["# question d1 of dev.json (a gold answer: 'Carolina Panthers')",
+                          "question = 'Who lost?'", f"context = {CONTEXT!r}",
+                          "print(answer(question, context))"]
+    assert '    return "" if False else best' in lines  # no unanswerable training question
+    for name in ("train.json", "dev.json"):
+        (tmp_path / "data" / name).unlink()
+    with caplog.at_level("WARNING", logger="raytune_ft.tasks.question_answering"):
+        kept = TASK.card_usage(recorded)
+    assert kept == [*TASK.usage(), "# the data files could not be read at export: no answer() "
+                    "example (it follows the training data's unanswerable questions)"]
+    (warning,) = caplog.records
+    assert warning.getMessage() == (
+        "the card has no answer() example: the data cannot be read (data.train_file: "
+        f"{tmp_path / 'data' / 'train.json'} does not exist)")
 
 
 def test_metrics_and_header(squad_bundle):
