@@ -112,7 +112,7 @@ def test_the_server_stopped_mid_run_costs_a_warning_not_the_experiment(
         rows = [json.loads(line) for line in (directory / "result.json").read_text().splitlines()]
         assert rows and all(r["diverged"] is False for r in rows)
     assert (experiment / "analysis" / "report.html").is_file()
-    assert "best         eval_accuracy=" in out.text()
+    assert "best         eval_accuracy=" in out
 
 
 class Lines:
