@@ -63,6 +63,12 @@ def is_uri(path: str) -> bool:
     return "://" in path
 
 
+def absolute(path: str) -> str:
+    """A local path made absolute (`~` expanded, from the working directory); a URI as it
+    is: what a record keeps so that any directory reads the same files."""
+    return path if is_uri(path) else str(Path(path).expanduser().resolve())
+
+
 def _resolve(uri: str):
     import pyarrow.fs
 

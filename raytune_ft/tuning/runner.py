@@ -25,7 +25,7 @@ from raytune_ft.errors import ConfigError, ExperimentError, ResourceError
 from raytune_ft.experiment import CONFIG_FILE, read_record, write_record
 from raytune_ft.plan import TrialPlan
 from raytune_ft.schema import ExperimentConfig, searches_model
-from raytune_ft.storage import is_uri, write_text
+from raytune_ft.storage import absolute, is_uri, write_text
 from raytune_ft.tasks import DataBundle, example_count, task_for
 from raytune_ft.training.lora import check_experiment as check_lora
 from raytune_ft.training.model import (
@@ -67,8 +67,7 @@ class Prepared:
 
 
 def storage_root(config: ExperimentConfig) -> str:
-    path = config.run.storage_path
-    return path if is_uri(path) else str(Path(path).expanduser().resolve())
+    return absolute(config.run.storage_path)
 
 
 def prepare(config: ExperimentConfig, overwrite: bool = False, resume: bool = False,
@@ -459,9 +458,6 @@ def recorded_config(config: ExperimentConfig) -> ExperimentConfig:
     """`config` as the record keeps it: its local data paths absolute (read from the
     working directory of the run), so confirm, resume and export find the same files from
     any directory."""
-    def absolute(path: str) -> str:
-        return path if is_uri(path) else str(Path(path).expanduser().resolve())
-
     return config.model_copy(update={"data": config.data.with_paths(absolute)})
 
 
@@ -509,9 +505,7 @@ def resume_experiment(experiment_dir: str, address: str | None = None) -> RunSum
     """
     from raytune_ft.tracking import check_tracking
 
-    if not is_uri(experiment_dir):
-        experiment_dir = str(Path(experiment_dir).expanduser().resolve())
-    experiment_dir = experiment_dir.rstrip("/")
+    experiment_dir = absolute(experiment_dir).rstrip("/")
     config, record = read_record(experiment_dir)
     check_tracking(config.tracking, record=f"{experiment_dir}/{CONFIG_FILE}")
     prepared = prepare(config, resume=True, address=address)

@@ -39,7 +39,6 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from hyperopt import JOB_STATE_DONE, STATUS_OK
@@ -104,14 +103,11 @@ def load_observations(config: ExperimentConfig, dirs: list[str]) -> Observations
     if config.search_alg.type not in ("optuna", "tpe"):
         raise ConfigError(f"--warm-start: search_alg.type {config.search_alg.type!r} learns "
                           "nothing from earlier trials; use optuna or tpe")
-    from raytune_ft.storage import is_uri
+    from raytune_ft.storage import absolute
 
     found = Observations()
     for directory in dirs:  # local folders recorded absolute: the record outlives the cwd
-        directory = directory.rstrip("/")
-        if not is_uri(directory):
-            directory = str(Path(directory).expanduser().resolve())
-        _add_experiment(found, config, directory)
+        _add_experiment(found, config, absolute(directory.rstrip("/")))
     return found
 
 
@@ -331,7 +327,7 @@ def _shown(key: str, value: Any, record: dict) -> Any:
 
 
 def _resolved(key: str, value: str, record: dict) -> str | None:
-    from raytune_ft.storage import is_uri
+    from raytune_ft.storage import absolute
     from raytune_ft.training.model import resolve_model_path
 
     if key == "model.name":  # the earlier run's paths as its record kept them
@@ -343,7 +339,7 @@ def _resolved(key: str, value: str, record: dict) -> str | None:
             return resolve_model_path(value)
         except ModelError:
             return None
-    return value if is_uri(value) else str(Path(value).expanduser().resolve())
+    return absolute(value)
 
 
 def _plain(value: Any) -> Any:
