@@ -52,26 +52,28 @@ def trial_model(config: ExperimentConfig, sampled: dict[str, Any]) -> ModelConfi
     model is decided: the trainable, confirm, replay and export all ask here."""
     update = {key.removeprefix("model."): sampled[key] for key in MODEL_SEARCH_KEYS
               if key in sampled}
-    if not update:
-        return config.model
-    try:
-        return ModelConfig.model_validate({**config.model.model_dump(), **update})
-    except ValidationError as error:
-        message = one_line(error, ModelConfig)
-        raise ConfigError(f"trial config {sampled}: model.{message}") from None
+    return _searched_on_top(config.model, "model", update, sampled)
 
 
 def trial_data(config: ExperimentConfig, sampled: dict[str, Any]) -> DataSettings:
     """The data settings of one trial: `data:` with the searched `data.` keys (those the
     task's encoding depends on, e.g. data.doc_stride) on top; the twin of `trial_model`."""
     update = {key.removeprefix(DATA_SEARCH_PREFIX): sampled[key] for key in data_keys(sampled)}
+    return _searched_on_top(config.data, "data", update, sampled)
+
+
+def _searched_on_top(section: Any, name: str, update: dict[str, Any],
+                     sampled: dict[str, Any]) -> Any:
+    """The `name:` section with a trial's searched values `update` on top, validated as its
+    own settings class; the section itself where nothing of it is searched."""
     if not update:
-        return config.data
-    settings = type(config.data)
+        return section
+    settings = type(section)
     try:
-        return settings.model_validate({**config.data.model_dump(), **update})
+        return settings.model_validate({**section.model_dump(), **update})
     except ValidationError as error:
-        raise ConfigError(f"trial config {sampled}: data.{one_line(error, settings)}") from None
+        raise ConfigError(f"trial config {sampled}: {name}.{one_line(error, settings)}"
+                          ) from None
 
 
 def tokenization_keys(config: ExperimentConfig) -> list[str]:
