@@ -9,13 +9,28 @@ serialized `wandb_internal_pb2.Record` each.
 from __future__ import annotations
 
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32 * 1024
 FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
-def records(path: Path) -> list:
+def records(path: Path, timeout_s: float = 60) -> list:
+    """Every record of a finished run. `Run.finish()` returns before wandb-core has written
+    the run's last records (it publishes `inform_finish` and does not wait), so a file read
+    at once can still lack them: this waits (at most `timeout_s`) for the run's exit record,
+    the last one a finished run writes, and with it every record before it."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        out = _read(path)
+        if any(record.WhichOneof("record_type") == "exit" for record in out):
+            return out
+        assert time.monotonic() < deadline, f"{path}: no exit record after {timeout_s} s"
+        time.sleep(0.2)
+
+
+def _read(path: Path) -> list:
     from wandb.proto import wandb_internal_pb2
 
     data = path.read_bytes()
