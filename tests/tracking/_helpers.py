@@ -176,6 +176,12 @@ class Outage:
 
     def down(self) -> None:
         with self._lock:
+            # close() alone leaves a listener that a thread is blocked in accept() on taking
+            # connections (Linux keeps the socket until accept returns); shutdown wakes it
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             self._listener.close()
             for sock in self._open:
                 try:

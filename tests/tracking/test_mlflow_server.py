@@ -135,10 +135,12 @@ class Lines:
         return "".join(self.lines)
 
 
-def _wait(condition, cli: subprocess.Popen, what: str, timeout_s: float = 300) -> None:
+def _wait(condition, cli: subprocess.Popen, what: str, err: Lines | None = None,
+          timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
-        assert cli.poll() is None, f"the CLI ended before {what}"
+        assert cli.poll() is None, f"the CLI ended before {what}" + (
+            f": {err.text()[-3000:]}" if err else "")
         assert time.monotonic() < deadline, f"no {what} within {timeout_s} s"
         time.sleep(0.2)
 
@@ -167,10 +169,10 @@ def test_a_server_back_before_the_end_sees_every_open_run_ended_failed(
     try:
         _wait(lambda: record.is_file() and any(
             t["last_step"] > 0 for t in json.loads(record.read_text())["mlflow"]["trials"]
-            .values()), cli, "logged result")
+            .values()), cli, "logged result", err)
         outage.down()
         _wait(lambda: any("mlflow tracking failed" in line for line in err.lines), cli,
-              "tracker failure")
+              "tracker failure", err)
         outage.up()
         cli.wait(timeout=600)
     finally:
