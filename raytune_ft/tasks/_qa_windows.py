@@ -8,7 +8,8 @@ character offsets of every token (`return_offsets_mapping`) map a window's span 
 characters of the original context. A window that holds the whole (first) answer is labelled
 with its first and last token; any other window, and every window of an unanswerable
 question, points at the classifier token (position 0). An answer that no window holds whole
-(longer than the overlap) is lost to truncation and counted.
+(longer than the overlap) is lost to truncation and counted; an evaluation question with
+several gold answers is lost only when no window holds any of them.
 
 A sample is a window: the arrays are flat (window i is ids[offsets[i]:offsets[i + 1]]), the
 windows of a question are consecutive (question q's are question_windows[q]:...[q + 1]), and
@@ -51,7 +52,7 @@ class QASplit:
     has_answer: np.ndarray  # bool per question
     max_length: int
     doc_stride: int
-    answers_lost: int = 0  # answerable questions that no window holds whole
+    answers_lost: int = 0  # answerable questions no window holds any answer of whole
     # evaluation only (None for training): offsets of every token in its context, the
     # contexts, and each question's id and normalised gold answers
     char_starts: np.ndarray | None = None  # int32 per token
@@ -180,7 +181,9 @@ def label_windows(questions: Questions, owner: np.ndarray, span: np.ndarray,
                   offsets: np.ndarray, chars: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per window: the first and last token of its question's first answer when the window
-    holds all of it (else 0, 0: the classifier token), and whether it does."""
+    holds all of it (else 0, 0: the classifier token, as in Hugging Face's recipe), and
+    whether it holds any of its gold answers whole (an evaluation question has several: it
+    can be answered as long as one of them fits a window)."""
     count = len(owner)
     starts, ends = np.zeros(count, np.int32), np.zeros(count, np.int32)
     held = np.zeros(count, dtype=bool)
@@ -188,15 +191,18 @@ def label_windows(questions: Questions, owner: np.ndarray, span: np.ndarray,
         answers = questions.answers[owner[w]]
         if not answers or span[w, 0] < 0:
             continue
-        text, first_char = answers[0]
-        last_char = first_char + len(text)
         a, b = offsets[w] + span[w, 0], offsets[w] + span[w, 1]
-        if chars[a, 0] > first_char or chars[b, 1] < last_char:
-            continue  # the answer begins before or ends after this window's context
-        # the last token starting at or before the answer, the first ending at or after it
-        start = a + np.searchsorted(chars[a:b + 1, 0], first_char, side="right") - 1
-        end = a + np.searchsorted(chars[a:b + 1, 1], last_char, side="left")
-        starts[w], ends[w], held[w] = start - offsets[w], end - offsets[w], True
+        for k, (text, first_char) in enumerate(answers):
+            last_char = first_char + len(text)
+            if chars[a, 0] > first_char or chars[b, 1] < last_char:
+                continue  # it begins before or ends after this window's context
+            held[w] = True
+            if k == 0:  # the last token starting at or before the answer, the first
+                # ending at or after it
+                start = a + np.searchsorted(chars[a:b + 1, 0], first_char, side="right") - 1
+                end = a + np.searchsorted(chars[a:b + 1, 1], last_char, side="left")
+                starts[w], ends[w] = start - offsets[w], end - offsets[w]
+            break
     return starts, ends, held
 
 

@@ -281,6 +281,23 @@ def test_overlapping_windows_share_doc_stride_tokens(tokenizer):
     assert len(labelled) >= 1 and split.answers_lost == 0
 
 
+def test_a_question_is_lost_only_when_no_window_holds_any_of_its_answers(tokenizer):
+    """An evaluation question has several gold answers and is scored against the best of
+    them: it can be found as long as one fits a window. Labels follow the first answer."""
+    from raytune_ft.tasks._squad import Questions
+
+    context = " ".join(f"w{i}" for i in range(60))
+    long_answer = " ".join(f"w{i}" for i in range(10, 41))  # wider than any window's context
+    lost, found = Questions("data.eval_file", "x"), Questions("data.eval_file", "x")
+    for questions, answers in ((lost, [long_answer]), (found, [long_answer, "w55"])):
+        questions.add("q", "Which?", questions.add_context(context, "", "q"),
+                      [(text, context.index(text + " ")) for text in answers], "")
+    assert encode(lost, tokenizer, 32, 8).answers_lost == 1
+    split = encode(found, tokenizer, 32, 8)
+    assert split.answers_lost == 0
+    assert not split.start_positions.any() and not split.end_positions.any()
+
+
 def test_a_question_without_room_for_its_context_is_refused(tokenizer):
     from raytune_ft.tasks._squad import Questions
 
