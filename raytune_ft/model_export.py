@@ -192,6 +192,11 @@ def _write_model(staging: Path, choice: Choice, config: ExperimentConfig, record
             model = model.merge_and_unload()
     task.prepare_export(model, config)  # e.g. how a generating model generates
     model.save_pretrained(staging)
+    if adapter and model.get_base_model().can_generate():
+        # peft saves the adapters alone: how the tuned model generates goes beside them, and
+        # the card loads the base with it
+        model.get_base_model().generation_config.save_pretrained(staging)
+        lora["generation_config"] = "generation_config.json"
     task.save_processor(model_path, str(staging), config.model.max_length)
     return lora
 
@@ -329,11 +334,14 @@ def adapter_usage(task: Task, label_names: list[str], lora: dict, usage: list[st
                   ) -> list[str]:
     """The card's `usage` lines with the model loaded as the base plus this adapter."""
     labels = dict(enumerate(label_names))
-    lines = ["from peft import PeftModel"]
+    extra = f", num_labels={len(labels)}, id2label={labels}" if labels else ""  # a generator
+    lines = ["from peft import PeftModel"]  # has no labels
+    if lora.get("generation_config"):  # and generates as this folder says, not as the base
+        lines.append("from transformers import GenerationConfig")
+        extra += ', generation_config=GenerationConfig.from_pretrained("<this folder>")'
     for line in usage:
         if line.startswith("model = "):
-            lines += [f'base = {task.auto_class}.from_pretrained("{lora["base_path"]}", '
-                      f"num_labels={len(labels)}, id2label={labels})",
+            lines += [f'base = {task.auto_class}.from_pretrained("{lora["base_path"]}"{extra})',
                       'model = PeftModel.from_pretrained(base, "<this folder>")']
         else:
             lines.append(line)

@@ -168,12 +168,26 @@ def test_lora_adapts_both_stacks_and_exports_merged(tmp_path, tiny_marian):
     assert saved and all("lora_" in key for key in saved)
     assert any(".encoder." in key for key in saved) and any("encoder_attn" in key
                                                             for key in saved)
-    out = tmp_path / "merged"
+    out, adapter = tmp_path / "merged", tmp_path / "adapter"
     assert run_cli("export", str(experiment), "--out", str(out)).returncode == 0
-    from transformers import AutoModelForSeq2SeqLM
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
     merged = AutoModelForSeq2SeqLM.from_pretrained(out)  # a plain model: peft not needed
     assert not any("lora" in name for name, _ in merged.named_parameters())
+    # the adapter folder's card loads the base with peft and translates as the merged model
+    done = run_cli("export", str(experiment), "--out", str(adapter), "--adapter")
+    assert done.returncode == 0, done.stderr[-3000:]
+    card = (adapter / "README.md").read_text()
+    code = card.split("```python\n", 1)[1].split("```", 1)[0].replace("<this folder>",
+                                                                     str(adapter))
+    assert "PeftModel.from_pretrained(base" in code and "num_labels" not in code
+    assert (adapter / "generation_config.json").is_file()  # the tuned beams, beside the adapter
+    namespace: dict = {}
+    exec(code, namespace)  # noqa: S102 - the card's own lines, run as a user would
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    with torch.no_grad():
+        generated = merged.generate(**tokenizer(namespace["source"], return_tensors="pt"))
+    assert namespace["translated"] == tokenizer.decode(generated[0], skip_special_tokens=True)
 
 
 @pytest.mark.slow
