@@ -24,8 +24,11 @@ SEARCH = {"learning_rate": {"loguniform": [1e-3, 1e-2]}, "batch_size": {"choice"
 @pytest.fixture(scope="module")
 def pbt_lora(tmp_path_factory, tiny_bert, glue_dir):
     root = tmp_path_factory.mktemp("lora")
+    # synchronous: every member is ranked at each perturbation point, so the worst one is
+    # cloned there whatever order the results arrive in (asynchronous PBT clones only from a
+    # member that was on top when it reported, and on CI once cloned none)
     scheduler = {"type": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.25,
-                 "mutations": ["learning_rate", "batch_size", "lora_dropout"]}
+                 "synch": True, "mutations": ["learning_rate", "batch_size", "lora_dropout"]}
     path = experiment_yaml(root / "exp.yaml", tiny_bert, glue_dir, root / "results",
                            name="lora", metric="eval_loss", mode="min", train=TRAIN,
                            search=SEARCH, scheduler=scheduler,
