@@ -74,6 +74,11 @@ class Layout:
     def in_layers(self, name: str) -> bool:
         return any(re.match(p, name.removeprefix(PEFT_PREFIX)) for p in self.layers)
 
+    def freezes(self, name: str, freeze_embeddings: bool, freeze_layers: int) -> bool:
+        """Whether `train.freeze_embeddings` and `train.freeze_layers` freeze `name`."""
+        return (freeze_embeddings and self.in_embeddings(name)) or self.frozen_by(
+            name, freeze_layers)
+
     def frozen_by(self, name: str, freeze_layers: int) -> bool:
         """Whether `name` sits in one of the bottom `freeze_layers` encoder layers."""
         name = name.removeprefix(PEFT_PREFIX)
@@ -144,11 +149,3 @@ def model_layout(model: torch.nn.Module, field: str = "train.layer_decay/freeze"
         raise _unknown(model, field)
     embeddings, pattern = layout
     return Layout(embeddings, (pattern,), (pattern,), encoder_layer_count(config))
-
-
-def has_layout(model: torch.nn.Module) -> bool:
-    try:
-        model_layout(model)
-    except ModelError:
-        return False
-    return True

@@ -16,12 +16,7 @@ import torch
 
 from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ConfigError, ModelError
-from raytune_ft.training.layouts import (  # noqa: F401 - LAYOUTS, SUPPORTED_LAYOUTS re-exported
-    LAYOUTS,
-    SUPPORTED_LAYOUTS,
-    encoder_layer_count,
-    model_layout,
-)
+from raytune_ft.training.layouts import encoder_layer_count, model_layout
 
 log = logging.getLogger(__name__)
 PACKAGED_MINILM = ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
@@ -287,26 +282,14 @@ def _post_order(model: torch.nn.Module, names: set[str]) -> list[torch.nn.Module
     return found
 
 
-def layer_index(model: torch.nn.Module, name: str) -> tuple[int, int]:
-    """(depth, L): 0 for embeddings, 1..L for layers (an encoder-decoder: each stack's), L + 1
-    for the head (training/layouts.py)."""
-    layout = model_layout(model)
-    return layout.depth(name), layout.num_layers
-
-
-def layer_count(config) -> int:
-    """Encoder layers (text, ViT; an encoder-decoder's encoder) or stages (ResNet, ConvNeXt)
-    of a model's config: what `freeze_layers` counts."""
-    return encoder_layer_count(config)
-
-
 def config_layer_count(path: str) -> int | None:
-    """`layer_count` of the model at `path` read from its config alone (no weights), or None
+    """The encoder layers (or stages: what `freeze_layers` counts, `encoder_layer_count`) of
+    the model at `path`, read from its config alone (no weights), or None
     where the config cannot be read here (a hub id not in the cache) or names no layers."""
     from transformers import AutoConfig
 
     try:
-        return layer_count(AutoConfig.from_pretrained(path))
+        return encoder_layer_count(AutoConfig.from_pretrained(path))
     except (OSError, ValueError, AttributeError, TypeError):
         return None
 
@@ -354,8 +337,7 @@ def parameter_groups(model: torch.nn.Module, hp: TrainConfig) -> list[dict]:
     num_layers = layout.num_layers if known else 0
     for name, param in model.named_parameters():
         depth = layout.depth(name) if known else 1
-        frozen = (depth == 0 and hp.freeze_embeddings) or (
-            known and layout.frozen_by(name, hp.freeze_layers))
+        frozen = known and layout.freezes(name, hp.freeze_embeddings, hp.freeze_layers)
         if adapted:  # peft decided what trains; freeze_layers kept adapters out of layers 1..k
             frozen = not param.requires_grad
         frozen = frozen or name in fixed
@@ -396,9 +378,7 @@ def batchnorm_layers(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]
 def _frozen_by_layer(model: torch.nn.Module, name: str, hp: TrainConfig) -> bool:
     if not (hp.freeze_embeddings or hp.freeze_layers):
         return False
-    layout = model_layout(model)
-    return (layout.depth(name) == 0 and hp.freeze_embeddings) or layout.frozen_by(
-        name, hp.freeze_layers)
+    return model_layout(model).freezes(name, hp.freeze_embeddings, hp.freeze_layers)
 
 
 def _batchnorm_grads(model: torch.nn.Module, hp: TrainConfig) -> None:
