@@ -191,6 +191,19 @@ def subset_indices(count: int, size: int | None, seed: int) -> np.ndarray | None
     return np.sort(np.random.default_rng(seed).choice(count, size, replace=False))
 
 
+def ragged(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of token ids as one flat int32 array and the offsets of the rows (row i is
+    flat[offsets[i]:offsets[i + 1]]): how every task keeps its encoded data, unpadded."""
+    from itertools import chain
+
+    import numpy as np
+
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=int(offsets[-1]))
+    return flat, offsets
+
+
 def example_count(split: Split) -> int:
     """The examples a split was encoded from: its samples, unless its samples are parts of
     examples (question answering: a question's context in windows) and it says how many

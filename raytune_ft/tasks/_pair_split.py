@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from raytune_ft.errors import ModelError
-from raytune_ft.tasks._base import IGNORE
+from raytune_ft.tasks._base import IGNORE, ragged
 
 if TYPE_CHECKING:
     from raytune_ft.tasks._parallel import Pairs
@@ -56,13 +56,6 @@ class PairSplit:
         return np.diff(self.target_offsets)
 
 
-def _flat(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    flat = np.fromiter((t for row in rows for t in row), dtype=np.int32, count=int(offsets[-1]))
-    return flat, offsets
-
-
 def _tokenize(tokenizer, texts: list[str], limit: int, target: bool) -> tuple[list, int]:
     """Ids of `texts` (special tokens added), cut to `limit` tokens as the tokenizer truncates
     (its end token kept); returns the ids and how many texts were cut."""
@@ -80,8 +73,8 @@ def encode(pairs: Pairs, tokenizer, max_length: int, max_target_length: int, pre
     sources, source_cut = _tokenize(tokenizer, [prefix + s for s in pairs.sources], max_length,
                                     target=False)
     targets, target_cut = _tokenize(tokenizer, pairs.targets, max_target_length, target=True)
-    ids, offsets = _flat(sources)
-    target_ids, target_offsets = _flat(targets)
+    ids, offsets = ragged(sources)
+    target_ids, target_offsets = ragged(targets)
     return PairSplit(ids, offsets, target_ids, target_offsets, start_id,
                      sources_cut=source_cut, targets_cut=target_cut,
                      dropped=pairs.dropped_text())

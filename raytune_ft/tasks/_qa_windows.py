@@ -25,6 +25,7 @@ from itertools import chain
 import numpy as np
 
 from raytune_ft.errors import DataError, ModelError
+from raytune_ft.tasks._base import ragged
 from raytune_ft.tasks._squad import Questions
 
 
@@ -118,10 +119,8 @@ def encode(questions: Questions, tokenizer, max_length: int, doc_stride: int,
                         return_overflowing_tokens=True, return_offsets_mapping=True,
                         padding=False, return_attention_mask=False)
     rows = encoded["input_ids"]
-    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    ids, offsets = ragged(rows)
     total = int(offsets[-1])
-    ids = np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=total)
     _check_classifier_first(ids, offsets, tokenizer)
     type_ids = None
     if "token_type_ids" in encoded:

@@ -20,7 +20,14 @@ from pydantic import model_validator
 
 from raytune_ft.config import DataSettings, did_you_mean
 from raytune_ft.errors import ConfigError
-from raytune_ft.tasks._base import DataBundle, Metric, Task, label_list, summed_cross_entropy
+from raytune_ft.tasks._base import (
+    DataBundle,
+    Metric,
+    Task,
+    label_list,
+    ragged,
+    summed_cross_entropy,
+)
 from raytune_ft.tasks._glue import (
     GLUE_ALIASES,
     GLUE_DEFAULT_METRICS,
@@ -102,10 +109,7 @@ def tokenize(split: TextSplit, tokenizer, max_length: int,
              progress_above: int = PROGRESS_BAR_ABOVE) -> TokenizedSplit:
     """Tokenize once, with truncation and no padding; lengths stay per example."""
     encoded = _encode(split.texts, tokenizer, max_length, progress_above)
-    ids = encoded["input_ids"]
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    flat = np.fromiter((t for row in ids for t in row), dtype=np.int32, count=int(offsets[-1]))
+    flat, offsets = ragged(encoded["input_ids"])
     type_ids = None
     if "token_type_ids" in encoded:
         type_ids = np.fromiter((t for row in encoded["token_type_ids"] for t in row),
