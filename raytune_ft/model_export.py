@@ -29,6 +29,7 @@ from raytune_ft.experiment import (
 )
 from raytune_ft.schema import (
     ExperimentConfig,
+    searches_model,
     trial_data,
     trial_hyperparameters,
     trial_model,
@@ -241,8 +242,7 @@ def data_sizes(config: ExperimentConfig, record: dict, report: dict) -> dict:
     sizes = {"train_examples": record.get("train_examples", fallback.get("train_samples")),
              "eval_examples": record.get("eval_examples", fallback.get("eval_samples"))}
     if unit:
-        searched = any(key in config.search for key in MODEL_SEARCH_KEYS) or any(
-            key.startswith(DATA_SEARCH_PREFIX) for key in config.search)
+        searched = searches_model(config)
         seen, epoch = report.get("samples_seen"), report.get("epoch")
         sizes["samples_are"] = unit
         sizes["train_samples"] = (round(seen / epoch) if seen and epoch else
@@ -334,9 +334,11 @@ def adapter_usage(task: Task, label_names: list[str], lora: dict, usage: list[st
                   ) -> list[str]:
     """The card's `usage` lines with the model loaded as the base plus this adapter."""
     labels = dict(enumerate(label_names))
-    extra = f", num_labels={len(labels)}, id2label={labels}" if labels else ""  # a generator
-    lines = ["from peft import PeftModel"]  # has no labels
-    if lora.get("generation_config"):  # and generates as this folder says, not as the base
+    # a classifier's base takes its labels; a generator has none, and generates as this
+    # folder's generation config says, not as its base
+    extra = f", num_labels={len(labels)}, id2label={labels}" if labels else ""
+    lines = ["from peft import PeftModel"]
+    if lora.get("generation_config"):
         lines.append("from transformers import GenerationConfig")
         extra += ', generation_config=GenerationConfig.from_pretrained("<this folder>")'
     for line in usage:

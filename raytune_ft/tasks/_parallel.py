@@ -110,9 +110,9 @@ def read_text_pairs(files: tuple[Path, Path], where: str, drop: bool) -> Pairs:
     if len(sources) != len(targets):
         raise DataError(f"{where}: {source_path} has {len(sources)} lines but {target_path} "
                         f"has {len(targets)}; line i of one must translate line i of the other")
-    places = [(source_path, number) for number in range(1, len(sources) + 1)]
-    return _screen(sources, targets, [(str(p), f"line {n}") for p, n in places], where, drop,
-                   f"{source_path} + {target_path.name}", target_path)
+    places = [(str(source_path), f"line {n}") for n in range(1, len(sources) + 1)]
+    return _screen(sources, targets, places, where, drop, f"{source_path} + {target_path.name}",
+                   target_path)
 
 
 def _screen(sources: list, targets: list, places: list[tuple[str, str]], where: str,
@@ -194,12 +194,12 @@ def read_pairs(spec: Any, data: DataSettings, where: str) -> Pairs:
 
 def subset(pairs: Pairs, size: int | None, seed: int, first: bool = False) -> Pairs:
     """`size` pairs: the first ones (`first`: a published test set's prefix, the same
-    sentences a paper scores), else a fixed random subset for `seed`, in file order."""
-    import numpy as np
+    sentences a paper scores), else a fixed random subset for `seed`, in file order (the
+    subset rule of every task, `subset_indices`)."""
+    from raytune_ft.tasks._base import subset_indices
 
     if size is None or size >= len(pairs):
         return pairs
-    keep = range(size) if first else np.sort(
-        np.random.default_rng(seed).choice(len(pairs), size, replace=False))
+    keep = range(size) if first else subset_indices(len(pairs), size, seed)
     return Pairs([pairs.sources[i] for i in keep], [pairs.targets[i] for i in keep],
                  pairs.where, pairs.dropped, pairs.first_dropped)

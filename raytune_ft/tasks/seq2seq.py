@@ -251,8 +251,8 @@ class Seq2Seq(PositionLoss, Task):
 
     def prepare_export(self, model: torch.nn.Module, config: Any) -> None:
         """The exported model generates as the run scored it (confirm's beams where set)."""
-        generation = config.data.generation
-        model.generation_config.num_beams = generation.final_num_beams or generation.num_beams
+        generation = config.data.for_final_model().generation  # as confirm runs generate
+        model.generation_config.num_beams = generation.num_beams
         model.generation_config.max_new_tokens = generation.max_new_tokens
         model.generation_config.length_penalty = generation.length_penalty
 

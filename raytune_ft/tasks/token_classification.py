@@ -39,14 +39,7 @@ from raytune_ft.config import DataSettings
 from raytune_ft.errors import ConfigError, ModelError
 from raytune_ft.tasks._base import DataBundle, Metric, PositionLoss, Task, label_list
 from raytune_ft.tasks._conll import check_tag_column, file_format
-from raytune_ft.tasks._tagged import (  # noqa: F401 - IGNORE: the tests read it here
-    IGNORE,
-    UNSCORED,
-    TaggedSplit,
-    collate,
-    encode,
-    passes,
-)
+from raytune_ft.tasks._tagged import UNSCORED, TaggedSplit, collate, encode, passes
 
 if TYPE_CHECKING:
     import torch

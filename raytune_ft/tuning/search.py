@@ -44,7 +44,6 @@ def build_search_alg(config: ExperimentConfig, observations=None):
     return BasicVariantGenerator(random_state=cfg.seed, points_to_evaluate=points or None)
 
 
-
 def __getattr__(name: str) -> Any:
     """The classes that moved to `raytune_ft.schedulers` (`_MOVED_TO_SCHEDULERS`), by their old
     path, for resuming an experiment started before the component split."""

@@ -18,9 +18,9 @@ from raytune_ft.config import TrainConfig
 from raytune_ft.errors import ConfigError, DataError
 from raytune_ft.schema import data_settings, load_config
 from raytune_ft.tasks import get_task, task_for
+from raytune_ft.tasks._base import IGNORE
 from raytune_ft.tasks._conll import TaggedSentences, label_set, read_tagged
 from raytune_ft.tasks.token_classification import (
-    IGNORE,
     encode,
     entities,
     entity_scores,
