@@ -143,10 +143,12 @@ def image_experiment_yaml(path: Path, model_dir: Path, digits_dir: Path, storage
     return path
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """`python -m raytune_ft ARGS` in a fresh process, output captured as text."""
+def run_cli(*args: str, timeout: float = 600, cwd: Path = REPO
+            ) -> subprocess.CompletedProcess:
+    """`python -m raytune_ft ARGS` in a fresh process (in `cwd`: the repository, where the
+    experiments' relative paths start), output captured as text."""
     return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, cwd=cwd)
 
 
 def read_results(trial_dir: Path) -> list[dict]:
@@ -170,6 +172,20 @@ def build_model_family(root: Path) -> dict[str, Path]:
     (swapped / "tokenizer.json").write_text(json.dumps(tokenizer))
     (swapped / "vocab.txt").unlink(missing_ok=True)  # the fast tokenizer's file decides
     return {"two": two, "one": one, "swapped": swapped}
+
+
+def card_code(out: Path) -> str:
+    """The Python lines of an exported folder's model card, pointed at the folder."""
+    card = (out / "README.md").read_text()
+    return card.split("```python\n", 1)[1].split("```", 1)[0].replace("<this folder>", str(out))
+
+
+def run_card(out: Path, code: str | None = None) -> dict:
+    """The namespace of the card's own Python lines (or `code`: them, edited), run on the
+    folder `out` as a user would."""
+    namespace: dict = {}
+    exec(card_code(out) if code is None else code, namespace)  # noqa: S102 - the card's lines
+    return namespace
 
 
 def build_tiny_marian(directory: Path, *, d_model: int = 32, layers: int = 1,

@@ -11,22 +11,15 @@ example) is marked slow."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from support import REPO
+from support import REPO, run_card, run_cli
 
 SQUAD = REPO.parent / "shared" / "data" / "squad"
 TRAIN_QUESTIONS, EVAL_QUESTIONS = 96, 48
 STRIDES = (24, 16)  # the first-listed encoding has more windows: a larger budget in samples
-
-
-def run_cli(*args, cwd=REPO):
-    return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
-                          text=True, timeout=600, cwd=cwd)
 
 
 SEARCH = {  # one trial per stride: a grid over it, the learning rate drawn per trial
@@ -192,15 +185,6 @@ def one_worker_f1(model, task, bundle) -> float:
 
     return FineTuneLoop(model, bundle, TrainConfig(), "eval_f1", "max",
                         task=task).evaluate()["eval_f1"]
-
-
-def run_card(out) -> dict:
-    """The namespace of the card's own Python lines, run on the folder `out`."""
-    card = (out / "README.md").read_text()
-    code = card.split("```python\n", 1)[1].split("```", 1)[0].replace("<this folder>", str(out))
-    namespace: dict = {}
-    exec(code, namespace)  # noqa: S102 - the card's own lines
-    return namespace
 
 
 def decoded(model, task, bundle, card: str) -> tuple[str, str]:

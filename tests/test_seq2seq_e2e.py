@@ -10,7 +10,7 @@ import math
 import pandas as pd
 import pytest
 import torch
-from support import MULTI30K, read_results, run_cli
+from support import MULTI30K, card_code, read_results, run_card, run_cli
 
 TRAIN_PAIRS, EVAL_PAIRS = 96, 12
 SMALL = [f"data.max_train_samples={TRAIN_PAIRS}", f"data.max_eval_samples={EVAL_PAIRS}",
@@ -88,9 +88,7 @@ def test_export_translates_with_the_cards_own_lines(translation_run, tmp_path):
     assert "- labels:" not in card and "eval_bleu" in card
     first = (MULTI30K / "test_2016_flickr.de").read_text().splitlines()[0]
     assert repr(first) in card  # the card translates a sentence of the eval file
-    code = card.split("```python\n", 1)[1].split("```", 1)[0].replace("<this folder>", str(out))
-    namespace: dict = {}
-    exec(code, namespace)  # noqa: S102 - the card's own lines, run as a user would
+    namespace = run_card(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     with torch.no_grad():
         generated = model.generate(**tokenizer(first, return_tensors="pt"), num_beams=4)
@@ -177,13 +175,10 @@ def test_lora_adapts_both_stacks_and_exports_merged(tmp_path, tiny_marian):
     # the adapter folder's card loads the base with peft and translates as the merged model
     done = run_cli("export", str(experiment), "--out", str(adapter), "--adapter")
     assert done.returncode == 0, done.stderr[-3000:]
-    card = (adapter / "README.md").read_text()
-    code = card.split("```python\n", 1)[1].split("```", 1)[0].replace("<this folder>",
-                                                                     str(adapter))
+    code = card_code(adapter)
     assert "PeftModel.from_pretrained(base" in code and "num_labels" not in code
     assert (adapter / "generation_config.json").is_file()  # the tuned beams, beside the adapter
-    namespace: dict = {}
-    exec(code, namespace)  # noqa: S102 - the card's own lines, run as a user would
+    namespace = run_card(adapter, code)
     tokenizer = AutoTokenizer.from_pretrained(out)
     with torch.no_grad():
         generated = merged.generate(**tokenizer(namespace["source"], return_tensors="pt"))

@@ -5,13 +5,11 @@ and pipeline and reproduces the recorded token accuracy."""
 
 import json
 import re
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 import torch
-from support import REPO
+from support import REPO, card_code, run_card, run_cli
 
 from raytune_ft.tasks import get_task
 
@@ -19,11 +17,6 @@ EWT = REPO.parent / "shared" / "data" / "ud_ewt"
 TRAIN_SENTENCES, EVAL_SENTENCES = 64, 32
 UPOS = {"ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON",
         "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X"}
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "raytune_ft", *args], capture_output=True,
-                          text=True, timeout=600, cwd=REPO)
 
 
 @pytest.fixture(scope="module")
@@ -122,11 +115,9 @@ def test_export_loads_with_the_auto_class_and_the_pipeline(tagging_run, tmp_path
     tags = tagger("The cat sat on the mat.")
     assert tags and {t["entity"] for t in tags} <= set(model.config.id2label.values())
     # the card's usage: one tag per word, read at its first sub-token, as the loop scores it
-    code = card.split("```python\n", 1)[1].split("```", 1)[0].replace("<this folder>", str(out))
-    code = code.replace("Ray Tune tuned this tagger in Berlin .", "Unbelievably , tokenizers "
-                        "split words")
-    namespace: dict = {}
-    exec(code, namespace)  # noqa: S102 - the card's own lines, run as a user would
+    code = card_code(out).replace("Ray Tune tuned this tagger in Berlin .", "Unbelievably , "
+                                  "tokenizers split words")
+    namespace = run_card(out, code)
     words = namespace["words"]
     assert len(namespace["tags"]) == len(words) == 5
     encoded = namespace["encoded"]
